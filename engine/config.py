@@ -1,0 +1,240 @@
+"""Experiment config: one YAML file per run, strictly validated, overridable with ``--section.key=value``.
+
+Sections: ``task, data, model, loss, train, augment, inference, logging``. ``data`` is validated by the
+task's own schema (``Task.Data``). The override form is exactly what a W&B sweep agent passes.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from tasks.base import DataBase, Section
+from tasks.registry import TASK_MODULES, get_task_class
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file/key and the nearest valid key."""
+
+
+class ModelConfig(Section):
+    name: str = "smp:unet/resnet34"
+    weights: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(Section):
+    weights: dict[str, float] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+
+
+class TrainConfig(Section):
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    accumulate: int = 1
+    clip_grad: float | None = 1.0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    ema: float | None = None
+    early_stop_patience: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    val_every: int = 1
+    max_steps_per_epoch: int | None = None
+
+
+class AugmentConfig(Section):
+    hflip: float = 0.0
+    vflip: float = 0.0
+    rotate: float = 10.0
+    scale: float = 0.1
+    shift: float = 0.05
+    brightness_contrast: float = 0.2
+    gamma: float = 0.2
+    blur: float = 0.0
+    noise: float = 0.0
+    extra: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TTAConfig(Section):
+    hflip: bool = True
+    vflip: bool = False
+    scales: list[float] = Field(default_factory=lambda: [1.0])
+
+
+class InferenceConfig(Section):
+    batch_size: int = 4
+    threshold: float | list[float] | dict[str, float] = 0.5
+    tta: TTAConfig = Field(default_factory=TTAConfig)
+    post_workers: int = 2
+
+
+class LoggingConfig(Section):
+    out_dir: str = "runs"
+    run_name: str | None = None
+    wandb: Literal["off", "offline", "online"] = "off"
+    wandb_project: str = "bone-harness"
+    progress: bool = True
+
+
+class Config(Section):
+    task: Literal[tuple(TASK_MODULES)]  # type: ignore[valid-type]
+    data: DataBase
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    name: str | None = None
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _task_data(cls, value: Any, info) -> Any:
+        task = info.data.get("task")
+        if task is None or not isinstance(value, dict):
+            return value
+        return get_task_class(task).Data.model_validate(value)
+
+    @property
+    def run_name(self) -> str:
+        base = self.logging.run_name or self.name or "run"
+        return base if self.logging.run_name else f"{base}-f{self.data.fold}"
+
+    @property
+    def config_id(self) -> str:
+        """Shared by runs of the same configuration over different folds (cross-validation view)."""
+        return self.name or self.logging.run_name or "run"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.logging.out_dir) / self.task / self.run_name
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _section_fields(cfg_cls: type[Section], section: str, task: str | None) -> list[str]:
+    if section == "data" and task in TASK_MODULES:
+        return list(get_task_class(task).Data.model_fields)
+    annotation = cfg_cls.model_fields[section].annotation if section in cfg_cls.model_fields else None
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return list(annotation.model_fields)
+    return []
+
+
+def _explain(err: ValidationError, raw: dict, source: str) -> str:
+    lines = []
+    task = raw.get("task")
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            if not parent:
+                valid = list(Config.model_fields)
+            elif len(parent) == 1:
+                valid = _section_fields(Config, parent[0], task)
+            else:
+                sub = Config.model_fields[parent[0]].annotation
+                valid = []
+                if isinstance(sub, type) and issubclass(sub, Section) and parent[1] in sub.model_fields:
+                    inner = sub.model_fields[parent[1]].annotation
+                    valid = list(inner.model_fields) if isinstance(inner, type) and issubclass(inner, Section) else []
+            near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
+            hint = f"; did you mean '{'.'.join(parent + near)}'?" if near else ""
+            lines.append(f"unknown key '{key}'{hint} (valid in '{'.'.join(parent) or 'top level'}': {', '.join(valid)})")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--train.lr=3e-4", "--data.fold", "1"]`` → nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"override {arg!r}: expected --section.key=value (e.g. --train.lr=3e-4)")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {arg!r} has no value")
+            value = args[i + 1]
+            i += 1
+        parsed = yaml.safe_load(value) if value != "" else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {arg!r} conflicts with an earlier override of '{part}'")
+        node[parts[-1]] = parsed
+        i += 1
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(raw: dict, source: str = "config") -> Config:
+    """Validate a raw dict; errors name ``source`` and the nearest valid key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a config is a YAML mapping of sections")
+    if "task" not in raw:
+        raise ConfigError(f"{source}: missing 'task' (one of: {', '.join(TASK_MODULES)})")
+    if raw["task"] not in TASK_MODULES:
+        near = difflib.get_close_matches(str(raw["task"]), list(TASK_MODULES), n=1)
+        raise ConfigError(f"{source}: unknown task {raw['task']!r}" + (f"; did you mean '{near[0]}'?" if near else "")
+                          + f" (valid: {', '.join(TASK_MODULES)})")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, raw, source)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (may be None: overrides only), apply overrides, validate."""
+    raw: dict = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raw.setdefault("name", path.stem)
+    if overrides:
+        raw = deep_merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return build_config(raw, source)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

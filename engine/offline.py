@@ -1,0 +1,59 @@
+"""One place that makes every third-party library behave offline.
+
+Imported first by ``engine/__init__.py`` so the variables are set before albumentations, ultralytics,
+timm/huggingface or wandb are imported anywhere. Nothing is written into the user's home directory:
+caches and ultralytics settings live under the project's ``.cache/``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("BONEHARNESS_CACHE", PROJECT_ROOT / ".cache"))
+
+
+def _font_into(config_dir: Path) -> None:
+    """Ultralytics downloads Arial.ttf on first plot; hand it matplotlib's DejaVuSans instead."""
+    target = config_dir / "Arial.ttf"
+    if target.exists():
+        return
+    try:
+        import matplotlib
+
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except ImportError:
+        return
+    if font.exists():
+        config_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(font, tmp)
+        os.replace(tmp, target)
+        shutil.copyfile(font, config_dir / "Arial.Unicode.ttf")
+
+
+def setup_offline() -> None:
+    """Set the environment so no library reaches the network or the home directory."""
+    yolo_dir = CACHE_DIR / "ultralytics"
+    defaults = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "YOLO_OFFLINE": "true",
+        "YOLO_AUTOINSTALL": "false",
+        "YOLO_VERBOSE": os.environ.get("YOLO_VERBOSE", "false"),
+        "YOLO_CONFIG_DIR": str(yolo_dir),
+        "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"),
+        "WANDB_DIR": str(CACHE_DIR / "wandb"),
+        "WANDB_SILENT": "true",
+        "TORCH_HOME": str(CACHE_DIR / "torch"),
+        "HF_HOME": str(CACHE_DIR / "huggingface"),
+        "MPLCONFIGDIR": str(CACHE_DIR / "matplotlib"),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    _font_into(Path(os.environ["YOLO_CONFIG_DIR"]))
+
+
+setup_offline()

@@ -1,0 +1,297 @@
+"""One training loop for every torch model and task.
+
+AdamW, linear warmup + cosine decay per optimiser step, AMP (bf16/fp16) and channels_last on CUDA,
+gradient accumulation and clipping, optional EMA, early stopping, ``best.pt``/``last.pt`` every epoch,
+exact ``resume`` (model, optimiser, scheduler, scaler, EMA, RNG states and the data order), tqdm with
+images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from engine import distributed
+from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine.config import Config, save_config
+from engine.run_logging import RunLogger
+from engine.summary import base_summary, split_model_name, write_summary
+from models import create_model
+from tasks.registry import get_task_class
+
+EpochCallback = Callable[[int, dict], None]
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training after the current epoch (the run folder stays valid)."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.as_tensor(values) \
+            if isinstance(values[0], (int, float)) else values
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None) -> None:
+        self.cfg = cfg
+        self.callbacks = callbacks or []
+        self.rank, self.local_rank, self.world = distributed.setup()
+        self.is_main = self.rank == 0
+        seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
+        self.device = pick_device(cfg.train.device, self.local_rank)
+        self.amp = amp_dtype(cfg.train.amp, self.device)
+        self.task = get_task_class(cfg.task)(cfg)
+        self.train_set, self.val_set = self.task.datasets()
+        self.run_dir = cfg.run_dir
+        self.model = create_model(cfg.model.name, task=cfg.task, num_outputs=self.task.num_outputs,
+                                  in_channels=self.task.in_channels, weights=cfg.model.weights,
+                                  **cfg.model.options).to(self.device)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
+            if cfg.train.ema else None
+        self.net = DistributedDataParallel(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
+            if self.world > 1 else self.model
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=cfg.train.seed, drop_last=False)
+        self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=False,
+                                 pin_memory=self.device.type == "cuda")
+        steps = len(self.loader)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        self.steps_per_epoch = steps
+        self.optim_steps = math.ceil(steps / cfg.train.accumulate)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        total = self.optim_steps * cfg.train.epochs
+        warmup = max(1, int(cfg.train.warmup_epochs * self.optim_steps)) if cfg.train.warmup_epochs > 0 else 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total, warmup, cfg.train.min_lr_ratio) if warmup else
+            lr_lambda(total, 0, cfg.train.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.start_epoch = 0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.train_time = 0.0
+        self.images_seen = 0
+        self.best_val: dict | None = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.logger = RunLogger(self.run_dir, cfg, enabled=self.is_main)
+        if resume:
+            self._resume()
+
+    def autocast(self):
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        ckpt = load_checkpoint(path)
+        if ckpt.get("model_name") != self.cfg.model.name:
+            raise ValueError(f"{path}: checkpoint of {ckpt.get('model_name')!r}, config asks for {self.cfg.model.name!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best_score, self.best_epoch = ckpt["best_score"], ckpt["best_epoch"]
+        self.bad_epochs, self.train_time = ckpt["bad_epochs"], ckpt["train_time"]
+        self.images_seen = ckpt["images_seen"]
+        self.best_val = ckpt.get("best_val")
+        set_rng_state(ckpt["rng"])
+        self.logger.truncate_after(ckpt["epoch"])
+
+    def _payload(self, epoch: int, metrics: dict, full: bool) -> dict:
+        eval_model = self.ema.module if self.ema is not None else self.model
+        payload = {
+            "model": eval_model.state_dict(),
+            "model_name": self.cfg.model.name,
+            "task": self.cfg.task,
+            "num_outputs": self.task.num_outputs,
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "metrics": metrics,
+        }
+        if full:
+            payload.update({
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "best_score": self.best_score, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "train_time": self.train_time, "images_seen": self.images_seen, "best_val": self.best_val,
+            })
+        return payload
+
+    def train_one_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        self.net.train()
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        total_loss, count = 0.0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not (self.is_main and cfg.logging.progress), dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(self.loader):
+            if step >= self.steps_per_epoch:
+                break
+            batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            if cfg.train.channels_last and self.device.type == "cuda":
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            last_of_group = (step + 1) % cfg.train.accumulate == 0 or step + 1 == self.steps_per_epoch
+            sync = nullcontext() if last_of_group or self.world == 1 else self.net.no_sync()
+            with sync:
+                with self.autocast():
+                    output = self.task.forward(self.net, batch)
+                loss = self.task.loss(output, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch + 1} step {step}: loss is {loss.item()} (lower train.lr?)")
+                self.scaler.scale(loss / cfg.train.accumulate).backward()
+            if last_of_group:
+                if cfg.train.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+            n = batch["image"].shape[0]
+            total_loss += loss.item() * n
+            count += n
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{total_loss / count:.4f}", img_s=f"{count * self.world / max(elapsed, 1e-9):.1f}")
+            bar.update(1)
+        bar.close()
+        self.train_time += time.perf_counter() - t0
+        self.images_seen += count * self.world
+        return total_loss / max(1, count)
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        stop = False
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            train_loss = self.train_one_epoch(epoch)
+            row = {"epoch": epoch, "train/loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                   "time_s": round(self.train_time, 3)}
+            validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
+            metrics = None
+            if validate and self.is_main:
+                eval_model = self.ema.module if self.ema is not None else self.model
+                metrics = self.task.evaluate(eval_model, self.val_set, self.device, autocast=self.autocast,
+                                             batch_size=cfg.inference.batch_size)
+            metrics = distributed.broadcast_object(metrics)
+            if metrics is not None:
+                row.update({"val/loss": metrics.get("loss"), "val/score": metrics["score"],
+                            f"val/{self.task.metric}": metrics["score"]})
+                row.update({f"val/{k}": v for k, v in metrics.items() if k not in ("score", "loss", "per_item")
+                            and isinstance(v, (int, float))})
+                if self.task.better(metrics["score"], self.best_score):
+                    self.best_score, self.best_epoch, self.bad_epochs = metrics["score"], epoch, 0
+                    self.best_val = metrics
+                    if self.is_main:
+                        save_checkpoint(self.run_dir / "best.pt", self._payload(epoch, metrics, full=False))
+                else:
+                    self.bad_epochs += 1
+                patience = cfg.train.early_stop_patience
+                if patience and self.bad_epochs >= patience:
+                    stop = True
+            self.logger.log(row)
+            if self.is_main:
+                save_checkpoint(self.run_dir / "last.pt", self._payload(epoch, metrics or {}, full=True))
+                score = f"{metrics['score']:.4f}" if metrics else "-"
+                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train/loss {train_loss:.4f}  "
+                           f"val/{self.task.metric} {score}  ({self.train_time:.0f}s)")
+            try:
+                for callback in self.callbacks:
+                    callback(epoch, row)
+            except StopTraining:
+                stop = True
+            if stop:
+                break
+        summary = self.summary()
+        if self.is_main:
+            write_summary(self.run_dir, summary)
+            self.logger.finish(summary)
+        distributed.barrier()
+        return summary
+
+    def summary(self) -> dict:
+        cfg = self.cfg
+        best = self.best_val or {}
+        return base_summary(
+            name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
+            config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
+            epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
+            train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
+            metric=self.task.metric, mode=self.task.mode, best_epoch=self.best_epoch,
+            val={"score": best.get("score"), "per_item": best.get("per_item"),
+                 **{k: v for k, v in best.items() if k not in ("score", "per_item")}} if best else None,
+        )
+
+
+def train(cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None) -> dict:
+    """Train one run and return its summary (also written to ``<run_dir>/summary.json``)."""
+    trainer = Trainer(cfg, resume=resume, callbacks=callbacks)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.cleanup()

@@ -1,0 +1,111 @@
+"""Model registry in the style of timm: one decorator registers a family builder, one factory builds.
+
+A model name reads ``family:rest``, e.g. ``smp:unet/resnet34``, ``custom:unet3plus/resnet34``,
+``timm:resnet50``, ``yolo:yolo11n-seg``. A family registers one builder that parses ``rest`` itself,
+so every architecture x encoder pair is reachable without code per pair. ``models`` never touches
+files except an explicit local weights file.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal
+
+TASKS = ("segmentation", "keypoints", "boneage")
+
+
+class UnknownModelError(ValueError):
+    """A model name that no family can build; the message lists close matches."""
+
+
+@dataclass
+class ModelFamily:
+    """A registered family: its builder, the tasks it serves and how to enumerate its names."""
+
+    name: str
+    builder: Callable
+    tasks: tuple[str, ...]
+    kind: Literal["torch", "external"]
+    list_names: Callable[[], Iterable[str]]
+    validate: Callable[[str], None] | None
+    description: str = ""
+    examples: tuple[str, ...] = field(default_factory=tuple)
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "external"] = "torch",
+                    list_names: Callable[[], Iterable[str]] | None = None,
+                    validate: Callable[[str], None] | None = None, examples: Iterable[str] = ()) -> Callable:
+    """Decorator: register ``builder(rest, *, task, num_outputs, in_channels, **options)`` under ``name``.
+
+    ``validate(rest)`` raises :class:`UnknownModelError` for a bad ``rest`` (with close matches);
+    ``list_names()`` yields the full names for ``--list-models``.
+    """
+    tasks = tuple(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"family {name!r}: unknown task {t!r}; valid: {', '.join(TASKS)}")
+
+    def wrap(builder: Callable) -> Callable:
+        if name in _FAMILIES:
+            raise ValueError(f"model family {name!r} registered twice")
+        _FAMILIES[name] = ModelFamily(
+            name=name, builder=builder, tasks=tasks, kind=kind,
+            list_names=list_names or (lambda: ()), validate=validate,
+            description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else "",
+            examples=tuple(examples),
+        )
+        return builder
+
+    return wrap
+
+
+def families() -> dict[str, ModelFamily]:
+    """Registered families by name (after ``import models``)."""
+    return dict(_FAMILIES)
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Names close to ``word``: difflib ratio first, then substring hits."""
+    candidates = list(candidates)
+    hits = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    if len(hits) < n:
+        hits += [c for c in candidates if word and word.lower() in c.lower() and c not in hits][: n - len(hits)]
+    return hits
+
+
+def resolve(name: str, task: str | None = None) -> tuple[ModelFamily, str]:
+    """Split ``family:rest``, check the family serves ``task`` and that ``rest`` is valid."""
+    family_name, sep, rest = name.partition(":")
+    if not sep or family_name not in _FAMILIES:
+        examples = [e for f in _FAMILIES.values() for e in f.examples]
+        hint = close_matches(family_name, list(_FAMILIES)) if sep else close_matches(name, examples)
+        raise UnknownModelError(
+            f"unknown model {name!r}: names read 'family:arch/encoder'; families: {', '.join(sorted(_FAMILIES))}"
+            + (f"; did you mean: {', '.join(hint)}" if hint else "")
+            + "  (python train.py --list-models)")
+    family = _FAMILIES[family_name]
+    if task is not None and task not in family.tasks:
+        raise UnknownModelError(f"model family {family_name!r} does not serve task {task!r} (it serves: {', '.join(family.tasks)})")
+    if family.validate is not None:
+        family.validate(rest)
+    return family, rest
+
+
+def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1, **options):
+    """Build a model by registry name. ``options`` go to the family builder (e.g. ``weights`` path)."""
+    family, rest = resolve(name, task)
+    return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
+
+
+def is_external(name: str) -> bool:
+    """True for learners with their own fit/predict (e.g. ultralytics YOLO) rather than an nn.Module."""
+    family, _ = resolve(name)
+    return family.kind == "external"
+
+
+def list_models(task: str | None = None) -> dict[str, list[str]]:
+    """Names per family serving ``task`` (all tasks when None)."""
+    return {f.name: list(f.list_names()) for f in _FAMILIES.values() if task is None or task in f.tasks}

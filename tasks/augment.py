@@ -1,0 +1,45 @@
+"""Albumentations pipelines built from the config's ``augment`` section (shared by every task).
+
+Each sample is augmented with a seed derived from (run seed, epoch, index), so a resumed run sees the
+same augmentations as an uninterrupted one, whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import cv2
+
+
+def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose:
+    """Training pipeline: geometry (masks and keypoints follow), then intensity."""
+    ops: list = []
+    if aug.hflip > 0:
+        ops.append(A.HorizontalFlip(p=aug.hflip))
+    if aug.vflip > 0:
+        ops.append(A.VerticalFlip(p=aug.vflip))
+    if aug.rotate or aug.scale or aug.shift:
+        ops.append(A.Affine(rotate=(-aug.rotate, aug.rotate), scale=(1 - aug.scale, 1 + aug.scale),
+                            translate_percent=(-aug.shift, aug.shift), border_mode=cv2.BORDER_CONSTANT,
+                            fill=0, fill_mask=0, p=0.8))
+    if aug.brightness_contrast > 0:
+        ops.append(A.RandomBrightnessContrast(aug.brightness_contrast, aug.brightness_contrast, p=0.5))
+    if aug.gamma > 0:
+        lo, hi = int(100 * (1 - aug.gamma)), int(100 * (1 + aug.gamma))
+        ops.append(A.RandomGamma(gamma_limit=(lo, hi), p=0.5))
+    if aug.blur > 0:
+        ops.append(A.GaussianBlur(blur_limit=(3, 5), p=aug.blur))
+    if aug.noise > 0:
+        ops.append(A.GaussNoise(std_range=(0.01, 0.05), p=aug.noise))
+    for spec in aug.extra:
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        if not name or not hasattr(A, name):
+            raise ValueError(f"augment.extra: unknown albumentations transform {name!r}")
+        ops.append(getattr(A, name)(**spec))
+    kp = A.KeypointParams(format="xy", remove_invisible=False) if keypoints else None
+    return A.Compose(ops, keypoint_params=kp, seed=0)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + index) % (2**31 - 1)

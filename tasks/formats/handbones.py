@@ -1,0 +1,149 @@
+"""The hand-bone segmentation competition layout (boostcamp): ``DCM/IDxxx/*.png`` + ``outputs_json/IDxxx/*.json``.
+
+Each JSON holds ``{"annotations": [{"id", "type": "poly_seg", "attributes", "points": [[x, y], ...],
+"label"}]}``; one polygon per bone. Classes overlap, so a label is a ``(29, H, W)`` stack of binary masks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tasks.formats import FormatError
+from tasks.formats.images import IMAGE_SUFFIXES
+
+CLASSES: tuple[str, ...] = (
+    *(f"finger-{i}" for i in range(1, 20)),
+    "Trapezium", "Trapezoid", "Capitate", "Hamate", "Scaphoid", "Lunate", "Triquetrum", "Pisiform",
+    "Radius", "Ulna",
+)
+CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
+WRIST_CLASSES: tuple[str, ...] = CLASSES[19:27]
+_PATIENT_RE = re.compile(r"^ID\d+$")
+
+
+@dataclass(frozen=True)
+class HandboneSample:
+    """One radiograph: its image, its label file (None for a test image) and its patient (``IDxxx``)."""
+
+    image_path: Path
+    label_path: Path | None
+    patient: str
+
+    @property
+    def name(self) -> str:
+        """The image file name, the key of the submission CSV (``image_name``)."""
+        return self.image_path.name
+
+
+def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "auto") -> list[HandboneSample]:
+    """Every image under ``root/DCM`` (sorted by patient, then name) with its JSON under ``labels``.
+
+    ``labels="auto"`` takes ``root/outputs_json`` when it exists; ``None`` lists images only; a path
+    takes the JSONs from there (e.g. ``test_gt/outputs_json``). An image without its JSON when labels
+    are expected, or a JSON without its image, is an error naming the file.
+    """
+    root = Path(root)
+    dcm = root / "DCM"
+    if not dcm.is_dir():
+        raise FormatError(f"{root}: no DCM/ folder (expected DCM/IDxxx/<image>.png)")
+    if labels == "auto":
+        label_dir = root / "outputs_json" if (root / "outputs_json").is_dir() else None
+    else:
+        label_dir = Path(labels) if labels is not None else None
+    samples = []
+    for image_path in sorted(p for p in dcm.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        rel = image_path.relative_to(dcm)
+        patient = rel.parts[0] if len(rel.parts) > 1 else image_path.stem
+        label_path = None
+        if label_dir is not None:
+            label_path = label_dir / rel.with_suffix(".json")
+            if not label_path.is_file():
+                raise FormatError(f"{image_path}: no label file at {label_path}")
+        samples.append(HandboneSample(image_path, label_path, patient))
+    if not samples:
+        raise FormatError(f"{dcm}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if label_dir is not None:
+        expected = {s.label_path for s in samples}
+        for json_path in label_dir.rglob("*.json"):
+            if json_path not in expected:
+                raise FormatError(f"{json_path}: label file has no image under {dcm}")
+    return samples
+
+
+def read_polygons(path: str | os.PathLike, height: int | None = None, width: int | None = None
+                  ) -> dict[str, list[np.ndarray]]:
+    """Polygons per class name from one JSON. Checked: structure, labels, ≥3 points, inside the image."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FormatError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict) or "annotations" not in data:
+        raise FormatError(f"{path}: no 'annotations' key")
+    polygons: dict[str, list[np.ndarray]] = {}
+    for k, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotation {k}"
+        if not isinstance(ann, dict) or "label" not in ann or "points" not in ann:
+            raise FormatError(f"{where}: needs 'label' and 'points'")
+        label = ann["label"]
+        if label not in CLASS_INDEX:
+            raise FormatError(f"{where}: unknown class label {label!r}")
+        try:
+            pts = np.asarray(ann["points"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FormatError(f"{where} ({label}): points are not [[x, y], ...] numbers") from None
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
+            raise FormatError(f"{where} ({label}): a polygon needs at least 3 [x, y] points, got shape {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise FormatError(f"{where} ({label}): NaN or infinite coordinate")
+        if height is not None and width is not None:
+            outside = (pts[:, 0] < -0.5) | (pts[:, 0] > width - 0.5 + 1) | (pts[:, 1] < -0.5) | (pts[:, 1] > height - 0.5 + 1)
+            if outside.any():
+                x, y = pts[outside][0]
+                raise FormatError(f"{where} ({label}): point ({x:g}, {y:g}) outside the {width}x{height} image")
+        polygons.setdefault(label, []).append(pts)
+    return polygons
+
+
+def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) -> np.ndarray:
+    """``(29, H, W)`` uint8 masks (0/1) from polygons, in canonical class order."""
+    masks = np.zeros((len(CLASSES), height, width), dtype=np.uint8)
+    for label, polys in polygons.items():
+        cv2.fillPoly(masks[CLASS_INDEX[label]], [np.round(p).astype(np.int32) for p in polys], 1)
+    return masks
+
+
+def read_masks(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """Read and rasterise one label file at the image's size."""
+    return rasterize(read_polygons(path, height, width), height, width)
+
+
+def write_polygons(path: str | os.PathLike, polygons: dict[str, list[np.ndarray]]) -> None:
+    """Write a label JSON in the competition format, atomically, classes in canonical order."""
+    path = Path(path)
+    annotations = []
+    for label in CLASSES:
+        for k, pts in enumerate(polygons.get(label, [])):
+            annotations.append({
+                "id": f"{label}-{k}",
+                "type": "poly_seg",
+                "attributes": {},
+                "points": [[int(round(x)), int(round(y))] for x, y in np.asarray(pts)],
+                "label": label,
+            })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"annotations": annotations}))
+    os.replace(tmp, path)
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Outer contours of a binary mask as ``(N, 2)`` x,y polygons (≥3 points each)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c[:, 0, :].astype(np.float64) for c in contours if len(c) >= 3]

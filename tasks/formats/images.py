@@ -1,0 +1,72 @@
+"""Reading radiographs of any mode (8/16-bit grey, RGB, palette) as 8-bit grey, with clear errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tasks.formats import FormatError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+    """Return the image at ``path`` as a ``(H, W)`` uint8 array.
+
+    Palette and RGB images are converted through PIL (OpenCV ignores palettes); 16-bit images are
+    min-max scaled to 8 bits. A missing, truncated or undecodable file raises :class:`FormatError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                lo, hi = float(arr.min()), float(arr.max())
+                scale = 255.0 / (hi - lo) if hi > lo else 0.0
+                return ((arr - lo) * scale).round().astype(np.uint8)
+            if im.mode != "L":
+                im = im.convert("L")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise FormatError(f"{path}: unreadable or truncated image ({err})") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise FormatError(f"{path}: expected a 2-D image, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image without decoding its pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, FileNotFoundError) as err:
+        raise FormatError(f"{path}: unreadable image ({err})") from None
+    return height, width
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a PNG atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def resize_grey(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize with area interpolation when shrinking, linear when enlarging."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height * width < image.shape[0] * image.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)

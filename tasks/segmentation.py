@@ -1,0 +1,225 @@
+"""Hand-bone segmentation: 29 overlapping classes, sigmoid per class (multilabel, never softmax).
+
+Data: the boostcamp layout (``tasks.formats.handbones``), folds grouped by patient (``IDxxx``).
+Metric: Dice per class per image at the ORIGINAL image size, empty/empty = 1, mean over images then
+over classes — the competition's definition.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import GroupKFold
+from torch import nn
+from torch.utils.data import Dataset
+
+from tasks.augment import build_augment, sample_seed
+from tasks.base import DataBase, Task
+from tasks.cache import SampleCache
+from tasks.formats import FormatError
+from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks
+from tasks.formats.images import read_grey, resize_grey
+
+
+class SegmentationData(DataBase):
+    root: str = "data/phantom/handbones/train"
+    test_root: str | None = "data/phantom/handbones/test"
+    val_at_train_size: bool = False
+    cache_dir: str | None = None
+
+
+def split_folds(samples: Sequence[HandboneSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
+    """Train/val indices of ``fold``: ``GroupKFold`` on the patient ID, so both hands stay together."""
+    groups = [s.patient for s in samples]
+    n_groups = len(set(groups))
+    if n_groups < 2:
+        raise FormatError(f"need at least 2 patients (IDxxx folders) to make a validation fold, found {n_groups}")
+    n_folds = min(n_folds, n_groups)
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"data.fold={fold} out of range for {n_folds} folds")
+    splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(len(groups)), groups=groups))
+    train_idx, val_idx = splits[fold]
+    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+
+
+def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:
+    """Per-class thresholds from a float, a list in class order, or a ``{class: t}`` dict (others 0.5)."""
+    if isinstance(threshold, (int, float)):
+        return np.full(len(classes), float(threshold), np.float32)
+    if isinstance(threshold, dict):
+        unknown = set(threshold) - set(classes)
+        if unknown:
+            raise ValueError(f"thresholds for unknown classes: {sorted(unknown)}")
+        return np.array([float(threshold.get(c, 0.5)) for c in classes], np.float32)
+    values = np.asarray(threshold, np.float32)
+    if values.shape != (len(classes),):
+        raise ValueError(f"expected {len(classes)} thresholds, got {values.shape}")
+    return values
+
+
+def dice_per_class(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Dice per class for ``(C, H, W)`` binary masks (or ``(N, C, H, W)``); empty/empty = 1."""
+    pred_t = torch.as_tensor(pred).bool()
+    target_t = torch.as_tensor(target).bool()
+    if pred_t.shape != target_t.shape:
+        raise ValueError(f"prediction shape {tuple(pred_t.shape)} != target shape {tuple(target_t.shape)}")
+    inter = (pred_t & target_t).flatten(-2).sum(-1).double()
+    total = pred_t.flatten(-2).sum(-1).double() + target_t.flatten(-2).sum(-1).double()
+    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    return dice.numpy()
+
+
+class HandboneDataset(Dataset):
+    """Images (and masks) at ``size x size``; items are dicts of tensors plus ``name`` and ``index``."""
+
+    def __init__(self, samples: Sequence[HandboneSample], size: int, augment=None, cache: SampleCache | None = None,
+                 seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.size = size
+        self.augment = augment
+        self.cache = cache or SampleCache(enabled=False)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> dict[str, np.ndarray]:
+        """Decoded image (and packed masks) at the training size, plus the original size."""
+        s = self.samples[i]
+        sources = [s.image_path] + ([s.label_path] if s.label_path else [])
+
+        def make() -> dict[str, np.ndarray]:
+            image = read_grey(s.image_path)
+            h, w = image.shape
+            out = {"image": resize_grey(image, self.size, self.size), "orig_size": np.array([h, w])}
+            if s.label_path is not None:
+                masks = read_masks(s.label_path, h, w)
+                small = np.stack([resize_grey(m * 255, self.size, self.size) >= 128 for m in masks])
+                out["masks"] = np.packbits(small, axis=-1)
+            return out
+
+        return self.cache.get(sources, f"seg|{self.size}", make)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.load(i)
+        image = item["image"]
+        masks = None
+        if "masks" in item:
+            masks = np.unpackbits(item["masks"], axis=-1, count=self.size).astype(np.uint8)
+        if self.augment is not None:
+            self.augment.set_random_seed(sample_seed(self.seed, self.epoch, i))
+            kwargs = {"image": image}
+            if masks is not None:
+                kwargs["mask"] = masks.transpose(1, 2, 0)
+            out = self.augment(**kwargs)
+            image = out["image"]
+            if masks is not None:
+                masks = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
+        batch = {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).unsqueeze(0),
+            "index": i,
+            "orig_size": torch.as_tensor(item["orig_size"]),
+        }
+        if masks is not None:
+            batch["masks"] = torch.from_numpy(masks).float()
+        return batch
+
+
+class MultilabelLoss(nn.Module):
+    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses)."""
+
+    def __init__(self, weights: dict[str, float], focal_gamma: float = 2.0, tversky_alpha: float = 0.3,
+                 tversky_beta: float = 0.7) -> None:
+        super().__init__()
+        available = {
+            "bce": lambda: smp.losses.SoftBCEWithLogitsLoss(),
+            "dice": lambda: smp.losses.DiceLoss(mode="multilabel", from_logits=True),
+            "focal": lambda: smp.losses.FocalLoss(mode="multilabel", gamma=focal_gamma),
+            "tversky": lambda: smp.losses.TverskyLoss(mode="multilabel", alpha=tversky_alpha, beta=tversky_beta),
+        }
+        unknown = set(weights) - set(available)
+        if unknown:
+            raise ValueError(f"loss.weights: unknown loss {sorted(unknown)}; valid: {', '.join(available)}")
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError("loss.weights: at least one loss needs a positive weight")
+        self.terms = nn.ModuleDict({k: available[k]() for k, w in weights.items() if w > 0})
+        self.weights = {k: float(w) for k, w in weights.items() if w > 0}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    Data = SegmentationData
+    metric = "dice"
+    mode = "max"
+    classes: tuple[str, ...] = CLASSES
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.criterion = MultilabelLoss(cfg.loss.weights, cfg.loss.focal_gamma, cfg.loss.tversky_alpha,
+                                        cfg.loss.tversky_beta)
+        self.thresholds = resolve_thresholds(cfg.inference.threshold)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def datasets(self) -> tuple[HandboneDataset, HandboneDataset]:
+        data = self.cfg.data
+        samples = list_samples(data.root)
+        missing = [s for s in samples if s.label_path is None]
+        if missing:
+            raise FormatError(f"{data.root}: training images need labels (outputs_json/); none for {missing[0].image_path}")
+        train_idx, val_idx = split_folds(samples, data.n_folds, data.fold)
+        cache = SampleCache(data.cache_dir, enabled=data.cache)
+        aug = build_augment(self.cfg.augment)
+        train = HandboneDataset([samples[i] for i in train_idx], data.image_size, aug, cache, self.cfg.train.seed)
+        val = HandboneDataset([samples[i] for i in val_idx], data.image_size, None, cache)
+        return train, val
+
+    def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self.criterion(output, batch["masks"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: HandboneDataset, device: torch.device,
+                 autocast=None, batch_size: int = 4) -> dict:
+        """Dice per class: predicted at the training size, scored at the original size (or the training size)."""
+        model.eval()
+        dices, losses = [], []
+        thresholds = torch.as_tensor(self.thresholds).view(-1, 1, 1)
+        at_train_size = self.cfg.data.val_at_train_size
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = torch.stack([it["image"] for it in items]).to(device)
+            masks = torch.stack([it["masks"] for it in items]).to(device)
+            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+                logits = model(images)
+            logits = logits.float()
+            losses.append(float(self.criterion(logits, masks)) * len(items))
+            for k, it in enumerate(items):
+                if at_train_size:
+                    prob = logits[k].sigmoid().cpu()
+                    target = it["masks"].bool()
+                else:
+                    h, w = (int(v) for v in it["orig_size"])
+                    prob = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)[0].sigmoid().cpu()
+                    s = dataset.samples[start + k]
+                    target = torch.from_numpy(read_masks(s.label_path, h, w)).bool()
+                dices.append(dice_per_class(prob > thresholds, target))
+        per_class = np.mean(dices, axis=0)
+        return {
+            "score": float(per_class.mean()),
+            "loss": float(sum(losses) / max(1, len(dataset))),
+            "per_item": {c: float(v) for c, v in zip(self.classes, per_class)},
+        }

@@ -1,0 +1,690 @@
+"""Load run folders into a leaderboard table, rank them, group them and render them as text.
+
+A run folder (``runs/<task>/<run-name>/``) holds a ``summary.json`` written by the training engine
+(or by the ensemble builder, with ``"kind": "ensemble"``). :func:`load_runs` turns every readable
+summary under a root into one row of a :class:`pandas.DataFrame`; a summary that cannot be read, lacks
+a key or has a value of the wrong type is reported by path and skipped.
+
+Row order and ranks come from :func:`rank_runs`: by default the local test score when any run of the
+task has one, else the validation score, in the direction the task's metric asks for (``mode``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# --------------------------------------------------------------------------- schema
+
+#: Every key a summary.json must have (values may be null unless noted in ``_check_summary``).
+SUMMARY_KEYS = (
+    "name", "task", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
+    "n_folds", "epochs", "params", "train_time_s", "train_images_per_s", "metric", "mode", "best_epoch",
+    "val", "test", "speed", "members", "git_commit", "created",
+)
+KINDS = ("run", "ensemble")
+MODES = ("max", "min")
+#: Tasks are shown in this order; any other task follows, alphabetically.
+TASK_ORDER = ("segmentation", "keypoints", "boneage")
+
+#: Columns of the frame returned by :func:`load_runs` (per-item scores are dicts, the rest scalars).
+COLUMNS = (
+    "task", "name", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
+    "n_folds", "epochs", "best_epoch", "params", "train_time_s", "train_images_per_s", "images_per_s",
+    "images_per_s_tta", "metric", "mode", "val_score", "test_score", "test_public", "test_private", "gap",
+    "n_members", "members", "val_per_item", "test_per_item", "git_commit", "created", "run_dir", "summary_path",
+)
+#: Columns written by :func:`write_csv` (no nested values).
+CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item")) + ("rank",)
+
+#: ``--sort`` accepts these short names besides the frame's own column names.
+SORT_ALIASES = {
+    "val": "val_score", "test": "test_score", "public": "test_public", "private": "test_private",
+    "score": None,  # the default: test if any else val
+    "ips": "images_per_s", "ips_tta": "images_per_s_tta", "time": "train_time_s", "size": "image_size",
+    "members": "n_members",
+}
+SCORE_COLUMNS = ("val_score", "test_score", "test_public", "test_private")
+#: Columns that sort from high to low by default (scores follow the metric's mode instead).
+DESCENDING_COLUMNS = ("images_per_s", "images_per_s_tta", "train_images_per_s", "epochs", "n_members")
+SORTABLE = tuple(c for c in CSV_COLUMNS if c not in ("summary_path", "run_dir"))
+
+
+class SummaryError(ValueError):
+    """A summary.json that cannot be used; the message names what is wrong."""
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(d: dict, where: str, spec: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    for key, (ok, what) in spec.items():
+        if key in d and d[key] is not None and not ok(d[key]):
+            raise SummaryError(f"{where}{key!r} must be {what} or null, got {type(d[key]).__name__} {d[key]!r:.60}")
+
+
+def _check_per_item(v: Any, where: str) -> None:
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise SummaryError(f"{where}'per_item' must be an object of numbers or null, got {type(v).__name__}")
+    for k, x in v.items():
+        if x is not None and not _is_num(x):
+            raise SummaryError(f"{where}'per_item'[{k!r}] must be a number or null, got {x!r:.40}")
+
+
+def _check_summary(s: Any) -> None:
+    """Raise :class:`SummaryError` unless ``s`` follows the summary.json schema."""
+    if not isinstance(s, dict):
+        raise SummaryError(f"top level must be a JSON object, got {type(s).__name__}")
+    missing = [k for k in SUMMARY_KEYS if k not in s]
+    if missing:
+        raise SummaryError(f"missing key(s) {', '.join(missing)}")
+    for key in ("name", "task", "metric"):
+        if not isinstance(s[key], str) or not s[key]:
+            raise SummaryError(f"{key!r} must be a non-empty string, got {s[key]!r:.60}")
+    if s["kind"] not in KINDS:
+        raise SummaryError(f"'kind' must be one of {', '.join(KINDS)}, got {s['kind']!r:.60}")
+    if s["mode"] not in MODES:
+        raise SummaryError(f"'mode' must be one of {', '.join(MODES)}, got {s['mode']!r:.60}")
+    is_str = (lambda v: isinstance(v, str), "a string")
+    is_int = (_is_int, "an integer")
+    is_num = (_is_num, "a number")
+    size = (lambda v: _is_int(v) or (isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)),
+            "an integer or [height, width]")
+    _check_types(s, "", {
+        "model": is_str, "family": is_str, "arch": is_str, "encoder": is_str, "config_id": is_str,
+        "git_commit": is_str, "created": is_str, "image_size": size, "fold": is_int, "n_folds": is_int,
+        "epochs": is_int, "best_epoch": is_int, "params": is_int, "train_time_s": is_num,
+        "train_images_per_s": is_num,
+        "members": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    })
+    if not isinstance(s["val"], dict):
+        raise SummaryError(f"'val' must be an object with 'score', got {type(s['val']).__name__}")
+    for part in ("val", "test"):
+        d = s[part]
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise SummaryError(f"{part!r} must be an object or null, got {type(d).__name__}")
+        if "score" not in d:
+            raise SummaryError(f"{part!r} has no 'score' key")
+        _check_types(d, f"{part}.", {"score": is_num, "public": is_num, "private": is_num})
+        _check_per_item(d.get("per_item"), f"{part}.")
+    if s["speed"] is not None:
+        if not isinstance(s["speed"], dict):
+            raise SummaryError(f"'speed' must be an object or null, got {type(s['speed']).__name__}")
+        _check_types(s["speed"], "speed.", {"images_per_s": is_num, "images_per_s_tta": is_num})
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """Read and check one summary.json; raise :class:`SummaryError` (message without the path)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SummaryError(f"cannot read: {e}") from None
+    try:
+        s = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SummaryError(f"invalid JSON ({e})") from None
+    _check_summary(s)
+    return s
+
+
+def _num(v: Any) -> float:
+    return float(v) if _is_num(v) else math.nan
+
+
+def _row(s: dict, path: Path) -> dict:
+    test = s["test"] or {}
+    speed = s["speed"] or {}
+    public, private = _num(test.get("public")), _num(test.get("private"))
+    size = s["image_size"]
+    model = s["model"]
+    if not model and (s["arch"] or s["encoder"]):
+        model = (f"{s['family']}:" if s["family"] else "") + "/".join(x for x in (s["arch"], s["encoder"]) if x)
+    return {
+        "task": s["task"], "name": s["name"], "kind": s["kind"], "model": model, "family": s["family"],
+        "arch": s["arch"], "encoder": s["encoder"], "config_id": s["config_id"],
+        "image_size": f"{size[0]}x{size[1]}" if isinstance(size, list) else size,
+        "fold": s["fold"], "n_folds": s["n_folds"], "epochs": s["epochs"], "best_epoch": s["best_epoch"],
+        "params": s["params"], "train_time_s": _num(s["train_time_s"]),
+        "train_images_per_s": _num(s["train_images_per_s"]),
+        "images_per_s": _num(speed.get("images_per_s")), "images_per_s_tta": _num(speed.get("images_per_s_tta")),
+        "metric": s["metric"], "mode": s["mode"], "val_score": _num(s["val"].get("score")),
+        "test_score": _num(test.get("score")), "test_public": public, "test_private": private,
+        "gap": public - private,
+        "n_members": len(s["members"]) if s["members"] is not None else None, "members": s["members"],
+        "val_per_item": s["val"].get("per_item") or {}, "test_per_item": test.get("per_item") or {},
+        "git_commit": s["git_commit"], "created": s["created"],
+        "run_dir": str(path.parent), "summary_path": str(path),
+    }
+
+
+def find_summaries(root: str | os.PathLike) -> list[Path]:
+    """Every ``summary.json`` under ``root`` (a run folder is not searched below itself; hidden dirs skipped)."""
+    root = Path(root)
+    if root.is_file():
+        return [root] if root.name == "summary.json" else []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "summary.json" in filenames:
+            found.append(Path(dirpath) / "summary.json")
+            dirnames[:] = []  # a run folder holds preds/, checkpoints: nothing more to find below
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+    return sorted(found)
+
+
+def _stderr_warning(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def load_runs(root: str | os.PathLike, task: str | None = None,
+              on_warning: Callable[[str], None] | None = _stderr_warning) -> pd.DataFrame:
+    """One row per run and per ensemble found under ``root``, ranked (see :func:`rank_runs`).
+
+    A summary.json that is unreadable, not JSON, missing keys or holding values of the wrong type is
+    skipped; ``on_warning`` receives ``"<path>: <reason>"`` for it (default: printed to stderr) and the
+    frame's ``attrs["skipped"]`` lists ``(path, reason)`` pairs. ``task`` keeps only that task.
+    """
+    rows, skipped = [], []
+    for path in find_summaries(root):
+        try:
+            s = read_summary(path)
+        except SummaryError as e:
+            skipped.append((str(path), str(e)))
+            if on_warning is not None:
+                on_warning(f"skipping {path}: {e}")
+            continue
+        if task is None or s["task"] == task:
+            rows.append(_row(s, path))
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = rank_runs(df)
+    df.attrs["skipped"] = skipped
+    df.attrs["root"] = str(root)
+    return df
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def tasks_of(df: pd.DataFrame) -> list[str]:
+    """The tasks present, in the canonical order (segmentation, keypoints, boneage, then others)."""
+    present = set(df["task"].dropna()) if len(df) else set()
+    return [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
+
+
+def task_mode(df_task: pd.DataFrame) -> str:
+    """The metric direction of one task's rows (the most common ``mode``)."""
+    modes = df_task["mode"].dropna()
+    return modes.mode().iloc[0] if len(modes) else "max"
+
+
+def task_metric(df_task: pd.DataFrame) -> str:
+    metrics = df_task["metric"].dropna()
+    return metrics.mode().iloc[0] if len(metrics) else "score"
+
+
+def primary_score_column(df_task: pd.DataFrame) -> str:
+    """``test_score`` when any row of the task has a test score, else ``val_score``."""
+    return "test_score" if df_task["test_score"].notna().any() else "val_score"
+
+
+def resolve_sort(column: str | None) -> tuple[str | None, bool | None]:
+    """``"params"``, ``"val"``, ``"params:desc"`` -> (frame column or None for default, descending or None)."""
+    if column is None:
+        return None, None
+    name, _, direction = column.partition(":")
+    if direction not in ("", "asc", "desc"):
+        raise ValueError(f"sort direction must be 'asc' or 'desc', got {direction!r}")
+    name = SORT_ALIASES.get(name, name)
+    if name is not None and name not in SORTABLE:
+        choices = sorted(set(SORTABLE) | set(SORT_ALIASES))
+        raise ValueError(f"unknown sort column {column!r}; choose from: {', '.join(choices)}")
+    return name, (None if not direction else direction == "desc")
+
+
+def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
+    """Sort each task's rows and number them.
+
+    ``sort`` is a column (see :data:`SORTABLE` and :data:`SORT_ALIASES`), optionally with ``:asc`` or
+    ``:desc``. Scores sort best first following each task's mode; speeds and epochs high to low; other
+    columns low to high; missing values always last. ``rank`` counts rows by the task's primary score
+    (test if any, else val) whatever the display order, and is missing for rows without that score.
+    """
+    column, descending = resolve_sort(sort)
+    parts = []
+    for t in tasks_of(df):
+        part = df[df["task"] == t].copy()
+        primary = primary_score_column(part)
+        best_first_desc = task_mode(part) == "max"
+        by = column or primary
+        if descending is None:
+            desc = best_first_desc if by in SCORE_COLUMNS else by in DESCENDING_COLUMNS
+        else:
+            desc = descending
+        key = part[by]
+        if by == "gap":
+            key = key.abs()
+        part = part.assign(_key=key).sort_values(
+            ["_key", "name"], ascending=[not desc, True], na_position="last", kind="mergesort"
+        ).drop(columns="_key")
+        ranks = part[primary].rank(method="min", ascending=not best_first_desc)
+        part["rank"] = ranks.astype("Int64")
+        parts.append(part)
+    if not parts:
+        return df.assign(rank=pd.Series(dtype="Int64"))
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def by_task(df: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
+    for t in tasks_of(df):
+        yield t, df[df["task"] == t]
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def group_folds(df: pd.DataFrame) -> pd.DataFrame:
+    """Cross-validation view: mean and sample std (ddof=1) over the runs sharing a ``config_id``.
+
+    Ensembles are left out. A run without ``config_id`` forms its own group (keyed by name). Columns:
+    task, config_id, model, family, n (runs), folds ("0,1,..."), val_mean, val_std, test_mean, test_std,
+    public_mean, private_mean, gap_mean, params, train_time_s (mean), images_per_s (mean), metric, mode.
+    Rows are sorted per task, best mean first (test mean if any group has one, else val mean).
+    """
+    runs = df[df["kind"] == "run"]
+    cols = ["task", "config_id", "model", "family", "n", "folds", "val_mean", "val_std", "test_mean",
+            "test_std", "public_mean", "private_mean", "gap_mean", "params", "train_time_s", "images_per_s",
+            "metric", "mode"]
+    rows = []
+    for t, part in by_task(runs):
+        key = part["config_id"].where(part["config_id"].notna(), part["name"])
+        for cid, g in part.groupby(key, sort=False):
+            folds = sorted({int(f) for f in g["fold"].dropna()})
+            rows.append({
+                "task": t, "config_id": cid, "model": _first(g["model"]), "family": _first(g["family"]),
+                "n": len(g), "folds": ",".join(map(str, folds)),
+                "val_mean": g["val_score"].mean(), "val_std": g["val_score"].std(ddof=1),
+                "test_mean": g["test_score"].mean(), "test_std": g["test_score"].std(ddof=1),
+                "public_mean": g["test_public"].mean(), "private_mean": g["test_private"].mean(),
+                "gap_mean": g["gap"].mean(), "params": _first(g["params"]),
+                "train_time_s": g["train_time_s"].mean(), "images_per_s": g["images_per_s"].mean(),
+                "metric": task_metric(g), "mode": task_mode(g),
+            })
+    out = pd.DataFrame(rows, columns=cols)
+    parts = []
+    for t in tasks_of(out):
+        part = out[out["task"] == t]
+        by = "test_mean" if part["test_mean"].notna().any() else "val_mean"
+        parts.append(part.sort_values([by, "config_id"], ascending=[task_mode(part) == "min", True],
+                                      na_position="last", kind="mergesort"))
+    return pd.concat(parts, ignore_index=True) if parts else out
+
+
+def best_per_family(df: pd.DataFrame) -> pd.DataFrame:
+    """The best-ranked row of each model family per task (ensembles form the family "ensemble")."""
+    ranked = df.sort_values(["task", "rank"], na_position="last", kind="mergesort")
+    fam = ranked["family"].where(ranked["family"].notna(),
+                                 ranked["kind"].map({"ensemble": "ensemble"}).fillna("?"))
+    ranked = ranked.assign(family=fam)
+    parts = []
+    for t, part in by_task(ranked):
+        parts.append(part.drop_duplicates("family", keep="first"))
+    return pd.concat(parts, ignore_index=True) if parts else ranked.iloc[0:0]
+
+
+def _first(s: pd.Series) -> Any:
+    s = s.dropna()
+    return s.iloc[0] if len(s) else None
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_score(v: Any, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "—"
+    v = float(v)
+    digits = 4 if abs(v) < 10 else 2
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def fmt_params(v: Any) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    v = float(v)
+    if v >= 1e9:
+        return f"{v / 1e9:.2f}B"
+    if v >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{int(v)}"
+
+
+def fmt_time(v: Any) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    s = int(round(float(v)))
+    if s < 60:
+        return f"{float(v):.1f}s" if float(v) < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_rate(v: Any) -> str:
+    if v is None or pd.isna(v):
+        return "—"
+    v = float(v)
+    return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def fmt_plain(v: Any) -> str:
+    if v is None or (not isinstance(v, (list, dict, str)) and pd.isna(v)):
+        return "—"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def fmt_mean_std(mean: Any, std: Any, n: int) -> str:
+    if mean is None or pd.isna(mean):
+        return "—"
+    if n < 2 or std is None or pd.isna(std):
+        return fmt_score(mean)
+    return f"{fmt_score(mean)} ± {fmt_score(std)}"
+
+
+def direction_word(mode: str) -> str:
+    return "higher is better" if mode == "max" else "lower is better"
+
+
+def leaderboard_columns(df_task: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str]]]:
+    """(header, alignment, cell function) of the leaderboard for one task; empty optional columns dropped."""
+    metric = task_metric(df_task)
+    cols: list[tuple[str, str, Callable[[dict], str]]] = [
+        ("#", "right", lambda r: fmt_plain(r["rank"])),
+        ("name", "left", lambda r: str(r["name"])),
+        ("kind", "left", lambda r: r["kind"] if r["kind"] != "ensemble" else f"ensemble ({fmt_plain(r['n_members'])})"),
+        ("model", "left", lambda r: fmt_plain(r["model"])),
+        ("size", "right", lambda r: fmt_plain(r["image_size"])),
+        ("fold", "right", lambda r: fmt_plain(r["fold"])),
+        ("epochs", "right", lambda r: fmt_plain(r["epochs"])),
+        ("params", "right", lambda r: fmt_params(r["params"])),
+        ("train time", "right", lambda r: fmt_time(r["train_time_s"])),
+        ("img/s", "right", lambda r: fmt_rate(r["images_per_s"])),
+        ("img/s TTA", "right", lambda r: fmt_rate(r["images_per_s_tta"])),
+        (f"val {metric}", "right", lambda r: fmt_score(r["val_score"])),
+        (f"test {metric}", "right", lambda r: fmt_score(r["test_score"])),
+        ("public", "right", lambda r: fmt_score(r["test_public"])),
+        ("private", "right", lambda r: fmt_score(r["test_private"])),
+        ("gap pub−priv", "right", lambda r: fmt_score(r["gap"], signed=True)),
+    ]
+    optional = {"img/s": "images_per_s", "img/s TTA": "images_per_s_tta", f"test {metric}": "test_score",
+                "public": "test_public", "private": "test_private", "gap pub−priv": "gap"}
+    return [c for c in cols if c[0] not in optional or df_task[optional[c[0]]].notna().any()]
+
+
+def cv_columns(df_cv: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str]]]:
+    metric = task_metric(df_cv) if len(df_cv) else "score"
+    cols = [
+        ("config", "left", lambda r: str(r["config_id"])),
+        ("model", "left", lambda r: fmt_plain(r["model"])),
+        ("n folds", "right", lambda r: str(r["n"])),
+        ("folds", "left", lambda r: r["folds"] or "—"),
+        ("params", "right", lambda r: fmt_params(r["params"])),
+        ("train time (mean)", "right", lambda r: fmt_time(r["train_time_s"])),
+        ("img/s (mean)", "right", lambda r: fmt_rate(r["images_per_s"])),
+        (f"val {metric} mean ± std", "right", lambda r: fmt_mean_std(r["val_mean"], r["val_std"], r["n"])),
+        (f"test {metric} mean ± std", "right", lambda r: fmt_mean_std(r["test_mean"], r["test_std"], r["n"])),
+        ("gap (mean)", "right", lambda r: fmt_score(r["gap_mean"], signed=True)),
+    ]
+    optional = {"img/s (mean)": "images_per_s", f"test {metric} mean ± std": "test_mean", "gap (mean)": "gap_mean"}
+    return [c for c in cols if c[0] not in optional or df_cv[optional[c[0]]].notna().any()]
+
+
+def family_columns(df_fam: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str]]]:
+    metric = task_metric(df_fam) if len(df_fam) else "score"
+    col = primary_score_column(df_fam) if len(df_fam) else "val_score"
+    label = "test" if col == "test_score" else "val"
+    return [
+        ("family", "left", lambda r: str(r["family"])),
+        ("#", "right", lambda r: fmt_plain(r["rank"])),
+        ("best run", "left", lambda r: str(r["name"])),
+        ("model", "left", lambda r: fmt_plain(r["model"])),
+        ("params", "right", lambda r: fmt_params(r["params"])),
+        ("img/s", "right", lambda r: fmt_rate(r["images_per_s"])),
+        (f"{label} {metric}", "right", lambda r: fmt_score(r[col])),
+    ]
+
+
+def cells(df: pd.DataFrame, columns) -> tuple[list[str], list[str], list[list[str]]]:
+    """Headers, alignments and string cells of ``df`` for ``columns`` (see ``*_columns``)."""
+    headers = [c[0] for c in columns]
+    aligns = [c[1] for c in columns]
+    rows = [[c[2](r) for c in columns] for r in df.to_dict("records")]
+    return headers, aligns, rows
+
+
+def task_title(task: str, df_task: pd.DataFrame) -> str:
+    mode = task_mode(df_task)
+    return f"{task} — {task_metric(df_task)} ({direction_word(mode)})"
+
+
+def sections(df: pd.DataFrame, group: bool = False) -> list[dict]:
+    """What a report shows, in order: one dict per table with keys ``task``, ``kind`` ("leaderboard",
+    "cv", "family"), ``title`` and ``table`` = (headers, aligns, rows of strings)."""
+    out = []
+    cv = group_folds(df) if group else None
+    fam = best_per_family(df) if group else None
+    for t, part in by_task(df):
+        n_runs = int((part["kind"] == "run").sum())
+        n_ens = len(part) - n_runs
+        ranked_by = "test" if primary_score_column(part) == "test_score" else "validation"
+        out.append({"task": t, "kind": "leaderboard",
+                    "title": f"{task_title(t, part)} — {n_runs} run(s), {n_ens} ensemble(s), "
+                             f"ranked by {ranked_by} score",
+                    "table": cells(part, leaderboard_columns(part))})
+        if group:
+            cv_t = cv[cv["task"] == t]
+            out.append({"task": t, "kind": "cv",
+                        "title": f"{t} — cross-validation: mean ± std (ddof=1) over the folds of each config",
+                        "table": cells(cv_t, cv_columns(cv_t))})
+            fam_t = fam[fam["task"] == t]
+            out.append({"task": t, "kind": "family", "title": f"{t} — best run per model family",
+                        "table": cells(fam_t, family_columns(fam_t))})
+    return out
+
+
+def trial_section(trials: pd.DataFrame) -> dict:
+    return {"task": "sweep", "kind": "trials", "title": trials.attrs.get("title", "sweep trials"),
+            "table": trial_cells(trials)}
+
+
+# --------------------------------------------------------------------------- renderers
+
+
+def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_trials: pd.DataFrame | None = None):
+    """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if not len(df):
+        console.print("[yellow]no runs found[/yellow]")
+    tables = sections(df, group=group)
+    if study_trials is not None:
+        tables.append(trial_section(study_trials))
+    for sec in tables:
+        headers, aligns, rows = sec["table"]
+        table = Table(title=sec["title"], title_justify="left", title_style="bold", header_style="bold cyan",
+                      pad_edge=False)
+        for h, a in zip(headers, aligns):
+            table.add_column(h, justify=a, overflow="fold", no_wrap=h not in ("name", "model", "params"))
+        for i, row in enumerate(rows):
+            best = i == 0 and sec["kind"] == "leaderboard" and row[0] == "1"
+            table.add_row(*row, style="bold green" if best else None)
+        console.print(table)
+        console.print()
+    return console
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(headers: list[str], aligns: list[str], rows: list[list[str]]) -> str:
+    sep = {"left": ":---", "right": "---:", "center": ":---:"}
+    lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+             "|" + "|".join(sep.get(a, "---") for a in aligns) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(df: pd.DataFrame, group: bool = False, study_trials: pd.DataFrame | None = None) -> str:
+    """The leaderboard as Markdown: one ``##`` section per task, tables as GitHub pipe tables."""
+    parts = ["# Leaderboard", ""]
+    if not len(df):
+        parts += ["No runs found.", ""]
+    tables = sections(df, group=group)
+    if study_trials is not None:
+        tables.append(trial_section(study_trials))
+    for sec in tables:
+        heading = "##" if sec["kind"] in ("leaderboard", "trials") else "###"
+        parts += [f"{heading} {sec['title']}", "", markdown_table(*sec["table"]), ""]
+    skipped = df.attrs.get("skipped") or []
+    if skipped:
+        parts += ["## Skipped summaries", ""] + [f"- `{p}`: {_md_escape(r)}" for p, r in skipped] + [""]
+    return "\n".join(parts)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
+    """Write through a temp file in the same folder and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_markdown(df: pd.DataFrame, path: str | os.PathLike, group: bool = False,
+                   study_trials: pd.DataFrame | None = None) -> Path:
+    return write_text_atomic(path, to_markdown(df, group=group, study_trials=study_trials))
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The leaderboard's scalar columns (raw numbers, all tasks, in rank order) as CSV."""
+    buf = io.StringIO()
+    df.reindex(columns=list(CSV_COLUMNS)).to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    return write_text_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- sweeps (Optuna)
+
+
+def load_study(name: str, storage: str):
+    """Load an existing Optuna study; a missing SQLite file is an error (Optuna would create it)."""
+    import optuna
+
+    if storage.startswith("sqlite:///"):
+        db = Path(storage[len("sqlite:///"):])
+        if not db.is_file():
+            raise FileNotFoundError(f"no Optuna database at {db} (storage {storage})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+        raise KeyError(f"no study {name!r} in {storage}; studies there: {', '.join(names) or 'none'}") from None
+
+
+def study_trials(study) -> pd.DataFrame:
+    """One row per trial: number, state, value (first objective), values, params (dict), duration_s.
+
+    ``attrs`` holds the study's name, directions (``"max"``/``"min"``) and a title.
+    """
+    rows = []
+    for t in study.trials:
+        values = t.values
+        rows.append({
+            "number": t.number, "state": t.state.name,
+            "value": float(values[0]) if values else math.nan,
+            "values": list(values) if values else None,
+            "params": dict(t.params),
+            "duration_s": t.duration.total_seconds() if t.duration is not None else math.nan,
+        })
+    df = pd.DataFrame(rows, columns=["number", "state", "value", "values", "params", "duration_s"])
+    directions = ["max" if d.name == "MAXIMIZE" else "min" for d in study.directions]
+    df.attrs.update(study=study.study_name, directions=directions,
+                    title=f"sweep {study.study_name} — {len(df)} trial(s), "
+                          f"{'/'.join(directions)}imize")
+    return df
+
+
+def _fmt_param(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trial_cells(trials: pd.DataFrame):
+    headers = ["trial", "state", "value", "duration", "params"]
+    aligns = ["right", "left", "right", "right", "left"]
+    rows = []
+    for r in trials.to_dict("records"):
+        values = r["values"]
+        value = ", ".join(fmt_score(v) for v in values) if values and len(values) > 1 else fmt_score(r["value"])
+        params = ", ".join(f"{k}={_fmt_param(v)}" for k, v in sorted(r["params"].items()))
+        rows.append([str(r["number"]), r["state"], value, fmt_time(r["duration_s"]), params or "—"])
+    return headers, aligns, rows
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The epochs of a run's ``metrics.jsonl`` (lines that are not JSON objects are ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+    except (OSError, UnicodeDecodeError):
+        return []
+    return out
