@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 from sklearn.model_selection import GroupKFold
 from torch import nn
 from torch.utils.data import Dataset
@@ -71,6 +71,22 @@ def dice_per_class(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.nd
     total = pred_t.flatten(-2).sum(-1).double() + target_t.flatten(-2).sum(-1).double()
     dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
     return dice.numpy()
+
+
+def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> np.ndarray:
+    """``(C, h, w)`` probabilities (float, or uint8 = p*255) → ``(C, H, W)`` uint8 masks at the original size.
+
+    One class at a time (bilinear, half-pixel centres, as ``F.interpolate(align_corners=False)``), so a
+    29x2048x2048 float map never exists in memory.
+    """
+    height, width = size
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    out = np.empty((probs.shape[0], height, width), np.uint8)
+    for c, prob in enumerate(probs):
+        if prob.shape != (height, width):
+            prob = cv2.resize(prob.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        np.greater(prob, thresholds[c] * scale, out=out[c], casting="unsafe")
+    return out
 
 
 class HandboneDataset(Dataset):
@@ -197,7 +213,6 @@ class SegmentationTask(Task):
         """Dice per class: predicted at the training size, scored at the original size (or the training size)."""
         model.eval()
         dices, losses = [], []
-        thresholds = torch.as_tensor(self.thresholds).view(-1, 1, 1)
         at_train_size = self.cfg.data.val_at_train_size
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -207,16 +222,16 @@ class SegmentationTask(Task):
                 logits = model(images)
             logits = logits.float()
             losses.append(float(self.criterion(logits, masks)) * len(items))
+            probs = logits.sigmoid().cpu().numpy()
             for k, it in enumerate(items):
                 if at_train_size:
-                    prob = logits[k].sigmoid().cpu()
-                    target = it["masks"].bool()
+                    pred = probs_to_masks(probs[k], probs.shape[-2:], self.thresholds)
+                    target = it["masks"].numpy()
                 else:
                     h, w = (int(v) for v in it["orig_size"])
-                    prob = F.interpolate(logits[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)[0].sigmoid().cpu()
-                    s = dataset.samples[start + k]
-                    target = torch.from_numpy(read_masks(s.label_path, h, w)).bool()
-                dices.append(dice_per_class(prob > thresholds, target))
+                    pred = probs_to_masks(probs[k], (h, w), self.thresholds)
+                    target = read_masks(dataset.samples[start + k].label_path, h, w)
+                dices.append(dice_per_class(pred, target))
         per_class = np.mean(dices, axis=0)
         return {
             "score": float(per_class.mean()),

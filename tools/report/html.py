@@ -387,9 +387,10 @@ h2 { font-size:16px; margin:2px 0 8px; }
 h2 .sub { color:var(--muted); font-weight:400; font-size:13px; }
 h3 { font-size:13px; margin:14px 0 6px; color:#2d3a48; }
 .tablewrap { overflow-x:auto; }
-table { border-collapse:collapse; width:100%; font-size:12px; font-variant-numeric:tabular-nums; }
-th, td { padding:4px 8px; border-bottom:1px solid var(--line); white-space:nowrap; }
-th { background:#f0f3f7; text-align:left; font-weight:600; color:#314152; position:sticky; top:0; }
+table { border-collapse:collapse; width:100%; font-size:11.5px; font-variant-numeric:tabular-nums; }
+th, td { padding:3px 6px; border-bottom:1px solid var(--line); white-space:nowrap; }
+th { background:#f0f3f7; text-align:left; font-weight:600; color:#314152; white-space:normal; vertical-align:bottom; }
+td.model { white-space:normal; min-width:9em; }
 td.r, th.r { text-align:right; }
 tr.best td { background:var(--best); font-weight:600; }
 tr:hover td { background:#f5f9ff; }
@@ -413,6 +414,7 @@ def _esc(s: Any) -> str:
 def table_html(headers, aligns, rows, highlight_first: bool = False) -> str:
     cls = ["r" if a == "right" else "" for a in aligns]
     name_cols = {i for i, h in enumerate(headers) if h in ("name", "best run", "config")}
+    model_cols = {i for i, h in enumerate(headers) if h == "model"}
     out = ['<div class="tablewrap"><table><thead><tr>']
     out += [f'<th class="{c}">{_esc(h)}</th>' for h, c in zip(headers, cls)]
     out.append("</tr></thead><tbody>")
@@ -420,8 +422,13 @@ def table_html(headers, aligns, rows, highlight_first: bool = False) -> str:
         best = highlight_first and i == 0 and row and row[0] == "1"
         out.append('<tr class="best">' if best else "<tr>")
         for j, (v, c) in enumerate(zip(row, cls)):
-            c = (c + " name").strip() if j in name_cols else c
-            out.append(f'<td class="{c}">{_esc(v)}</td>')
+            text = _esc(v)
+            if j in name_cols:
+                c = (c + " name").strip()
+            elif j in model_cols:  # let long model names break after ':' and '/'
+                c = (c + " model").strip()
+                text = text.replace("/", "/<wbr>").replace(":", ":<wbr>")
+            out.append(f'<td class="{c}">{text}</td>')
         out.append("</tr>")
     if not rows:
         out.append(f'<tr><td colspan="{len(headers)}">nothing to show</td></tr>')

@@ -282,9 +282,11 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
         key = part[by]
         if by == "gap":
             key = key.abs()
-        part = part.assign(_key=key).sort_values(
-            ["_key", "name"], ascending=[not desc, True], na_position="last", kind="mergesort"
-        ).drop(columns="_key")
+        # ties and rows without the sort key: best validation score first, then by name
+        val_key = part["val_score"] if best_first_desc else -part["val_score"]
+        part = part.assign(_key=key, _val=val_key).sort_values(
+            ["_key", "_val", "name"], ascending=[not desc, False, True], na_position="last", kind="mergesort"
+        ).drop(columns=["_key", "_val"])
         ranks = part[primary].rank(method="min", ascending=not best_first_desc)
         part["rank"] = ranks.astype("Int64")
         parts.append(part)
@@ -455,11 +457,11 @@ def cv_columns(df_cv: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str
         ("params", "right", lambda r: fmt_params(r["params"])),
         ("train time (mean)", "right", lambda r: fmt_time(r["train_time_s"])),
         ("img/s (mean)", "right", lambda r: fmt_rate(r["images_per_s"])),
-        (f"val {metric} mean ± std", "right", lambda r: fmt_mean_std(r["val_mean"], r["val_std"], r["n"])),
-        (f"test {metric} mean ± std", "right", lambda r: fmt_mean_std(r["test_mean"], r["test_std"], r["n"])),
+        (f"val {metric}", "right", lambda r: fmt_mean_std(r["val_mean"], r["val_std"], r["n"])),
+        (f"test {metric}", "right", lambda r: fmt_mean_std(r["test_mean"], r["test_std"], r["n"])),
         ("gap (mean)", "right", lambda r: fmt_score(r["gap_mean"], signed=True)),
     ]
-    optional = {"img/s (mean)": "images_per_s", f"test {metric} mean ± std": "test_mean", "gap (mean)": "gap_mean"}
+    optional = {"img/s (mean)": "images_per_s", f"test {metric}": "test_mean", "gap (mean)": "gap_mean"}
     return [c for c in cols if c[0] not in optional or df_cv[optional[c[0]]].notna().any()]
 
 
@@ -508,7 +510,8 @@ def sections(df: pd.DataFrame, group: bool = False) -> list[dict]:
         if group:
             cv_t = cv[cv["task"] == t]
             out.append({"task": t, "kind": "cv",
-                        "title": f"{t} — cross-validation: mean ± std (ddof=1) over the folds of each config",
+                        "title": f"{t} — cross-validation: {task_metric(cv_t) if len(cv_t) else 'score'} "
+                                 f"mean ± std (ddof=1) over the folds of each config",
                         "table": cells(cv_t, cv_columns(cv_t))})
             fam_t = fam[fam["task"] == t]
             out.append({"task": t, "kind": "family", "title": f"{t} — best run per model family",
@@ -527,7 +530,6 @@ def trial_section(trials: pd.DataFrame) -> dict:
 def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_trials: pd.DataFrame | None = None):
     """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     if not len(df):
@@ -537,16 +539,47 @@ def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_t
         tables.append(trial_section(study_trials))
     for sec in tables:
         headers, aligns, rows = sec["table"]
-        table = Table(title=sec["title"], title_justify="left", title_style="bold", header_style="bold cyan",
-                      pad_edge=False)
-        for h, a in zip(headers, aligns):
-            table.add_column(h, justify=a, overflow="fold", no_wrap=h not in ("name", "model", "params"))
-        for i, row in enumerate(rows):
-            best = i == 0 and sec["kind"] == "leaderboard" and row[0] == "1"
-            table.add_row(*row, style="bold green" if best else None)
+        keep = list(range(len(headers)))
+        table = _rich_table(sec, keep)
+        if console.is_terminal:  # too wide: drop the least useful columns rather than squash them all
+            for h in DROP_ORDER:
+                if _natural_width(console, table) <= console.width:
+                    break
+                if h in headers and headers.index(h) in keep and len(keep) > 3:
+                    keep.remove(headers.index(h))
+                    table = _rich_table(sec, keep)
+            hidden = [headers[i] for i in range(len(headers)) if i not in keep]
+            if hidden:
+                table.caption = f"hidden to fit the terminal: {', '.join(hidden)} (see --md / --csv / --html)"
         console.print(table)
         console.print()
     return console
+
+
+#: Columns dropped first (in this order) when a table does not fit the terminal.
+DROP_ORDER = ("img/s TTA", "size", "fold", "epochs", "train time", "kind", "public", "private",
+              "train time (mean)", "folds", "gap (mean)", "duration", "img/s", "img/s (mean)", "params", "model")
+
+
+def _natural_width(console, table) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(100_000), table).maximum
+
+
+def _rich_table(sec: dict, keep: list[int]):
+    from rich.table import Table
+
+    headers, aligns, rows = sec["table"]
+    table = Table(title=sec["title"], title_justify="left", title_style="bold", header_style="bold cyan",
+                  pad_edge=False, caption_justify="left")
+    for i in keep:
+        table.add_column(headers[i], justify=aligns[i], overflow="fold",
+                         no_wrap=headers[i] not in ("name", "model", "params", "best run", "config"))
+    for n, row in enumerate(rows):
+        best = n == 0 and sec["kind"] == "leaderboard" and row[0] == "1"
+        table.add_row(*(row[i] for i in keep), style="bold green" if best else None)
+    return table
 
 
 def _md_escape(s: str) -> str:
@@ -578,6 +611,15 @@ def to_markdown(df: pd.DataFrame, group: bool = False, study_trials: pd.DataFram
     return "\n".join(parts)
 
 
+def _new_file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
     """Write through a temp file in the same folder and rename it over ``path``."""
     path = Path(path)
@@ -587,6 +629,7 @@ def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,193 @@
+"""Segmentation inference: model(s) + TTA on the device, post-processing in worker threads.
+
+The device loop only produces probabilities at the model size; upsampling to the original size,
+thresholding and RLE run in a thread pool while the next image is on the device. At most
+``2 x workers`` images are in flight, so memory does not grow with the number of test images.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.checkpoint import load_checkpoint, load_model_state
+from engine.config import Config, build_config
+from ensembles.tta import View, tta_predict
+from models import create_model
+from tasks.formats.handbones import HandboneSample, list_samples
+from tasks.formats.images import read_grey, resize_grey
+from tasks.registry import get_task_class
+from tasks.rle import encode
+from tasks.segmentation import probs_to_masks, split_folds
+from tasks.submission import AtomicCSVWriter
+
+
+@dataclass
+class LoadedModel:
+    """A trained member: its torch module, resolved config and where it came from."""
+
+    model: torch.nn.Module
+    cfg: Config
+    source: Path
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.data.image_size
+
+
+def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None = None) -> LoadedModel:
+    """Build the architecture recorded in the checkpoint and load its weights (clear error on mismatch)."""
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    for key in ("model", "config", "model_name", "num_outputs"):
+        if key not in ckpt:
+            raise ValueError(f"{ckpt_path}: not a harness checkpoint (no '{key}')")
+    if cfg is None:
+        cfg = build_config(ckpt["config"], str(ckpt_path))
+    elif cfg.model.name != ckpt["model_name"]:
+        raise ValueError(f"{ckpt_path}: checkpoint holds {ckpt['model_name']!r} but the config asks for {cfg.model.name!r}")
+    task = get_task_class(cfg.task)(cfg)
+    if ckpt["num_outputs"] != task.num_outputs:
+        raise ValueError(f"{ckpt_path}: checkpoint has {ckpt['num_outputs']} output channels, task "
+                         f"{cfg.task} needs {task.num_outputs}")
+    model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
+                         **cfg.model.options)
+    load_model_state(model, ckpt["model"], str(ckpt_path))
+    return LoadedModel(model.to(device).eval(), cfg, ckpt_path)
+
+
+def split_samples(cfg: Config, split: str) -> list[HandboneSample]:
+    """Images to predict: the test folder (``data.test_root``) or the run's validation fold."""
+    if split == "test":
+        if not cfg.data.test_root:
+            raise ValueError("data.test_root is not set: nothing to predict for --split test")
+        return list_samples(cfg.data.test_root, labels=None)
+    samples = list_samples(cfg.data.root)
+    _, val_idx = split_folds(samples, cfg.data.n_folds, cfg.data.fold)
+    return [samples[i] for i in val_idx]
+
+
+class ProbabilitySource:
+    """Mean sigmoid probabilities of one or more members (each with its own input size) under TTA views."""
+
+    def __init__(self, members: list[LoadedModel], views: list[View], device: torch.device,
+                 weights: np.ndarray | None = None, amp: torch.dtype | None = None) -> None:
+        self.members = members
+        self.views = views
+        self.device = device
+        self.amp = amp
+        if weights is None:
+            weights = np.ones((len(members), 1), np.float32)
+        self.weights = np.asarray(weights, np.float32).reshape(len(members), -1)
+        self.out_size = max(m.image_size for m in members)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``(C, s, s)`` float32 probabilities at the largest member size for one uint8 image."""
+        total = None
+        for m, w in zip(self.members, self.weights):
+            x = torch.from_numpy(resize_grey(image, m.image_size, m.image_size)).float().div_(255)[None, None]
+            x = x.to(self.device)
+            ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
+            with ctx:
+                prob = tta_predict(m.model, x, self.views, out_size=(self.out_size, self.out_size))[0]
+            prob = prob.float() * torch.as_tensor(w, device=prob.device).view(-1, 1, 1)
+            total = prob if total is None else total + prob
+        return (total / torch.as_tensor(self.weights.sum(0), device=total.device).view(-1, 1, 1)).cpu().numpy()
+
+
+def _postprocess(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray,
+                 cache_dir: Path | None) -> tuple[str, list[str]]:
+    if cache_dir is not None:
+        save_probs(cache_dir / f"{name}.npz", probs, size)
+    masks = probs_to_masks(probs, size, thresholds)
+    return name, [encode(m) for m in masks]
+
+
+def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int]) -> None:
+    """Prediction cache entry: uint8-quantised probabilities (p*255) at the model size + original size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    q = probs if probs.dtype == np.uint8 else np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, probs=q, orig_size=np.asarray(size, np.int64))
+    tmp.replace(path)
+
+
+def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    with np.load(path) as f:
+        probs, size = f["probs"], tuple(int(v) for v in f["orig_size"])
+    return probs, size
+
+
+def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray], np.ndarray],
+                 thresholds: np.ndarray, workers: int = 2, cache_dir: Path | None = None,
+                 progress: bool = True, expected_size: tuple[int, int] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(image_name, rles)`` in input order; post-processing overlaps the next forward pass."""
+    samples = list(samples)
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for s in tqdm(samples, desc="predict", disable=not progress, dynamic_ncols=True):
+            image = read_grey(s.image_path)
+            if expected_size and image.shape != expected_size:
+                warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
+                              f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
+            probs = source(image)
+            pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache_dir))
+            while len(pending) > 2 * max(1, workers):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def write_submission(rows: Iterable[tuple[str, list[str]]], out_csv: str | Path) -> int:
+    """Stream rows into an atomic CSV; returns the number of images written."""
+    n = 0
+    with AtomicCSVWriter(out_csv) as writer:
+        for name, rles in rows:
+            writer.write_image(name, rles)
+            n += 1
+    return n
+
+
+def timed(fn: Callable[[], int]) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = fn()
+    return n, time.perf_counter() - t0
+
+
+def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, split: str = "test", tta: bool = False,
+                save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
+                progress: bool = True) -> dict:
+    """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
+    from engine.summary import update_summary
+    from engine.trainer import amp_dtype, pick_device
+    from ensembles.tta import views_from_config
+    from tasks.formats.images import image_size
+    from tasks.segmentation import resolve_thresholds
+
+    dev = pick_device(device)
+    member = load_model(ckpt, dev, cfg)
+    cfg = member.cfg
+    samples = split_samples(cfg, split)
+    views = views_from_config(cfg.inference.tta, enabled=tta)
+    source = ProbabilitySource([member], views, dev, amp=amp_dtype(cfg.train.amp, dev))
+    thresholds = resolve_thresholds(cfg.inference.threshold)
+    cache_dir = None
+    if save_probs_dir is not None:
+        cache_dir = Path(ckpt).parent / "preds" / split if save_probs_dir == "auto" else Path(save_probs_dir)
+    rows = predict_rows(samples, source, thresholds, workers or cfg.inference.post_workers, cache_dir, progress,
+                        expected_size=image_size(samples[0].image_path))
+    n, seconds = timed(lambda: write_submission(rows, out_csv))
+    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
+    run_dir = Path(ckpt).parent
+    if (run_dir / "summary.json").is_file() and split == "test":
+        update_summary(run_dir, speed={"images_per_s_tta" if tta and len(views) > 1 else "images_per_s": stats["images_per_s"]})
+    return stats

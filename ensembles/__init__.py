@@ -1,0 +1,1 @@
+"""Ensembles and TTA: work on arrays and CSVs, never on training code."""

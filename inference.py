@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Predict and write a submission CSV.
+
+  python inference.py -c runs/segmentation/<run>/config.yaml --ckpt runs/segmentation/<run>/best.pt --tta -o submissions/a.csv
+  python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine  # noqa: E402,F401  (offline environment first)
+from engine.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from tasks.formats import FormatError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", help="run config (default: config.yaml beside the checkpoint)")
+    parser.add_argument("--ckpt", help="checkpoint (best.pt / last.pt of a run)")
+    parser.add_argument("-o", "--out", help="submission CSV (default: submissions/<run>[-tta].csv)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation from inference.tta")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="test: data.test_root; val: the run's validation fold")
+    parser.add_argument("--save-probs", nargs="?", const="auto", default=None, metavar="DIR",
+                        help="write the prediction cache (default DIR: <run>/preds/<split>)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=None, help="post-processing threads")
+    return parser.parse_known_args(argv)
+
+
+# Task → module whose ``predict_run(cfg, ckpt, *, out_csv, split, tta, save_probs_dir, device, workers)``
+# predicts one run and returns {"images", "seconds", "images_per_s", "csv"}.
+PREDICTORS = {
+    "segmentation": "engine.predictor",
+}
+
+
+def predictor_for(cfg, ckpt: Path):
+    import importlib
+
+    if cfg is not None:
+        task = cfg.task
+    else:
+        from engine.checkpoint import load_checkpoint
+
+        task = load_checkpoint(ckpt).get("task")
+    if task not in PREDICTORS:
+        raise ValueError(f"{ckpt}: no predictor for task {task!r}")
+    return importlib.import_module(PREDICTORS[task]).predict_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse_args(argv)
+    if not args.ckpt:
+        print("inference.py: give --ckpt", file=sys.stderr)
+        return 2
+    try:
+        ckpt = Path(args.ckpt)
+        saved = ckpt.parent / "config.yaml"
+        cfg_path = args.config or (saved if saved.is_file() else None)
+        if rest and cfg_path is None:
+            raise ConfigError(f"overrides {rest} need a config: pass -c CONFIG")
+        cfg = load_config(cfg_path, parse_overrides(rest)) if cfg_path else None
+        out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
+        stats = predictor_for(cfg, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
+                            device=args.device, workers=args.workers)
+    except (ConfigError, FormatError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

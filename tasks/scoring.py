@@ -1,0 +1,118 @@
+"""Local scoring of submissions, with a competition-style public/private split of the test images."""
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tasks.formats import FormatError
+from tasks.formats.handbones import CLASSES, list_samples, read_masks
+from tasks.formats.images import image_size
+from tasks.rle import decode
+from tasks.segmentation import dice_per_class
+from tasks.submission import iter_images
+
+PUBLIC_SEED = 0
+
+
+def public_private_split(names: list[str], seed: int = PUBLIC_SEED) -> tuple[set[str], set[str]]:
+    """A fixed random half/half split of the sorted test names (public gets the extra one if odd)."""
+    ordered = sorted(names)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    half = (len(ordered) + 1) // 2
+    public = {ordered[i] for i in perm[:half]}
+    return public, set(ordered) - public
+
+
+def resolve_gt(gt: str | os.PathLike, images: str | os.PathLike | None) -> tuple[Path, Path]:
+    """``--gt`` may be ``test_gt`` (holding ``outputs_json``) or the JSON folder itself; images default to ``../test``."""
+    gt = Path(gt)
+    labels = gt / "outputs_json" if (gt / "outputs_json").is_dir() else gt
+    if images is None:
+        base = gt if labels != gt else gt.parent
+        images = base.parent / "test"
+    return Path(images), labels
+
+
+def check_segmentation_csv(csv_path: str | os.PathLike, images_root: str | os.PathLike) -> int:
+    """Validate a submission against the test images: coverage, order, RLE bounds and sortedness.
+
+    Returns the number of images; raises :class:`FormatError` naming the file, line and reason.
+    """
+    samples = {s.name: s for s in list_samples(images_root, labels=None)}
+    seen = set()
+    for name, rles in iter_images(csv_path):
+        if name not in samples:
+            raise FormatError(f"{csv_path}: image {name} is not in {images_root}")
+        h, w = image_size(samples[name].image_path)
+        for cls, rle in zip(CLASSES, rles):
+            decode(rle, h, w, where=f"{csv_path}: {name} {cls}")
+        seen.add(name)
+    missing = sorted(set(samples) - seen)
+    if missing:
+        raise FormatError(f"{csv_path}: {len(missing)} test images have no rows, e.g. {missing[0]}")
+    return len(seen)
+
+
+def score_segmentation(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None) -> dict:
+    """Mean Dice (images, then classes), per class, and public/private halves. Streams image by image."""
+    images_root, labels = resolve_gt(gt, images)
+    samples = {s.name: s for s in list_samples(images_root, labels=labels)}
+    per_image: dict[str, np.ndarray] = {}
+    for name, rles in iter_images(csv_path):
+        if name not in samples:
+            raise FormatError(f"{csv_path}: image {name} has no ground truth in {labels}")
+        s = samples[name]
+        h, w = image_size(s.image_path)
+        pred = np.stack([decode(r, h, w, where=f"{csv_path}: {name} {c}") for c, r in zip(CLASSES, rles)])
+        per_image[name] = dice_per_class(pred, read_masks(s.label_path, h, w))
+    missing = sorted(set(samples) - set(per_image))
+    if missing:
+        raise FormatError(f"{csv_path}: {len(missing)} test images have no rows, e.g. {missing[0]}")
+    public, private = public_private_split(list(per_image))
+
+    def mean(names) -> float:
+        return float(np.mean([per_image[n] for n in names], axis=0).mean()) if names else float("nan")
+
+    per_class = np.mean(list(per_image.values()), axis=0)
+    return {"score": float(per_class.mean()), "public": mean(public), "private": mean(private),
+            "per_item": {c: float(v) for c, v in zip(CLASSES, per_class)}, "images": len(per_image)}
+
+
+# Header of a submission → "module:function" scoring it as ``fn(csv_path, gt, images) -> dict`` with keys
+# score, public, private, per_item (+ anything else). Tasks register theirs here.
+SCORERS: dict[str, str] = {
+    "segmentation": "tasks.scoring:score_segmentation",
+}
+
+
+def sniff_task(csv_path: str | os.PathLike) -> str:
+    """Which task a submission belongs to, from its header."""
+    try:
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except OSError as err:
+        raise FormatError(f"{csv_path}: cannot open submission ({err})") from None
+    header = [h.strip() for h in header]
+    if header == ["image_name", "class", "rle"]:
+        return "segmentation"
+    if header[:2] == ["id", "boneage"]:
+        return "boneage"
+    if header and header[0] in ("image_name", "img_id", "id") and any(h.endswith("_x") for h in header):
+        return "keypoints"
+    raise FormatError(f"{csv_path}: unrecognised submission header {header[:4]}")
+
+
+def score_submission(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
+                     **options) -> dict:
+    """Score any task's submission (dispatch on the CSV header)."""
+    task = sniff_task(csv_path)
+    if task not in SCORERS:
+        raise FormatError(f"{csv_path}: looks like a {task} submission, but no {task} scorer is installed")
+    module, fn = SCORERS[task].split(":")
+    result = getattr(importlib.import_module(module), fn)(csv_path, gt, images, **options)
+    result.setdefault("task", task)
+    return result

@@ -1,0 +1,92 @@
+"""Segmentation submission CSVs: ``image_name,class,rle``, 29 rows per image in canonical class order.
+
+Written by streaming rows into a temp file that is renamed into place only when complete; read back
+image by image so memory never holds more than one image's masks.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tasks.formats import FormatError
+from tasks.formats.handbones import CLASSES
+
+HEADER = ("image_name", "class", "rle")
+
+
+class AtomicCSVWriter:
+    """Context manager: rows go to ``<path>.tmp``; renamed to ``path`` on success, removed on error."""
+
+    def __init__(self, path: str | os.PathLike, header: Iterable[str] = HEADER) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.header = list(header)
+
+    def __enter__(self) -> "AtomicCSVWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.tmp.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(self.header)
+        return self
+
+    def writerow(self, row: Iterable) -> None:
+        self.writer.writerow(row)
+
+    def write_image(self, image_name: str, rles: list[str], classes: tuple[str, ...] = CLASSES) -> None:
+        if len(rles) != len(classes):
+            raise ValueError(f"{image_name}: {len(rles)} masks for {len(classes)} classes")
+        self.writer.writerows((image_name, c, r) for c, r in zip(classes, rles))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def iter_images(path: str | os.PathLike, classes: tuple[str, ...] = CLASSES) -> Iterator[tuple[str, list[str]]]:
+    """Yield ``(image_name, [rle per class])`` per image, checking rows and class order as it streams."""
+    path = Path(path)
+    try:
+        f = path.open(newline="")
+    except OSError as err:
+        raise FormatError(f"{path}: cannot open submission ({err})") from None
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != list(HEADER):
+            raise FormatError(f"{path}: header must be {','.join(HEADER)}, got {header}")
+        seen: set[str] = set()
+        current: str | None = None
+        rles: list[str] = []
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != 3:
+                raise FormatError(f"{path}:{line_no}: expected 3 fields, got {len(row)}")
+            name, cls, rle = row
+            if name != current:
+                if current is not None:
+                    _check_complete(path, line_no, current, rles, classes)
+                    yield current, rles
+                if name in seen:
+                    raise FormatError(f"{path}:{line_no}: rows of image {name} are not contiguous (or duplicated)")
+                seen.add(name)
+                current, rles = name, []
+            k = len(rles)
+            if k >= len(classes):
+                raise FormatError(f"{path}:{line_no}: image {name} has more than {len(classes)} rows (duplicate class?)")
+            if cls != classes[k]:
+                raise FormatError(f"{path}:{line_no}: image {name}: expected class {classes[k]!r} (canonical order), got {cls!r}")
+            rles.append(rle)
+        if current is None:
+            raise FormatError(f"{path}: no rows")
+        _check_complete(path, "end", current, rles, classes)
+        yield current, rles
+
+
+def _check_complete(path: Path, line_no, name: str, rles: list[str], classes: tuple[str, ...]) -> None:
+    if len(rles) != len(classes):
+        raise FormatError(f"{path}:{line_no}: image {name} has {len(rles)} rows, expected {len(classes)} "
+                          f"(missing {', '.join(classes[len(rles):][:3])}...)")
