@@ -227,7 +227,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | No
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         raw.setdefault("name", path.stem)
     if overrides:
-        raw = deep_merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        try:
+            # Overrides change one key of the resolved config: --loss.weights.dice=0.5 keeps bce.
+            raw = build_config(raw, source).to_dict()
+        except ConfigError:
+            pass
+        raw = deep_merge(raw, extra)
     return build_config(raw, source)
 
 

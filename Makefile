@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PHANTOM := data/phantom
+SEG := runs/segmentation
+DEMO_MODELS := demo_unet demo_fpn demo_unet3plus
+
+.PHONY: demo test venv phantom clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+phantom: venv
+	test -f $(PHANTOM)/handbones/meta_data.csv || \
+		$(PY) tools/phantom.py --out $(PHANTOM) --n-train 80 --n-test 20 --size 256 --seed 0
+
+demo: phantom
+	@for m in $(DEMO_MODELS); do \
+		$(PY) train.py -c configs/segmentation/$$m.yaml || exit 1; \
+		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --save-probs || exit 1; \
+		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --tta --save-probs -o submissions/$$m.csv || exit 1; \
+		$(PY) tools/validate_submission.py submissions/$$m.csv --images $(PHANTOM)/handbones/test || exit 1; \
+		$(PY) tools/score.py submissions/$$m.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$m-f0 --quiet || exit 1; \
+	done
+
+clean-demo:
+	rm -rf $(PHANTOM) runs/segmentation/demo_* submissions/demo_* reports/leaderboard.html

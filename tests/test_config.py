@@ -1,0 +1,52 @@
+import pytest
+import yaml
+
+from engine.config import ConfigError, load_config, parse_overrides, save_config
+
+BASE = {"task": "segmentation", "data": {"root": "x/train"}, "model": {"name": "smp:unet/resnet18"}}
+
+
+def write(tmp_path, raw):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_overrides_in_wandb_agent_form(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["--train.lr=0.0003", "--data.fold", "2", "--loss.weights.dice=0.5",
+                                              "--model.name=smp:fpn/resnet34", "--inference.threshold=0.4"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.fold == 2
+    assert cfg.loss.weights == {"bce": 1.0, "dice": 0.5}
+    assert cfg.model.name == "smp:fpn/resnet34"
+    assert cfg.inference.threshold == pytest.approx(0.4)
+    assert cfg.name == "exp" and cfg.run_name == "exp-f2"
+
+
+def test_unknown_key_names_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'; did you mean 'train.lr'"):
+        load_config(write(tmp_path, BASE), ["--train.lrr=0.1"])
+    raw = dict(BASE, data={"root": "x", "imagesize": 64})
+    with pytest.raises(ConfigError, match=r"did you mean 'data.image_size'") as err:
+        load_config(write(tmp_path, raw))
+    assert "exp.yaml" in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'; did you mean 'train'"):
+        load_config(write(tmp_path, dict(BASE, trian={})))
+
+
+def test_bad_values_and_task(tmp_path):
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(write(tmp_path, BASE), ["--train.epochs=many"])
+    with pytest.raises(ConfigError, match="did you mean 'segmentation'"):
+        load_config(write(tmp_path, dict(BASE, task="segmentaton")))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        parse_overrides(["lr=3"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["--train.epochs=3"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config(tmp_path / "run" / "config.yaml")
+    assert again.to_dict() == cfg.to_dict()

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+import models
+from models import UnknownModelError, create_model
+
+
+def test_any_smp_arch_encoder_pair_builds():
+    for name in ("smp:unet/resnet18", "smp:fpn/tu-resnet10t", "smp:segformer/mit_b0", "custom:unet3plus/resnet18"):
+        model = create_model(name, task="segmentation", num_outputs=29, in_channels=1)
+        assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 29, 64, 64), name
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(UnknownModelError, match="did you mean: unet"):
+        create_model("smp:unett/resnet34", task="segmentation", num_outputs=29)
+    with pytest.raises(UnknownModelError, match="resnet34"):
+        create_model("smp:unet/resnet33", task="segmentation", num_outputs=29)
+    with pytest.raises(UnknownModelError, match="families: .*smp"):
+        create_model("smq:unet/resnet34", task="segmentation", num_outputs=29)
+
+
+def test_listing_filters_by_task():
+    seg = models.list_models("segmentation")
+    assert "smp:unetplusplus/resnet34" in seg["smp"]
+    assert "custom:unet3plus/resnet34" in seg["custom"]
+    for family, names in models.list_models("boneage").items():
+        assert "boneage" in models.families()[family].tasks
+
+
+def test_list_models_cli(capsys):
+    import train
+
+    assert train.main(["--list-models", "--task", "segmentation"]) == 0
+    out = capsys.readouterr().out
+    assert "smp:deeplabv3plus/resnet50" in out and "custom:unet3plus/resnet34" in out
+
+
+def test_local_weights_only(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        create_model("smp:unet/resnet18", task="segmentation", num_outputs=2, weights=str(tmp_path / "r18.pth"))
+    src = create_model("smp:unet/resnet18", task="segmentation", num_outputs=2)
+    torch.save(src.encoder.state_dict(), tmp_path / "enc.pth")
+    dst = create_model("smp:unet/resnet18", task="segmentation", num_outputs=2, weights=str(tmp_path / "enc.pth"))
+    for key, value in src.encoder.state_dict().items():
+        assert torch.equal(value, dst.encoder.state_dict()[key])

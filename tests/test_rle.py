@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from tasks.formats import FormatError
+from tasks.rle import decode, encode, encode_many
+
+
+def baseline_encode(mask: np.ndarray) -> str:
+    pixels = np.concatenate([[0], mask.flatten(), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (64, 64), (33, 17)])
+def test_round_trip_random_masks_matches_reference(shape):
+    rng = np.random.default_rng(0)
+    for density in (0.0, 0.05, 0.5, 0.95, 1.0):
+        mask = (rng.random(shape) < density).astype(np.uint8)
+        rle = encode(mask)
+        assert rle == baseline_encode(mask)
+        np.testing.assert_array_equal(decode(rle, *shape), mask)
+
+
+def test_run_ending_on_last_pixel():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[3, 2:] = 1
+    mask[0, 0] = 1
+    rle = encode(mask)
+    assert rle == "1 1 15 2"
+    np.testing.assert_array_equal(decode(rle, 4, 4), mask)
+    full = np.ones((3, 3), np.uint8)
+    assert encode(full) == "1 9"
+    np.testing.assert_array_equal(decode("1 9", 3, 3), full)
+
+
+def test_empty_mask_is_empty_string():
+    assert encode(np.zeros((5, 5), bool)) == ""
+    assert decode("", 5, 5).sum() == 0
+
+
+def test_bool_and_255_masks_encode_alike():
+    mask = np.zeros((9, 11), np.uint8)
+    mask[2:5, 3:8] = 1
+    assert encode(mask.astype(bool)) == encode(mask * 255) == encode(mask)
+    assert encode_many(np.stack([mask, mask])) == [encode(mask)] * 2
+
+
+@pytest.mark.parametrize("rle, message", [
+    ("1 10", "beyond"),          # runs past the end of a 3x3 image
+    ("5 2 1 1", "unsorted"),
+    ("1 3 2 2", "overlapping"),
+    ("0 2", ">= 1"),
+    ("1 2 3", "odd"),
+    ("1 x", "non-integer"),
+])
+def test_decode_rejects_bad_rle(rle, message):
+    with pytest.raises(FormatError, match=message):
+        decode(rle, 3, 3, where="sub.csv:2")
