@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, KeyError) as e:
             print(f"error: --study: {e.args[0] if e.args else e}", file=sys.stderr)
             return 2
+        except Exception as e:  # unreachable database server, wrong URL, ...
+            print(f"error: --study: cannot load {args.study!r} from {storage}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 2
 
     if not len(df):
         where = f" for task {args.task!r}" if args.task else ""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,22 +111,11 @@ def pareto_front(x, y, x_better: str, y_better: str) -> list[int]:
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    sx = 1.0 if x_better == "max" else -1.0
-    sy = 1.0 if y_better == "max" else -1.0
     ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    front = []
-    for i in ok:
-        dominated = False
-        for j in ok:
-            if j == i:
-                continue
-            ge = sx * x[j] >= sx * x[i] and sy * y[j] >= sy * y[i]
-            gt = sx * x[j] > sx * x[i] or sy * y[j] > sy * y[i]
-            if ge and gt:
-                dominated = True
-                break
-        if not dominated:
-            front.append(int(i))
+    # both axes turned into "higher is better"
+    pts = np.column_stack([x if x_better == "max" else -x, y if y_better == "max" else -y])[ok]
+    front = [int(i) for i, p in zip(ok, pts)
+             if not np.any(np.all(pts >= p, axis=1) & np.any(pts > p, axis=1))]
     return sorted(front, key=lambda i: (x[i], y[i]))
 
 
@@ -188,7 +177,8 @@ def plot_item_bars(part: pd.DataFrame):
     groups = []
     for gid, g in has.groupby(key, sort=False):  # ``has`` is in rank order: best group first
         m = np.array([[float(d[k]) if d.get(k) is not None else np.nan for k in keys] for d in g[col]])
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # an item no fold scored: NaN, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(m, axis=0)
             std = np.nanstd(m, axis=0, ddof=1) if len(g) > 1 else None
         label = f"{gid} (n={len(g)})" if len(g) > 1 else str(gid)
@@ -207,9 +197,7 @@ def plot_item_bars(part: pd.DataFrame):
     ax.set_xlim(-0.6, len(keys) - 0.4)
     ax.grid(axis="x", visible=False)
     ax.set_ylabel(f"{which} {metric}")
-    noun = "landmark" if T.task_mode(part) == "min" and part["task"].iloc[0] == "keypoints" else "item"
-    if part["task"].iloc[0] == "boneage":
-        noun = "age band"
+    noun = {"keypoints": "landmark", "boneage": "age band"}.get(part["task"].iloc[0], "item")
     ax.set_title(f"{which} {metric} per {noun} — mean ± std over folds (best configs)")
     ax.legend(ncols=min(len(groups), 3), loc="upper left", frameon=False)
     ymax = np.nanmax([np.nanmax(m + (s if s is not None else 0)) for _, m, s in groups])
@@ -291,7 +279,7 @@ def plot_curves(part: pd.DataFrame):
         ep = [r.get("epoch", k) for k, r in enumerate(recs)]
 
         def series(key):
-            pts = [(e, r[key]) for e, r in zip(ep, recs) if T._is_num(r.get(key)) and T._is_num(e)]
+            pts = [(e, r[key]) for e, r in zip(ep, recs) if T.is_number(r.get(key)) and T.is_number(e)]
             return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
         s = series("val/score")
@@ -357,7 +345,9 @@ def plot_sweep(trials: pd.DataFrame):
 
 
 def task_plots(task: str, part: pd.DataFrame) -> list[Plot]:
+    """The four plots of one task, drawn from its rows in rank order (best first)."""
     s = slug(task)
+    part = T.rank_runs(part)
     per_item = ((f"{task}: per-class score", plot_heatmap) if task == "segmentation" else
                 (f"{task}: error per landmark" if task == "keypoints" else
                  f"{task}: error per age band" if task == "boneage" else f"{task}: score per item", plot_item_bars))

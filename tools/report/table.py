@@ -44,6 +44,7 @@ COLUMNS = (
     "images_per_s_tta", "metric", "mode", "val_score", "test_score", "test_public", "test_private", "gap",
     "n_members", "members", "val_per_item", "test_per_item", "git_commit", "created", "run_dir", "summary_path",
 )
+INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "n_members")
 #: Columns written by :func:`write_csv` (no nested values).
 CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item")) + ("rank",)
 
@@ -64,7 +65,7 @@ class SummaryError(ValueError):
     """A summary.json that cannot be used; the message names what is wrong."""
 
 
-def _is_num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -84,7 +85,7 @@ def _check_per_item(v: Any, where: str) -> None:
     if not isinstance(v, dict):
         raise SummaryError(f"{where}'per_item' must be an object of numbers or null, got {type(v).__name__}")
     for k, x in v.items():
-        if x is not None and not _is_num(x):
+        if x is not None and not is_number(x):
             raise SummaryError(f"{where}'per_item'[{k!r}] must be a number or null, got {x!r:.40}")
 
 
@@ -104,7 +105,7 @@ def _check_summary(s: Any) -> None:
         raise SummaryError(f"'mode' must be one of {', '.join(MODES)}, got {s['mode']!r:.60}")
     is_str = (lambda v: isinstance(v, str), "a string")
     is_int = (_is_int, "an integer")
-    is_num = (_is_num, "a number")
+    is_num = (is_number, "a number")
     size = (lambda v: _is_int(v) or (isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v)),
             "an integer or [height, width]")
     _check_types(s, "", {
@@ -147,7 +148,7 @@ def read_summary(path: str | os.PathLike) -> dict:
 
 
 def _num(v: Any) -> float:
-    return float(v) if _is_num(v) else math.nan
+    return float(v) if is_number(v) else math.nan
 
 
 def _row(s: dict, path: Path) -> dict:
@@ -215,6 +216,8 @@ def load_runs(root: str | os.PathLike, task: str | None = None,
         if task is None or s["task"] == task:
             rows.append(_row(s, path))
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    for c in INT_COLUMNS:  # integers stay integers (CSV "3", not "3.0") with missing values allowed
+        df[c] = df[c].astype("Int64")
     df = rank_runs(df)
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)
@@ -274,7 +277,7 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
         part = df[df["task"] == t].copy()
         primary = primary_score_column(part)
         best_first_desc = task_mode(part) == "max"
-        by = column or primary
+        by = primary if column in (None, "rank") else column
         if descending is None:
             desc = best_first_desc if by in SCORE_COLUMNS else by in DESCENDING_COLUMNS
         else:
@@ -282,6 +285,8 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
         key = part[by]
         if by == "gap":
             key = key.abs()
+        elif by == "image_size":  # 512 or "512x640": compare pixel counts
+            key = key.map(_pixels)
         # ties and rows without the sort key: best validation score first, then by name
         val_key = part["val_score"] if best_first_desc else -part["val_score"]
         part = part.assign(_key=key, _val=val_key).sort_values(
@@ -295,6 +300,17 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     out = pd.concat(parts, ignore_index=True)
     out.attrs = dict(df.attrs)
     return out
+
+
+def _pixels(size: Any) -> float:
+    """512 -> 512*512, "512x640" -> 512*640, missing -> NaN."""
+    try:
+        if isinstance(size, str):
+            h, _, w = size.partition("x")
+            return float(h) * float(w or h)
+        return float(size) ** 2
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def by_task(df: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
@@ -648,7 +664,8 @@ def write_markdown(df: pd.DataFrame, path: str | os.PathLike, group: bool = Fals
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """The leaderboard's scalar columns (raw numbers, all tasks, in rank order) as CSV."""
     buf = io.StringIO()
-    df.reindex(columns=list(CSV_COLUMNS)).to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    df.reindex(columns=list(CSV_COLUMNS)).to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n",
+                                                 float_format="%.10g")
     return write_text_atomic(path, buf.getvalue())
 
 
