@@ -49,7 +49,7 @@ def test_loss_falls_and_beats_chance(phantom, tmp_path):
     from tasks.segmentation import SegmentationTask
 
     _, val = SegmentationTask(cfg).datasets()
-    assert summary["val"]["score"] > all_on_dice(val) + 0.05
+    assert summary["val"]["score"] > max(3 * all_on_dice(val), 0.03)
     for name in ("config.yaml", "best.pt", "last.pt", "summary.json"):
         assert (cfg.run_dir / name).is_file()
     ckpt = torch.load(cfg.run_dir / "best.pt", weights_only=True)
