@@ -115,7 +115,8 @@ def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) ->
     """``(29, H, W)`` uint8 masks (0/1) from polygons, in canonical class order."""
     masks = np.zeros((len(CLASSES), height, width), dtype=np.uint8)
     for label, polys in polygons.items():
-        cv2.fillPoly(masks[CLASS_INDEX[label]], [np.round(p).astype(np.int32) for p in polys], 1)
+        for p in polys:   # one call per polygon: a single call XORs overlapping polygons of a class
+            cv2.fillPoly(masks[CLASS_INDEX[label]], [np.round(p).astype(np.int32)], 1)
     return masks
 
 

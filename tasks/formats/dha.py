@@ -1,0 +1,137 @@
+"""The Digital Hand Atlas landmark layout (Payer et al.): ``all.csv`` and ``spacing.csv``.
+
+``all.csv`` has **no header**: each line is an id, then 37 ``x,y`` pairs in pixels (75 values).
+``spacing.csv`` is ``id,spacing_mm`` (isotropic pixel size). Lines are checked one by one with the
+csv module, so a wrong value count names its line number.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.formats import FormatError
+
+N_LANDMARKS = 37
+
+
+def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tuple[list[str], np.ndarray]:
+    """Ids (file order) and ``(N, n_landmarks, 2)`` float64 ``(x, y)`` pixel coordinates.
+
+    Checked: each non-empty line has exactly ``1 + 2 * n_landmarks`` values; ids are unique and
+    non-empty; every coordinate is a finite number. Errors name the file, line and value position.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    want = 1 + 2 * n_landmarks
+    ids: list[str] = []
+    rows: list[list[float]] = []
+    first: dict[str, int] = {}
+    try:
+        with path.open(newline="") as fh:
+            for line_no, row in enumerate(csv.reader(fh), start=1):
+                if not row or all(not v.strip() for v in row):
+                    continue
+                if len(row) != want:
+                    raise FormatError(f"{path}: line {line_no}: {len(row)} values, expected {want} "
+                                      f"(id + {n_landmarks} x,y pairs)")
+                rid = row[0].strip()
+                if not rid:
+                    raise FormatError(f"{path}: line {line_no}: empty id")
+                if rid in first:
+                    raise FormatError(f"{path}: line {line_no}: duplicate id {rid!r} (first on line {first[rid]})")
+                first[rid] = line_no
+                vals = []
+                for j, raw in enumerate(row[1:], start=2):
+                    s = raw.strip()
+                    try:
+                        v = float(s)
+                    except ValueError:
+                        raise FormatError(f"{path}: line {line_no}, value {j}: not a number: {s!r}") from None
+                    if not math.isfinite(v):
+                        raise FormatError(f"{path}: line {line_no}, value {j}: NaN or infinite coordinate")
+                    vals.append(v)
+                ids.append(rid)
+                rows.append(vals)
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{path}: not a text CSV ({err})") from None
+    if not ids:
+        raise FormatError(f"{path}: no landmark rows")
+    return ids, np.asarray(rows, dtype=np.float64).reshape(len(ids), n_landmarks, 2)
+
+
+def read_spacing(csv_path: str | os.PathLike) -> dict[str, float]:
+    """``{id: spacing_mm}`` from ``id,spacing_mm``. Checked: columns, unique ids, positive numbers."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise FormatError(f"{path}: not a readable CSV ({err})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in ("id", "spacing_mm"):
+        if col not in df.columns:
+            raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
+    out: dict[str, float] = {}
+    for i, (rid, raw) in enumerate(zip(df["id"].tolist(), df["spacing_mm"].tolist())):
+        line = i + 2
+        rid = str(rid).strip()
+        if not rid:
+            raise FormatError(f"{path}: line {line}, column 'id': empty id")
+        if rid in out:
+            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r}")
+        try:
+            v = float(str(raw).strip())
+        except ValueError:
+            raise FormatError(f"{path}: line {line}, column 'spacing_mm': not a number: {raw!r}") from None
+        if not math.isfinite(v) or v <= 0:
+            raise FormatError(f"{path}: line {line}, column 'spacing_mm': spacing must be a positive number, got {raw!r}")
+        out[rid] = v
+    return out
+
+
+def _fmt(v: float, decimals: int | None) -> str:
+    if decimals is None:
+        return repr(float(v))
+    s = f"{float(v):.{decimals}f}"
+    return s.rstrip("0").rstrip(".") if "." in s else s
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_all(path: str | os.PathLike, ids: Sequence[str], coords: np.ndarray, decimals: int | None = 3) -> None:
+    """Write ``all.csv`` (no header, id + x,y pairs) atomically; ``decimals=None``: exact float text."""
+    path = Path(path)
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 3 or coords.shape[0] != len(ids) or coords.shape[2] != 2:
+        raise FormatError(f"{path}: coords shape {coords.shape} does not match {len(ids)} ids x K x 2")
+    if not np.isfinite(coords).all():
+        i = int(np.argwhere(~np.isfinite(coords))[0][0])
+        raise FormatError(f"{path}: NaN/Inf coordinate for id {ids[i]!r}")
+    if len(set(ids)) != len(ids):
+        raise FormatError(f"{path}: duplicate ids")
+    lines = [",".join([str(rid), *(_fmt(v, decimals) for v in c.reshape(-1))]) for rid, c in zip(ids, coords)]
+    _atomic_write(path, "\n".join(lines) + "\n")
+
+
+def write_spacing(path: str | os.PathLike, spacing: Mapping[str, float], decimals: int = 6) -> None:
+    """Write ``id,spacing_mm`` atomically."""
+    path = Path(path)
+    lines = ["id,spacing_mm"]
+    for rid, v in spacing.items():
+        if not (math.isfinite(float(v)) and float(v) > 0):
+            raise FormatError(f"{path}: spacing for id {rid!r} must be positive, got {v!r}")
+        lines.append(f"{rid},{float(v):.{decimals}f}")
+    _atomic_write(path, "\n".join(lines) + "\n")

@@ -1,0 +1,156 @@
+"""The RSNA Pediatric Bone Age layout: ``id,boneage,male`` CSVs and ``<images_dir>/<id>.png``.
+
+``boneage`` is the bone age in **months**; ``male`` is written ``True``/``False``. A test CSV may come
+as ``id,male`` only: :func:`read_labels` then returns a ``boneage`` column of NaN (the column is always
+present in the returned frame; ``require_age=True`` turns a missing or empty age into an error).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.formats import FormatError
+from tasks.formats.images import IMAGE_SUFFIXES
+
+MAX_AGE_MONTHS = 240.0
+_TRUE = {"true", "1", "m", "male", "yes", "t"}
+_FALSE = {"false", "0", "f", "female", "no"}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise FormatError(f"{path}: not a readable CSV ({err})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def parse_male(value, where: str) -> bool:
+    """``True``/``False`` (any case), ``1``/``0``, ``M``/``F`` or a bool -> bool; anything else fails."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    s = str(value).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise FormatError(f"{where}: cannot read sex {value!r} (expected True/False)")
+
+
+def read_labels(csv_path: str | os.PathLike, require_age: bool = False) -> pd.DataFrame:
+    """Read an RSNA label CSV into a frame with columns ``id`` (str), ``boneage`` (float months, NaN
+    when absent) and ``male`` (bool), in file order.
+
+    Checked: the ``id`` and ``male`` columns exist; ids are non-empty and unique; ages are numbers in
+    [0, 240] months; sex parses. Errors name the file, line and column.
+    """
+    path = Path(csv_path)
+    df = _read_table(path)
+    for col in ("id", "male"):
+        if col not in df.columns:
+            raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
+    if require_age and "boneage" not in df.columns:
+        raise FormatError(f"{path}: missing column 'boneage' (columns: {', '.join(df.columns)})")
+    ids, ages, males = [], [], []
+    first_line: dict[str, int] = {}
+    has_age = "boneage" in df.columns
+    id_values = df["id"].tolist()
+    male_values = df["male"].tolist()
+    age_values = df["boneage"].tolist() if has_age else [""] * len(df)
+    for i, (raw_id, raw_age, raw_male) in enumerate(zip(id_values, age_values, male_values)):
+        line = i + 2
+        rid = str(raw_id).strip()
+        if not rid:
+            raise FormatError(f"{path}: line {line}, column 'id': empty id")
+        if rid in first_line:
+            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r} (first on line {first_line[rid]})")
+        first_line[rid] = line
+        age = math.nan
+        raw = str(raw_age).strip()
+        if raw == "" or raw.lower() == "nan":
+            if require_age:
+                raise FormatError(f"{path}: line {line}, column 'boneage': missing age")
+        else:
+            try:
+                age = float(raw)
+            except ValueError:
+                raise FormatError(f"{path}: line {line}, column 'boneage': not a number: {raw!r}") from None
+            if not math.isfinite(age) or age < 0 or age > MAX_AGE_MONTHS:
+                raise FormatError(f"{path}: line {line}, column 'boneage': age {raw} months outside "
+                                  f"[0, {MAX_AGE_MONTHS:g}]")
+        male = parse_male(raw_male, f"{path}: line {line}, column 'male'")
+        ids.append(rid)
+        ages.append(age)
+        males.append(male)
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, dtype=np.float64),
+                         "male": np.asarray(males, dtype=bool)})
+
+
+def image_path(images_dir: str | os.PathLike, image_id: str) -> Path:
+    """``<images_dir>/<id>.png`` (or another image suffix); FormatError naming the path when missing."""
+    base = Path(images_dir)
+    for suffix in IMAGE_SUFFIXES:
+        p = base / f"{image_id}{suffix}"
+        if p.is_file():
+            return p
+    raise FormatError(f"{base / (str(image_id) + '.png')}: image for id {image_id!r} not found")
+
+
+def write_predictions(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Write ``id,boneage`` (months) atomically. Rejects missing columns, duplicate ids, NaN/Inf."""
+    path = Path(path)
+    for col in ("id", "boneage"):
+        if col not in df.columns:
+            raise FormatError(f"{path}: predictions lack column {col!r}")
+    ids = df["id"].astype(str)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise FormatError(f"{path}: duplicate id {dup.iloc[0]!r} in predictions")
+    ages = pd.to_numeric(df["boneage"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(ages)
+    if bad.any():
+        raise FormatError(f"{path}: prediction for id {ids.iloc[int(np.argmax(bad))]!r} is NaN/Inf or not a number")
+    out = pd.DataFrame({"id": ids.to_numpy(), "boneage": ages})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    out.to_csv(tmp, index=False, float_format="%.4f", lineterminator="\n")
+    os.replace(tmp, path)
+
+
+def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
+    """Read an ``id,boneage`` file (a submission, or the phantom's ``boneage-test-answers.csv``).
+
+    Returns columns ``id`` (str) and ``boneage`` (float months). Checked: both columns exist, ids are
+    unique, every age is a finite number (no range check: predictions may stray).
+    """
+    path = Path(csv_path)
+    df = _read_table(path)
+    for col in ("id", "boneage"):
+        if col not in df.columns:
+            raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
+    ids, ages, first = [], [], {}
+    for i, (raw_id, raw_age) in enumerate(zip(df["id"].tolist(), df["boneage"].tolist())):
+        line = i + 2
+        rid = str(raw_id).strip()
+        if not rid:
+            raise FormatError(f"{path}: line {line}, column 'id': empty id")
+        if rid in first:
+            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r} (first on line {first[rid]})")
+        first[rid] = line
+        s = str(raw_age).strip()
+        try:
+            v = float(s)
+        except ValueError:
+            raise FormatError(f"{path}: line {line}, column 'boneage': not a number: {s!r}") from None
+        if not math.isfinite(v):
+            raise FormatError(f"{path}: line {line}, column 'boneage': NaN or infinite")
+        ids.append(rid)
+        ages.append(v)
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, dtype=np.float64)})
