@@ -7,13 +7,14 @@ Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
-from engine.config import ConfigError, load_config, parse_overrides  # noqa: E402
+from engine.config import ConfigError, deep_merge, load_config, parse_overrides  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -36,6 +37,19 @@ def list_models(task: str | None) -> None:
             print(f"  {name}")
 
 
+def external_learner(cfg):
+    """A learner with its own training loop (kind "external", e.g. ultralytics YOLO) for ``cfg``.
+
+    Contract: ``fit(cfg, resume=False) -> summary`` writes the run folder like the torch trainer does
+    (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
+    """
+    import models
+    from tasks.registry import get_task_class
+
+    return models.create_model(cfg.model.name, task=cfg.task, num_outputs=get_task_class(cfg.task)(cfg).num_outputs,
+                               weights=cfg.model.weights, **cfg.model.options)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
     if args.list_models:
@@ -45,19 +59,25 @@ def main(argv: list[str] | None = None) -> int:
         print("train.py: give -c CONFIG (or --list-models)", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config, parse_overrides(rest))
+        overrides = parse_overrides(rest)
+        if os.environ.get("WANDB_SWEEP_ID") and "run_name" not in overrides.get("logging", {}):
+            # each W&B sweep run gets its own folder (the agent passes only the searched keys)
+            name = Path(args.config).stem if args.config else "sweep"
+            overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
+        cfg = load_config(args.config, overrides)
         import models
 
         family, _ = models.resolve(cfg.model.name, cfg.task)
+        learner = external_learner(cfg) if family.kind == "external" else None
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if family.kind == "external":
-        family.builder(cfg.model.name.partition(":")[2], task=cfg.task, num_outputs=0).fit(cfg, resume=args.resume)
-        return 0
-    from engine.trainer import train
+    if learner is not None:
+        summary = learner.fit(cfg, resume=args.resume)
+    else:
+        from engine.trainer import train
 
-    summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume)
     val = summary.get("val") or {}
     print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
     return 0

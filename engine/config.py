@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +161,21 @@ def _explain(err: ValidationError, raw: dict, source: str) -> str:
     return f"{source}: invalid config:\n  " + "\n  ".join(lines)
 
 
+_FLOAT_RE = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars/lists, but ``off``/``yes`` stay strings, ``None`` is null, ``1e-05`` a float."""
+    if text == "" or text in ("None", "null"):
+        return None
+    if _FLOAT_RE.match(text):
+        return float(text)
+    parsed = yaml.safe_load(text)
+    if isinstance(parsed, bool) and text.lower() not in ("true", "false"):
+        return text
+    return parsed
+
+
 def parse_overrides(args: list[str]) -> dict:
     """``["--train.lr=3e-4", "--data.fold", "1"]`` → nested dict, values parsed as YAML scalars."""
     out: dict = {}
@@ -174,7 +190,7 @@ def parse_overrides(args: list[str]) -> dict:
                 raise ConfigError(f"override {arg!r} has no value")
             value = args[i + 1]
             i += 1
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = parse_value(value)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

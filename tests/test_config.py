@@ -50,3 +50,10 @@ def test_resolved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "run" / "config.yaml")
     again = load_config(tmp_path / "run" / "config.yaml")
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_override_values_as_a_wandb_agent_writes_them():
+    out = parse_overrides(["--train.amp=off", "--train.clip_grad=None", "--train.lr=1e-05", "--train.channels_last=true",
+                           "--inference.tta.scales=[0.75, 1.0]"])
+    assert out["train"] == {"amp": "off", "clip_grad": None, "lr": 1e-05, "channels_last": True}
+    assert out["inference"]["tta"]["scales"] == [0.75, 1.0]
