@@ -46,6 +46,11 @@ def setup_offline() -> None:
         "YOLO_CONFIG_DIR": str(yolo_dir),
         "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"),
         "WANDB_DIR": str(CACHE_DIR / "wandb"),
+        "WANDB_CACHE_DIR": str(CACHE_DIR / "wandb" / "cache"),
+        "WANDB_CONFIG_DIR": str(CACHE_DIR / "wandb" / "config"),
+        "WANDB_DATA_DIR": str(CACHE_DIR / "wandb" / "data"),
+        "WANDB_ARTIFACT_DIR": str(CACHE_DIR / "wandb" / "artifacts"),
+        "XDG_CACHE_HOME": str(CACHE_DIR / "xdg"),
         "WANDB_SILENT": "true",
         "TORCH_HOME": str(CACHE_DIR / "torch"),
         "HF_HOME": str(CACHE_DIR / "huggingface"),
@@ -53,7 +58,11 @@ def setup_offline() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    _font_into(Path(os.environ["YOLO_CONFIG_DIR"]))
+    config_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    # Ultralytics >= 8.3.x reads fonts and settings from $YOLO_CONFIG_DIR/Ultralytics, older releases from
+    # $YOLO_CONFIG_DIR itself: fill both, or check_font() asks the network for Arial.ttf.
+    for directory in (config_dir, config_dir / "Ultralytics"):
+        _font_into(directory)
 
 
 setup_offline()
