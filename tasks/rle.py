@@ -55,6 +55,34 @@ def encode(mask: np.ndarray) -> str:
     return " ".join(map(str, _runs(flat).tolist()))
 
 
+def format_runs(runs: np.ndarray) -> str:
+    """The RLE string of ``[start, length, ...]`` pairs (1-indexed), e.g. from :func:`runs_torch`."""
+    return " ".join(map(str, runs.tolist()))
+
+
+def runs_torch(masks: "torch.Tensor") -> list[np.ndarray]:
+    """RLE runs of a ``(C, H, W)`` bool tensor, computed where it lives (e.g. on the GPU).
+
+    Only the run boundaries cross to the host, not the masks: one transfer of a few KB per image
+    instead of 29 x H x W bytes.
+    """
+    import torch
+
+    c = masks.shape[0]
+    flat = masks.reshape(c, -1)
+    pad = torch.zeros((c, 1), dtype=torch.bool, device=flat.device)
+    edges = torch.cat((pad, flat, pad), 1)
+    cls, pos = torch.nonzero(edges[:, 1:] != edges[:, :-1], as_tuple=True)
+    cls, pos = cls.cpu().numpy(), pos.cpu().numpy().astype(np.int64)
+    out = []
+    for chunk in np.split(pos, np.searchsorted(cls, np.arange(1, c))):
+        runs = chunk.copy()
+        runs[1::2] -= runs[0::2]
+        runs[0::2] += 1
+        out.append(runs)
+    return out
+
+
 def encode_many(masks: np.ndarray) -> list[str]:
     """RLE strings of a ``(C, H, W)`` stack of binary masks."""
     return [encode(m) for m in masks]

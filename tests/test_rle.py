@@ -57,3 +57,16 @@ def test_bool_and_255_masks_encode_alike():
 def test_decode_rejects_bad_rle(rle, message):
     with pytest.raises(FormatError, match=message):
         decode(rle, 3, 3, where="sub.csv:2")
+
+
+def test_runs_torch_equals_numpy_encoder():
+    import torch
+
+    from tasks.rle import format_runs, runs_torch
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((5, 13, 11)) < 0.3
+    masks[2] = False
+    masks[3] = True
+    masks[4, -1, -1] = True
+    assert [format_runs(r) for r in runs_torch(torch.from_numpy(masks))] == [encode(m) for m in masks]
