@@ -47,7 +47,8 @@ def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None =
     """Build the architecture recorded in the checkpoint and load its weights (clear error on mismatch)."""
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    for key in ("model", "config", "model_name", "num_outputs"):
+    external = "external_weights" in ckpt  # an external learner's run (e.g. YOLO): weights in its own file
+    for key in ("config", "model_name", "num_outputs") + (() if external else ("model",)):
         if key not in ckpt:
             raise ValueError(f"{ckpt_path}: not a harness checkpoint (no '{key}')")
     if cfg is None:
@@ -60,7 +61,10 @@ def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None =
                          f"{cfg.task} needs {task.num_outputs}")
     model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
                          **cfg.model.options)
-    load_model_state(model, ckpt["model"], str(ckpt_path))
+    if external:
+        model = model.load(ckpt_path.parent / ckpt["external_weights"])
+    else:
+        load_model_state(model, ckpt["model"], str(ckpt_path))
     return LoadedModel(model.to(device).eval(), cfg, ckpt_path)
 
 

@@ -1,5 +1,6 @@
 """Model plugins. Every plugin module is imported here explicitly so its family is registered."""
 from models import smp_models, unet3plus  # noqa: F401  (registration side effects)
+from models import yolo  # noqa: F401  (family 'yolo': ultralytics instance segmentation)
 from models.registry import UnknownModelError, create_model, families, is_external, list_models, resolve
 
 __all__ = ["UnknownModelError", "create_model", "families", "is_external", "list_models", "resolve"]

@@ -32,14 +32,36 @@ def phantom(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Fail the test on any connection outside loopback."""
-    real_connect = socket.socket.connect
+    """Fail the test on any connection or DNS lookup outside loopback, even one the code under test catches.
+
+    Yields the list of attempts; each attempt also raises AssertionError where it happens.
+    """
+    attempts: list[str] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def check(what: str, host, address) -> None:
+        if isinstance(host, bytes):
+            host = host.decode(errors="replace")
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1", "")
+                                          or host.startswith("/")):
+            attempts.append(f"{what} {address}")
+            raise AssertionError(f"network access attempted: {what} {address}")
 
     def guarded(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
-            raise AssertionError(f"network access attempted: {address}")
+        check("connect", address[0] if isinstance(address, tuple) else address, address)
         return real_connect(self, address)
 
+    def guarded_ex(self, address):
+        check("connect", address[0] if isinstance(address, tuple) else address, address)
+        return real_connect_ex(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        check("DNS lookup of", host, host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", guarded)
-    yield
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield attempts
+    assert not attempts, f"network access attempted (some caught by the code under test): {attempts}"
