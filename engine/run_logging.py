@@ -19,6 +19,11 @@ class RunLogger:
             self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.run_name, config=cfg.to_dict(),
                                     dir=str(run_dir), mode=cfg.logging.wandb, reinit="finish_previous")
 
+    def start_fresh(self) -> None:
+        """A new (not resumed) run in an existing folder starts its metrics anew."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
     def truncate_after(self, epoch: int) -> None:
         """On resume, drop lines of epochs after the checkpoint (they are about to be redone)."""
         if not self.enabled or not self.path.is_file():

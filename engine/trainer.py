@@ -129,6 +129,8 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.is_main)
         if resume:
             self._resume()
+        else:
+            self.logger.start_fresh()
 
     def autocast(self):
         if self.amp is None:

@@ -293,7 +293,12 @@ def _marker(img: np.ndarray, side: str, pose: Pose, soft: np.ndarray, rng: np.ra
     th = max(1, int(round(box / 8)))
     (tw, tht), _ = cv2.getTextSize(side, cv2.FONT_HERSHEY_SIMPLEX, scale, th)
     org = (cx + (box - tw) // 2, cy + (box + tht) // 2)
-    cv2.putText(img, side, org, cv2.FONT_HERSHEY_SIMPLEX, scale, float(rng.uniform(0.85, 1.0)), th, cv2.LINE_AA)
+    # Text is drawn into a uint8 coverage mask and blended: OpenCV 5 refuses putText on float images.
+    coverage = np.zeros(img.shape, np.uint8)
+    cv2.putText(coverage, side, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, th, cv2.LINE_AA)
+    alpha = coverage.astype(np.float32) / 255.0
+    img *= 1.0 - alpha
+    img += alpha * float(rng.uniform(0.85, 1.0))
 
 
 def render(hand: A.Hand, size: int, rng: np.random.Generator, side: str = "L") -> HandPhantom:
