@@ -123,7 +123,7 @@ class Config(Section):
         return Path(self.logging.out_dir) / self.task / self.run_name
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", serialize_as_any=True)
 
 
 def _section_fields(cfg_cls: type[Section], section: str, task: str | None) -> list[str]:

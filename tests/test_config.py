@@ -57,3 +57,11 @@ def test_override_values_as_a_wandb_agent_writes_them():
                            "--inference.tta.scales=[0.75, 1.0]"])
     assert out["train"] == {"amp": "off", "clip_grad": None, "lr": 1e-05, "channels_last": True}
     assert out["inference"]["tta"]["scales"] == [0.75, 1.0]
+
+
+def test_task_specific_data_keys_survive_overrides_and_saving(tmp_path):
+    raw = dict(BASE, data={"root": "x/train", "val_at_train_size": True, "cache_dir": "c"})
+    cfg = load_config(write(tmp_path, raw), ["--train.lr=0.1"])
+    assert cfg.data.val_at_train_size is True and cfg.data.cache_dir == "c"
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml").data.val_at_train_size is True
