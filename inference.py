@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 # predicts one run and returns {"images", "seconds", "images_per_s", "csv"}.
 PREDICTORS = {
     "segmentation": "engine.predictor",
+    "keypoints": "engine.predict_keypoints",
+    "boneage": "engine.predict_boneage",
 }
 
 

@@ -7,6 +7,8 @@ from tasks.base import Task
 
 TASK_MODULES = {
     "segmentation": ("tasks.segmentation", "SegmentationTask"),
+    "keypoints": ("tasks.keypoints", "KeypointTask"),
+    "boneage": ("tasks.boneage", "BoneAgeTask"),
 }
 
 

@@ -86,6 +86,8 @@ def score_segmentation(csv_path: str | os.PathLike, gt: str | os.PathLike, image
 # score, public, private, per_item (+ anything else). Tasks register theirs here.
 SCORERS: dict[str, str] = {
     "segmentation": "tasks.scoring:score_segmentation",
+    "keypoints": "tasks.keypoints:score_submission",
+    "boneage": "tasks.boneage:score_submission",
 }
 
 
