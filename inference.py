@@ -3,6 +3,8 @@
 
   python inference.py -c runs/segmentation/<run>/config.yaml --ckpt runs/segmentation/<run>/best.pt --tta -o submissions/a.csv
   python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
+  python inference.py --ensemble configs/ensembles/seg_soft.yaml --tta -o submissions/ens.csv  # members on the fly
+  python inference.py --ensemble configs/ensembles/seg_weighted.yaml --from-cache              # from <run>/preds/test
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help="run config (default: config.yaml beside the checkpoint)")
     parser.add_argument("--ckpt", help="checkpoint (best.pt / last.pt of a run)")
+    parser.add_argument("--ensemble", metavar="YAML", help="ensemble config (configs/ensembles/*.yaml) instead of --ckpt")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="--ensemble: fuse the members' cached predictions (<run>/preds/<split>/) instead of running them")
     parser.add_argument("-o", "--out", help="submission CSV (default: submissions/<run>[-tta].csv)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation from inference.tta")
     parser.add_argument("--split", choices=("test", "val"), default="test",
@@ -55,10 +60,46 @@ def predictor_for(cfg, ckpt: Path):
     return importlib.import_module(PREDICTORS[task]).predict_run
 
 
+# Task → module whose ``predict_ensemble(ens, *, out_csv, split, tta, from_cache, device, workers)`` predicts
+# an ensemble config (ensembles.config.EnsembleConfig) and returns the same stats as predict_run.
+ENSEMBLE_RUNNERS = {
+    "segmentation": "ensembles.runner",
+}
+
+
+def run_ensemble(args: argparse.Namespace) -> dict:
+    import importlib
+
+    from ensembles.config import load_ensemble_config
+
+    ens = load_ensemble_config(args.ensemble)
+    if ens.task not in ENSEMBLE_RUNNERS:
+        raise ValueError(f"{args.ensemble}: no ensemble runner for task {ens.task!r} (have: {', '.join(ENSEMBLE_RUNNERS)})")
+    out = args.out or f"submissions/{ens.run_name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
+    runner = importlib.import_module(ENSEMBLE_RUNNERS[ens.task]).predict_ensemble
+    return runner(ens, out_csv=out, split=args.split, tta=args.tta, from_cache=args.from_cache, device=args.device,
+                  workers=args.workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
+    if args.ensemble:
+        if args.ckpt or args.config or rest or args.save_probs:
+            print("inference.py: --ensemble takes no --ckpt, -c, --save-probs or overrides (members are run folders)",
+                  file=sys.stderr)
+            return 2
+        try:
+            stats = run_ensemble(args)
+        except (ConfigError, FormatError, ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
+        return 0
+    if args.from_cache:
+        print("inference.py: --from-cache needs --ensemble", file=sys.stderr)
+        return 2
     if not args.ckpt:
-        print("inference.py: give --ckpt", file=sys.stderr)
+        print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
     try:
         ckpt = Path(args.ckpt)

@@ -1,0 +1,431 @@
+"""Segmentation ensembles end to end: members on the fly (models loaded once) or from the prediction cache.
+
+Per image, each member gives ``(C, h_m, w_m)`` probabilities at its own size (a member with several
+fold runs: the mean of its fold models on the test set, the out-of-fold model on the validation set),
+as uint8 ``p * 255`` — the cache's form, so on the fly and ``--from-cache`` fuse the same numbers.
+The fusion works one class at a time — fused at the largest member size, resized to the original
+size, thresholded, RLE-encoded — and only on the crop where the class can be foreground (no pixel
+outside every member's above-threshold box can pass; see ``ensembles.soft.find_region``). It runs in
+a thread pool while the next image is read or predicted. At most ``2 x workers`` images are in
+flight, so peak memory does not depend on the number of images.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+import zipfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from engine.config import Config, ConfigError, load_config
+from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
+from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
+from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
+from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
+from tasks.formats import FormatError
+from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
+from tasks.segmentation import resolve_thresholds
+
+
+@dataclass
+class Member:
+    """A resolved member: its label, run folders, their configs and its own thresholds (hard votes)."""
+
+    label: str
+    run_dirs: list[Path]
+    cfgs: list[Config]
+    checkpoint: str
+    thresholds: np.ndarray
+    sources: dict[str, list[int]] = field(default_factory=dict)  # image name -> indices of the runs predicting it
+
+    @property
+    def image_size(self) -> int:
+        return max(c.data.image_size for c in self.cfgs)
+
+
+def resolve_members(ens: EnsembleConfig) -> list[Member]:
+    """Read each member's run configs; check task and data agree (errors name the member and run)."""
+    if ens.task != "segmentation":
+        raise ConfigError(f"ensemble {ens.run_name}: the ensemble runner handles segmentation; for {ens.task} "
+                          f"fuse arrays with ensembles.weighted (weighted_mean / weighted_median)")
+    members = []
+    for spec in ens.members:
+        cfgs = []
+        for run in spec.run_dirs:
+            if not (run / "config.yaml").is_file():
+                raise ConfigError(f"member {spec.label}: {run} is not a run folder (no config.yaml)")
+            cfg = load_config(run / "config.yaml")
+            if cfg.task != ens.task:
+                raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
+            cfgs.append(cfg)
+        own = spec.threshold if spec.threshold is not None else cfgs[0].inference.threshold
+        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, resolve_thresholds(own)))
+    roots = {(m.label, str(c.data.root)) for m in members for c in m.cfgs}
+    if len({r for _, r in roots}) > 1:
+        detail = ", ".join(f"{label}: {root}" for label, root in sorted(roots))
+        raise ConfigError(f"ensemble {ens.run_name}: members were trained on different data ({detail})")
+    return members
+
+
+def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> list[HandboneSample]:
+    """Images of ``split`` every member predicts, and for each member which of its runs predict each one.
+
+    test: every run predicts every image (``test_root`` of the ensemble, else the members', which must
+    agree). val: each run predicts its validation fold; a member's folds must not overlap; the
+    ensemble covers the images every member has (out-of-fold when a member lists all its folds).
+    """
+    from engine.predictor import split_samples
+
+    if split == "test":
+        roots = {str(c.data.test_root) for m in members for c in m.cfgs}
+        root = ens.test_root
+        if root is None:
+            if len(roots) != 1 or roots == {"None"}:
+                raise ConfigError(f"ensemble {ens.run_name}: members name different (or no) test roots "
+                                  f"{sorted(roots)}; set test_root in the ensemble config")
+            root = roots.pop()
+        samples = list_samples(root, labels=None)
+        for m in members:
+            m.sources = {s.name: list(range(len(m.run_dirs))) for s in samples}
+        return samples
+    by_name: dict[str, HandboneSample] = {}
+    for m in members:
+        m.sources = {}
+        for r, cfg in enumerate(m.cfgs):
+            for s in split_samples(cfg, "val"):
+                if s.name in m.sources:
+                    raise ConfigError(f"member {m.label}: image {s.name} is in the validation fold of both "
+                                      f"{m.run_dirs[m.sources[s.name][0]]} and {m.run_dirs[r]} (same fold twice?)")
+                m.sources[s.name] = [r]
+                by_name[s.name] = s
+    common = set.intersection(*(set(m.sources) for m in members))
+    if not common:
+        raise ConfigError(f"ensemble {ens.run_name}: the members' validation folds share no image; members trained "
+                          f"on different folds need all their folds ('runs: [...-f0, ...-f1, ...]') for out-of-fold "
+                          f"predictions")
+    if any(len(m.sources) != len(common) for m in members):
+        sizes = ", ".join(f"{m.label}: {len(m.sources)}" for m in members)
+        warnings.warn(f"ensemble {ens.run_name}: validation images differ between members ({sizes}); using the "
+                      f"{len(common)} they share", stacklevel=2)
+    return [s for s in sorted(by_name.values(), key=lambda s: (s.patient, s.name)) if s.name in common]
+
+
+class Fuser:
+    """One image's member maps → RLE per class, one class at a time (soft, weighted or hard)."""
+
+    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES) -> None:
+        self.method = ens.method
+        self.labels = [m.label for m in members]
+        self.classes = classes
+        if ens.method == "weighted":
+            self.weights = normalize_weights(weight_table(ens, classes), len(members), len(classes),
+                                             members=self.labels, channels=classes, where=f"{ens.run_name}: weights")
+        else:
+            self.weights = np.full((len(members), len(classes)), 1.0 / len(members))
+        self.thresholds = threshold_vector(ens, classes) if ens.method != "hard" else None
+        self.member_thresholds = np.stack([m.thresholds for m in members])
+        self.min_votes = resolve_min_votes(ens.min_votes, len(members)) if ens.method == "hard" else None
+
+    def __call__(self, maps: list[np.ndarray], size: tuple[int, int]) -> list[str]:
+        check_maps(maps, self.labels)
+        if maps[0].shape[0] != len(self.classes):
+            raise ValueError(f"{self.labels[0]}: {maps[0].shape[0]} channels for {len(self.classes)} classes")
+        row_max = [m.max(axis=2) for m in maps]
+        return [self.fuse_class(maps, c, size, row_max) for c in range(len(self.classes))]
+
+    def fuse_class(self, maps: list[np.ndarray], c: int, size: tuple[int, int],
+                   row_max: list[np.ndarray] | None = None) -> str:
+        """RLE of class ``c``, computed only on the crop where it can be foreground (see ``find_region``)."""
+        height, width = size
+        if self.method == "hard":
+            limits = list(self.member_thresholds[:, c])
+            rows, cols = find_region(maps, c, limits, size, row_max=row_max)
+            counts = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+            for t, m in zip(limits, maps):
+                part = crop_channel(m, c, (rows, cols), size, probability=m.dtype != np.uint8)
+                counts += part > (t * 255 if m.dtype == np.uint8 else t)
+            mask = counts >= self.min_votes
+        else:
+            w = self.weights[:, c]
+            fuse_size = largest_size(maps)
+            ry, rx = pow2_ratio(fuse_size[0], height), pow2_ratio(fuse_size[1], width)
+            limits = [float(self.thresholds[c]) if wk > 0 else None for wk in w]
+            region = find_region(maps, c, limits, fuse_size, row_max=row_max) if ry and rx else \
+                (slice(0, fuse_size[0]), slice(0, fuse_size[1]))
+            rows, cols = region
+            prob = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.float32)
+            for wk, m in zip(w, maps):
+                if wk > 0:
+                    prob += np.float32(wk) * crop_channel(m, c, region, fuse_size)
+            np.clip(prob, 0.0, 1.0, out=prob)
+            if fuse_size != (height, width):
+                ry, rx = height / fuse_size[0], width / fuse_size[1]
+                rows = slice(round(rows.start * ry), round(rows.stop * ry))
+                cols = slice(round(cols.start * rx), round(cols.stop * rx))
+                if prob.size:
+                    prob = cv2.resize(prob, (cols.stop - cols.start, rows.stop - rows.start),
+                                      interpolation=cv2.INTER_LINEAR)
+            mask = prob > self.thresholds[c] + TIE_EPS
+        return runs_to_rle(*region_runs(mask, rows.start, cols.start, width))
+
+    def describe(self) -> dict:
+        out: dict = {"method": self.method, "members": self.labels}
+        if self.method == "hard":
+            out.update(min_votes=self.min_votes, member_thresholds=self.member_thresholds.round(4).tolist())
+        else:
+            w = self.weights
+            out["weights"] = (w[:, 0].round(4).tolist() if np.allclose(w, w[:, :1]) else
+                              {c: w[:, k].round(4).tolist() for k, c in enumerate(self.classes)})
+            t = self.thresholds
+            out["thresholds"] = float(t[0]) if np.allclose(t, t[0]) else dict(zip(self.classes, t.round(4).tolist()))
+        return out
+
+
+def cache_path(run_dir: Path, split: str, name: str) -> Path:
+    return run_dir / "preds" / split / f"{name}.npz"
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an uncompressed ``.npz`` (what ``np.savez`` writes), read straight from their offsets.
+
+    One read per array, without ``zipfile``'s CRC pass and copies (the cache is written atomically by
+    this harness, and a short file still fails); a compressed archive goes through ``np.load``.
+    """
+    out = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type != zipfile.ZIP_STORED:
+                with np.load(path) as f:
+                    return {k: f[k] for k in f.files}
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"bad local header for {info.filename}")
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(raw)
+            shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
+            count = int(np.prod(shape))
+            data = np.fromfile(raw, dtype=dtype, count=count)
+            if data.size != count:
+                raise ValueError(f"{info.filename} is truncated ({data.size} of {count} values)")
+            out[key] = data.reshape(shape, order="F" if fortran else "C")
+    return out
+
+
+def load_cached(path: Path, where: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file."""
+    try:
+        arrays = read_npz(path)
+        probs, size = arrays["probs"], tuple(int(v) for v in arrays["orig_size"])
+    except FileNotFoundError:
+        raise FormatError(f"{where}: cached prediction {path} is missing") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise FormatError(f"{where}: {path} is not a prediction cache entry ({err})") from None
+    if probs.ndim != 3:
+        raise FormatError(f"{where}: {path} holds probs of shape {probs.shape}, expected (classes, h, w)")
+    if probs.dtype != np.uint8:
+        try:
+            check_finite(probs, f"{where}: {path}")
+        except ValueError as err:
+            raise FormatError(str(err)) from None
+    return probs, size
+
+
+def check_cache(members: list[Member], samples: list[HandboneSample], split: str) -> None:
+    """Every (member run, image) has a cache entry, and a run's cache holds no image outside the set."""
+    wanted = {s.name for s in samples}
+    for m in members:
+        for r, run in enumerate(m.run_dirs):
+            folder = run / "preds" / split
+            expected = {n for n, rs in m.sources.items() if r in rs and n in wanted}
+            have = {p.name[:-4] for p in folder.glob("*.npz")} if folder.is_dir() else set()
+            missing = sorted(expected - have)
+            if missing:
+                raise FormatError(f"member {m.label}: {folder} lacks {len(missing)} of {len(expected)} images "
+                                  f"(e.g. {missing[0]}); write it with `python inference.py --ckpt "
+                                  f"{run / m.checkpoint} --split {split} --save-probs`")
+            if split == "test":
+                extra = sorted(have - expected)
+                if extra:
+                    raise FormatError(f"member {m.label}: {folder} holds {len(extra)} images that are not in the "
+                                      f"test set (e.g. {extra[0]}): members must predict the same images")
+
+
+def member_maps_from_cache(members: list[Member], name: str, split: str) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """Each member's cached map for one image (fold runs averaged), and the original size (must agree)."""
+    maps, size = [], None
+    for m in members:
+        runs = m.sources[name]
+        parts = []
+        for r in runs:
+            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}")
+            if size is None:
+                size = orig
+            elif orig != size:
+                raise FormatError(f"member {m.label}: image {name} has size {orig} in {m.run_dirs[r]}, other members "
+                                  f"say {size}")
+            parts.append(probs)
+        if len(parts) == 1:
+            maps.append(parts[0])
+        else:
+            shapes = {p.shape for p in parts}
+            if len(shapes) != 1:
+                raise FormatError(f"member {m.label}: its fold runs cache {name} at different sizes {sorted(shapes)}")
+            maps.append(np.mean([p.astype(np.float32) / (255 if p.dtype == np.uint8 else 1) for p in parts], axis=0))
+    return maps, size
+
+
+def stream(jobs: Iterator[Callable[[], tuple[str, list[str]]]], workers: int) -> Iterator[tuple[str, list[str]]]:
+    """Run zero-argument jobs in a pool, yielding results in order with at most ``2 x workers`` in flight."""
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for job in jobs:
+            pending.append(pool.submit(job))
+            while len(pending) > 2 * max(1, workers):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def cache_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, split: str, workers: int,
+               progress: bool = True) -> Iterator[tuple[str, list[str]]]:
+    """Rows fused from the prediction cache; reading and fusing run in the pool."""
+    check_cache(members, samples, split)
+
+    def job(name: str) -> Callable[[], tuple[str, list[str]]]:
+        def run() -> tuple[str, list[str]]:
+            maps, size = member_maps_from_cache(members, name, split)
+            return name, fuser(maps, size)
+        return run
+
+    bar = tqdm(samples, desc="ensemble (cache)", disable=not progress, dynamic_ncols=True)
+    return stream((job(s.name) for s in bar), workers)
+
+
+def quantize(probs: np.ndarray, where: str) -> np.ndarray:
+    """Float probabilities → uint8 ``p * 255``, the cache's form: a quarter of the memory in flight, and the
+    on-the-fly ensemble fuses exactly what ``--from-cache`` would (NaN/inf: an error naming ``where``)."""
+    if not np.isfinite(probs.sum(dtype=np.float64)):
+        check_finite(probs, where)
+    flat = np.ascontiguousarray(probs, np.float32).reshape(-1, probs.shape[-1])
+    # one pass: saturate(round(p * 255)), as np.rint(clip(p, 0, 1) * 255) for p >= 0
+    return cv2.convertScaleAbs(flat, alpha=255.0).reshape(probs.shape)
+
+
+MemberPredict = Callable[[int, int, np.ndarray], np.ndarray]
+
+
+def model_predict(members: list[Member], views, device) -> MemberPredict:
+    """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here."""
+    import torch
+
+    from engine.predictor import load_model
+    from engine.trainer import amp_dtype
+    from ensembles.tta import tta_predict
+    from tasks.formats.images import resize_grey
+
+    models = [[load_model(run / m.checkpoint, device, cfg) for run, cfg in zip(m.run_dirs, m.cfgs)] for m in members]
+
+    @torch.no_grad()
+    def predict(member: int, run: int, image: np.ndarray) -> np.ndarray:
+        loaded = models[member][run]
+        size = loaded.image_size
+        x = torch.from_numpy(resize_grey(image, size, size)).float().div_(255)[None, None].to(device)
+        amp = amp_dtype(loaded.cfg.train.amp, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return tta_predict(loaded.model, x, views)[0].float().cpu().numpy()
+
+    return predict
+
+
+def live_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, predict: MemberPredict,
+              workers: int, progress: bool = True,
+              read: Callable[[Path], np.ndarray] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Rows predicted on the fly: each image through each member (its fold runs averaged), quantised, fused
+    in the pool while the next image is predicted."""
+    from tasks.formats.images import read_grey
+
+    read = read or read_grey
+
+    def jobs() -> Iterator[Callable[[], tuple[str, list[str]]]]:
+        for s in tqdm(samples, desc="ensemble", disable=not progress, dynamic_ncols=True):
+            image = read(s.image_path)
+            maps = []
+            for k, m in enumerate(members):
+                outs = [predict(k, r, image) for r in m.sources[s.name]]
+                maps.append(quantize(outs[0] if len(outs) == 1 else np.mean(outs, axis=0),
+                                     f"member {m.label}: {s.name}"))
+            yield (lambda name=s.name, maps=maps, size=image.shape: (name, fuser(maps, size)))
+
+    return stream(jobs(), workers)
+
+
+def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "test", tta: bool = False,
+                     from_cache: bool = False, device: str = "auto", workers: int | None = None,
+                     progress: bool = True) -> dict:
+    """Write the ensemble's submission CSV (atomic) and its run folder's summary.json; returns stats."""
+    from engine.predictor import write_submission
+    from engine.trainer import pick_device
+    from ensembles.tta import views_from_config
+
+    members = resolve_members(ens)
+    samples = ensemble_samples(ens, members, split)
+    fuser = Fuser(ens, members)
+    workers = workers or ens.workers
+    if from_cache:
+        if tta:
+            raise ConfigError("--tta with --from-cache: the cache holds what the members predicted (with or without "
+                              "TTA); re-run the members with --tta --save-probs instead")
+        rows = cache_rows(members, samples, fuser, split, workers, progress)
+    else:
+        predict = model_predict(members, views_from_config(ens.tta, enabled=tta), pick_device(device))
+        rows = live_rows(members, samples, fuser, predict, workers, progress)
+    t0 = time.perf_counter()
+    n = write_submission(rows, out_csv)
+    seconds = time.perf_counter() - t0
+    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 3),
+             "csv": str(out_csv)}
+    if split == "test":
+        speed_key = "images_per_s_tta" if tta else "images_per_s"
+        write_ensemble_summary(ens, members, fuser, speed=None if from_cache else {speed_key: stats["images_per_s"]})
+    return stats
+
+
+def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], fuser: Fuser, speed: dict | None = None,
+                           val: dict | None = None) -> dict:
+    """The ensemble's run folder: summary.json (members, weights, thresholds, validation score) + its config."""
+    import yaml
+
+    from engine.summary import base_summary, read_summary, update_summary, write_summary
+
+    run_dir = ens.run_dir
+    if not read_summary(run_dir):
+        write_summary(run_dir, base_summary(
+            name=ens.run_name, task=ens.task, kind="ensemble", model=f"ensemble:{ens.method}", family="ensemble",
+            arch=ens.method, config_id=ens.run_name, image_size=max(m.image_size for m in members),
+            metric="dice", mode="max", val={"score": None}))
+    fields: dict = {"members": [m.label for m in members], "ensemble": fuser.describe(),
+                    "member_runs": {m.label: [str(r) for r in m.run_dirs] for m in members}}
+    if val is None and ens.fit_path.is_file():
+        try:
+            val = read_fit(ens).get("val")
+        except ConfigError:
+            val = None
+    if val is not None:
+        fields["val"] = val
+    if speed:
+        fields["speed"] = speed
+    summary = update_summary(run_dir, **fields)
+    tmp = run_dir / "ensemble.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(ens.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(run_dir / "ensemble.yaml")
+    return summary
