@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 PHANTOM := data/phantom
 SEG := runs/segmentation
 DEMO_MODELS := demo_unet demo_fpn demo_unet3plus
+DEMO_ENSEMBLES := seg_soft seg_weighted
 
 .PHONY: demo test venv phantom clean-demo
 
@@ -29,9 +30,15 @@ demo: phantom
 		$(PY) train.py -c configs/segmentation/$$m.yaml || exit 1; \
 		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --save-probs || exit 1; \
 		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --tta --save-probs -o submissions/$$m.csv || exit 1; \
-		$(PY) tools/validate_submission.py submissions/$$m.csv --images $(PHANTOM)/handbones/test || exit 1; \
 		$(PY) tools/score.py submissions/$$m.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$m-f0 --quiet || exit 1; \
 	done
+	@for e in $(DEMO_ENSEMBLES); do \
+		$(PY) tools/fit_ensemble.py configs/ensembles/$$e.yaml || exit 1; \
+		$(PY) inference.py --ensemble configs/ensembles/$$e.yaml --from-cache -o submissions/$$e.csv || exit 1; \
+		$(PY) tools/score.py submissions/$$e.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$e --quiet || exit 1; \
+	done
+	$(PY) tools/validate_submission.py $(foreach m,$(DEMO_MODELS) $(DEMO_ENSEMBLES),submissions/$(m).csv) --images $(PHANTOM)/handbones/test
+	$(PY) tools/leaderboard.py runs/ --task segmentation --html reports/leaderboard.html
 
 clean-demo:
-	rm -rf $(PHANTOM) runs/segmentation/demo_* submissions/demo_* reports/leaderboard.html
+	rm -rf $(PHANTOM) $(SEG)/demo_* $(SEG)/seg_soft $(SEG)/seg_weighted submissions/demo_* submissions/seg_* reports/leaderboard.html

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Check a segmentation submission before uploading it; exits non-zero with the reason on any fault.
+"""Check segmentation submissions before uploading them; exits non-zero with the reason on any fault.
 
-  python tools/validate_submission.py submissions/a.csv --images data/phantom/handbones/test
+  python tools/validate_submission.py submissions/a.csv [b.csv ...] --images data/phantom/handbones/test
 
 Checks: header, 29 rows per image in canonical class order, every test image exactly once and no
 other, RLE tokens numeric, runs sorted, non-overlapping and inside the image.
@@ -20,17 +20,19 @@ from tasks.scoring import check_segmentation_csv  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("csv")
+    parser.add_argument("csv", nargs="+", help="one or more submission CSVs")
     parser.add_argument("--images", required=True, help="test images root (holding DCM/)")
     args = parser.parse_args(argv)
-    try:
-        n = check_segmentation_csv(args.csv, args.images)
-    except FormatError as err:
-        print(f"INVALID: {err}", file=sys.stderr)
-        return 1
-    print(f"OK: {args.csv} covers {n} images x 29 classes")
-    return 0
-
+    status = 0
+    for csv_path in args.csv:
+        try:
+            n = check_segmentation_csv(csv_path, args.images)
+        except FormatError as err:
+            print(f"INVALID: {err}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"OK: {csv_path} covers {n} images x 29 classes")
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())
