@@ -192,6 +192,6 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     n, seconds = timed(lambda: write_submission(rows, out_csv))
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
     run_dir = Path(ckpt).parent
-    if (run_dir / "summary.json").is_file() and split == "test":
+    if (run_dir / "summary.json").is_file():  # inference speed, whichever split was predicted
         update_summary(run_dir, speed={"images_per_s_tta" if tta and len(views) > 1 else "images_per_s": stats["images_per_s"]})
     return stats

@@ -140,7 +140,7 @@ class HandboneDataset(Dataset):
             if masks is not None:
                 masks = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
         batch = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).unsqueeze(0),
+            "image": torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0).unsqueeze(0),
             "index": i,
             "orig_size": torch.as_tensor(item["orig_size"]),
         }
