@@ -11,7 +11,6 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

@@ -23,6 +23,7 @@ import numpy as np
 from ensembles.weighted import TIE_EPS, member_names, normalize_weights
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES
+from tasks.rle import parse_runs
 from tasks.submission import HEADER, AtomicCSVWriter
 
 
@@ -92,32 +93,6 @@ def vote_maps(maps: Sequence[np.ndarray], size: tuple[int, int], thresholds: np.
     t = np.broadcast_to(np.asarray(thresholds, np.float64).reshape(-1, 1) if np.ndim(thresholds) == 1
                         else np.asarray(thresholds, np.float64), (len(names), n_channels))
     return np.stack([vote_channel(maps, t[:, c], c, size, k) for c in range(n_channels)])
-
-
-def parse_runs(rle: str, n_pixels: int | None = None, where: str = "RLE") -> tuple[np.ndarray, np.ndarray]:
-    """0-indexed ``(starts, ends)`` of an RLE string, checked like :func:`tasks.rle.decode`.
-
-    ``n_pixels`` (``H * W``) adds the bounds check; a run may end exactly on the last pixel.
-    """
-    text = rle.strip() if isinstance(rle, str) else ""
-    if not text:
-        empty = np.empty(0, np.int64)
-        return empty, empty
-    try:
-        values = np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        raise FormatError(f"{where}: RLE holds a non-integer token") from None
-    if values.size % 2:
-        raise FormatError(f"{where}: RLE has an odd number of values ({values.size})")
-    starts, lengths = values[0::2] - 1, values[1::2]
-    if (starts < 0).any() or (lengths < 1).any():
-        raise FormatError(f"{where}: RLE starts must be >= 1 and lengths >= 1")
-    ends = starts + lengths
-    if (starts[1:] < ends[:-1]).any():
-        raise FormatError(f"{where}: RLE runs are unsorted or overlapping")
-    if n_pixels is not None and ends[-1] > n_pixels:
-        raise FormatError(f"{where}: RLE run ends at pixel {int(ends[-1])} beyond the image ({n_pixels} pixels)")
-    return starts, ends
 
 
 def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:

@@ -15,13 +15,13 @@ whole-model checkpoint of this harness (e.g. a phantom run to fine-tune on real 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
 from models.registry import UnknownModelError, close_matches, register_family
+from models.weights import read_state_dict
 
 
 @lru_cache(maxsize=1)
@@ -69,21 +69,7 @@ class TimmRegressor(nn.Module):
 
 
 def _read_state(path: str) -> dict[str, torch.Tensor]:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"model.weights: no file at {file}. Pretrained weights are never downloaded; copy the state dict "
-            f"there (e.g. on a machine with internet: torch.save(timm.create_model(name, pretrained=True)"
-            f".state_dict(), '{file.name}')).")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "model_state"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{file}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return read_state_dict(path, "torch.save(timm.create_model(name, pretrained=True).state_dict(), NAME)")
 
 
 @register_family("timm", tasks=("boneage",), list_names=list_names, validate=validate,

@@ -7,6 +7,27 @@ import torch
 from torch import nn
 
 
+def read_state_dict(path: str, how_to_make: str = "torch.save(model.state_dict(), NAME)") -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a local file (plain, or under ``model``/``state_dict``/``model_state``).
+
+    A missing file names the path to put it at and ``how_to_make`` (NAME is the file name) it.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"model.weights: no file at {file}. Pretrained weights are never downloaded; copy the state dict "
+            f"there (e.g. on a machine with internet: {how_to_make.replace('NAME', repr(file.name))}).")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for key in ("model", "state_dict", "model_state"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{file}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def load_local_weights(model: nn.Module, path: str | None, *, encoder_attr: str = "encoder") -> None:
     """Load a whole-model or encoder-only state dict from ``path`` into ``model``.
 
@@ -17,17 +38,7 @@ def load_local_weights(model: nn.Module, path: str | None, *, encoder_attr: str 
     if not path:
         return
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"model.weights: no file at {file}. Pretrained weights are never downloaded; copy the "
-            f"state dict there (e.g. from a machine with internet: torch.save(model.state_dict(), '{file.name}')).")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "model_state"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path)
     own = model.state_dict()
     if set(state) >= set(own) and all(state[k].shape == own[k].shape for k in own):
         model.load_state_dict({k: state[k] for k in own})

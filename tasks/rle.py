@@ -5,9 +5,14 @@ crash in much competition code) and rejects runs out of bounds, unsorted or over
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tasks.formats import FormatError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _runs_from_positions(fg: np.ndarray) -> np.ndarray:
@@ -88,12 +93,15 @@ def encode_many(masks: np.ndarray) -> list[str]:
     return [encode(m) for m in masks]
 
 
-def decode(rle: str, height: int, width: int, where: str = "RLE") -> np.ndarray:
-    """``(H, W)`` uint8 mask of an RLE string; ``where`` names the source in errors (file, row)."""
-    n = height * width
+def parse_runs(rle: str, n_pixels: int | None = None, where: str = "RLE") -> tuple[np.ndarray, np.ndarray]:
+    """0-indexed ``(starts, ends)`` of an RLE string, checked: tokens, order, overlap and bounds.
+
+    ``n_pixels`` (``H * W``) adds the bounds check; a run may end exactly on the last pixel.
+    """
     text = rle.strip() if isinstance(rle, str) else ""
     if not text:
-        return np.zeros((height, width), np.uint8)
+        empty = np.empty(0, np.int64)
+        return empty, empty
     try:
         values = np.array(text.split(), dtype=np.int64)
     except ValueError:
@@ -104,10 +112,17 @@ def decode(rle: str, height: int, width: int, where: str = "RLE") -> np.ndarray:
     if (starts < 0).any() or (lengths < 1).any():
         raise FormatError(f"{where}: RLE starts must be >= 1 and lengths >= 1")
     ends = starts + lengths
-    if ends[-1] > n or (ends > n).any():
-        raise FormatError(f"{where}: RLE run ends at pixel {int(ends.max())} beyond the {width}x{height} image ({n} pixels)")
     if (starts[1:] < ends[:-1]).any():
         raise FormatError(f"{where}: RLE runs are unsorted or overlapping")
+    if n_pixels is not None and ends[-1] > n_pixels:
+        raise FormatError(f"{where}: RLE run ends at pixel {int(ends[-1])} beyond the image ({n_pixels} pixels)")
+    return starts, ends
+
+
+def decode(rle: str, height: int, width: int, where: str = "RLE") -> np.ndarray:
+    """``(H, W)`` uint8 mask of an RLE string; ``where`` names the source in errors (file, row)."""
+    n = height * width
+    starts, ends = parse_runs(rle, n, f"{where} ({width}x{height} image)")
     delta = np.zeros(n + 1, np.int8)
     delta[starts] += 1
     delta[ends] -= 1

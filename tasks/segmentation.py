@@ -7,7 +7,6 @@ over classes — the competition's definition.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np

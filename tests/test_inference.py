@@ -1,6 +1,5 @@
 """inference.py end to end, TTA inverse, the submission validator and bad input."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
