@@ -188,10 +188,18 @@ def open_storage(storage: StorageSpec, heartbeat: int | None = 60, retry_failed:
     if heartbeat:
         kwargs = {"heartbeat_interval": int(heartbeat), "grace_period": 2 * int(heartbeat),
                   "heartbeat_stale_trial_callback": _stale_callback(retry_failed)}
-    try:
-        return RDBStorage(storage.url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as err:  # noqa: BLE001 - driver errors vary (sqlalchemy, psycopg2)
-        raise SweepError(f"cannot open storage {storage.display}: {type(err).__name__}: {err}") from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            return RDBStorage(storage.url, engine_kwargs=engine_kwargs, **kwargs)
+        except (IntegrityError, ProgrammingError):
+            # Workers that start together on an empty database race to create Optuna's schema; the
+            # loser sees "already exists" and finds the schema complete on the next try.
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as err:  # noqa: BLE001 - driver errors vary (sqlalchemy, psycopg2)
+            raise SweepError(f"cannot open storage {storage.display}: {type(err).__name__}: {err}") from None
+    raise SweepError(f"cannot open storage {storage.display}: its schema could not be created (concurrent workers?)")
 
 
 def dashboard_line(storage: StorageSpec) -> str:
