@@ -101,6 +101,7 @@ class EnsembleConfig(Section):
     test_root: str | None = None
     out_dir: str = "runs"
     workers: int = 2
+    max_in_flight_mb: float = Field(1024, gt=0)  # member maps held by images waiting or being fused
 
     @field_validator("members")
     @classmethod

@@ -7,7 +7,8 @@ scores every candidate at every threshold for every class (per-image Dice from h
 fused probability split by ground truth), so memory holds score tables, never the images, and the
 search is exhaustive over the candidates (deterministic, no local optima). Dice of class ``c``
 depends only on the weights and threshold of class ``c``, so per-class weights are the per-class
-argmax of the same table.
+argmax of the same table. (An adaptive Optuna/scipy search would need a pass over the images per
+trial and could not read per-class optima off one table; with 3-5 members the grid is small.)
 
 Overfitting guard: cross-fitting. The validation images are split by patient into ``folds`` groups.
 Each configuration — defaults (equal weights, configured thresholds), fitted thresholds, fitted
@@ -382,7 +383,7 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     """
     from tqdm import tqdm
 
-    from ensembles.config import weight_table
+    from ensembles.config import threshold_vector, weight_table
     from ensembles.runner import Fuser, check_cache, ensemble_samples, resolve_members, write_ensemble_summary
     from ensembles.weighted import normalize_weights
     from tasks.formats.handbones import CLASSES
@@ -397,14 +398,8 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
         raise ValueError(f"{ens.run_name}: validation image {missing[0]} has no label file")
     check_cache(members, samples, "val")
     labels = [m.label for m in members]
-    if isinstance(ens.thresholds, (int, float)):
-        defaults = np.full(len(CLASSES), float(ens.thresholds))
-    elif ens.thresholds == "fit":
-        defaults = np.full(len(CLASSES), 0.5)
-    else:
-        from ensembles.config import threshold_vector
-
-        defaults = threshold_vector(ens, CLASSES).astype(np.float64)
+    defaults = np.full(len(CLASSES), 0.5) if ens.thresholds == "fit" else \
+        threshold_vector(ens, CLASSES).astype(np.float64)
     search_weights = ens.method == "weighted" and ens.weights == "fit"
     fixed = None
     if ens.method == "weighted" and not search_weights:

@@ -7,7 +7,8 @@ The fusion works one class at a time — fused at the largest member size, resiz
 size, thresholded, RLE-encoded — and only on the crop where the class can be foreground (no pixel
 outside every member's above-threshold box can pass; see ``ensembles.soft.find_region``). It runs in
 a thread pool while the next image is read or predicted. At most ``2 x workers`` images are in
-flight, so peak memory does not depend on the number of images.
+flight, fewer when their maps would exceed ``max_in_flight_mb``, so peak memory does not depend on
+the number of images.
 """
 from __future__ import annotations
 
@@ -195,10 +196,12 @@ def cache_path(run_dir: Path, split: str, name: str) -> Path:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Arrays of an uncompressed ``.npz`` (what ``np.savez`` writes), read straight from their offsets.
 
-    One read per array, without ``zipfile``'s CRC pass and copies (the cache is written atomically by
-    this harness, and a short file still fails); a compressed archive goes through ``np.load``.
+    Large arrays are memory-mapped, small ones read: no ``zipfile`` CRC pass and no copies (the cache
+    is written atomically by this harness, and a short file still fails); a compressed archive goes
+    through ``np.load``.
     """
     out = {}
+    size = Path(path).stat().st_size
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -214,10 +217,14 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             version = np.lib.format.read_magic(raw)
             shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
             count = int(np.prod(shape))
-            data = np.fromfile(raw, dtype=dtype, count=count)
-            if data.size != count:
-                raise ValueError(f"{info.filename} is truncated ({data.size} of {count} values)")
-            out[key] = data.reshape(shape, order="F" if fortran else "C")
+            start = raw.tell()
+            if start + count * dtype.itemsize > size:
+                raise ValueError(f"{info.filename} is truncated")
+            if count * dtype.itemsize < 1 << 16:
+                out[key] = np.fromfile(raw, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
+            else:  # mapped: read once, by whatever touches it first (no copy into this process)
+                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape,
+                                     order="F" if fortran else "C")
     return out
 
 
@@ -284,22 +291,49 @@ def member_maps_from_cache(members: list[Member], name: str, split: str) -> tupl
     return maps, size
 
 
-def stream(jobs: Iterator[Callable[[], tuple[str, list[str]]]], workers: int) -> Iterator[tuple[str, list[str]]]:
-    """Run zero-argument jobs in a pool, yielding results in order with at most ``2 x workers`` in flight."""
+def stream(jobs: Iterator[Callable[[], tuple[str, list[str]]]], workers: int,
+           limit: Callable[[], int] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Run zero-argument jobs in a pool, yielding results in order.
+
+    At most ``limit()`` jobs wait or run besides the one being made (default ``2 x workers``); a limit of
+    0 runs each job inline, so only one image's maps exist at a time.
+    """
+    workers = max(1, workers)
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for job in jobs:
+            bound = 2 * workers if limit is None else limit()
+            if bound == 0:
+                while pending:
+                    yield pending.popleft().result()
+                result, job = job(), None  # drop the job (and its maps) before the next one is made
+                yield result
+                continue
             pending.append(pool.submit(job))
-            while len(pending) > 2 * max(1, workers):
+            job = None
+            while len(pending) > bound:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
+def in_flight(budget_mb: float, image_bytes: int, workers: int) -> int:
+    """How many images may wait or run in the pool so that their maps, and the next image's, fit ``budget_mb``."""
+    return max(0, min(2 * max(1, workers), int(budget_mb * 2**20 // max(1, image_bytes)) - 1))
+
+
 def cache_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, split: str, workers: int,
-               progress: bool = True) -> Iterator[tuple[str, list[str]]]:
-    """Rows fused from the prediction cache; reading and fusing run in the pool."""
+               progress: bool = True, budget_mb: float = 1024) -> Iterator[tuple[str, list[str]]]:
+    """Rows fused from the prediction cache; reading and fusing run in the pool.
+
+    Maps exist only inside running jobs, so the pool gets as many workers as ``budget_mb`` holds images
+    (sized from the first image's cache files), at least one.
+    """
     check_cache(members, samples, split)
+    if samples:
+        first = sum(cache_path(m.run_dirs[r], split, samples[0].name).stat().st_size
+                    for m in members for r in m.sources[samples[0].name])
+        workers = max(1, min(workers, int(budget_mb * 2**20 // max(1, first))))
 
     def job(name: str) -> Callable[[], tuple[str, list[str]]]:
         def run() -> tuple[str, list[str]]:
@@ -348,25 +382,39 @@ def model_predict(members: list[Member], views, device) -> MemberPredict:
 
 
 def live_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, predict: MemberPredict,
-              workers: int, progress: bool = True,
-              read: Callable[[Path], np.ndarray] | None = None) -> Iterator[tuple[str, list[str]]]:
+              workers: int, progress: bool = True, read: Callable[[Path], np.ndarray] | None = None,
+              budget_mb: float = 1024) -> Iterator[tuple[str, list[str]]]:
     """Rows predicted on the fly: each image through each member (its fold runs averaged), quantised, fused
-    in the pool while the next image is predicted."""
+    in the pool while the next image is predicted. The images in flight are bounded so that their maps
+    fit ``budget_mb`` (sized from the first image; 0 in flight: fused inline)."""
     from tasks.formats.images import read_grey
 
     read = read or read_grey
+    bound = {"n": 2 * max(1, workers)}
+
+    def member_mean(k: int, name: str, image: np.ndarray) -> np.ndarray:
+        """The member's map for this image: its fold runs' mean, summed in place (few float maps alive)."""
+        runs = members[k].sources[name]
+        first = predict(k, runs[0], image)
+        if len(runs) == 1:
+            return first
+        total = first.astype(np.float32, copy=True)
+        for r in runs[1:]:
+            total += predict(k, r, image)
+        total /= len(runs)
+        return total
 
     def jobs() -> Iterator[Callable[[], tuple[str, list[str]]]]:
         for s in tqdm(samples, desc="ensemble", disable=not progress, dynamic_ncols=True):
             image = read(s.image_path)
-            maps = []
-            for k, m in enumerate(members):
-                outs = [predict(k, r, image) for r in m.sources[s.name]]
-                maps.append(quantize(outs[0] if len(outs) == 1 else np.mean(outs, axis=0),
-                                     f"member {m.label}: {s.name}"))
+            maps = [quantize(member_mean(k, s.name, image), f"member {m.label}: {s.name}")
+                    for k, m in enumerate(members)]
+            if s is samples[0]:
+                bound["n"] = in_flight(budget_mb, sum(m.nbytes for m in maps), workers)
             yield (lambda name=s.name, maps=maps, size=image.shape: (name, fuser(maps, size)))
+            maps = None  # the job holds them; the next image's maps are made without these alive here
 
-    return stream(jobs(), workers)
+    return stream(jobs(), workers, lambda: bound["n"])
 
 
 def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "test", tta: bool = False,
@@ -385,10 +433,10 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
         if tta:
             raise ConfigError("--tta with --from-cache: the cache holds what the members predicted (with or without "
                               "TTA); re-run the members with --tta --save-probs instead")
-        rows = cache_rows(members, samples, fuser, split, workers, progress)
+        rows = cache_rows(members, samples, fuser, split, workers, progress, ens.max_in_flight_mb)
     else:
         predict = model_predict(members, views_from_config(ens.tta, enabled=tta), pick_device(device))
-        rows = live_rows(members, samples, fuser, predict, workers, progress)
+        rows = live_rows(members, samples, fuser, predict, workers, progress, budget_mb=ens.max_in_flight_mb)
     t0 = time.perf_counter()
     n = write_submission(rows, out_csv)
     seconds = time.perf_counter() - t0

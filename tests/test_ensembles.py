@@ -522,3 +522,52 @@ def test_on_the_fly_rows_equal_cached_rows_and_reject_nan(tmp_path):
 
     with pytest.raises(ValueError, match="member m1: image0000000000000.png: 1 NaN"):
         list(live_rows(members, samples, fuser, bad_predict, workers=1, progress=False, read=read))
+
+
+def test_in_flight_images_fit_the_memory_budget():
+    from ensembles.runner import in_flight
+
+    mb = 2**20
+    assert in_flight(1024, 150 * mb, workers=2) == 4          # 5 x 150 MB fit: the usual 2 x workers
+    assert in_flight(1024, 300 * mb, workers=2) == 2          # 3 x 300 MB
+    assert in_flight(1024, 610 * mb, workers=2) == 0          # 5 members at 2048 px: fused inline
+    done = []
+
+    def jobs():
+        for i in range(5):
+            assert len(done) == i  # inline (limit 0): image i is made only after image i - 1 was fused
+            yield lambda i=i: (done.append(i), (f"img{i}", []))[1]
+
+    assert [name for name, _ in stream(jobs(), workers=2, limit=lambda: 0)] == [f"img{i}" for i in range(5)]
+
+
+def test_on_the_fly_member_with_fold_runs_averages_them():
+    from ensembles.runner import live_rows
+    from tasks.formats.handbones import HandboneSample
+
+    classes = ("c0",)
+    ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft", "thresholds": 0.5,
+                                         "members": [{"runs": ["a-f0", "a-f1"]}]})
+    member = Member("a", [Path("a-f0"), Path("a-f1")], [], "best.pt", np.full(1, 0.5, np.float32),
+                    sources={"x.png": [0, 1]})
+    fold_maps = [np.array([[[0.2, 0.9]]], np.float32), np.array([[[0.9, 0.2]]], np.float32)]
+    rows = list(live_rows([member], [HandboneSample(Path("x.png"), None, "ID0")], Fuser(ens, [member], classes),
+                          lambda k, r, image: fold_maps[r].copy(), workers=1, progress=False,
+                          read=lambda path: np.zeros((1, 2), np.uint8)))
+    assert rows == [("x.png", ["1 2"])]  # the fold mean is 0.55 on both pixels; either fold alone keeps one
+
+
+def test_read_npz_matches_np_load_for_small_large_and_compressed(tmp_path):
+    from ensembles.runner import read_npz
+
+    rng = np.random.default_rng(0)
+    big = (rng.random((3, 200, 150)) * 255).astype(np.uint8)  # above the memory-mapping size
+    small = rng.random((2, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", probs=big, orig_size=np.array([400, 300]))
+    np.savez_compressed(tmp_path / "b.npz", probs=small, orig_size=np.array([8, 8]))
+    for name in ("a.npz", "b.npz"):
+        got = read_npz(tmp_path / name)
+        with np.load(tmp_path / name) as ref:
+            assert set(got) == set(ref.files)
+            for key in ref.files:
+                np.testing.assert_array_equal(got[key], ref[key])
