@@ -460,8 +460,16 @@ def test_cli_heartbeat_fails_a_killed_worker_and_resumes(tmp_path, base_config, 
     time.sleep(2.5)  # grace period: 2 x heartbeat
     study = optuna.load_study(study_name="hb", storage=storage)
     assert study.trials[0].state == TrialState.RUNNING
-    optuna.storages.fail_stale_trials(study)  # what every worker does before it starts a trial
-    assert optuna.load_study(study_name="hb", storage=storage).trials[0].state == TrialState.FAIL
+    # what every worker does before it starts a trial; polled, since a loaded machine may write the
+    # killed worker's last heartbeat late
+    deadline = time.time() + 30
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        state = optuna.load_study(study_name="hb", storage=storage).trials[0].state
+        if state == TrialState.FAIL or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert state == TrialState.FAIL
     # the CLI (in this process, to save a start-up) resumes the study: the trial count grows, the table and
     # the dashboard line are printed
     from tools import sweep as sweep_cli
