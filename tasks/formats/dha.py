@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tasks.formats import FormatError
+from tasks.formats.tables import read_table
 
 N_LANDMARKS = 37
 
@@ -69,13 +69,7 @@ def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tup
 def read_spacing(csv_path: str | os.PathLike) -> dict[str, float]:
     """``{id: spacing_mm}`` from ``id,spacing_mm``. Checked: columns, unique ids, positive numbers."""
     path = Path(csv_path)
-    if not path.is_file():
-        raise FormatError(f"{path}: CSV file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise FormatError(f"{path}: not a readable CSV ({err})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_table(path)
     for col in ("id", "spacing_mm"):
         if col not in df.columns:
             raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")

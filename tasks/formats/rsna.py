@@ -14,22 +14,12 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
+from tasks.formats.tables import read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 
 MAX_AGE_MONTHS = 240.0
 _TRUE = {"true", "1", "m", "male", "yes", "t"}
 _FALSE = {"false", "0", "f", "female", "no"}
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise FormatError(f"{path}: CSV file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise FormatError(f"{path}: not a readable CSV ({err})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
 
 
 def parse_male(value, where: str) -> bool:
@@ -52,7 +42,7 @@ def read_labels(csv_path: str | os.PathLike, require_age: bool = False) -> pd.Da
     [0, 240] months; sex parses. Errors name the file, line and column.
     """
     path = Path(csv_path)
-    df = _read_table(path)
+    df = read_table(path)
     for col in ("id", "male"):
         if col not in df.columns:
             raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
@@ -131,7 +121,7 @@ def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
     unique, every age is a finite number (no range check: predictions may stray).
     """
     path = Path(csv_path)
-    df = _read_table(path)
+    df = read_table(path)
     for col in ("id", "boneage"):
         if col not in df.columns:
             raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tasks.formats import FormatError
+from tasks.formats.tables import read_table
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
                                 "W1", "W2", "W3", "W4", "W5")
@@ -33,13 +33,7 @@ def read_coords(csv_path: str | os.PathLike, names: Sequence[str] = SHS15_NAMES)
     ids are non-empty and unique; every coordinate is a finite number. Errors name file, line, column.
     """
     path = Path(csv_path)
-    if not path.is_file():
-        raise FormatError(f"{path}: CSV file not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise FormatError(f"{path}: not a readable CSV ({err})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_table(path)
     id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
     if id_col is None:
         raise FormatError(f"{path}: missing id column (one of {', '.join(ID_COLUMNS)}); columns: {', '.join(df.columns)}")

@@ -1,0 +1,20 @@
+"""Reading label CSVs as text, so every reader checks values itself and names file, line and column."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.formats import FormatError
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """All cells as stripped-header strings (no NaN guessing); a missing or unparsable file is a FormatError."""
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise FormatError(f"{path}: not a readable CSV ({err})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
