@@ -30,3 +30,13 @@ def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (``VmHWM``: unlike ``getrusage``, it starts afresh at
+    exec and does not inherit the parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status (Linux only)")

@@ -36,7 +36,7 @@ import engine  # noqa: E402,F401  (offline environment first)
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import bone_masks  # noqa: E402
+from benchmarks.common import bone_masks, rss_mb  # noqa: E402
 
 N_DISTINCT = 2  # distinct synthetic images per member; image i reuses image i % N_DISTINCT
 
@@ -50,16 +50,6 @@ def member_maps(member: int, index: int, cache_size: int) -> np.ndarray:
         moved = cv2.warpAffine(m * 255, shift, (cache_size, cache_size))
         out[c] = cv2.GaussianBlur(moved, (0, 0), max(1.0, cache_size / 512))
     return out
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (``VmHWM``: unlike ``getrusage``, it starts afresh at
-    exec and does not inherit the parent's peak)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def names(n: int) -> list[str]:

@@ -26,16 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
-
-
-def rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (``VmHWM``: unlike ``getrusage``, it starts afresh at
-    exec and does not inherit the parent's peak)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM in /proc/self/status (Linux only)")
+from benchmarks.common import rss_mb  # noqa: E402
 
 
 def baseline(paths: list[Path], out: Path, size: int, min_votes: int, lookup: str) -> int:
