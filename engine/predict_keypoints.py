@@ -39,18 +39,25 @@ from tasks.keypoints import KeypointDataset, KeypointTask, group_of, radial_erro
 FUSIONS = ("soft", "mean", "median")
 
 
-def tta_heatmaps(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, views: Sequence[View],
-                 activation: Callable[[torch.Tensor], torch.Tensor], flip_perm: Sequence[int] | None = None) -> torch.Tensor:
+def tta_heatmaps(model: Callable[..., torch.Tensor], x: torch.Tensor, views: Sequence[View],
+                 activation: Callable[[torch.Tensor], torch.Tensor], flip_perm: Sequence[int] | None = None,
+                 hints: torch.Tensor | None = None) -> torch.Tensor:
     """Mean activated heatmaps over ``views`` in the frame of the plain forward pass.
 
     A flipped view's heatmaps are flipped back and their channels permuted by ``flip_perm`` (left/right
     pairs swap; identity for one hand). The output size of the un-augmented input follows from each
-    view's own stride, so models with any output stride work with flips and scales alike.
+    view's own stride, so models with any output stride work with flips and scales alike. ``hints``
+    (``(B, K, H, W)`` hint maps of a ``hint:`` model) go through the same view, their channels permuted
+    the same way, so a flipped left corner hints the right corner channel.
     """
     size = tuple(x.shape[-2:])
     total = None
     for view in views:
-        y = model(view.apply(x)).float()
+        if hints is None:
+            y = model(view.apply(x)).float()
+        else:
+            flipped = (view.hflip or view.vflip) and flip_perm is not None
+            y = model(view.apply(x), view.apply(hints[:, list(flip_perm)] if flipped else hints)).float()
         stride = view.input_size(size)[0] / y.shape[-2]
         base = (round(size[0] / stride), round(size[1] / stride))
         y = activation(view.invert(y, base, flip_perm))

@@ -85,7 +85,7 @@ AASCE68 = LandmarkSet(
     flip_pairs=tuple(p for v in _VERTEBRAE for p in ((f"{v}_TL", f"{v}_TR"), (f"{v}_BL", f"{v}_BR"))),
     skeleton=tuple(e for v in _VERTEBRAE for e in ((f"{v}_TL", f"{v}_TR"), (f"{v}_TR", f"{v}_BR"),
                                                     (f"{v}_BR", f"{v}_BL"), (f"{v}_BL", f"{v}_TL"))),
-    label_file="labels.csv",
+    label_file="landmarks.csv",
     description="AASCE spine: 17 vertebrae (T1-L5) x 4 corners (top-left, top-right, bottom-left, bottom-right)",
 )
 

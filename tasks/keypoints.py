@@ -1,7 +1,8 @@
 """Joint and landmark detection: Gaussian heatmaps, sub-pixel decoding, MRE/SDR in the original frame.
 
 Data: a folder with ``images/`` and a label file — SHS_NET ``coord_list.csv`` (15 joints), DHA ``all.csv``
-(37 landmarks, no header) or a wide CSV (``image_name,<lm>_x...,<lm>_y...``) for any landmark set —
+(37 landmarks, no header), AASCE ``landmarks.csv`` + ``filenames.csv`` (68 normalised corners) or its
+``labels_mat/`` folder of ``.mat`` files, or a wide CSV (``image_name,<lm>_x...,<lm>_y...``) for any set —
 plus optional ``spacing.csv`` (``id,spacing_mm``, gives errors in mm) and ``split.csv``
 (``img_id,split``: train/test rows, as the phantom writes). Rows of the label file whose image is not in
 ``images/`` are skipped (``all.csv`` covers the whole atlas); a labelled point off its image, a NaN
@@ -37,11 +38,12 @@ from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.images import IMAGE_SUFFIXES, image_size, read_grey
 from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_to_input
+from tasks.interactive import ClickSettings, simulate_clicks
 from tasks.keypoint_sets import LANDMARK_SETS, LandmarkSet, get_set, set_for_columns
 from tasks.letterbox import Letterbox, ResizeMode
 
 ID_COLUMNS = ("image_name", "img_id")
-LabelFormat = Literal["auto", "wide", "dha"]
+LabelFormat = Literal["auto", "wide", "dha", "aasce", "mat"]
 # A labelled point may sit up to a pixel beyond the border pixel centres (annotation tools round); further
 # out it is off the image.
 EDGE_TOLERANCE = 1.0
@@ -63,6 +65,7 @@ class KeypointData(DataBase):
     sdr_radii_px: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
     sdr_radii_mm: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
     cache_dir: str | None = None
+    clicks: ClickSettings = Field(default_factory=ClickSettings)
 
 
 @dataclass(frozen=True)
@@ -132,31 +135,57 @@ def write_wide(path: str | os.PathLike, names: Sequence[str], coords: np.ndarray
     write_coords(path, list(names), coords, lmset.names, id_column="image_name", decimals=3)
 
 
-def sniff_label_format(path: Path) -> str:
-    """``wide`` when the first row is a header starting with an id column, else ``dha`` (no header)."""
+def sniff_label_format(path: Path, n_landmarks: int | None = None) -> str:
+    """``mat`` for a folder (AASCE ``.mat`` files); ``wide`` when the first row is a header starting with an
+    id column; ``aasce`` when it is ``2 * n_landmarks`` numbers (normalised x then y, no id); else ``dha``."""
+    if path.is_dir():
+        return "mat"
     try:
         with path.open(newline="") as f:
             first = next(csv.reader(f), [])
     except OSError as err:
         raise FormatError(f"{path}: cannot open label file ({err})") from None
-    return "wide" if first and first[0].strip() in ID_COLUMNS else "dha"
+    if first and first[0].strip() in ID_COLUMNS:
+        return "wide"
+    try:
+        [float(v) for v in first]
+    except ValueError:
+        return "dha"
+    return "aasce" if n_landmarks is None or len(first) == 2 * n_landmarks else "dha"
 
 
-def read_labels(path: str | os.PathLike, lmset: LandmarkSet, fmt: LabelFormat = "auto") -> tuple[list[str], np.ndarray]:
-    """Ids and ``(N, K, 2)`` original-pixel coordinates from a wide CSV (SHS_NET) or a DHA ``all.csv``."""
+def read_labels(path: str | os.PathLike, lmset: LandmarkSet, fmt: LabelFormat = "auto",
+                image_dir: str | os.PathLike | None = None) -> tuple[list[str], np.ndarray]:
+    """Ids and ``(N, K, 2)`` original-pixel coordinates from a wide CSV (SHS_NET), a DHA ``all.csv``, an
+    AASCE ``landmarks.csv`` (its ``filenames.csv`` beside it) or an AASCE ``.mat`` folder. The AASCE
+    layouts need ``image_dir``: the CSV is normalised by each image's size, the ``.mat`` files are named
+    after the images."""
+    from tasks.formats import aasce
     from tasks.formats.dha import read_all
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FormatError(f"{path}: label file not found")
     if fmt == "auto":
-        fmt = sniff_label_format(path)
-    if fmt == "wide":
+        fmt = sniff_label_format(path, len(lmset))
+    if fmt in ("aasce", "mat"):
+        if image_dir is None or not Path(image_dir).is_dir():
+            raise FormatError(f"{path}: AASCE labels need the image folder (CSV values are normalised by image size, "
+                              f".mat files are named after the images); got {image_dir}")
+        images = {p.name: p for p in sorted(Path(image_dir).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        if fmt == "aasce":
+            ids, coords = aasce.read_csv_labels(path.parent, {n: image_size(p) for n, p in images.items()}, len(lmset),
+                                                landmarks=path.name)
+        else:
+            ids, coords = aasce.read_mat_labels(path, list(images), len(lmset))
+        if not ids:
+            raise FormatError(f"{path}: no labels for any image in {image_dir}")
+    elif fmt == "wide":
         ids, coords, _ = read_wide(path, lmset)
     elif fmt == "dha":
         ids, coords = read_all(path, len(lmset))
     else:
-        raise ValueError(f"unknown label format {fmt!r}; valid: auto, wide, dha")
+        raise ValueError(f"unknown label format {fmt!r}; valid: auto, wide, dha, aasce, mat")
     ids = [str(i) for i in ids]
     coords = np.asarray(coords, np.float64)
     _check_coords(path, ids, coords, lmset)
@@ -216,8 +245,8 @@ def list_keypoint_samples(root: str | os.PathLike, lmset: LandmarkSet, *, labels
         raise FormatError(f"{image_dir}: images {dup[:2]} share a name; ids could not tell them apart")
     label_path = root / (labels or lmset.label_file)
     coords_by_stem: dict[str, tuple[str, np.ndarray]] = {}
-    if label_path.is_file():
-        ids, coords = read_labels(label_path, lmset, label_format)
+    if label_path.exists():
+        ids, coords = read_labels(label_path, lmset, label_format, image_dir)
         coords_by_stem = {stem(i): (i, c) for i, c in zip(ids, coords) if stem(i) in by_stem}
     elif require_labels:
         raise FormatError(f"{label_path}: label file not found (landmark set {lmset.name} reads "
@@ -245,8 +274,11 @@ def list_keypoint_samples(root: str | os.PathLike, lmset: LandmarkSet, *, labels
 
 
 def group_of(name: str) -> str:
-    """Fold group: the two sides of one image (``*_L``/``*_R``, as in SHS_NET) stay together."""
-    return re.sub(r"_[LR]$", "", stem(name))
+    """Fold group: the two sides of one image (``*_L``/``*_R``, as in SHS_NET) stay together, and so do
+    the views of one AASCE patient (``sunhl-1th-03-Jan-2017-165 A AP``, ``...-04-Jan-2017-165 B AP``)."""
+    s = stem(name)
+    spine = re.search(r"-(\d+) [A-Z] (AP|PA|LAT)$", s)
+    return f"patient-{spine.group(1)}" if spine else re.sub(r"_[LR]$", "", s)
 
 
 def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
@@ -435,6 +467,28 @@ class KeypointTask(Task):
     def datasets(self) -> tuple[KeypointDataset, KeypointDataset]:
         aug = build_augment(self.cfg.augment, keypoints=True)
         return self.dataset(self.samples("train"), aug), self.dataset(self.samples("val"))
+
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """Plain models see the image. A hinted model (``hint:``) in training first meets a simulated
+        user (:func:`tasks.interactive.simulate_clicks`, no gradient, eval mode, on the unwrapped module so
+        DDP ranks need not agree on the number of rounds) and is trained on the resulting hints."""
+        inner = getattr(model, "module", model)
+        if not getattr(inner, "num_hints", 0) or not model.training:
+            return model(batch["image"])
+        settings = self.cfg.data.clicks
+        image, size = batch["image"], batch["image"].shape[-2:]
+
+        def decode(logits: torch.Tensor) -> torch.Tensor:
+            uv, _ = decode_heatmaps(self.activate(logits.float()), "argmax")
+            return heatmap_to_input(uv, size[1] / logits.shape[-1], size[0] / logits.shape[-2])
+
+        inner.eval()
+        try:
+            hints = simulate_clicks(inner, image, batch["keypoints"], batch["visible"], decode, settings,
+                                    settings.hint_sigma or self.cfg.data.sigma)
+        finally:
+            inner.train()
+        return model(image, hints)
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["keypoints"], batch["visible"], tuple(batch["image"].shape[-2:]),
