@@ -9,8 +9,8 @@ coordinates with the corrected points pinned. A run without hint input (a plain 
 evaluated too: its "model revision" can only pin the clicked points.
 
 Results of :func:`evaluate_run` go to ``<run>/interactive/``: ``<split>_clicks.csv`` (mode, clicks,
-mre_px[, mre_mm], images), ``<split>_clicks_per_image.csv`` and ``<split>_clicks.png``; the curve is also
-merged into ``summary.json`` (key ``interactive``), where the leaderboard report finds it.
+mre_px[, mre_mm], images) and ``<split>_clicks_per_image.csv``; the curve is also merged into
+``summary.json`` (key ``interactive``), where the leaderboard report (and its plot) finds it.
 """
 from __future__ import annotations
 
@@ -134,40 +134,9 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_curve(curves: dict[str, pd.DataFrame], path: str | os.PathLike | None = None, unit: str = "px",
-               title: str = "MRE vs clicks"):
-    """Model (solid) and manual (dashed) MRE against clicks for one or more runs; saved to ``path`` when
-    given (PNG, atomically). Returns the matplotlib figure."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.6), dpi=110)
-    ax = fig.add_subplot()
-    column = f"mre_{unit}"
-    for i, (label, df) in enumerate(curves.items()):
-        colour = f"C{i % 10}"
-        for mode, style in (("model", "-o"), ("manual", "--s")):
-            part = df[df["mode"] == mode].sort_values("clicks")
-            if column in part and len(part):
-                ax.plot(part["clicks"], part[column], style, color=colour, markersize=3.5,
-                        label=f"{label} · {'model revision' if mode == 'model' else 'manual only'}")
-    ax.set_xlabel("clicks (worst point corrected each time)")
-    ax.set_ylabel(f"MRE ({unit}, original image)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    return fig
-
-
 def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | None = None, *, tta: bool = False,
                  device: str = "auto", out_dir: str | os.PathLike | None = None) -> dict:
-    """Run the click protocol on a run's ``split``; write the CSVs, the plot and ``summary.json['interactive']``.
+    """Run the click protocol on a run's ``split``; write the CSVs and ``summary.json['interactive']``.
 
     ``n_clicks`` None takes the run's ``data.clicks.eval_clicks``. Returns the summary entry.
     """
@@ -182,7 +151,6 @@ def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | No
     table = curve_table(curve)
     _write_csv(table, out / f"{split}_clicks.csv")
     _write_csv(per_image_table(curve, run.names), out / f"{split}_clicks_per_image.csv")
-    plot_curve({run.member.cfg.run_name: table}, out / f"{split}_clicks.png")
     entry = {
         "split": split, "images": len(run.names), "tta": tta, "takes_hints": run.takes_hints,
         "clicks": list(range(curve.n_clicks + 1)),

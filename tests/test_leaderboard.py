@@ -428,3 +428,30 @@ def test_script_runs_from_repo_root(runs):
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200"))
     assert proc.returncode == 0, proc.stderr
     assert "kp_b" in proc.stdout and "mre_px" in proc.stdout
+
+
+def test_html_report_plots_the_click_curves_of_interactive_runs(tmp_path):
+    import json
+
+    from tools.report.fake import make_fake_runs
+
+    root = tmp_path / "runs"
+    made = make_fake_runs(root, tasks=("keypoints",), n_folds=1)
+    without = H.build_html(load(root), root)
+    assert "plot-keypoints-clicks" not in without                 # no interactive run: no empty plot either
+    summary_path = made[0] / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["interactive"] = {"split": "val", "clicks": [0, 1, 2], "model_mre_px": [9.0, 5.0, 3.0],
+                              "manual_mre_px": [9.0, 7.5, 6.5], "model_mre_mm": [2.0, 1.1, 0.7],
+                              "manual_mre_mm": [2.0, 1.7, 1.5]}
+    summary_path.write_text(json.dumps(summary))
+    df = load(root)
+    assert df.loc[df["name"] == summary["name"], "interactive"].iloc[0]["model_mre_px"] == [9.0, 5.0, 3.0]
+    text = H.build_html(df, root)
+    imgs = dict(PNG_RE.findall(text))
+    assert "plot-keypoints-clicks" in imgs and base64.b64decode(imgs["plot-keypoints-clicks"]).startswith(b"\x89PNG")
+    fig = H.click_figure({"a": summary["interactive"]})
+    assert len(fig.axes) == 2                                      # px and mm side by side
+    ax = fig.axes[0]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[9.0, 5.0, 3.0], [9.0, 7.5, 6.5]]
+    assert H.click_figure({}).startswith("no run has an MRE-vs-clicks curve")

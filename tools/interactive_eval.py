@@ -34,6 +34,26 @@ def format_curve(entry: dict) -> str:
     return "\n".join(lines)
 
 
+def save_plot(curves: dict[str, dict], path: str | Path) -> Path:
+    """Draw MRE-vs-clicks curves (``summary.json['interactive']`` entries by label) into a PNG, atomically."""
+    import os
+
+    import matplotlib
+
+    from tools.report.html import RC, click_figure
+
+    path = Path(path)
+    with matplotlib.rc_context(RC):
+        fig = click_figure(curves)
+        if isinstance(fig, str):
+            raise ValueError(fig)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.png")
+        fig.savefig(tmp, facecolor="white")
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", action="append", required=True, help="a keypoint run's best.pt (repeat for several)")
@@ -44,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--plot", help="also draw every run's curve into this PNG")
     args = parser.parse_args(argv)
-    from engine.interactive import evaluate_run, plot_curve
+    from engine.interactive import evaluate_run
 
-    tables = {}
+    curves = {}
     try:
         for ckpt in args.ckpt:
             entry = evaluate_run(ckpt, args.split, args.clicks, tta=args.tta, device=args.device)
@@ -54,16 +74,15 @@ def main(argv: list[str] | None = None) -> int:
                 "model revision does NOT beat manual at every click 1-5"
             print(f"{ckpt}: {entry['images']} {args.split} images; {verdict}" + (f" ({entry['note']})" if "note" in entry else ""))
             print(format_curve(entry))
-            print(f"wrote {entry['csv']}")
-            import pandas as pd
-
-            tables[Path(ckpt).parent.name] = pd.read_csv(entry["csv"])
+            name = Path(ckpt).parent.name
+            png = save_plot({name: entry}, Path(entry["csv"]).with_suffix(".png"))
+            print(f"wrote {entry['csv']} and {png}")
+            curves[name] = entry
     except (FormatError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.plot:
-        plot_curve(tables, args.plot)
-        print(f"wrote {args.plot}")
+        print(f"wrote {save_plot(curves, args.plot)}")
     return 0
 
 

@@ -11,6 +11,8 @@ Plot ids (``<task>`` is the task name made id-safe):
 - ``plot-<task>-pareto-params`` score vs parameter count, Pareto front marked
 - ``plot-<task>-pareto-speed``  score vs inference images/s, Pareto front marked
 - ``plot-<task>-curves``        learning curves from metrics.jsonl (val/score and train/loss per epoch)
+- ``plot-keypoints-clicks``      interactive refinement: MRE vs clicks, model revision (solid) against
+                                manual-only revision (dashed), for the runs measured by tools/interactive_eval.py
 - ``plot-sweep``                Optuna trials: value per trial number, coloured by state
 """
 
@@ -310,6 +312,46 @@ def plot_curves(part: pd.DataFrame):
     return fig
 
 
+def draw_click_curves(ax, curves: dict[str, dict], unit: str = "px") -> bool:
+    """Draw MRE-vs-clicks curves (``summary.json['interactive']`` entries by label) on ``ax``: model
+    revision solid, manual-only dashed, one colour per run. Returns whether anything was drawn."""
+    drawn = False
+    for i, (label, entry) in enumerate(curves.items()):
+        c = PALETTE[i % len(PALETTE)]
+        clicks = entry.get("clicks") or []
+        for mode, style, what in (("model", "-o", "model revision"), ("manual", "--s", "manual only")):
+            values = entry.get(f"{mode}_mre_{unit}")
+            if values and len(values) == len(clicks):
+                ax.plot(clicks, values, style, ms=3, lw=1.3, color=c, label=f"{label} · {what}")
+                drawn = True
+    ax.set_xlabel("clicks (the worst point corrected each time)")
+    ax.set_ylabel(f"MRE ({unit}, original image)")
+    if drawn:
+        ax.legend(loc="best", frameon=False, fontsize=7)
+    return drawn
+
+
+def click_figure(curves: dict[str, dict], title: str = "MRE vs clicks"):
+    """A figure of :func:`draw_click_curves` (mm beside px when every curve has mm); a string when empty."""
+    has_mm = bool(curves) and all("model_mre_mm" in e for e in curves.values())
+    fig = _figure(11.5 if has_mm else 6.5, 3.6)
+    axes = fig.subplots(1, 2 if has_mm else 1)
+    axes = list(axes) if has_mm else [axes]
+    if not draw_click_curves(axes[0], curves):
+        return "no run has an MRE-vs-clicks curve (python tools/interactive_eval.py --ckpt <run>/best.pt)"
+    axes[0].set_title(title)
+    if has_mm:
+        draw_click_curves(axes[1], curves, "mm")
+        axes[1].set_title(f"{title} (mm)")
+    return fig
+
+
+def plot_clicks(part: pd.DataFrame):
+    runs = [r for r in part.to_dict("records") if isinstance(r.get("interactive"), dict)][:MAX_CURVES]
+    curves = {f"{r['name']} ({r['interactive'].get('split', '?')})": r["interactive"] for r in runs}
+    return click_figure(curves, "interactive refinement: MRE vs clicks")
+
+
 def plot_sweep(trials: pd.DataFrame):
     if not len(trials):
         return "the study has no trials yet"
@@ -356,7 +398,8 @@ def task_plots(task: str, part: pd.DataFrame) -> list[Plot]:
         _draw(f"plot-{s}-pareto-params", f"{task}: score vs parameters", plot_pareto_params, part),
         _draw(f"plot-{s}-pareto-speed", f"{task}: score vs images/s", plot_pareto_speed, part),
         _draw(f"plot-{s}-curves", f"{task}: learning curves", plot_curves, part),
-    ]
+    ] + ([_draw(f"plot-{s}-clicks", f"{task}: MRE vs clicks", plot_clicks, part)]
+         if "interactive" in part and part["interactive"].notna().any() else [])
 
 
 # --------------------------------------------------------------------------- HTML
@@ -481,7 +524,7 @@ def build_html(df: pd.DataFrame, root: str | os.PathLike | None = None, study=No
         plots = task_plots(t, part)
         out.append('<div class="plots">')
         for i, p in enumerate(plots):
-            out.append(plot_html(p, wide=i in (0, 3)))
+            out.append(plot_html(p, wide=i in (0, 3, 4)))
         out.append("</div></section>")
     if trials is not None:
         sec = T.trial_section(trials)

@@ -42,11 +42,12 @@ COLUMNS = (
     "task", "name", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
     "n_folds", "epochs", "best_epoch", "params", "train_time_s", "train_images_per_s", "images_per_s",
     "images_per_s_tta", "metric", "mode", "val_score", "test_score", "test_public", "test_private", "gap",
-    "n_members", "members", "val_per_item", "test_per_item", "git_commit", "created", "run_dir", "summary_path",
+    "n_members", "members", "val_per_item", "test_per_item", "interactive", "git_commit", "created", "run_dir",
+    "summary_path",
 )
 INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "n_members")
 #: Columns written by :func:`write_csv` (no nested values).
-CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item")) + ("rank",)
+CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item", "interactive")) + ("rank",)
 
 #: ``--sort`` accepts these short names besides the frame's own column names.
 SORT_ALIASES = {
@@ -173,6 +174,7 @@ def _row(s: dict, path: Path) -> dict:
         "n_members": len(s["members"]) if s["members"] is not None else None, "members": s["members"],
         "val_per_item": s["val"].get("per_item") or {}, "test_per_item": test.get("per_item") or {},
         "git_commit": s["git_commit"], "created": s["created"],
+        "interactive": s.get("interactive") if isinstance(s.get("interactive"), dict) else None,
         "run_dir": str(path.parent), "summary_path": str(path),
     }
 
