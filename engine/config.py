@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tasks.base import DataBase, Section
 from tasks.registry import TASK_MODULES, get_task_class
@@ -126,13 +126,17 @@ class Config(Section):
         return self.model_dump(mode="json", serialize_as_any=True)
 
 
-def _section_fields(cfg_cls: type[Section], section: str, task: str | None) -> list[str]:
-    if section == "data" and task in TASK_MODULES:
-        return list(get_task_class(task).Data.model_fields)
-    annotation = cfg_cls.model_fields[section].annotation if section in cfg_cls.model_fields else None
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return list(annotation.model_fields)
-    return []
+def _fields_at(path: list[str], task: str | None) -> list[str]:
+    """Valid keys of the (nested) section at ``path``: ``[]`` → top level, ``["data"]`` → the task's data
+    keys, ``["data", "clicks"]`` → that sub-section's keys; ``[]`` where ``path`` is not a section."""
+    cls: type | None = Config
+    for depth, name in enumerate(path):
+        if depth == 0 and name == "data" and task in TASK_MODULES:
+            cls = get_task_class(task).Data
+            continue
+        field = cls.model_fields.get(name) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        cls = field.annotation if field is not None else None
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
 def _explain(err: ValidationError, raw: dict, source: str) -> str:
@@ -143,16 +147,7 @@ def _explain(err: ValidationError, raw: dict, source: str) -> str:
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parent = loc[:-1]
-            if not parent:
-                valid = list(Config.model_fields)
-            elif len(parent) == 1:
-                valid = _section_fields(Config, parent[0], task)
-            else:
-                sub = Config.model_fields[parent[0]].annotation
-                valid = []
-                if isinstance(sub, type) and issubclass(sub, Section) and parent[1] in sub.model_fields:
-                    inner = sub.model_fields[parent[1]].annotation
-                    valid = list(inner.model_fields) if isinstance(inner, type) and issubclass(inner, Section) else []
+            valid = _fields_at(parent, task)
             near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
             hint = f"; did you mean '{'.'.join(parent + near)}'?" if near else ""
             lines.append(f"unknown key '{key}'{hint} (valid in '{'.'.join(parent) or 'top level'}': {', '.join(valid)})")

@@ -32,6 +32,10 @@ def test_unknown_key_names_nearest(tmp_path):
     assert "exp.yaml" in str(err.value)
     with pytest.raises(ConfigError, match=r"unknown key 'trian'; did you mean 'train'"):
         load_config(write(tmp_path, dict(BASE, trian={})))
+    keypoints = {"task": "keypoints", "data": {"root": "x", "clicks": {"train_click": 2}}}
+    with pytest.raises(ConfigError, match=r"did you mean 'data.clicks.train_clicks'\? \(valid in 'data.clicks': "
+                                          r"train_clicks, worst_of"):
+        load_config(write(tmp_path, keypoints))
 
 
 def test_bad_values_and_task(tmp_path):
