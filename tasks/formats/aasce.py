@@ -12,7 +12,6 @@ The corners come vertebra by vertebra (T1..L5), each as top-left, top-right, bot
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.tables import finite_number
 
 N_LANDMARKS = 68
 MAT_KEY = "p2"
@@ -57,16 +57,7 @@ def _numeric_rows(path: Path, width: int, what: str) -> np.ndarray:
                     continue
                 if len(row) != width:
                     raise FormatError(f"{path}: line {line_no}: {len(row)} values, expected {width} ({what})")
-                values = []
-                for j, raw in enumerate(row, start=1):
-                    try:
-                        v = float(raw.strip())
-                    except ValueError:
-                        raise FormatError(f"{path}: line {line_no}, value {j}: not a number: {raw.strip()!r}") from None
-                    if not math.isfinite(v):
-                        raise FormatError(f"{path}: line {line_no}, value {j}: NaN or infinite")
-                    values.append(v)
-                rows.append(values)
+                rows.append([finite_number(raw, f"{path}: line {line_no}, value {j}") for j, raw in enumerate(row, start=1)])
     except UnicodeDecodeError as err:
         raise FormatError(f"{path}: not a text CSV ({err})") from None
     if not rows:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.tables import read_table
+from tasks.formats.tables import finite_number, read_table
 
 N_LANDMARKS = 37
 
@@ -47,18 +47,8 @@ def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tup
                 if rid in first:
                     raise FormatError(f"{path}: line {line_no}: duplicate id {rid!r} (first on line {first[rid]})")
                 first[rid] = line_no
-                vals = []
-                for j, raw in enumerate(row[1:], start=2):
-                    s = raw.strip()
-                    try:
-                        v = float(s)
-                    except ValueError:
-                        raise FormatError(f"{path}: line {line_no}, value {j}: not a number: {s!r}") from None
-                    if not math.isfinite(v):
-                        raise FormatError(f"{path}: line {line_no}, value {j}: NaN or infinite coordinate")
-                    vals.append(v)
                 ids.append(rid)
-                rows.append(vals)
+                rows.append([finite_number(raw, f"{path}: line {line_no}, value {j}") for j, raw in enumerate(row[1:], start=2)])
     except UnicodeDecodeError as err:
         raise FormatError(f"{path}: not a text CSV ({err})") from None
     if not ids:

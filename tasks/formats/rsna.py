@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.tables import read_table
+from tasks.formats.tables import finite_number, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 
 MAX_AGE_MONTHS = 240.0
@@ -134,13 +134,6 @@ def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
         if rid in first:
             raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r} (first on line {first[rid]})")
         first[rid] = line
-        s = str(raw_age).strip()
-        try:
-            v = float(s)
-        except ValueError:
-            raise FormatError(f"{path}: line {line}, column 'boneage': not a number: {s!r}") from None
-        if not math.isfinite(v):
-            raise FormatError(f"{path}: line {line}, column 'boneage': NaN or infinite")
         ids.append(rid)
-        ages.append(v)
+        ages.append(finite_number(raw_age, f"{path}: line {line}, column 'boneage'"))
     return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, dtype=np.float64)})

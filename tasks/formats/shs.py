@@ -6,7 +6,6 @@ wide layout, with any landmark names, is the keypoint submission format; the id 
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.tables import read_table
+from tasks.formats.tables import finite_number, read_table
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
                                 "W1", "W2", "W3", "W4", "W5")
@@ -56,15 +55,7 @@ def read_coords(csv_path: str | os.PathLike, names: Sequence[str] = SHS15_NAMES)
     for j, col in enumerate(cols):
         values = df[col].tolist()
         for i, raw in enumerate(values):
-            s = str(raw).strip()
-            try:
-                v = float(s)
-            except ValueError:
-                what = "empty value" if s == "" else f"not a number: {s!r}"
-                raise FormatError(f"{path}: line {i + 2}, column {col!r}: {what}") from None
-            if not math.isfinite(v):
-                raise FormatError(f"{path}: line {i + 2}, column {col!r}: NaN or infinite coordinate")
-            coords[i, j % k, j // k] = v
+            coords[i, j % k, j // k] = finite_number(raw, f"{path}: line {i + 2}, column {col!r}")
     return ids, coords
 
 

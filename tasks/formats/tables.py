@@ -1,6 +1,7 @@
 """Reading label CSVs as text, so every reader checks values itself and names file, line and column."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -18,3 +19,18 @@ def read_table(path: Path) -> pd.DataFrame:
         raise FormatError(f"{path}: not a readable CSV ({err})") from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def finite_number(raw: object, where: str) -> float:
+    """``raw`` (stripped) as a finite float; an empty value, a non-number or NaN/Inf is a FormatError
+    starting with ``where`` (the file, line and column or value position)."""
+    s = str(raw).strip()
+    if s == "":
+        raise FormatError(f"{where}: empty value")
+    try:
+        v = float(s)
+    except ValueError:
+        raise FormatError(f"{where}: not a number: {s!r}") from None
+    if not math.isfinite(v):
+        raise FormatError(f"{where}: NaN or infinite")
+    return v
