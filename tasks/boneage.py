@@ -32,6 +32,7 @@ from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.images import read_grey
 from tasks.formats.rsna import image_path, read_labels
+from tasks.formats.tables import finite_number
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.preprocess import Preprocess, PreprocessConfig
 
@@ -227,12 +228,7 @@ def read_submission(path: str | os.PathLike, *, answers: bool = False) -> pd.Dat
         if rid in seen:
             raise FormatError(f"{path}: line {line}: duplicate id {rid!r} (first on line {seen[rid]})")
         seen[rid] = line
-        try:
-            value = float(raw)
-        except ValueError:
-            raise FormatError(f"{path}: line {line}, column 'boneage': not a number: {raw!r}") from None
-        if not math.isfinite(value):
-            raise FormatError(f"{path}: line {line}, column 'boneage': {raw} is not finite")
+        value = finite_number(raw, f"{path}: line {line}, column 'boneage'")
         if answers and not 0 <= value <= 240:
             raise FormatError(f"{path}: line {line}, column 'boneage': age {raw} months outside [0, 240]")
         ids.append(rid)

@@ -174,7 +174,7 @@ def test_bad_submissions_are_rejected(tmp_path):
     answers.write_text("id,boneage\na,12\nb,24\n")
     cases = {"missing.csv": ("id,boneage\na,12\n", "have no prediction"),
              "extra.csv": ("id,boneage\na,12\nb,3\nz,4\n", "not in the answers"),
-             "nan.csv": ("id,boneage\na,12\nb,nan\n", "not finite"),
+             "nan.csv": ("id,boneage\na,12\nb,nan\n", "NaN or infinite"),
              "text.csv": ("id,boneage\na,12\nb,old\n", "not a number"),
              "header.csv": ("image,age\na,12\nb,3\n", "header")}
     for name, (text, message) in cases.items():
