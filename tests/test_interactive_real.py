@@ -49,7 +49,8 @@ def test_short_finetune_then_click_curve_on_real_images(real_data, tmp_path, cap
     cfg = load_config(ROOT / "configs" / "keypoints" / config, {
         "data": {"root": str(root), "image_size": 96, "cache_dir": str(tmp_path / "cache"),
                  "clicks": {"eval_clicks": 5}, **overrides},
-        "model": {"options": {"base_channels": 4, "depth": 3, "out_stride": 2, "leaky_relu": 0.01}},
+        "model": {"name": "hint:shsnet:unet",
+                  "options": {"base_channels": 4, "depth": 3, "out_stride": 2, "leaky_relu": 0.01}},
         "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2, "warmup_epochs": 0},
         "logging": {"out_dir": str(tmp_path / "runs"), "progress": False},
     })
