@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.predict_keypoints import _autocast, split_dataset, tta_heatmaps
+from engine.predict_keypoints import autocast_factory, split_dataset, tta_heatmaps
 from engine.predictor import LoadedModel, load_model
 from ensembles.tta import View, views_from_config
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
@@ -76,7 +76,7 @@ class InteractiveRun:
         if hints.shape != (len(indices), k, 2) or clicked.shape != (len(indices), k):
             raise ValueError(f"hints {hints.shape} / clicked {clicked.shape} do not match {len(indices)} images x {k} points")
         model = self.member.model.eval()
-        autocast = _autocast(self.device, self.member.cfg)
+        autocast = autocast_factory(self.device, self.member.cfg)
         size = self.dataset.size
         out = []
         batch = self.member.cfg.inference.batch_size

@@ -65,7 +65,8 @@ def tta_heatmaps(model: Callable[..., torch.Tensor], x: torch.Tensor, views: Seq
     return total / len(views)
 
 
-def _autocast(device: torch.device, cfg: Config):
+def autocast_factory(device: torch.device, cfg: Config) -> Callable | None:
+    """A context factory for the run's AMP setting on ``device`` (None: full precision)."""
     from engine.trainer import amp_dtype
 
     dtype = amp_dtype(cfg.train.amp, device)
@@ -85,7 +86,7 @@ def predict_member(member: LoadedModel, split: str, views: Sequence[View], devic
     task = KeypointTask(member.cfg)
     dataset = split_dataset(task, split)
     member.model.eval()
-    coords, conf, _ = task.predict(member.model, dataset, device, _autocast(device, member.cfg),
+    coords, conf, _ = task.predict(member.model, dataset, device, autocast_factory(device, member.cfg),
                                    member.cfg.inference.batch_size,
                                    heatmap_fn=lambda images: tta_heatmaps(member.model, images, views, task.activate,
                                                                            task.lmset.flip_perm),
