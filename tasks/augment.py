@@ -5,10 +5,14 @@ same augmentations as an uninterrupted one, whatever the number of loader worker
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
+from torch.utils.data import Dataset
+
+from tasks.cache import SampleCache
 
 
 def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose:
@@ -43,3 +47,27 @@ def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose:
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + index) % (2**31 - 1)
+
+
+class SeededDataset(Dataset):
+    """What every task's dataset shares: its samples at ``size`` px, a decode cache, and an optional
+    augmentation pipeline that :meth:`reseed` seeds per (run seed, epoch, index) before each item."""
+
+    def __init__(self, samples: Sequence, size: int, augment: A.Compose | None = None,
+                 cache: SampleCache | None = None, seed: int = 0) -> None:
+        self.samples = list(samples)
+        self.size = size
+        self.augment = augment
+        self.cache = cache or SampleCache(enabled=False)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def reseed(self, index: int) -> None:
+        """Seed the augmentation of item ``index`` for the current epoch (call only with an augmentation)."""
+        self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))

@@ -24,9 +24,8 @@ import torch
 from pydantic import Field
 from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
-from torch.utils.data import Dataset
 
-from tasks.augment import build_augment, sample_seed
+from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
@@ -104,28 +103,17 @@ def split_folds(ages: Sequence[float], n_folds: int, fold: int, stratify: bool =
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())
 
 
-class BoneAgeDataset(Dataset):
+class BoneAgeDataset(SeededDataset):
     """Items: ``image`` ``(1, S, S)`` float in [0, 1], ``male`` (0/1 float), ``index``, and for labelled
     samples ``age`` (months) and ``target`` (normalised age)."""
 
     def __init__(self, samples: Sequence[BoneAgeSample], size: int, preprocess: Preprocess | None = None,
                  resize: ResizeMode = "letterbox", augment=None, cache: SampleCache | None = None, seed: int = 0,
                  target_mean: float = 120.0, target_std: float = 50.0) -> None:
-        self.samples = list(samples)
-        self.size = size
+        super().__init__(samples, size, augment, cache, seed)
         self.preprocess = preprocess or Preprocess()
         self.resize = resize
-        self.augment = augment
-        self.cache = cache or SampleCache(enabled=False)
-        self.seed = seed
-        self.epoch = 0
         self.target_mean, self.target_std = target_mean, target_std
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     @property
     def cache_tag(self) -> str:
@@ -145,7 +133,7 @@ class BoneAgeDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         image = self.load(i)
         if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, self.epoch, i))
+            self.reseed(i)
             image = self.augment(image=image)["image"]
         s = self.samples[i]
         item = {

@@ -29,10 +29,9 @@ import torch
 from pydantic import Field
 from sklearn.model_selection import GroupKFold
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from tasks.augment import build_augment, sample_seed
+from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
@@ -302,7 +301,7 @@ def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> t
 _PROBE = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
 
 
-class KeypointDataset(Dataset):
+class KeypointDataset(SeededDataset):
     """Letterboxed images at ``size x size`` with their keypoints in the input frame.
 
     Items: ``image`` ``(1, S, S)``, ``keypoints`` ``(K, 2)`` input-frame pixels, ``visible`` ``(K,)``
@@ -311,20 +310,9 @@ class KeypointDataset(Dataset):
 
     def __init__(self, samples: Sequence[KeypointSample], size: int, lmset: LandmarkSet, resize: ResizeMode = "letterbox",
                  augment=None, cache: SampleCache | None = None, seed: int = 0) -> None:
-        self.samples = list(samples)
-        self.size = size
+        super().__init__(samples, size, augment, cache, seed)
         self.lmset = lmset
         self.resize = resize
-        self.augment = augment
-        self.cache = cache or SampleCache(enabled=False)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def letterbox(self, i: int) -> Letterbox:
         """The map between sample ``i``'s original frame and the input (from the image header only)."""
@@ -348,7 +336,7 @@ class KeypointDataset(Dataset):
         lb = Letterbox.fit(*(int(v) for v in item["orig_size"]), self.size, self.resize)
         xy = lb.forward(s.coords) if s.coords is not None else None
         if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, self.epoch, i))
+            self.reseed(i)
             points = np.zeros((0, 2)) if xy is None else xy
             centre = self.size / 2
             out = self.augment(image=image, keypoints=np.concatenate([points, _PROBE + centre]))

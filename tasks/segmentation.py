@@ -14,9 +14,8 @@ import segmentation_models_pytorch as smp
 import torch
 from sklearn.model_selection import GroupKFold
 from torch import nn
-from torch.utils.data import Dataset
 
-from tasks.augment import build_augment, sample_seed
+from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
@@ -88,23 +87,12 @@ def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndar
     return out
 
 
-class HandboneDataset(Dataset):
+class HandboneDataset(SeededDataset):
     """Images (and masks) at ``size x size``; items are dicts of tensors plus ``name`` and ``index``."""
 
     def __init__(self, samples: Sequence[HandboneSample], size: int, augment=None, cache: SampleCache | None = None,
                  seed: int = 0) -> None:
-        self.samples = list(samples)
-        self.size = size
-        self.augment = augment
-        self.cache = cache or SampleCache(enabled=False)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.samples)
+        super().__init__(samples, size, augment, cache, seed)
 
     def load(self, i: int) -> dict[str, np.ndarray]:
         """Decoded image (and packed masks) at the training size, plus the original size."""
@@ -130,7 +118,7 @@ class HandboneDataset(Dataset):
         if "masks" in item:
             masks = np.unpackbits(item["masks"], axis=-1, count=self.size).astype(np.uint8)
         if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, self.epoch, i))
+            self.reseed(i)
             kwargs = {"image": image}
             if masks is not None:
                 kwargs["mask"] = masks.transpose(1, 2, 0)
