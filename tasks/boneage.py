@@ -31,7 +31,7 @@ from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.images import read_grey
 from tasks.formats.rsna import image_path, read_labels
-from tasks.formats.tables import finite_number
+from tasks.formats.tables import finite_number, new_id
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.preprocess import Preprocess, PreprocessConfig
 
@@ -210,15 +210,10 @@ def read_submission(path: str | os.PathLike, *, answers: bool = False) -> pd.Dat
             continue
         if len(row) < 2:
             raise FormatError(f"{path}: line {line}: expected id,boneage, got {row}")
-        rid, raw = row[0].strip(), row[1].strip()
-        if not rid:
-            raise FormatError(f"{path}: line {line}: empty id")
-        if rid in seen:
-            raise FormatError(f"{path}: line {line}: duplicate id {rid!r} (first on line {seen[rid]})")
-        seen[rid] = line
-        value = finite_number(raw, f"{path}: line {line}, column 'boneage'")
+        rid = new_id(row[0], f"{path}: line {line}", line, seen)
+        value = finite_number(row[1], f"{path}: line {line}, column 'boneage'")
         if answers and not 0 <= value <= 240:
-            raise FormatError(f"{path}: line {line}, column 'boneage': age {raw} months outside [0, 240]")
+            raise FormatError(f"{path}: line {line}, column 'boneage': age {row[1].strip()} months outside [0, 240]")
         ids.append(rid)
         ages.append(value)
     if not ids:

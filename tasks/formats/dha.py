@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.tables import finite_number, read_table
+from tasks.formats.tables import finite_number, new_id, read_table
 
 N_LANDMARKS = 37
 
@@ -41,13 +41,7 @@ def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tup
                 if len(row) != want:
                     raise FormatError(f"{path}: line {line_no}: {len(row)} values, expected {want} "
                                       f"(id + {n_landmarks} x,y pairs)")
-                rid = row[0].strip()
-                if not rid:
-                    raise FormatError(f"{path}: line {line_no}: empty id")
-                if rid in first:
-                    raise FormatError(f"{path}: line {line_no}: duplicate id {rid!r} (first on line {first[rid]})")
-                first[rid] = line_no
-                ids.append(rid)
+                ids.append(new_id(row[0], f"{path}: line {line_no}", line_no, first))
                 rows.append([finite_number(raw, f"{path}: line {line_no}, value {j}") for j, raw in enumerate(row[1:], start=2)])
     except UnicodeDecodeError as err:
         raise FormatError(f"{path}: not a text CSV ({err})") from None
@@ -64,18 +58,12 @@ def read_spacing(csv_path: str | os.PathLike) -> dict[str, float]:
         if col not in df.columns:
             raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
     out: dict[str, float] = {}
-    for i, (rid, raw) in enumerate(zip(df["id"].tolist(), df["spacing_mm"].tolist())):
+    first: dict[str, int] = {}
+    for i, (raw_id, raw) in enumerate(zip(df["id"].tolist(), df["spacing_mm"].tolist())):
         line = i + 2
-        rid = str(rid).strip()
-        if not rid:
-            raise FormatError(f"{path}: line {line}, column 'id': empty id")
-        if rid in out:
-            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r}")
-        try:
-            v = float(str(raw).strip())
-        except ValueError:
-            raise FormatError(f"{path}: line {line}, column 'spacing_mm': not a number: {raw!r}") from None
-        if not math.isfinite(v) or v <= 0:
+        rid = new_id(raw_id, f"{path}: line {line}, column 'id'", line, first)
+        v = finite_number(raw, f"{path}: line {line}, column 'spacing_mm'")
+        if v <= 0:
             raise FormatError(f"{path}: line {line}, column 'spacing_mm': spacing must be a positive number, got {raw!r}")
         out[rid] = v
     return out

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.tables import finite_number, read_table
+from tasks.formats.tables import finite_number, new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 
 MAX_AGE_MONTHS = 240.0
@@ -56,12 +56,7 @@ def read_labels(csv_path: str | os.PathLike, require_age: bool = False) -> pd.Da
     age_values = df["boneage"].tolist() if has_age else [""] * len(df)
     for i, (raw_id, raw_age, raw_male) in enumerate(zip(id_values, age_values, male_values)):
         line = i + 2
-        rid = str(raw_id).strip()
-        if not rid:
-            raise FormatError(f"{path}: line {line}, column 'id': empty id")
-        if rid in first_line:
-            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r} (first on line {first_line[rid]})")
-        first_line[rid] = line
+        rid = new_id(raw_id, f"{path}: line {line}, column 'id'", line, first_line)
         age = math.nan
         raw = str(raw_age).strip()
         if raw == "" or raw.lower() == "nan":
@@ -127,13 +122,6 @@ def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
             raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
     ids, ages, first = [], [], {}
     for i, (raw_id, raw_age) in enumerate(zip(df["id"].tolist(), df["boneage"].tolist())):
-        line = i + 2
-        rid = str(raw_id).strip()
-        if not rid:
-            raise FormatError(f"{path}: line {line}, column 'id': empty id")
-        if rid in first:
-            raise FormatError(f"{path}: line {line}, column 'id': duplicate id {rid!r} (first on line {first[rid]})")
-        first[rid] = line
-        ids.append(rid)
-        ages.append(finite_number(raw_age, f"{path}: line {line}, column 'boneage'"))
+        ids.append(new_id(raw_id, f"{path}: line {i + 2}, column 'id'", i + 2, first))
+        ages.append(finite_number(raw_age, f"{path}: line {i + 2}, column 'boneage'"))
     return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, dtype=np.float64)})

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.tables import finite_number, read_table
+from tasks.formats.tables import finite_number, new_id, read_table
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
                                 "W1", "W2", "W3", "W4", "W5")
@@ -43,13 +43,7 @@ def read_coords(csv_path: str | os.PathLike, names: Sequence[str] = SHS15_NAMES)
     ids: list[str] = []
     first: dict[str, int] = {}
     for i, raw in enumerate(df[id_col].tolist()):
-        rid = str(raw).strip()
-        if not rid:
-            raise FormatError(f"{path}: line {i + 2}, column {id_col!r}: empty id")
-        if rid in first:
-            raise FormatError(f"{path}: line {i + 2}, column {id_col!r}: duplicate id {rid!r} (first on line {first[rid]})")
-        first[rid] = i + 2
-        ids.append(rid)
+        ids.append(new_id(raw, f"{path}: line {i + 2}, column {id_col!r}", i + 2, first))
     k = len(names)
     coords = np.empty((len(df), k, 2), dtype=np.float64)
     for j, col in enumerate(cols):

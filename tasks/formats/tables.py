@@ -34,3 +34,15 @@ def finite_number(raw: object, where: str) -> float:
     if not math.isfinite(v):
         raise FormatError(f"{where}: NaN or infinite")
     return v
+
+
+def new_id(raw: object, where: str, line: int, first: dict[str, int]) -> str:
+    """``raw`` (stripped) as a row id not seen before: an empty or repeated id is a FormatError starting with
+    ``where`` (file, line and column). Records ``first[id] = line``."""
+    rid = str(raw).strip()
+    if not rid:
+        raise FormatError(f"{where}: empty id")
+    if rid in first:
+        raise FormatError(f"{where}: duplicate id {rid!r} (first on line {first[rid]})")
+    first[rid] = line
+    return rid
