@@ -266,14 +266,9 @@ def threshold_vector(ens: EnsembleConfig, classes: Sequence[str]) -> np.ndarray:
     value = ens.thresholds
     if value == "fit":
         value = read_fit(ens)["thresholds"]
-    if isinstance(value, (int, float)):
-        return np.full(len(classes), float(value), np.float32)
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(classes))
-        if unknown:
-            raise ConfigError(f"thresholds for unknown classes {unknown}")
-        return np.array([float(value.get(c, 0.5)) for c in classes], np.float32)
-    out = np.asarray(value, np.float32)
-    if out.shape != (len(classes),):
-        raise ConfigError(f"thresholds: {out.size} values for {len(classes)} classes")
-    return out
+    from tasks.segmentation import resolve_thresholds
+
+    try:
+        return resolve_thresholds(value, classes)
+    except ValueError as err:
+        raise ConfigError(f"ensemble thresholds: {err}") from None
