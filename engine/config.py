@@ -223,6 +223,20 @@ def build_config(raw: dict, source: str = "config") -> Config:
         raise ConfigError(_explain(err, raw, source)) from None
 
 
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """A YAML file's top-level mapping (empty file: ``{}``); a missing file, bad YAML or another top level
+    is a :class:`ConfigError` naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the {what} file must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | None = None) -> Config:
     """Read a YAML config (may be None: overrides only), apply overrides, validate."""
     raw: dict = {}
@@ -230,12 +244,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | No
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raw = read_yaml_mapping(path)
         raw.setdefault("name", path.stem)
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)

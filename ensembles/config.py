@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from engine.config import ConfigError, TTAConfig
+from engine.config import ConfigError, TTAConfig, read_yaml_mapping
 from tasks.base import Section
 from tasks.registry import TASK_MODULES
 
@@ -170,14 +169,7 @@ class EnsembleConfig(Section):
 def load_ensemble_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EnsembleConfig:
     """Read and validate an ensemble YAML; errors name the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: ensemble config not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: an ensemble config is a YAML mapping")
+    raw = read_yaml_mapping(path, "ensemble config")
     raw.setdefault("name", path.stem)
     raw.update(overrides or {})
     try:
