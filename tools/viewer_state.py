@@ -22,7 +22,8 @@ import yaml
 
 from tasks.formats.handbones import HandboneSample, list_samples, read_masks
 from tasks.formats.images import read_grey
-from tasks.interactive import pick_clicks
+from tasks.interactive import pick_clicks, pin
+from tasks.keypoints import radial_errors
 from tools.visualize import overlay
 
 # Trace names of the keypoint figure; a click is interpreted by the name of the trace it hit.
@@ -120,10 +121,7 @@ def corrected_landmarks(corrections: Corrections) -> list[int]:
 
 def manual_only(initial: np.ndarray, corrections: Corrections) -> np.ndarray:
     """The manual user's points: the first prediction with only the corrected points moved."""
-    out = np.array(initial, np.float64, copy=True)
-    for c in corrections:
-        out[c.landmark] = (c.x, c.y)
-    return out
+    return pin(np.asarray(initial, np.float64)[None], *hint_arrays(corrections, len(initial)))[0]
 
 
 def undo(corrections: Corrections) -> Corrections:
@@ -134,7 +132,7 @@ def undo(corrections: Corrections) -> Corrections:
 def worst_correction(current: np.ndarray, truth: np.ndarray, corrections: Corrections) -> Correction | None:
     """The simulated user's next correction: the worst point of ``current`` (``(K, 2)``) not corrected yet,
     moved to its true position (ties: lower index, as the click protocol); None when none is left."""
-    errors = torch.from_numpy(np.linalg.norm(np.asarray(current, np.float64) - truth, axis=-1))[None]
+    errors = torch.from_numpy(radial_errors(current, truth))[None]
     clicked = torch.from_numpy(hint_arrays(corrections, len(truth))[1])
     j = int(pick_clicks(errors, clicked)[0])
     return None if j < 0 else Correction(j, float(truth[j, 0]), float(truth[j, 1]))
@@ -142,7 +140,7 @@ def worst_correction(current: np.ndarray, truth: np.ndarray, corrections: Correc
 
 def mre(points: np.ndarray, truth: np.ndarray) -> float:
     """Mean radial error in pixels of ``(K, 2)`` points."""
-    return float(np.linalg.norm(np.asarray(points, np.float64) - truth, axis=-1).mean())
+    return float(radial_errors(points, truth).mean())
 
 
 # ------------------------------------------------------------------------------ click handling
