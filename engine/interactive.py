@@ -153,15 +153,14 @@ def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | No
     _write_csv(per_image_table(curve, run.names), out / f"{split}_clicks_per_image.csv")
     entry = {
         "split": split, "images": len(run.names), "tta": tta, "takes_hints": run.takes_hints,
-        "clicks": list(range(curve.n_clicks + 1)),
-        "model_mre_px": [round(float(v), 4) for v in curve.model_px.mean(0)],
-        "manual_mre_px": [round(float(v), 4) for v in curve.manual_px.mean(0)],
-        "model_wins_1_5": curve.model_wins(),
+        "clicks": list(range(curve.n_clicks + 1)), "model_wins_1_5": curve.model_wins(),
         "csv": str(out / f"{split}_clicks.csv"),
     }
-    if curve.spacing_mm is not None:
-        entry["model_mre_mm"] = [round(float(v), 4) for v in (curve.model_px * curve.spacing_mm[:, None]).mean(0)]
-        entry["manual_mre_mm"] = [round(float(v), 4) for v in (curve.manual_px * curve.spacing_mm[:, None]).mean(0)]
+    for mode in ("model", "manual"):
+        rows = table[table["mode"] == mode].sort_values("clicks")
+        for unit in ("px", "mm"):
+            if f"mre_{unit}" in rows:
+                entry[f"{mode}_mre_{unit}"] = [round(float(v), 4) for v in rows[f"mre_{unit}"]]
     if not run.takes_hints:
         entry["note"] = HINTLESS_NOTE
     if (run_dir / "summary.json").is_file() and out_dir is None:
