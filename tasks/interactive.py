@@ -112,6 +112,8 @@ def click_curve(predict: Predictor, true: np.ndarray, n_clicks: int = 10,
     ``model`` user then takes the model's revision of all points (clicked ones pinned), the ``manual``
     user moves only that point. Both start from the same prediction with no hint.
     """
+    if n_clicks < 0:
+        raise ValueError(f"n_clicks must be 0 or more, got {n_clicks}")
     true = np.asarray(true, np.float64)
     n, k = true.shape[:2]
     none = np.zeros((n, k), bool)

@@ -107,6 +107,8 @@ def test_a_model_that_ignores_hints_gives_the_manual_curve():
     curve = click_curve(lambda hints, clicked: fixed, true, n_clicks=3)
     assert np.allclose(curve.model_px, curve.manual_px) and not curve.model_wins()
     assert curve.spacing_mm is None and "mre_mm" not in curve.rows()[0]
+    with pytest.raises(ValueError, match="n_clicks must be 0 or more, got -1"):
+        click_curve(lambda hints, clicked: fixed, true, n_clicks=-1)
 
 
 # --------------------------------------------------------------------------------------------------
