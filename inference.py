@@ -1,6 +1,11 @@
 #!/usr/bin/env python
 """Predict and write a submission CSV.
 
+Image size, classes, thresholds and normalisation come from the checkpoint's own config; the run's
+config.yaml (or -c) supplies only where the data lives and runtime settings, and a disagreement is
+reported. ``--section.key=value`` overrides are applied last. Faults end as one ``error:`` line, exit 2
+(``--debug`` shows the traceback).
+
   python inference.py -c runs/segmentation/<run>/config.yaml --ckpt runs/segmentation/<run>/best.pt --tta -o submissions/a.csv
   python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
   python inference.py --ensemble configs/ensembles/seg_soft.yaml --tta -o submissions/ens.csv  # members on the fly
@@ -15,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
-from engine.config import ConfigError, load_config, parse_overrides  # noqa: E402
-from tasks.formats import FormatError  # noqa: E402
+from engine.cli import run_main  # noqa: E402
+from engine.config import parse_overrides  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -49,15 +54,9 @@ PREDICTORS = {
 def predictor_for(cfg, ckpt: Path):
     import importlib
 
-    if cfg is not None:
-        task = cfg.task
-    else:
-        from engine.checkpoint import load_checkpoint
-
-        task = load_checkpoint(ckpt).get("task")
-    if task not in PREDICTORS:
-        raise ValueError(f"{ckpt}: no predictor for task {task!r}")
-    return importlib.import_module(PREDICTORS[task]).predict_run
+    if cfg.task not in PREDICTORS:
+        raise ValueError(f"{ckpt}: no predictor for task {cfg.task!r}")
+    return importlib.import_module(PREDICTORS[cfg.task]).predict_run
 
 
 # Task → module whose ``predict_ensemble(ens, *, out_csv, split, tta, from_cache, device, workers)`` predicts
@@ -82,17 +81,35 @@ def run_ensemble(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: exit 0, or 2 with one ``error:`` line (``--debug``: the traceback)."""
+    return run_main(_infer, argv)
+
+
+def run_config(args: argparse.Namespace, rest: list[str]):
+    """The checkpoint's config with the locations of -c / the run's config.yaml and the overrides."""
+    from engine.checkpoint import load_checkpoint
+    from engine.run_folder import inference_config
+
+    ckpt = Path(args.ckpt)
+    saved = ckpt.parent / "config.yaml"
+    cfg_path = args.config or (saved if saved.is_file() else None)
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{ckpt}: not a harness checkpoint (no 'config')")
+    cfg, notes = inference_config(state["config"], ckpt, cfg_path, parse_overrides(rest))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return cfg
+
+
+def _infer(argv: list[str]) -> int:
     args, rest = parse_args(argv)
     if args.ensemble:
         if args.ckpt or args.config or rest or args.save_probs:
             print("inference.py: --ensemble takes no --ckpt, -c, --save-probs or overrides (members are run folders)",
                   file=sys.stderr)
             return 2
-        try:
-            stats = run_ensemble(args)
-        except (ConfigError, FormatError, ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        stats = run_ensemble(args)
         print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
         return 0
     if args.from_cache:
@@ -101,19 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ckpt:
         print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
-    try:
-        ckpt = Path(args.ckpt)
-        saved = ckpt.parent / "config.yaml"
-        cfg_path = args.config or (saved if saved.is_file() else None)
-        if rest and cfg_path is None:
-            raise ConfigError(f"overrides {rest} need a config: pass -c CONFIG")
-        cfg = load_config(cfg_path, parse_overrides(rest)) if cfg_path else None
-        out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-        stats = predictor_for(cfg, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
-                            device=args.device, workers=args.workers)
-    except (ConfigError, FormatError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ckpt = Path(args.ckpt)
+    cfg = run_config(args, rest)
+    out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
+    stats = predictor_for(cfg, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
+                                     device=args.device, workers=args.workers)
     print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
     return 0
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Train one run: ``python train.py -c configs/segmentation/unet_r34.yaml --train.lr=3e-4 --data.fold=1``.
 
-Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly), and under
-``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
+Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
+config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
+errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
+
+Before the run folder is created or touched, the config, the run folder's state, every sample of the
+dataset and the model are checked (engine/run_folder.py); a fault ends as ``error: <file or key>: ...``.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
+from engine.cli import run_main  # noqa: E402
 from engine.config import ConfigError, deep_merge, load_config, parse_overrides  # noqa: E402
 
 
@@ -21,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any other --section.key=value overrides the config (W&B agents pass these).")
     parser.add_argument("-c", "--config", help="experiment YAML (configs/<task>/<name>.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from <run_dir>/last.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from <run_dir>/last.pt (same config)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run that already lives in the run folder")
     parser.add_argument("--list-models", action="store_true", help="list registered model names and exit")
     parser.add_argument("--task", help="with --list-models: only models serving this task")
     return parser.parse_known_args(argv)
@@ -51,6 +57,11 @@ def external_learner(cfg):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: exit 0, or 2 with one ``error:`` line (``--debug``: the traceback)."""
+    return run_main(_train, argv)
+
+
+def _train(argv: list[str]) -> int:
     args, rest = parse_args(argv)
     if args.list_models:
         list_models(args.task)
@@ -58,26 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config and not rest:
         print("train.py: give -c CONFIG (or --list-models)", file=sys.stderr)
         return 2
-    try:
-        overrides = parse_overrides(rest)
-        if os.environ.get("WANDB_SWEEP_ID") and "run_name" not in overrides.get("logging", {}):
-            # each W&B sweep run gets its own folder (the agent passes only the searched keys)
-            name = Path(args.config).stem if args.config else "sweep"
-            overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
-        cfg = load_config(args.config, overrides)
-        import models
+    overrides = parse_overrides(rest)
+    if os.environ.get("WANDB_SWEEP_ID") and "run_name" not in overrides.get("logging", {}):
+        # each W&B sweep run gets its own folder (the agent passes only the searched keys)
+        name = Path(args.config).stem if args.config else "sweep"
+        overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
+    cfg = load_config(args.config, overrides)
+    import models
 
+    try:
         family, _ = models.resolve(cfg.model.name, cfg.task)
-        learner = external_learner(cfg) if family.kind == "external" else None
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if learner is not None:
+    except ValueError as err:
+        raise ConfigError(f"model.name: {err}") from None
+    if family.kind == "external":
+        from engine.run_folder import prepare_run
+
+        learner = external_learner(cfg)
+        prepare_run(cfg, resume=args.resume, overwrite=args.overwrite)
         summary = learner.fit(cfg, resume=args.resume)
     else:
         from engine.trainer import train
 
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     val = summary.get("val") or {}
     print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
     return 0

@@ -49,7 +49,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt/foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        text = str(err)
+        if "GLOBAL" in text or "Unsupported global" in text:
+            raise ValueError(f"{path}: holds Python objects that only a full unpickle could load, which can run "
+                             "code; refused (a harness checkpoint is tensors and plain values)") from None
+        if "Weights only load failed" in text:
+            raise ValueError(f"{path}: not a torch checkpoint") from None
+        first = (text.strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from None
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -110,8 +110,11 @@ class Config(Section):
 
     @property
     def run_name(self) -> str:
+        """``<logging.run_name or name>-f<fold>``: folds of one configuration never share a folder (a name
+        that already ends in its own fold suffix keeps it once)."""
         base = self.logging.run_name or self.name or "run"
-        return base if self.logging.run_name else f"{base}-f{self.data.fold}"
+        suffix = f"-f{self.data.fold}"
+        return base if base.endswith(suffix) else base + suffix
 
     @property
     def config_id(self) -> str:
@@ -231,7 +234,10 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML ({problem})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the {what} file must be a YAML mapping, got {type(raw).__name__}")
     return raw

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from engine.config import Config, save_config
+from engine.config import Config
+from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
 from models import create_model
@@ -77,9 +78,14 @@ def collate(items: list[dict]) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None) -> None:
+    """Checks the run folder, the whole dataset and the model before the run folder is created or touched
+    (:mod:`engine.run_folder`); ``overwrite`` replaces a run that already lives there."""
+
+    def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.callbacks = callbacks or []
+        check_run_folder(cfg, resume, overwrite)
         self.rank, self.local_rank, self.world = distributed.setup()
         self.is_main = self.rank == 0
         seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
@@ -87,6 +93,7 @@ class Trainer:
         self.amp = amp_dtype(cfg.train.amp, self.device)
         self.task = get_task_class(cfg.task)(cfg)
         self.train_set, self.val_set = self.task.datasets()
+        self._check_data()
         self.run_dir = cfg.run_dir
         self.model = create_model(cfg.model.name, task=cfg.task, num_outputs=self.task.num_outputs,
                                   in_channels=self.task.in_channels, weights=cfg.model.weights,
@@ -123,13 +130,27 @@ class Trainer:
         self.images_seen = 0
         self.best_val: dict | None = None
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            open_run_folder(cfg, resume, overwrite)
+        distributed.barrier()
         self.logger = RunLogger(self.run_dir, cfg, enabled=self.is_main)
         if resume:
             self._resume()
         else:
             self.logger.start_fresh()
+
+    def _check_data(self) -> None:
+        """Every sample loads (rank 0 reads, the verdict reaches every rank, so all fail together)."""
+        fault = None
+        if self.is_main:
+            try:
+                check_dataset([self.train_set, self.val_set], workers=max(1, self.cfg.data.num_workers))
+            except (ValueError, OSError) as err:
+                fault = err
+        verdict = distributed.broadcast_object(None if fault is None else str(fault))
+        if fault is not None:
+            raise fault
+        if verdict is not None:
+            raise ValueError(verdict)
 
     def autocast(self):
         if self.amp is None:
@@ -289,9 +310,10 @@ class Trainer:
         )
 
 
-def train(cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None) -> dict:
+def train(cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
+          overwrite: bool = False) -> dict:
     """Train one run and return its summary (also written to ``<run_dir>/summary.json``)."""
-    trainer = Trainer(cfg, resume=resume, callbacks=callbacks)
+    trainer = Trainer(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:

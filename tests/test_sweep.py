@@ -333,7 +333,7 @@ def test_real_training_study_prunes_and_resumes(tmp_path, base_config, monkeypat
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and result.new_trials == [0, 1]
     for t in trials:
         run_dir = Path(t.user_attrs["run_dir"])
-        assert run_dir == tmp_path / "runs" / "segmentation" / f"tiny-t{t.number:03d}"
+        assert run_dir == tmp_path / "runs" / "segmentation" / f"tiny-t{t.number:03d}-f0"
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2 and t.value == pytest.approx(max(r["val/dice"] for r in rows))
         assert (run_dir / "best.pt").is_file() and (run_dir / "summary.json").is_file()

@@ -1,0 +1,181 @@
+"""A run folder never lies: everything is checked before ``runs/<task>/<name>/`` is created or touched.
+
+The order every learner follows (the torch trainer and external learners such as YOLO alike):
+
+1. :func:`check_run_folder` — read-only: a fresh run may not land on an existing run (the ways out are
+   ``--resume``, another ``logging.run_name`` or ``--overwrite``); ``--resume`` needs ``last.pt`` and the
+   same config as the one saved, else it names the keys that differ.
+2. :func:`check_dataset` — every training and validation sample is loaded once (image decoded, labels
+   parsed, sizes checked), like nnU-Net's dataset integrity check; with the decode cache on, this also
+   fills the cache the first epoch would fill anyway.
+3. :func:`open_run_folder` — only now is the folder made (emptied first with ``--overwrite``) and the
+   resolved config written.
+"""
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from torch.utils.data import Dataset
+
+from engine.config import Config, load_config, save_config
+
+# Files whose presence makes a folder a run (started or finished).
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl")
+# Keys that may change on --resume: where the process runs and how it reports, not what it computes.
+RESUME_FREE_KEYS = frozenset({
+    "train.device", "data.num_workers", "data.cache", "data.cache_dir", "logging.progress", "logging.wandb",
+    "logging.wandb_project", "inference.post_workers",
+})
+
+
+class RunFolderError(ValueError):
+    """A run folder that must not be used as asked (the message names it and the ways out)."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` → ``{"train.lr": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two config trees (missing on one side counts)."""
+    fa, fb = flatten(a), flatten(b)
+    skip = set(ignore)
+    return sorted(k for k in set(fa) | set(fb) if k not in skip and fa.get(k, "<unset>") != fb.get(k, "<unset>"))
+
+
+def describe_difference(keys: Sequence[str], saved: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    fs, fn = flatten(saved), flatten(new)
+    shown = [f"{k} (saved {fs.get(k, '<unset>')!r}, now {fn.get(k, '<unset>')!r})" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(shown) + more
+
+
+def holds_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run that would overwrite or mix with another run's folder."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is not a folder")
+    if resume and overwrite:
+        raise RunFolderError(f"{run_dir}: --resume continues the run and --overwrite replaces it; give one")
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.is_file():
+            raise RunFolderError(f"{last}: nothing to resume (no last.pt); start the run without --resume")
+        saved_path = run_dir / "config.yaml"
+        saved = load_config(saved_path).to_dict()
+        keys = differing_keys(saved, cfg.to_dict(), ignore=RESUME_FREE_KEYS)
+        if keys:
+            raise RunFolderError(f"{saved_path}: --resume with a different config ({describe_difference(keys, saved, cfg.to_dict())}); "
+                                 "resume with the saved config, or start a new run under another logging.run_name")
+        return
+    if holds_run(run_dir) and not overwrite:
+        state = "a finished run" if (run_dir / "summary.json").is_file() else "a started run"
+        raise RunFolderError(f"{run_dir}: holds {state}; continue it with --resume, choose another "
+                             "--logging.run_name=NAME, or replace it with --overwrite")
+
+
+def check_dataset(datasets: Sequence[Dataset], workers: int = 0) -> int:
+    """Load every sample of ``datasets`` once; the first bad one raises its reader's error. Returns the count.
+
+    Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
+    per-sample checks refuse (an image that does not decode, a label that does not parse, points off
+    the image) is refused here, before the run folder exists.
+    """
+    jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in pool.map(lambda job: job[0][job[1]], jobs):
+            pass
+    return len(jobs)
+
+
+def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """Create (or, with ``overwrite``, empty and recreate) the run folder and save the resolved config.
+
+    Call only after :func:`check_run_folder` and the data/model checks passed, and only on rank 0.
+    A resumed run keeps its saved config file untouched.
+    """
+    run_dir = cfg.run_dir
+    if overwrite and run_dir.is_dir():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """All three steps for a learner that trains in its own loop (e.g. ultralytics YOLO): check the
+    folder, check every sample of the configured fold, then create the folder."""
+    from tasks.registry import get_task_class
+
+    check_run_folder(cfg, resume, overwrite)
+    check_dataset(get_task_class(cfg.task)(cfg).datasets(), workers=max(1, cfg.data.num_workers))
+    return open_run_folder(cfg, resume, overwrite)
+
+
+# Keys a run's config.yaml (or -c CONFIG) may set for inference: where the data lives and how the process
+# runs. Everything else (image size, classes, thresholds, normalisation, model) comes from the checkpoint.
+LOCATION_KEYS = frozenset({
+    "data.root", "data.test_root", "data.cache", "data.cache_dir", "data.num_workers", "data.labels", "data.images",
+    "data.spacing", "data.split_file", "data.train_csv", "data.train_images", "data.test_csv", "data.test_images",
+    "inference.batch_size", "inference.post_workers", "train.device",
+})
+LOCATION_PREFIXES = ("logging.", "inference.tta.")
+
+
+def is_location_key(key: str) -> bool:
+    return key in LOCATION_KEYS or key.startswith(LOCATION_PREFIXES)
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def inference_config(ckpt_config: dict[str, Any], ckpt_path: str | Path, config_path: str | Path | None = None,
+                     overrides: dict[str, Any] | None = None) -> tuple[Config, list[str]]:
+    """The config to predict with: the checkpoint's own, with the data locations and runtime settings of
+    ``config_path`` (a run's ``config.yaml`` or ``-c``), then explicit command-line ``overrides``.
+
+    Returns the config and warnings: one for a config file that disagrees with the checkpoint on what
+    the weights were trained with (its values are ignored, the checkpoint's used).
+    """
+    from engine.config import build_config, deep_merge
+
+    merged = flatten(ckpt_config)
+    notes: list[str] = []
+    if config_path is not None:
+        file_flat = flatten(load_config(config_path).to_dict())
+        disagree = []
+        for key, value in file_flat.items():
+            if is_location_key(key):
+                merged[key] = value
+            elif merged.get(key, "<unset>") != value and not key.startswith(("train.", "augment.", "loss.")):
+                disagree.append(key)
+        if disagree:
+            notes.append(f"{config_path}: differs from the checkpoint {ckpt_path} in "
+                         f"{describe_difference(disagree, ckpt_config, unflatten(file_flat))}; "
+                         "using the checkpoint's values, which the weights were trained with")
+    tree = deep_merge(unflatten(merged), overrides or {})
+    return build_config(tree, str(ckpt_path)), notes
