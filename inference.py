@@ -87,16 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_config(args: argparse.Namespace, rest: list[str]):
     """The checkpoint's config with the locations of -c / the run's config.yaml and the overrides."""
-    from engine.checkpoint import load_checkpoint
-    from engine.run_folder import inference_config
+    from engine.run_folder import checkpoint_config
 
-    ckpt = Path(args.ckpt)
-    saved = ckpt.parent / "config.yaml"
+    saved = Path(args.ckpt).parent / "config.yaml"
     cfg_path = args.config or (saved if saved.is_file() else None)
-    state = load_checkpoint(ckpt)
-    if not isinstance(state.get("config"), dict):
-        raise ValueError(f"{ckpt}: not a harness checkpoint (no 'config')")
-    cfg, notes = inference_config(state["config"], ckpt, cfg_path, parse_overrides(rest))
+    cfg, notes = checkpoint_config(args.ckpt, cfg_path, parse_overrides(rest))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     return cfg

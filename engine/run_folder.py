@@ -179,3 +179,29 @@ def inference_config(ckpt_config: dict[str, Any], ckpt_path: str | Path, config_
                          "using the checkpoint's values, which the weights were trained with")
     tree = deep_merge(unflatten(merged), overrides or {})
     return build_config(tree, str(ckpt_path)), notes
+
+
+def checkpoint_config(ckpt: str | Path, config_path: str | Path | None = None,
+                      overrides: dict[str, Any] | None = None) -> tuple[Config, list[str]]:
+    """:func:`inference_config` of the checkpoint file ``ckpt`` (read with ``weights_only=True``)."""
+    from engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{ckpt}: not a harness checkpoint (no 'config')")
+    return inference_config(state["config"], ckpt, config_path, overrides)
+
+
+def member_config(run_dir: str | Path, checkpoint: str = "best.pt") -> Config:
+    """A trained run's config for prediction: the checkpoint's own where ``<run_dir>/<checkpoint>`` exists
+    (its config.yaml then supplies data locations, and a disagreement is warned about), else the
+    run's config.yaml (e.g. an ensemble fused from cached predictions alone)."""
+    import warnings
+
+    run_dir = Path(run_dir)
+    if not (run_dir / checkpoint).is_file():
+        return load_config(run_dir / "config.yaml")
+    cfg, notes = checkpoint_config(run_dir / checkpoint, run_dir / "config.yaml")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return cfg

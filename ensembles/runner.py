@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engine.config import Config, ConfigError, load_config
+from engine.config import Config, ConfigError
+from engine.run_folder import member_config
 from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
@@ -62,7 +63,7 @@ def resolve_members(ens: EnsembleConfig) -> list[Member]:
         for run in spec.run_dirs:
             if not (run / "config.yaml").is_file():
                 raise ConfigError(f"member {spec.label}: {run} is not a run folder (no config.yaml)")
-            cfg = load_config(run / "config.yaml")
+            cfg = member_config(run, spec.checkpoint)
             if cfg.task != ens.task:
                 raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
             cfgs.append(cfg)

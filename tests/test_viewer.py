@@ -179,7 +179,7 @@ def test_clear_messages_instead_of_tracebacks(tmp_path, monkeypatch):
     widget(at.sidebar.radio, "Mode").set_value("keypoints").run()
     assert not at.exception and "not a keypoint run" in at.error[0].value and str(seg) in at.error[0].value
     widget(at.sidebar.selectbox, "Keypoint run").select_index(1).run()
-    assert not at.exception and f"{broken / 'best.pt'}: not a readable checkpoint" in at.error[0].value
+    assert not at.exception and f"{broken / 'best.pt'}: not a torch checkpoint" in at.error[0].value
 
 
 def test_runs_folder_from_the_command_line_then_the_environment(monkeypatch):
