@@ -101,7 +101,7 @@ def test_ddp_two_cpu_processes(phantom, tmp_path):
          "--logging.run_name=ddp"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = cfg.run_dir.parent / "ddp"
+    run = cfg.run_dir.parent / "ddp-f0"
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1, "only rank 0 writes"
     summary = json.loads((run / "summary.json").read_text())
