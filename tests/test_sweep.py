@@ -394,27 +394,84 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, base_config, m
     assert "boom" in text and "optuna-dashboard sqlite:///" in text and "tiny-t000" in text
 
 
-def test_two_local_workers_share_one_journal_study(tmp_path, base_config, monkeypatch):
+_trials_in_this_process = 0
+
+
+def dying_train(cfg, callbacks=None):
+    """The first worker to start its second trial kills itself (SIGKILL) after that trial's first epoch."""
+    global _trials_in_this_process
+    _trials_in_this_process += 1
+    if _trials_in_this_process == 2:
+        try:
+            os.close(os.open("killed-one", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            callbacks = [*(callbacks or []), lambda epoch, row: os.kill(os.getpid(), signal.SIGKILL)]
+    return runner.synthetic_train(cfg, callbacks)
+
+
+def test_two_local_workers_share_one_journal_study_and_a_killed_ones_share(tmp_path, base_config, monkeypatch,
+                                                                           capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEP_SYNTHETIC_SLEEP", "0.15")
     sweep = _sweep_file(tmp_path, base_config)
-    opts = _opts(sweep, tmp_path, storage=None, study_name="pair", n_trials=6, workers=2, seed=0,
-                 train_fn="tools.sweeps.runner:synthetic_train", prune="none", heartbeat=None)
+    # 3 trials on 2 workers: each takes one; the one let start the third dies in it (SIGKILL); the other,
+    # waiting for that last trial, runs one in its place
+    opts = _opts(sweep, tmp_path, storage=None, study_name="pair", n_trials=3, workers=2, seed=0,
+                 train_fn=dying_train, prune="none", heartbeat=None)
     result = run_sweep(opts)
     assert result.storage.kind == "journal" and result.storage.url == "runs/sweeps/pair.journal"
     assert (tmp_path / "runs/sweeps/pair.journal").is_file() and not (tmp_path / "runs/sweeps/optuna.db").exists()
+    assert (tmp_path / "killed-one").is_file()
     trials = result.study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(6))
-    assert all(t.state == TrialState.COMPLETE and t.value is not None for t in trials)  # nothing lost
-    assert len({t.user_attrs["run_dir"] for t in trials}) == 6
-    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
+    assert sorted(t.number for t in trials) == list(range(4)) == result.new_trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    (lost,) = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.value is not None for t in done)  # as many ended trials as asked for
+    assert lost.state == TrialState.FAIL and "died during the trial" in lost.user_attrs["error"]
+    assert lost.intermediate_values.keys() == {1}
+    assert "ended abnormally" in capsys.readouterr().err
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes took trials
     # SQLite is never shared by several workers; a later single-worker run finds the journal study
     with pytest.raises(SweepError, match="SQLite cannot be shared"):
         runner.resolve_storage("sqlite:///x.db", "pair", 2)
     assert runner.resolve_storage(None, "pair", 1).kind == "journal"
-    result = run_sweep(SweepOptions(**{**opts.__dict__, "workers": 1, "n_trials": 1}))
-    assert len(result.study.get_trials()) == 7
+    result = run_sweep(SweepOptions(**{**opts.__dict__, "workers": 1, "n_trials": 1,
+                                       "train_fn": runner.synthetic_train}))
+    assert len(result.study.get_trials()) == 5
+
+
+def test_budget_waits_for_the_last_trials_and_regrants_a_lost_one():
+    from tools.sweeps.budget import Budget, LocalGate
+
+    budget = Budget(2)
+    for w in (0, 1, 2):
+        budget.ask(w)
+    assert budget.decide() == [(0, True), (1, True)]  # 2 waits: the last two trials run
+    budget.drop(1)  # worker 1 died in its trial: lost, not ended
+    assert budget.decide() == [(2, True)]
+    budget.end(0)
+    budget.ask(0)
+    assert budget.decide() == [] and budget.waiting == [0]
+    budget.end(2)
+    assert budget.decide() == [(0, False)] and budget.ended == 2
+    gate = LocalGate(2)
+    assert [gate.ask(False), gate.ask(True), gate.ask(True)] == [True, True, False]
+
+
+def test_trial_that_trained_all_epochs_is_complete_not_pruned(tmp_path, base_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = _sweep_file(tmp_path, base_config)
+    # --prune-all prunes at any reported epoch (see test_real_training_study_prunes_and_resumes); here the
+    # first epoch is the last
+    result = run_sweep(_opts(sweep, tmp_path, n_trials=1, prune="all", train_fn=runner.synthetic_train,
+                             sets=["train.epochs=1"]))
+    (trial,) = result.study.get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == trial.intermediate_values[1]
+    assert trial.user_attrs["epochs_done"] == 1 and "pruned_at_epoch" not in trial.user_attrs
 
 
 def test_dead_local_worker_trial_is_marked_failed(tmp_path):
@@ -482,7 +539,11 @@ def test_cli_heartbeat_fails_a_killed_worker_and_resumes(tmp_path, base_config, 
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert sweep_cli.main(cmd[2:] + ["--show"]) == 0
     assert "1 complete, 1 fail" in capsys.readouterr().out
-    assert sweep_cli.main([str(sweep), "--show", "--storage", url, "--study-name", "nope"]) == 2
+    from engine.cli import run_main
+
+    assert run_main(sweep_cli.main, [str(sweep), "--show", "--storage", url, "--study-name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no study 'nope'" in err and "Traceback" not in err
 
 
 def test_storage_urls_are_resolved_and_passwords_masked(tmp_path, monkeypatch):

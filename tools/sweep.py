@@ -8,7 +8,9 @@
     python tools/sweep.py sweep_config.yaml --show                               # only the ranked table
 
 The same file runs on W&B: ``wandb sweep sweep_config.yaml && wandb agent <entity/project/id>``.
-Rerunning with the same study name (default: the sweep file's ``name:``, else its file name) resumes the study.
+Rerunning with the same study name (default: the sweep file's ``name:``, else its file name) resumes the study
+and adds ``--n-trials`` more. The command ends when that many of its trials ended, over all its workers: a
+worker that dies loses its running trial (marked FAIL) and the surviving workers run one in its place.
 """
 from __future__ import annotations
 
@@ -19,14 +21,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402,F401  (offline environment first)
+from engine.cli import run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="W&B-format sweep file (sweep_config.yaml)")
     p.add_argument("--n-trials", type=int, default=10,
-                   help="new trials to run in this invocation, split over --workers (default 10; 0 with --timeout: "
-                        "until the timeout)")
+                   help="trials this command adds to the study (a resumed study gets N more, as study.optimize "
+                        "does; run_cap caps the total): it runs until N of its trials ended (complete, pruned, or "
+                        "failed with their error), shared by all --workers; a trial lost with a killed worker does "
+                        "not count and another worker runs one in its place (default 10; 0 with --timeout: until "
+                        "the timeout)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--study-name", help="Optuna study (default: name: of the sweep file, else its file name)")
     p.add_argument("--storage", help="sqlite:///path.db | postgresql://user:pw@host:5432/db | PATH.journal "
@@ -55,37 +61,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; faults of input raise (``SweepError``, ``SweepSpecError``: ValueErrors) for ``run_main``."""
     args = parse_args(argv)
     import optuna
 
     from tools.sweeps.runner import (SweepError, SweepOptions, default_study_name, open_storage, print_table,
                                      resolve_storage, run_sweep)
-    from tools.sweeps.space import SweepSpecError, load_sweep
+    from tools.sweeps.space import load_sweep
 
-    try:
-        spec = load_sweep(args.sweep)
-        study_name = args.study_name or default_study_name(spec)
-        opts = SweepOptions(
-            spec=spec, study_name=study_name, storage=args.storage,
-            n_trials=args.n_trials if args.n_trials > 0 or args.timeout is None else None,
-            timeout=args.timeout, workers=args.workers, subprocess=args.subprocess, base=args.base, sets=args.sets,
-            seed=args.seed, prune="all" if args.prune_all else "none" if args.no_prune else "auto",
-            heartbeat=args.heartbeat or None, retry_failed=args.retry_failed,
-            train_fn="tools.sweeps.runner:synthetic_train" if args.dry_run else None)
-        if args.dry_run and args.subprocess:
-            raise SweepError("--dry-run runs in-process; drop --subprocess")
-        if args.show:
-            storage = resolve_storage(args.storage, study_name, 1)
-            try:
-                study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=None))
-            except KeyError:
-                raise SweepError(f"no study '{study_name}' in {storage.display}") from None
-            print_table(study, spec, storage, top=args.top or None)
-            return 0
-        result = run_sweep(opts)
-    except (SweepError, SweepSpecError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec = load_sweep(args.sweep)
+    study_name = args.study_name or default_study_name(spec)
+    opts = SweepOptions(
+        spec=spec, study_name=study_name, storage=args.storage,
+        n_trials=args.n_trials if args.n_trials > 0 or args.timeout is None else None,
+        timeout=args.timeout, workers=args.workers, subprocess=args.subprocess, base=args.base, sets=args.sets,
+        seed=args.seed, prune="all" if args.prune_all else "none" if args.no_prune else "auto",
+        heartbeat=args.heartbeat or None, retry_failed=args.retry_failed,
+        train_fn="tools.sweeps.runner:synthetic_train" if args.dry_run else None)
+    if args.dry_run and args.subprocess:
+        raise SweepError("--dry-run runs in-process; drop --subprocess")
+    if args.show:
+        storage = resolve_storage(args.storage, study_name, 1)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=None))
+        except KeyError:
+            raise SweepError(f"{storage.display}: no study '{study_name}'") from None
+        print_table(study, spec, storage, top=args.top or None)
+        return 0
+    result = run_sweep(opts)
     print_table(result.study, spec, result.storage, top=args.top or None)
     if result.interrupted:
         print("interrupted: the running trial was marked FAIL; rerun the same command to resume the study",
@@ -95,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

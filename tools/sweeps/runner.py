@@ -9,7 +9,9 @@ Storage:
   of machines join one study (``load_if_exists``);
 * ``--storage PATH.journal``: a journal file you name.
 
-A study of the same name in the same storage is resumed: new trials are added to it. RDB storages record a
+A study of the same name in the same storage is resumed: new trials are added to it. ``--n-trials N`` is N
+trials of this command that end (complete, pruned, or failed with their error) over all its workers; a trial
+lost with its worker is run again by another (``tools.sweeps.budget``). RDB storages record a
 heartbeat every ``--heartbeat`` seconds; a trial whose worker died is marked FAIL by the next worker that
 starts a trial (after a grace period of two intervals). On file storages (SQLite, journal) a RUNNING trial of
 a process on this host that no longer exists is marked FAIL straight away.
@@ -17,7 +19,8 @@ a process on this host that no longer exists is marked FAIL straight away.
 Each trial is a normal run folder ``runs/<task>/<study>-tNNN`` (``logging.run_name``); its user attributes
 hold ``run_dir``, ``overrides`` (the config values it ran with), ``worker`` (host:pid), ``epochs_done``,
 ``best_epoch``, and ``error`` when it failed. A trial's value is its best epoch's metric (``metric.name`` of
-the sweep file, e.g. ``val/dice``), reported to the pruner after every validated epoch.
+the sweep file, e.g. ``val/dice``), reported after every validated epoch; the pruner is asked after every one
+but the last, so a trial that trained all its epochs is COMPLETE.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -43,6 +48,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tools.sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
 from tools.sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
@@ -55,7 +61,7 @@ HOST = socket.gethostname()
 TrainFn = Callable[..., dict]
 
 
-class SweepError(RuntimeError):
+class SweepError(ValueError):
     """A sweep that cannot start (storage, base config, model names...); one clear message."""
 
 
@@ -292,10 +298,13 @@ def check_space(opts: SweepOptions) -> Any:
 
 # ------------------------------------------------------------------------------------------------------ trials
 class _Reporter:
-    """Per-epoch rows → ``trial.report``; remembers the best value; decides pruning."""
+    """Per-epoch rows → ``trial.report``; remembers the best value; decides pruning before the last epoch.
 
-    def __init__(self, trial: optuna.Trial, metric: str, direction: str) -> None:
-        self.trial, self.metric, self.direction = trial, metric, direction
+    A trial that trained all its ``epochs`` is COMPLETE: the pruner is not asked after the last one.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str, epochs: int) -> None:
+        self.trial, self.metric, self.direction, self.last_epoch = trial, metric, direction, int(epochs)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.epochs = 0
@@ -313,7 +322,7 @@ class _Reporter:
         if self.best is None or (value > self.best if self.direction == "maximize" else value < self.best):
             self.best, self.best_epoch = value, int(epoch)
         self.trial.report(value, int(epoch) + 1)
-        if self.trial.should_prune():
+        if int(epoch) + 1 < self.last_epoch and self.trial.should_prune():
             self.pruned_at = int(epoch) + 1
             return True
         return False
@@ -406,7 +415,7 @@ class Objective:
                 cfg = self.config(values, f"{name}-r{k}")
                 k += 1
             trial.set_user_attr("run_dir", str(cfg.run_dir))
-            reporter = _Reporter(trial, self.spec.metric, self.spec.direction)
+            reporter = _Reporter(trial, self.spec.metric, self.spec.direction, cfg.train.epochs)
             if self.opts.subprocess:
                 self._run_subprocess(cfg, values, reporter)
             else:
@@ -515,33 +524,38 @@ def make_pruner(opts: SweepOptions, epochs: int | None) -> optuna.pruners.BasePr
     return opts.spec.pruner("auto" if swept_epochs or epochs is None else int(epochs))
 
 
-def _stop_callback(spec: SweepSpec) -> Callable:
-    """``run_cap`` (trials in the study) and ``metric.target`` stop the study, as on W&B."""
+def _stop_reason(study: optuna.Study, spec: SweepSpec, deadline: float | None) -> str | None:
+    """Why no trial may start now: ``--timeout``, ``run_cap`` (trials in the study), ``metric.target`` (as on
+    W&B), or a grid with a trial at every point; None when one may."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return "--timeout reached"
+    trials = study.get_trials(deepcopy=False)
+    if spec.run_cap is not None and len(trials) >= spec.run_cap:
+        return f"run_cap {spec.run_cap} reached ({len(trials)} trials in the study)"
+    if spec.target is not None:
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        if any((v >= spec.target) if spec.direction == "maximize" else (v <= spec.target) for v in done):
+            return f"a trial reached metric.target {spec.target}"
+    if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+        return "every grid point has a trial"
+    return None
 
-    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        trials = study.get_trials(deepcopy=False)
-        if spec.run_cap is not None and len(trials) >= spec.run_cap:
-            study.stop()
-        if spec.target is not None:
-            done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-            if any((v >= spec.target) if spec.direction == "maximize" else (v <= spec.target) for v in done):
-                print(f"sweep: a trial reached metric.target {spec.target}: stopping", file=sys.stderr)
-                study.stop()
 
-    return callback
-
-
-def _optimize(study: optuna.Study, opts: SweepOptions, n_trials: int | None) -> None:
-    spec = opts.spec
-    if spec.run_cap is not None:
-        n_existing = len(study.get_trials(deepcopy=False))
-        left = spec.run_cap - n_existing
-        if left <= 0:
-            print(f"sweep: run_cap {spec.run_cap} reached ({n_existing} trials): nothing to run", file=sys.stderr)
+def _optimize(study: optuna.Study, opts: SweepOptions, gate: Gate) -> None:
+    """Run trials one at a time while ``gate`` (the ``--n-trials`` budget) and the study let this worker."""
+    objective = Objective(opts)
+    deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
+    ended = False
+    while True:
+        reason = _stop_reason(study, opts.spec, deadline)
+        if reason is not None:
+            print(f"sweep: {reason}: no new trials", file=sys.stderr)
+            gate.leave(ended)
             return
-        n_trials = left if n_trials is None else min(n_trials, left)
-    study.optimize(Objective(opts), n_trials=n_trials, timeout=opts.timeout, catch=(Exception,),
-                   callbacks=[_stop_callback(spec)], gc_after_trial=True)
+        if not gate.ask(ended):
+            return
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        ended = True
 
 
 def _load_study(opts: SweepOptions, storage: StorageSpec, worker_index: int, epochs: int | None) -> optuna.Study:
@@ -557,9 +571,9 @@ def _load_study(opts: SweepOptions, storage: StorageSpec, worker_index: int, epo
     return study
 
 
-def worker_main(opts: SweepOptions, storage: StorageSpec, worker_index: int, n_trials: int | None,
+def worker_main(opts: SweepOptions, storage: StorageSpec, worker_index: int, conn: Connection,
                 epochs: int | None) -> None:
-    """Entry point of one ``--workers`` process (spawned)."""
+    """Entry point of one ``--workers`` process (spawned); ``conn`` reaches the parent's trial budget."""
     import engine  # noqa: F401  (offline environment)
 
     if "OMP_NUM_THREADS" not in os.environ:  # K workers on one CPU share its cores instead of oversubscribing them
@@ -568,15 +582,9 @@ def worker_main(opts: SweepOptions, storage: StorageSpec, worker_index: int, n_t
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
     study = _load_study(opts, storage, worker_index, epochs)
     try:
-        _optimize(study, opts, n_trials)
+        _optimize(study, opts, PipeGate(conn))
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-def split_trials(n_trials: int | None, workers: int) -> list[int | None]:
-    if n_trials is None:
-        return [None] * workers
-    return [n_trials // workers + (1 if i < n_trials % workers else 0) for i in range(workers)]
 
 
 @dataclass
@@ -609,11 +617,14 @@ def create_study(opts: SweepOptions, storage: StorageSpec) -> optuna.Study:
 
 
 def run_sweep(opts: SweepOptions) -> SweepResult:
-    """Validate, open/create the study, run ``opts.n_trials`` new trials over ``opts.workers`` processes."""
+    """Validate, open/create the study, run trials over ``opts.workers`` processes until ``opts.n_trials`` of
+    them ended (``tools.sweeps.budget``: a trial lost with its worker is run again by another)."""
     import engine  # noqa: F401  (offline environment before any third-party import)
 
     if opts.workers < 1:
         raise SweepError("--workers must be >= 1")
+    if opts.n_trials is not None and opts.n_trials < 0:
+        raise SweepError(f"--n-trials {opts.n_trials}: must be >= 0")
     cfg = check_space(opts)
     storage = resolve_storage(opts.storage, opts.study_name, opts.workers)
     study = create_study(opts, storage)
@@ -627,37 +638,49 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
     if opts.workers == 1:
         study = _load_study(opts, storage, 0, epochs)
         try:
-            _optimize(study, opts, opts.n_trials)
+            _optimize(study, opts, LocalGate(opts.n_trials))
         except KeyboardInterrupt:
             interrupted = True
     else:
-        ctx = multiprocessing.get_context("spawn")
-        procs = []
-        for i, n in enumerate(split_trials(opts.n_trials, opts.workers)):
-            if n == 0:
-                continue
-            p = ctx.Process(target=worker_main, args=(opts, storage, i, n, epochs), name=f"sweep-worker-{i}")
-            p.start()
-            procs.append(p)
-        try:
-            for p in procs:
-                p.join()
-        except KeyboardInterrupt:
-            interrupted = True
-            for p in procs:
-                p.join(timeout=opts.kill_grace_s)
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
-        dead = {p.pid for p in procs if p.exitcode not in (0, None)}
-        if dead:
-            codes = ", ".join(f"{p.name}: exit {p.exitcode}" for p in procs if p.pid in dead)
-            print(f"sweep: worker(s) ended abnormally ({codes})", file=sys.stderr)
-            fail_dead_local_trials(optuna.load_study(study_name=opts.study_name,
-                                                     storage=open_storage(storage, heartbeat=None)), pids=dead)
+        interrupted = _run_workers(opts, storage, epochs)
         study = optuna.load_study(study_name=opts.study_name, storage=open_storage(storage, heartbeat=None))
     new = sorted(t.number for t in study.get_trials(deepcopy=False) if t.number not in before)
     return SweepResult(study=study, storage=storage, new_trials=new, interrupted=interrupted)
+
+
+def _run_workers(opts: SweepOptions, storage: StorageSpec, epochs: int | None) -> bool:
+    """Spawn the workers and serve them the trial budget; True when interrupted (Ctrl-C)."""
+    ctx = multiprocessing.get_context("spawn")
+    n_procs = opts.workers if opts.n_trials is None else min(opts.workers, opts.n_trials)
+    procs, conns = [], []
+    for i in range(n_procs):
+        conn, child_conn = ctx.Pipe()
+        p = ctx.Process(target=worker_main, args=(opts, storage, i, child_conn, epochs), name=f"sweep-worker-{i}")
+        p.start()
+        child_conn.close()
+        procs.append(p)
+        conns.append(conn)
+    watch = optuna.load_study(study_name=opts.study_name, storage=open_storage(storage, heartbeat=None))
+    reaped: set[int] = set()
+
+    def reap(p: BaseProcess, replaced: bool = True) -> None:
+        if p.exitcode not in (0, None) and p.pid not in reaped:
+            reaped.add(p.pid)
+            print(f"sweep: {p.name} ended abnormally (exit {p.exitcode})"
+                  + ("; the other workers run its share" if replaced else ""), file=sys.stderr)
+            fail_dead_local_trials(watch, pids={p.pid})
+
+    try:
+        serve(procs, conns, Budget(opts.n_trials), on_exit=reap)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=opts.kill_grace_s)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+            reap(p, replaced=False)
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------------- table
