@@ -11,7 +11,7 @@ import numpy as np
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, list_samples, read_masks
 from tasks.formats.images import image_size
-from tasks.rle import decode
+from tasks.rle import decode, parse_runs
 from tasks.segmentation import dice_per_class
 from tasks.submission import iter_images
 
@@ -49,7 +49,7 @@ def check_segmentation_csv(csv_path: str | os.PathLike, images_root: str | os.Pa
             raise FormatError(f"{csv_path}: image {name} is not in {images_root}")
         h, w = image_size(samples[name].image_path)
         for cls, rle in zip(CLASSES, rles):
-            decode(rle, h, w, where=f"{csv_path}: {name} {cls}")
+            parse_runs(rle, h * w, where=f"{csv_path}: {name} {cls} ({w}x{h} image)")
         seen.add(name)
     missing = sorted(set(samples) - seen)
     if missing:

@@ -70,3 +70,17 @@ def test_runs_torch_equals_numpy_encoder():
     masks[3] = True
     masks[4, -1, -1] = True
     assert [format_runs(r) for r in runs_torch(torch.from_numpy(masks))] == [encode(m) for m in masks]
+
+
+def test_decode_paths_agree_few_and_many_runs():
+    """The per-run slice fill (few runs) and the coverage pass (many runs) give the same masks, last pixel included."""
+    rng = np.random.default_rng(3)
+    few = np.zeros((128, 128), np.uint8)
+    few[10:20, 5:30] = 1
+    few[-1, -3:] = 1  # a run ending on the last pixel
+    noisy = (rng.random((128, 128)) > 0.5).astype(np.uint8)
+    noisy[-1, -1] = 1
+    for mask in (few, noisy, np.zeros((128, 128), np.uint8), np.ones((128, 128), np.uint8)):
+        rle = encode(mask)
+        assert np.array_equal(decode(rle, 128, 128), mask)
+    assert len(encode(noisy).split()) // 2 > 1024, "the noisy mask must take the many-runs path"
