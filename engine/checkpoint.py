@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.formats.tensors import read_tensors
+
 
 def rng_state() -> dict[str, Any]:
     state = {
@@ -43,13 +45,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt/foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    """A checkpoint's dict, read as tensors and primitives only: a pickled object in it is refused, never built."""
+    ckpt = read_tensors(path, "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a harness checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
