@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.formats.tensors import read_tensors
+
 
 def rng_state() -> dict[str, Any]:
     state = {
@@ -43,20 +45,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt/foreign files
-        text = str(err)
-        if "GLOBAL" in text or "Unsupported global" in text:
-            raise ValueError(f"{path}: holds Python objects that only a full unpickle could load, which can run "
-                             "code; refused (a harness checkpoint is tensors and plain values)") from None
-        if "Weights only load failed" in text:
-            raise ValueError(f"{path}: not a torch checkpoint") from None
-        first = (text.strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from None
+    """A checkpoint's dict, read as tensors and primitives only: a pickled object in it is refused, never built."""
+    ckpt = read_tensors(path, "checkpoint")
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a harness checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -47,8 +47,11 @@ def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None =
     """Build the architecture recorded in the checkpoint and load its weights (clear error on mismatch)."""
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    external = "external_weights" in ckpt  # an external learner's run (e.g. YOLO): weights in its own file
-    for key in ("config", "model_name", "num_outputs") + (() if external else ("model",)):
+    if "external_weights" in ckpt:  # a YOLO run of an older harness: weights in ultralytics' pickled file
+        raise ValueError(f"{ckpt_path}: its weights are not in the checkpoint but in "
+                         f"{ckpt_path.parent / str(ckpt['external_weights'])} (external_weights); weights load only "
+                         "as tensors from the checkpoint itself, never from another file: train the run again")
+    for key in ("config", "model_name", "num_outputs", "model"):
         if key not in ckpt:
             raise ValueError(f"{ckpt_path}: not a harness checkpoint (no '{key}')")
     if cfg is None:
@@ -61,10 +64,10 @@ def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None =
                          f"{cfg.task} needs {task.num_outputs}")
     model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
                          **cfg.model.options)
-    if external:
-        model = model.load(ckpt_path.parent / ckpt["external_weights"])
-    else:
+    if isinstance(model, torch.nn.Module):
         load_model_state(model, ckpt["model"], str(ckpt_path))
+    else:  # an external learner (e.g. YOLO) builds its module from what its checkpoint records
+        model = model.load(ckpt, str(ckpt_path))
     return LoadedModel(model.to(device).eval(), cfg, ckpt_path)
 
 

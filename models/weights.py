@@ -6,18 +6,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks.formats.tensors import read_tensors
+
 
 def read_state_dict(path: str, how_to_make: str = "torch.save(model.state_dict(), NAME)") -> dict[str, torch.Tensor]:
     """A state dict of tensors from a local file (plain, or under ``model``/``state_dict``/``model_state``).
 
-    A missing file names the path to put it at and ``how_to_make`` (NAME is the file name) it.
+    A missing file names the path to put it at and ``how_to_make`` (NAME is the file name) it; a file that
+    holds pickled objects besides tensors is refused (:class:`~tasks.formats.tensors.PickledFileError`).
     """
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(
             f"model.weights: no file at {file}. Pretrained weights are never downloaded; copy the state dict "
             f"there (e.g. on a machine with internet: {how_to_make.replace('NAME', repr(file.name))}).")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = read_tensors(file, "weights file")
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_state"):
             if key in state and isinstance(state[key], dict):

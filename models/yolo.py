@@ -2,7 +2,9 @@
 
 Any ``-seg`` model YAML shipped with ultralytics (``yolo:yolov8n-seg``, ``yolo:yolo11s-seg``,
 ``yolo:yolo26n-seg``, ...) or a path to a custom one (``yolo:path/to/my-seg.yaml``); ``model.weights``
-optionally names a local ultralytics ``.pt`` to start from (never downloaded).
+optionally names a local file to start from (never downloaded): a state dict of tensors (e.g. another YOLO
+run's ``best.pt``), or an ultralytics ``.pt`` (a pickled module, whose loading runs code named in the file)
+only with ``model.options.trust_pickle: true``.
 
 Training goes through ultralytics' own trainer (``YoloTrainer``) with the harness config mapped onto its
 arguments (:func:`ultralytics_args`), on the dataset that ``tools/convert.py yolo`` makes from the
@@ -10,17 +12,21 @@ same fold. Its run directory is ``<run_dir>/ultralytics`` and its validation sco
 per class (``SegmentationTask.evaluate``), not mAP, so ``best.pt`` is chosen by Dice and the run sits
 on the same leaderboard as the smp models.
 
-The run folder's ``best.pt``/``last.pt`` are plain dicts (``torch.load(weights_only=True)``) whose
-``external_weights`` names ultralytics' checkpoint relative to the run folder; ultralytics' own file
-is a pickled module and stays ultralytics' file. Loaded, a run is a :class:`YoloProbModel`: an
-``nn.Module`` that maps our ``(B, 1, h, w)`` input in [0, 1] to per-class logits, so TTA, the
-prediction cache and soft/weighted/hard ensembles treat it like any smp member.
+The run folder's ``best.pt``/``last.pt`` are plain dicts (``torch.load(weights_only=True)``) holding the
+network's state dict (fp16, as ultralytics keeps it) and its model YAML (``yolo``: ``yaml``, ``names``),
+written by the trainer each epoch. Loading rebuilds the network from that YAML (after checking that it
+names only layer classes, see :func:`check_model_yaml`) and loads the tensors: nothing is unpickled.
+Ultralytics' own pickled checkpoints in ``<run>/ultralytics/weights/`` serve only its ``--resume``.
+Loaded, a run is a :class:`YoloProbModel`: an ``nn.Module`` that maps our ``(B, 1, h, w)`` input in
+[0, 1] to per-class logits, so TTA, the prediction cache and soft/weighted/hard ensembles treat it like
+any smp member.
 
 Multi-GPU: ultralytics starts its own DDP workers when ``train.device`` lists several GPUs
 (``--train.device=0,1,2,3``); do not wrap ``train.py`` in torchrun for a YOLO run.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -43,7 +49,9 @@ from engine.offline import CACHE_DIR
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
 from models.registry import UnknownModelError, close_matches, register_family
+from models.weights import load_local_weights, read_state_dict
 from tasks.base import Section
+from tasks.formats.tensors import PickledFileError, read_tensors
 from tasks.registry import get_task_class
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' run directory inside the harness run folder
@@ -71,6 +79,7 @@ class YoloOptions(Section):
     iou: float = Field(0.7, ge=0.0, le=1.0)
     max_det: int = Field(100, ge=1)
     train_args: dict[str, Any] = Field(default_factory=dict)
+    trust_pickle: bool = False  # model.weights may be a pickled ultralytics .pt (loading it runs its code)
 
 
 def parse_options(options: dict[str, Any]) -> YoloOptions:
@@ -190,6 +199,66 @@ class YoloProbModel(nn.Module):
                 out[c] = torch.maximum(out[c], masks[classes == c].amax(0))
 
 
+# Where the layer classes a stored model YAML may name are defined: building blocks whose constructors only
+# make layers from numbers. Anything else (a whole model that reads another YAML, TorchVision, which fetches
+# weights) is refused. An ``activation`` is evaluated as Python by ultralytics: only ``nn.<Layer>(<number>)``.
+LAYER_MODULES = ("torch.nn.modules.", "torchvision.ops.", "ultralytics.nn.modules.")
+REFUSED_LAYERS = ("TorchVision",)
+ACTIVATION_RE = re.compile(r"^(?:torch\.)?nn\.([A-Za-z]\w*)\((?:\d+(?:\.\d*)?)?\)$")
+
+
+def _layer_class(name: Any) -> type | None:
+    """The class a layer name resolves to, looked up as ultralytics' ``parse_model`` does; None if not a class."""
+    import torchvision
+    from ultralytics.nn import tasks
+
+    if not isinstance(name, str):
+        return None
+    if name.startswith("nn."):
+        found = getattr(nn, name[3:], None)
+    elif name.startswith("torchvision.ops."):
+        found = getattr(torchvision.ops, name[16:], None)
+    else:
+        found = getattr(tasks, name, None)
+    return found if isinstance(found, type) else None
+
+
+def check_model_yaml(spec: Any, source: str) -> None:
+    """Refuse a stored model YAML that would make ultralytics run more than layer constructors.
+
+    Every layer of ``backbone`` and ``head`` must name an ``nn.Module`` class from :data:`LAYER_MODULES`
+    (not :data:`REFUSED_LAYERS`), and ``activation``, if set, must be ``nn.<Module>()`` with at most one number.
+    """
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in ("backbone", "head")):
+        raise ValueError(f"{source}: the stored YOLO model YAML has no 'backbone' and 'head' lists")
+    for index, layer in enumerate(spec["backbone"] + spec["head"]):
+        name = layer[2] if isinstance(layer, list) and len(layer) == 4 else None
+        found = _layer_class(name)
+        if (found is None or not issubclass(found, nn.Module) or found.__name__ in REFUSED_LAYERS
+                or not found.__module__.startswith(LAYER_MODULES)):
+            raise ValueError(f"{source}: layer {index} of the stored YOLO model YAML names {name!r}, "
+                             "not a layer class; refused")
+    activation = spec.get("activation")
+    if activation is not None:
+        match = ACTIVATION_RE.match(str(activation).strip())
+        found = getattr(nn, match[1], None) if match else None
+        if not (isinstance(found, type) and issubclass(found, nn.Module)):
+            raise ValueError(f"{source}: the stored YOLO model YAML sets activation {activation!r}, which "
+                             "ultralytics would run as Python; only nn.<Module>() is accepted")
+
+
+def harness_checkpoint(harness: Config, net: nn.Module, epoch: int | None, metrics: dict) -> dict[str, Any]:
+    """A YOLO run's ``best.pt``/``last.pt``: ``net`` as tensors (fp16 and NaN-free, as ultralytics saves it)
+    beside its model YAML and class names, so that loading it never unpickles anything."""
+    state = {k: torch.nan_to_num(v.detach().to("cpu", torch.half)).contiguous() if v.is_floating_point()
+             else v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    names = getattr(net, "names", None) or {}
+    return {"model_name": harness.model.name, "task": harness.task, "num_outputs": int(net.model[-1].nc),
+            "config": harness.to_dict(), "model": state,
+            "yolo": {"yaml": copy.deepcopy(net.yaml), "names": [str(names[i]) for i in sorted(names)]},
+            "epoch": epoch, "metrics": metrics}
+
+
 def ultralytics_device(device: str) -> str:
     """Our ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``0,1,2,3``) as ultralytics spells it."""
     if device == "auto":
@@ -267,6 +336,24 @@ def _trainer_class() -> type:
                 self.logger = RunLogger(self.run_dir, self.harness)
             return self.logger
 
+        def get_model(self, cfg: dict | str | None = None, weights: nn.Module | None = None,
+                      verbose: bool = True) -> nn.Module:
+            """The network; a fresh one starts from ``model.weights`` read as tensors (a trusted pickle, or
+            the run resumed, arrives from ultralytics as ``weights``)."""
+            model = super().get_model(cfg, weights, verbose)
+            if weights is None and self.harness.model.weights:
+                load_local_weights(model, self.harness.model.weights, encoder_attr="model")
+            return model
+
+        def save_model(self) -> bool | None:
+            """Ultralytics' checkpoints (its --resume reads them), then the run folder's best.pt/last.pt as tensors."""
+            saved = super().save_model()
+            payload = harness_checkpoint(self.harness, self.ema.ema, self.epoch, {})
+            save_checkpoint(self.run_dir / "last.pt", payload)
+            if self.best_fitness == self.fitness:
+                save_checkpoint(self.run_dir / "best.pt", payload)
+            return saved
+
         def resume_training(self, ckpt) -> None:
             super().resume_training(ckpt)
             if self.resume and ckpt is not None and RANK in {-1, 0}:
@@ -333,7 +420,7 @@ def __getattr__(name: str) -> Any:
 
 @dataclass
 class YoloLearner:
-    """An external learner: ``fit`` trains a run folder, ``load`` turns ultralytics weights into a module."""
+    """An external learner: ``fit`` trains a run folder, ``load`` turns a run's checkpoint into a module."""
 
     arch: str
     num_classes: int
@@ -345,28 +432,48 @@ class YoloLearner:
         """What ultralytics builds: a shipped YAML by name (it reads the scale from the name) or a file."""
         return self.arch if self.arch.endswith((".yaml", ".yml")) else f"{self.arch}.yaml"
 
-    def weights_file(self) -> Path | None:
+    def start_weights(self) -> tuple[Path | None, bool]:
+        """``model.weights`` checked before training: the file (or None) and whether ultralytics must unpickle it.
+
+        A state dict of tensors (a plain one, or a harness checkpoint such as another YOLO run's best.pt) is
+        loaded by the trainer; a pickled ultralytics ``.pt`` goes to ultralytics only with ``trust_pickle``.
+        """
         if not self.weights:
-            return None
+            return None, False
         path = Path(self.weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"model.weights: no file at {path}. Pretrained weights are never downloaded; copy an ultralytics "
-                f"checkpoint there (e.g. {self.arch}.pt from a machine with internet).")
-        return path
+        try:
+            read_state_dict(str(path), f"torch.save(YOLO('{self.arch}.pt').model.state_dict(), NAME)")
+        except PickledFileError:
+            if self.options.trust_pickle:
+                return path, True
+            raise PickledFileError(
+                f"model.weights: {path} is a pickled checkpoint (an ultralytics .pt), and loading it runs code named "
+                "in the file; set model.options.trust_pickle: true if you trust it, or give a state dict of tensors "
+                f"(torch.save(YOLO('{path.name}').model.state_dict(), ...))") from None
+        return path, False
 
-    def load(self, path: str | os.PathLike) -> YoloProbModel:
-        """Ultralytics weights (a pickled ultralytics checkpoint, e.g. a run's best.pt) as a fused module."""
-        from ultralytics.nn.tasks import load_checkpoint
+    def load(self, checkpoint: dict[str, Any], source: str) -> YoloProbModel:
+        """The fused network of a harness YOLO checkpoint: rebuilt from its checked model YAML, then its tensors."""
+        from ultralytics.nn.tasks import SegmentationModel
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ultralytics weights not found (a YOLO run keeps them in "
-                                    f"<run>/{ULTRALYTICS_DIR}/weights/)")
-        net, _ = load_checkpoint(path, fuse=True)
-        module = YoloProbModel(net, self.options.conf, self.options.iou, self.options.max_det)
+        spec, state = checkpoint.get("yolo"), checkpoint.get("model")
+        if not isinstance(spec, dict) or not isinstance(state, dict):
+            raise ValueError(f"{source}: no YOLO network in this checkpoint (it needs the weights under 'model' and "
+                             "the model YAML under 'yolo'); train the run again")
+        yaml_spec = spec.get("yaml")
+        check_model_yaml(yaml_spec, source)
+        try:
+            net = SegmentationModel(copy.deepcopy(yaml_spec), ch=int(yaml_spec.get("channels", 3)),
+                                    nc=yaml_spec.get("nc"), verbose=False)
+            net.load_state_dict(state)
+        except Exception as err:  # a malformed YAML or state dict fails in ultralytics or torch with many types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{source}: the YOLO weights and model YAML stored in it do not make a network "
+                             f"({first})") from None
+        module = YoloProbModel(net.float().fuse(verbose=False).eval(), self.options.conf, self.options.iou,
+                               self.options.max_det)
         if module.num_classes != self.num_classes:
-            raise ValueError(f"{path}: the model has {module.num_classes} classes, the task needs {self.num_classes}")
+            raise ValueError(f"{source}: the model has {module.num_classes} classes, the task needs {self.num_classes}")
         return module
 
     def fit(self, cfg: Config, resume: bool = False) -> dict:
@@ -378,7 +485,7 @@ class YoloLearner:
                                "run train.py without torchrun")
         if cfg.data.image_size % 32:
             raise ValueError(f"data.image_size={cfg.data.image_size}: YOLO needs a multiple of 32")
-        weights = self.weights_file()
+        weights, pickled = self.start_weights()
         run_dir = cfg.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -389,31 +496,27 @@ class YoloLearner:
             raise FileNotFoundError(f"{last}: nothing to resume (no ultralytics last.pt in the run folder)")
         if not resume:  # a fresh run starts its epoch log afresh, as ultralytics does with its results.csv
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        args = ultralytics_args(cfg, data_yaml, self.model_arg, self.options, weights, last if resume else None)
+        args = ultralytics_args(cfg, data_yaml, self.model_arg, self.options, weights if pickled else None,
+                                last if resume else None)
         _trainer_class()(overrides=args).train()
         return self._finish(cfg)
 
     def _finish(self, cfg: Config) -> dict:
         run_dir = cfg.run_dir
-        weights_dir = Path(ULTRALYTICS_DIR) / "weights"
-        best = run_dir / weights_dir / "best.pt"
-        if not best.is_file():
-            raise RuntimeError(f"{best}: ultralytics finished without a best.pt (see its log above)")
+        best_path = run_dir / "best.pt"
+        if not best_path.is_file():
+            raise RuntimeError(f"{best_path}: ultralytics finished without a best model (see its log above)")
+        best = read_tensors(best_path, "checkpoint")
         device = torch_device(cfg.train.device)
-        module = self.load(best).to(device)
+        module = self.load(best, str(best_path)).to(device)
         task = get_task_class(cfg.task)(cfg)
         train_set, val_set = task.datasets()
         val = task.evaluate(module, val_set, device, batch_size=cfg.inference.batch_size)
+        save_checkpoint(best_path, {**best, "metrics": val})
         rows = read_rows(run_dir / "metrics.jsonl")
         scored = [r for r in rows if "val/score" in r]
         best_epoch = max(scored, key=lambda r: r["val/score"])["epoch"] if scored else None
         last_epoch = rows[-1]["epoch"] if rows else None
-        for name, epoch, metrics in (("best.pt", best_epoch, val), ("last.pt", last_epoch, {})):
-            save_checkpoint(run_dir / name, {
-                "model_name": cfg.model.name, "task": cfg.task, "num_outputs": self.num_classes,
-                "config": cfg.to_dict(), "external_weights": (weights_dir / name).as_posix(),
-                "epoch": epoch, "metrics": metrics,
-            })
         train_time = rows[-1]["time_s"] if rows else None
         images = len(train_set) * (last_epoch + 1) if last_epoch is not None else 0
         summary = base_summary(

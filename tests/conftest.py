@@ -1,3 +1,5 @@
+import os
+import pickle
 import socket
 import sys
 from pathlib import Path
@@ -65,3 +67,35 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield attempts
     assert not attempts, f"network access attempted (some caught by the code under test): {attempts}"
+
+
+class _Planted:
+    """Unpickled, it makes the folder ``path``: a stand-in for any code a crafted pickle could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+class PlantedFiles:
+    """Crafted pickles for tests that no file is ever unpickled: loading one would make ``marker``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.marker = folder / "planted-code-ran"
+
+    def write(self, path: Path, raw: bool = False) -> Path:
+        """A torch archive (as torch.save and ultralytics write them) or, with ``raw``, a bare pickle."""
+        import torch
+
+        if raw:
+            path.write_bytes(pickle.dumps(_Planted(self.marker)))
+        else:
+            torch.save({"model": _Planted(self.marker), "ema": _Planted(self.marker)}, path)
+        return path
+
+
+@pytest.fixture
+def planted(tmp_path) -> PlantedFiles:
+    return PlantedFiles(tmp_path)

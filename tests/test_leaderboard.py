@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import math
@@ -288,7 +289,7 @@ def test_markdown(runs, tmp_path):
     assert "val dice" in header and "test dice" in header and "gap pub−priv" in header
     row = next(line for line in lines if "| unet_r34-f0 |" in line)
     assert "| 0.8000 | 0.7800 | 0.7900 | 0.7700 | +0.0200 |" in row and "| 24.4M |" in row
-    assert "kp_c <x\\|y>" in md  # pipes escaped in cells
+    assert "kp_c &lt;x\\|y&gt;" in md  # pipes and HTML specials escaped in cells
     assert "0.7500 ± 0.0707" in md
     assert "## Skipped summaries" in md and "broken/summary.json" in md
     kp_header = next(line for line in lines if line.startswith("| # |") and "mre_px" in line)
@@ -312,6 +313,45 @@ def test_csv(runs, tmp_path):
     assert ",24436369," in row and ",0.04," in row and ",1,5,2,1," in row  # fold,n_folds,epochs,best_epoch
     assert path.stat().st_mode & 0o777 != 0o600  # not the temp file's private mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lb.csv", "runs"]  # no temp file left
+
+
+HOSTILE = ("=HYPERLINK(\"http://x\";\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)", "\tlead", "\rcr",
+           "<script>alert(1)</script>", "a|b`c`[l](javascript:x)")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_exports_neutralise_hostile_run_names(tmp_path):
+    """CSV: text that a spreadsheet would run as a formula starts with ', numbers stay numbers;
+    Markdown: no raw HTML, no cell break, no link or code span from a run name."""
+    root = tmp_path / "runs"
+    for k, name in enumerate(HOSTILE):
+        write(root, "segmentation", f"r{k}", summary(name, model="=cmd", val={"score": -0.5 + k, "per_item": None},
+                                                     git_commit="-0.5"))
+    df = load(root)
+    path = T.write_csv(df, tmp_path / "lb.csv")
+    back = pd.read_csv(path, keep_default_na=False)
+    assert sorted(back["name"]) == sorted("'" + n if n[0] in "=+-@\t\r" else n for n in HOSTILE)
+    assert set(back["model"]) == {"'=cmd"}
+    assert sorted(back["val_score"]) == [-0.5 + k for k in range(len(HOSTILE))]  # numbers stay numeric
+    assert set(back["git_commit"].astype(str)) == {"-0.5"}  # text that is only a number is no formula
+    with open(path, newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert not [c for c in cells if c.startswith(T.FORMULA_STARTS) and not _is_float(c)]
+    assert T.csv_cell(-0.5) == -0.5 and T.csv_cell("-0.5") == "-0.5" and T.csv_cell("-1e3") == "-1e3"
+    assert T.csv_cell("=1+1") == "'=1+1" and T.csv_cell("safe-name") == "safe-name"
+
+    md = T.to_markdown(df)
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "a\\|b\\`c\\`\\[l\\](javascript:x)" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len({line.count(" | ") - line.count("\\| ") for line in table}) == 1  # every row has the same cells
 
 
 PNG_RE = re.compile(r'<img class="plot" id="([^"]+)" alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]*)">')

@@ -44,3 +44,25 @@ def test_local_weights_only(tmp_path):
     dst = create_model("smp:unet/resnet18", task="segmentation", num_outputs=2, weights=str(tmp_path / "enc.pth"))
     for key, value in src.encoder.state_dict().items():
         assert torch.equal(value, dst.encoder.state_dict()[key])
+
+
+
+def test_weights_files_are_read_as_tensors_only(tmp_path, planted):
+    """A pickled object in a weights file or checkpoint (torch archive or raw pickle) is refused and never
+    built; a file that is no torch file at all is "not readable", not taken for a pickle."""
+    from engine.checkpoint import load_checkpoint
+    from tasks.formats import FormatError
+    from tasks.formats.tensors import PickledFileError
+
+    planted.write(tmp_path / "archive.pt")
+    planted.write(tmp_path / "raw.pt", raw=True)
+    for name in ("archive.pt", "raw.pt"):
+        with pytest.raises(PickledFileError, match="pickled Python objects"):
+            create_model("smp:unet/resnet18", task="segmentation", num_outputs=2, weights=str(tmp_path / name))
+        with pytest.raises(PickledFileError, match=f"{name}: holds pickled Python objects"):
+            load_checkpoint(tmp_path / name)
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(FormatError, match="text.pt: not a readable checkpoint") as err:
+        load_checkpoint(tmp_path / "text.pt")
+    assert not isinstance(err.value, PickledFileError)
+    assert not planted.marker.exists()

@@ -177,10 +177,10 @@ def test_crafted_pickle_checkpoint_is_refused_without_running(tmp_path, capsys):
     torch.save({"config": {"task": "segmentation"}, "payload": PlantsMarker(marker)}, crafted)
     assert inference.main(["--ckpt", str(crafted), "-o", str(tmp_path / "out.csv")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {crafted}: holds Python objects") and "Traceback" not in err
+    assert err.startswith(f"error: {crafted}: holds pickled Python objects") and "Traceback" not in err
     assert not marker.exists() and not (tmp_path / "out.csv").exists()
 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint")
     assert inference.main(["--ckpt", str(text)]) == 2
-    assert f"error: {text}: not a torch checkpoint" in capsys.readouterr().err
+    assert f"error: {text}: not a readable checkpoint" in capsys.readouterr().err

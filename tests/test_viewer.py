@@ -4,7 +4,11 @@ messages, the click handler, and a screenshot of the running app in headless Chr
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +183,21 @@ def test_clear_messages_instead_of_tracebacks(tmp_path, monkeypatch):
     widget(at.sidebar.radio, "Mode").set_value("keypoints").run()
     assert not at.exception and "not a keypoint run" in at.error[0].value and str(seg) in at.error[0].value
     widget(at.sidebar.selectbox, "Keypoint run").select_index(1).run()
-    assert not at.exception and f"{broken / 'best.pt'}: not a torch checkpoint" in at.error[0].value
+    assert not at.exception and f"{broken / 'best.pt'}: not a readable checkpoint" in at.error[0].value
+
+
+def test_project_streamlit_config_keeps_the_viewer_local(tmp_path):
+    """.streamlit/config.toml binds to localhost, runs headless, sends no usage statistics, and Streamlit
+    started in the repository root reads it (with an empty HOME and no STREAMLIT_* variables)."""
+    root = VIEWER.parents[1]
+    conf = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert conf["server"]["address"] == "localhost" and conf["server"]["headless"] is True
+    assert conf["browser"]["gatherUsageStats"] is False
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")} | {"HOME": str(tmp_path)}
+    keys = ("server.address", "server.headless", "browser.gatherUsageStats")
+    code = f"from streamlit import config; print([config.get_option(k) for k in {keys!r}])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['localhost', True, False]", out.stderr
 
 
 def test_runs_folder_from_the_command_line_then_the_environment(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ from engine.config import Config, build_config, save_config
 from engine.predictor import load_model
 from models import create_model, list_models
 from models.registry import UnknownModelError
+from models.weights import load_local_weights
 from models.yolo import YoloOptions, YoloProbModel, parse_options, ultralytics_args, ultralytics_device
 from tasks.formats.handbones import CLASSES, list_samples, rasterize, read_polygons, write_polygons
 from tasks.formats.images import write_png
+from tasks.formats.tensors import PickledFileError
 from tasks.scoring import check_segmentation_csv
 from tasks.segmentation import SegmentationTask, split_folds
 from tools import convert
@@ -181,6 +184,55 @@ def test_bad_names_and_options_are_clear_errors(tmp_path):
         missing.fit(_config(logging={"out_dir": str(tmp_path)}))
 
 
+def test_crafted_files_are_refused_and_never_run(tmp_path, capsys, planted):
+    """A pickle as the run's best.pt, as ultralytics' file behind external_weights (inside or outside the run
+    folder), a model YAML naming a loader or Python, and model.weights without trust_pickle: all refused,
+    and the code planted in them never runs."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    marker = planted.marker
+    evil = planted.write(tmp_path / "evil.pt")
+    cfg = _config(logging={"out_dir": str(tmp_path / "runs")})
+    run = cfg.run_dir
+    (run / "ultralytics" / "weights").mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    plain = {"model_name": cfg.model.name, "task": "segmentation", "num_outputs": 29, "config": cfg.to_dict()}
+    cpu = torch.device("cpu")
+
+    shutil.copy(evil, run / "best.pt")
+    with pytest.raises(PickledFileError, match="pickled Python objects"):
+        load_model(run / "best.pt", cpu)
+    assert inference.main(["--ckpt", str(run / "best.pt"), "-o", str(tmp_path / "a.csv")]) == 2
+    assert "pickled Python objects" in capsys.readouterr().err
+
+    shutil.copy(evil, run / "ultralytics" / "weights" / "best.pt")
+    for where in ("ultralytics/weights/best.pt", str(evil), "../../evil.pt"):
+        save_checkpoint(run / "best.pt", {**plain, "external_weights": where})
+        with pytest.raises(ValueError, match="external_weights") as err:
+            load_model(run / "best.pt", cpu)
+        assert str(run / where) in str(err.value)
+
+    good = yaml_model_load("yolo11n-seg.yaml")
+    crafted = {"loader layer": {**good, "head": good["head"][:-1] + [[-1, 1, "load_checkpoint", [str(evil)]]]},
+               "whole model": {**good, "backbone": [[-1, 1, "SegmentationModel", ["x.yaml"]]] + good["backbone"][1:]},
+               "python": {**good, "activation": f"__import__('os').mkdir({str(marker)!r})"}}
+    for what, spec in crafted.items():
+        save_checkpoint(run / "best.pt", {**plain, "model": {}, "yolo": {"yaml": spec, "names": list(CLASSES)}})
+        with pytest.raises(ValueError, match="refused|only nn"):
+            load_model(run / "best.pt", cpu)
+
+    learner = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(evil))
+    fresh = _config(logging={"out_dir": str(tmp_path / "fresh")})
+    with pytest.raises(PickledFileError, match="model.options.trust_pickle: true") as err:
+        learner.fit(fresh)
+    assert "\n" not in str(err.value) and str(evil) in str(err.value)
+    assert not fresh.run_dir.exists()  # refused before the run folder is made
+    trusting = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(evil),
+                            trust_pickle=True)
+    assert trusting.start_weights() == (evil, True)  # handed to ultralytics as the user's own file
+    assert not marker.exists()
+
+
 def _smp_run(run_dir: Path, yolo_cfg) -> Path:
     """An (untrained) smp run folder on the same data, at another input size, to mix into an ensemble."""
     raw = yolo_cfg.to_dict()
@@ -210,9 +262,12 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
                        "--logging.progress=false"]) == 0
     run = runs / "segmentation" / "yolo11n_seg-f0"
     assert {"config.yaml", "summary.json", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
-    assert (run / "ultralytics" / "weights" / "best.pt").is_file()
-    pointer = load_checkpoint(run / "best.pt")  # a plain dict: torch.load(weights_only=True)
-    assert pointer["external_weights"] == "ultralytics/weights/best.pt" and pointer["num_outputs"] == 29
+    assert (run / "ultralytics" / "weights" / "best.pt").is_file()  # ultralytics' own, for its --resume
+    for name in ("best.pt", "last.pt"):  # the network itself as tensors: torch.load(weights_only=True)
+        ckpt = load_checkpoint(run / name)
+        assert "external_weights" not in ckpt and ckpt["num_outputs"] == 29 and ckpt["epoch"] == 0
+        assert ckpt["yolo"]["yaml"]["nc"] == 29 and ckpt["yolo"]["names"] == list(CLASSES)
+        assert ckpt["model"] and all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
 
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["family"], summary["arch"], summary["metric"]) == ("yolo", "yolo11n-seg", "dice")
@@ -223,6 +278,15 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     task = SegmentationTask(member.cfg)
     again = task.evaluate(member.model, task.datasets()[1], torch.device("cpu"))
     assert again["score"] == pytest.approx(summary["val"]["score"], abs=1e-9)  # our Dice, through load_model
+    assert load_checkpoint(run / "best.pt")["metrics"]["score"] == summary["val"]["score"]
+
+    # a run's best.pt is a state dict of tensors: another run may start from it without trust_pickle
+    learner = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(run / "best.pt"))
+    assert learner.start_weights() == (run / "best.pt", False)
+    fresh = _random_net()
+    load_local_weights(fresh, str(run / "best.pt"), encoder_attr="model")  # as the trainer's get_model does
+    stored = load_checkpoint(run / "best.pt")["model"]
+    assert all(torch.equal(v, stored[k].float()) for k, v in fresh.state_dict().items() if v.is_floating_point())
 
     sub = tmp_path / "yolo.csv"
     assert inference.main(["--ckpt", str(run / "best.pt"), "--tta", "-o", str(sub)]) == 0

@@ -2,6 +2,10 @@
 
     streamlit run tools/viewer.py -- --runs runs          # or: VIEWER_RUNS=runs streamlit run tools/viewer.py
 
+Run it from the repository root: Streamlit then reads ``.streamlit/config.toml`` (localhost only, headless,
+no usage statistics); from elsewhere pass ``--server.address localhost --server.headless true
+--browser.gatherUsageStats false`` before ``--``.
+
 The sidebar picks the runs folder, the mode and the split (``val``: each run's validation fold; ``test``).
 
 Keypoints: a run under ``<runs>/keypoints/`` (one with ``best.pt``) and an image. The figure shows the

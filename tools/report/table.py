@@ -600,8 +600,14 @@ def _rich_table(sec: dict, keep: list[int]):
     return table
 
 
+#: Markdown cell text: characters that could end the cell, open a link, code span or raw HTML.
+_MD_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]", "<": "&lt;",
+                             ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "})
+
+
 def _md_escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """``s`` as literal text in a Markdown table cell: no cell break, link, code span or HTML tag."""
+    return s.translate(_MD_ESCAPES)
 
 
 def markdown_table(headers: list[str], aligns: list[str], rows: list[list[str]]) -> str:
@@ -625,7 +631,7 @@ def to_markdown(df: pd.DataFrame, group: bool = False, study_trials: pd.DataFram
         parts += [f"{heading} {sec['title']}", "", markdown_table(*sec["table"]), ""]
     skipped = df.attrs.get("skipped") or []
     if skipped:
-        parts += ["## Skipped summaries", ""] + [f"- `{p}`: {_md_escape(r)}" for p, r in skipped] + [""]
+        parts += ["## Skipped summaries", ""] + [f"- {_md_escape(p)}: {_md_escape(r)}" for p, r in skipped] + [""]
     return "\n".join(parts)
 
 
@@ -663,11 +669,31 @@ def write_markdown(df: pd.DataFrame, path: str | os.PathLike, group: bool = Fals
     return write_text_atomic(path, to_markdown(df, group=group, study_trials=study_trials))
 
 
+#: A spreadsheet reads a cell that starts with one of these as a formula (OWASP CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(v: Any) -> Any:
+    """``v`` safe for a spreadsheet: text that would start a formula gets a leading ``'``; numbers, and text
+    that is only a number (``-0.5``), stay as they are."""
+    if not isinstance(v, str) or not v.startswith(FORMULA_STARTS):
+        return v
+    try:
+        float(v)
+    except ValueError:
+        return "'" + v
+    return v
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """The leaderboard's scalar columns (raw numbers, all tasks, in rank order) as CSV."""
+    """The leaderboard's scalar columns (raw numbers, all tasks, in rank order) as CSV with CRLF rows; text
+    cells that a spreadsheet would run as a formula get a leading ``'`` (see :func:`csv_cell`)."""
     buf = io.StringIO()
-    df.reindex(columns=list(CSV_COLUMNS)).to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n",
-                                                 float_format="%.10g")
+    table = df.reindex(columns=list(CSV_COLUMNS))
+    text = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    table[text] = table[text].map(csv_cell)
+    # CRLF rows (RFC 4180): the csv writer then also quotes a cell holding a bare CR, which would end a row
+    table.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n", float_format="%.10g")
     return write_text_atomic(path, buf.getvalue())
 
 
