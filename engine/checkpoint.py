@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.formats.atomic import atomic_write
+
 
 def rng_state() -> dict[str, Any]:
     state = {
@@ -35,11 +37,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomic save: a kill mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

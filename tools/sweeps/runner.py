@@ -43,6 +43,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tasks.formats.atomic import write_text
 from tools.sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
@@ -372,7 +373,7 @@ def synthetic_train(cfg: Any, callbacks: list | None = None) -> dict:
         except StopTraining:
             break
     summary = {"name": cfg.run_name, "val": {"score": best}, "synthetic": True}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_text(run_dir / "summary.json", json.dumps(summary))
     return summary
 
 
