@@ -3,12 +3,16 @@
 ``run_main(main)`` wraps a command's ``main(argv) -> int``. Faults of input (``ValueError`` and its
 subclasses ``ConfigError``/``FormatError``, and ``OSError`` such as a missing file, a full disk or a
 read-only folder) become one line; ``--debug`` anywhere on the command line, or ``BONEHARNESS_DEBUG=1``,
-shows the traceback instead. Standard library only: the CSV tools use it without importing torch.
+shows the traceback instead. :class:`Output` decides which writes are the command's result and which
+are bookkeeping that may fail with a warning. Standard library only: the CSV tools use it without
+importing torch.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from pathlib import Path
 from typing import Callable, Sequence
 
 DEBUG_FLAG = "--debug"
@@ -45,3 +49,37 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class Output:
+    """One output of a command, written by one call or many: ``out = Output(path, required=...); out(write, *args)``.
+
+    A required output (the CSV the user asked for) lets an ``OSError`` through: the command fails with
+    ``error: <path>: ...``. An optional one is bookkeeping (a run's summary.json, its prediction cache
+    under the run folder): its first ``OSError`` (a read-only run folder, a full disk) becomes one line
+    ``warning: <path>: could not update (<reason>)`` on stderr and its later calls are skipped, so a
+    successful prediction still exits 0 and a cache of a thousand files warns once. Thread-safe (the
+    segmentation cache is written by the post-processing threads).
+    """
+
+    def __init__(self, path: str | os.PathLike, required: bool) -> None:
+        self.path = Path(path)
+        self.required = required
+        self.failed = False
+        self._lock = threading.Lock()
+
+    def __call__(self, write: Callable[..., object], *args: object, **kwargs: object) -> bool:
+        """Run ``write(*args, **kwargs)``; False when an optional output could not be (or was no longer) written."""
+        if self.failed:
+            return False
+        try:
+            write(*args, **kwargs)
+        except OSError as err:
+            if self.required:
+                raise
+            with self._lock:
+                if not self.failed:
+                    self.failed = True
+                    print(f"warning: {self.path}: could not update ({err.strerror or err})", file=sys.stderr)
+            return False
+        return True

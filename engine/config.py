@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tasks.base import DataBase, Section
+from tasks.formats.atomic import write_text
 from tasks.registry import TASK_MODULES, get_task_class
 
 
@@ -265,8 +266,4 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict | No
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -26,6 +26,7 @@ import torch
 from engine.predict_keypoints import autocast_factory, split_dataset, tta_heatmaps
 from engine.predictor import LoadedModel, load_model
 from ensembles.tta import View, views_from_config
+from tasks.formats.atomic import atomic_write
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
 from tasks.keypoints import KeypointDataset, KeypointTask
 
@@ -129,9 +130,8 @@ def per_image_table(curve: ClickCurve, names: Sequence[str]) -> pd.DataFrame:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", newline="") as f:
+        df.to_csv(f, index=False, float_format="%.4f")
 
 
 def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | None = None, *, tta: bool = False,

@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tasks.formats.atomic import atomic_write
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("BONEHARNESS_CACHE", PROJECT_ROOT / ".cache"))
 
@@ -26,11 +28,9 @@ def _font_into(config_dir: Path) -> None:
     except ImportError:
         return
     if font.exists():
-        config_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(font, tmp)
-        os.replace(tmp, target)
-        shutil.copyfile(font, config_dir / "Arial.Unicode.ttf")
+        for name in ("Arial.Unicode.ttf", "Arial.ttf"):  # Arial.ttf last: its presence means both are there
+            with open(font, "rb") as src, atomic_write(config_dir / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
 
 
 def setup_offline() -> None:

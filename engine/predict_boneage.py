@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from engine.config import Config
-from engine.predictor import load_model
+from engine.predictor import load_model, prediction_cache
 from tasks.boneage import BoneAgeSample, BoneAgeTask, read_submission
 from tasks.formats import FormatError
 from tasks.formats.rsna import write_predictions
@@ -49,7 +49,7 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     ``save_probs_dir``: also keep the predictions as the run's prediction cache (``"auto"``:
     ``<run>/preds/<split>/boneage.csv``) for ensembles. ``workers`` is unused (no post-processing).
     """
-    from engine.summary import update_summary
+    from engine.summary import record_summary
     from engine.trainer import amp_dtype, pick_device
     from ensembles.tta import views_from_config
 
@@ -67,15 +67,15 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     seconds = time.perf_counter() - t0
     frame = pd.DataFrame({"id": [s.id for s in samples], "boneage": ages})
     write_predictions(out_csv, frame)
-    if save_probs_dir is not None:
-        cache = Path(ckpt).parent / "preds" / split if save_probs_dir == "auto" else Path(save_probs_dir)
-        write_predictions(cache / "boneage.csv", frame)
+    cache = prediction_cache(save_probs_dir, ckpt, split)
+    if cache is not None:
+        cache(write_predictions, cache.path / "boneage.csv", frame)
     stats = {"images": len(samples), "seconds": round(seconds, 3),
              "images_per_s": round(len(samples) / max(seconds, 1e-9), 3), "csv": str(out_csv)}
     run_dir = Path(ckpt).parent
     if (run_dir / "summary.json").is_file() and split == "test":
         key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
-        update_summary(run_dir, speed={key: stats["images_per_s"]})
+        record_summary(run_dir, speed={key: stats["images_per_s"]})
     return stats
 
 

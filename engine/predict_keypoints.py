@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from engine.config import Config
-from engine.predictor import LoadedModel, load_model
+from engine.predictor import LoadedModel, load_model, prediction_cache
 from ensembles.tta import View, views_from_config
+from tasks.formats.atomic import atomic_write
 from tasks.keypoints import KeypointDataset, KeypointTask, group_of, radial_errors, write_wide
 
 FUSIONS = ("soft", "mean", "median")
@@ -97,10 +98,8 @@ def predict_member(member: LoadedModel, split: str, views: Sequence[View], devic
 def save_cache(directory: str | Path, names: Sequence[str], coords: np.ndarray, conf: np.ndarray, landmarks: str) -> Path:
     """Write ``keypoints.npz`` (atomic) into ``directory``."""
     path = Path(directory) / "keypoints.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("keypoints.tmp.npz")
-    np.savez(tmp, names=np.asarray(names), coords=coords, confidence=conf, landmarks=np.asarray(landmarks))
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, names=np.asarray(names), coords=coords, confidence=conf, landmarks=np.asarray(landmarks))
     return path
 
 
@@ -117,7 +116,7 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
 
     ``workers`` is accepted for the common interface; decoding is vectorised on the device.
     """
-    from engine.summary import update_summary
+    from engine.summary import record_summary
     from engine.trainer import pick_device
 
     dev = pick_device(device)
@@ -127,14 +126,14 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     names, coords, conf, _ = predict_member(member, split, views, dev, progress)
     write_wide(out_csv, names, coords, KeypointTask(member.cfg).lmset)
     seconds = time.perf_counter() - t0
-    if save_probs_dir is not None:
-        cache = Path(ckpt).parent / "preds" / split if save_probs_dir == "auto" else Path(save_probs_dir)
-        save_cache(cache, names, coords, conf, member.cfg.data.landmarks)
+    cache = prediction_cache(save_probs_dir, ckpt, split)
+    if cache is not None:
+        cache(save_cache, cache.path, names, coords, conf, member.cfg.data.landmarks)
     stats = {"images": len(names), "seconds": round(seconds, 3), "images_per_s": round(len(names) / seconds, 3),
              "csv": str(out_csv)}
     run_dir = Path(ckpt).parent
     if (run_dir / "summary.json").is_file() and split == "test":
-        update_summary(run_dir, speed={"images_per_s_tta" if len(views) > 1 else "images_per_s": stats["images_per_s"]})
+        record_summary(run_dir, speed={"images_per_s_tta" if len(views) > 1 else "images_per_s": stats["images_per_s"]})
     return stats
 
 

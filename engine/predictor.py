@@ -19,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, load_model_state
+from engine.cli import Output
 from engine.config import Config, build_config
 from ensembles.tta import View, tta_predict
 from models import create_model
+from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import HandboneSample, list_samples
 from tasks.formats.images import read_grey, resize_grey
 from tasks.registry import get_task_class
@@ -112,20 +114,18 @@ class ProbabilitySource:
 
 
 def _postprocess(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray,
-                 cache_dir: Path | None) -> tuple[str, list[str]]:
-    if cache_dir is not None:
-        save_probs(cache_dir / f"{name}.npz", probs, size)
+                 cache: Output | None) -> tuple[str, list[str]]:
+    if cache is not None:
+        cache(save_probs, cache.path / f"{name}.npz", probs, size)
     masks = probs_to_masks(probs, size, thresholds)
     return name, [encode(m) for m in masks]
 
 
 def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int]) -> None:
     """Prediction cache entry: uint8-quantised probabilities (p*255) at the model size + original size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     q = probs if probs.dtype == np.uint8 else np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, probs=q, orig_size=np.asarray(size, np.int64))
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        np.savez(f, probs=q, orig_size=np.asarray(size, np.int64))
 
 
 def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -135,9 +135,12 @@ def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray], np.ndarray],
-                 thresholds: np.ndarray, workers: int = 2, cache_dir: Path | None = None,
+                 thresholds: np.ndarray, workers: int = 2, cache: Output | None = None,
                  progress: bool = True, expected_size: tuple[int, int] | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield ``(image_name, rles)`` in input order; post-processing overlaps the next forward pass."""
+    """Yield ``(image_name, rles)`` in input order; post-processing overlaps the next forward pass.
+
+    ``cache`` (:func:`prediction_cache`): the folder the probabilities of each image are also saved in.
+    """
     samples = list(samples)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -147,7 +150,7 @@ def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray
                 warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
                               f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
             probs = source(image)
-            pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache_dir))
+            pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache))
             while len(pending) > 2 * max(1, workers):
                 yield pending.popleft().result()
         while pending:
@@ -174,7 +177,7 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
-    from engine.summary import update_summary
+    from engine.summary import record_summary
     from engine.trainer import amp_dtype, pick_device
     from ensembles.tta import views_from_config
     from tasks.formats.images import image_size
@@ -187,14 +190,25 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     views = views_from_config(cfg.inference.tta, enabled=tta)
     source = ProbabilitySource([member], views, dev, amp=amp_dtype(cfg.train.amp, dev))
     thresholds = resolve_thresholds(cfg.inference.threshold)
-    cache_dir = None
-    if save_probs_dir is not None:
-        cache_dir = Path(ckpt).parent / "preds" / split if save_probs_dir == "auto" else Path(save_probs_dir)
-    rows = predict_rows(samples, source, thresholds, workers or cfg.inference.post_workers, cache_dir, progress,
+    rows = predict_rows(samples, source, thresholds, workers or cfg.inference.post_workers,
+                        prediction_cache(save_probs_dir, ckpt, split), progress,
                         expected_size=image_size(samples[0].image_path))
     n, seconds = timed(lambda: write_submission(rows, out_csv))
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
     run_dir = Path(ckpt).parent
     if (run_dir / "summary.json").is_file():  # inference speed, whichever split was predicted
-        update_summary(run_dir, speed={"images_per_s_tta" if tta and len(views) > 1 else "images_per_s": stats["images_per_s"]})
+        record_summary(run_dir, speed={"images_per_s_tta" if tta and len(views) > 1 else "images_per_s": stats["images_per_s"]})
     return stats
+
+
+def prediction_cache(save_probs_dir: str | Path | None, ckpt: str | Path, split: str) -> Output | None:
+    """Where ``--save-probs`` puts the prediction cache, and whether a failure to write it is an error.
+
+    ``"auto"``: ``<run>/preds/<split>``, bookkeeping of the run folder (a read-only run folder warns, the
+    submission is still written); a folder the user named is an output asked for (its failure is an error).
+    """
+    if save_probs_dir is None:
+        return None
+    if save_probs_dir == "auto":
+        return Output(Path(ckpt).parent / "preds" / split, required=False)
+    return Output(save_probs_dir, required=True)

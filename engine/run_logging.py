@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tasks.formats.atomic import write_text
+
 
 class RunLogger:
     def __init__(self, run_dir: Path, cfg: Any, enabled: bool = True) -> None:
@@ -29,9 +31,7 @@ class RunLogger:
         if not self.enabled or not self.path.is_file():
             return
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

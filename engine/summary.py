@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from engine.cli import Output
 from engine.offline import PROJECT_ROOT
+from tasks.formats.atomic import write_text
 
 
 def git_commit() -> str | None:
@@ -45,11 +47,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
-    path = Path(run_dir) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
 
 
 def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
@@ -62,3 +60,9 @@ def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
             summary[key] = value
     write_summary(run_dir, summary)
     return summary
+
+
+def record_summary(run_dir: str | os.PathLike, **fields: Any) -> bool:
+    """:func:`update_summary` as bookkeeping after a command's real output (a prediction, a score): a
+    summary that cannot be written (read-only run folder, full disk) is a warning, not a failure."""
+    return Output(Path(run_dir) / "summary.json", required=False)(update_summary, run_dir, **fields)

@@ -28,9 +28,10 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+from tasks.formats.atomic import write_text
 
 BINS = 100  # threshold resolution 1 / BINS
 PENALTY = 1e-9  # tie-break toward equal weights / default thresholds; far below any real Dice difference
@@ -337,11 +338,7 @@ def fit_to_dict(result: FitResult, members: Sequence[str], classes: Sequence[str
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2))
 
 
 def _resize_to(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:

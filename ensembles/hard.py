@@ -182,13 +182,14 @@ class IndexedCSV:
     """A segmentation submission indexed by image: byte offset of each image's first row, in file order.
 
     Indexing reads each line once without parsing RLEs; :meth:`read` then seeks to one image's rows and
-    checks them (29 rows in canonical class order). Memory: one offset per image.
+    checks them (29 rows in canonical class order). Memory: one offset and one line number per image.
     """
 
     def __init__(self, path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> None:
         self.path = Path(path)
         self.classes = tuple(classes)
         self.offsets: dict[str, int] = {}
+        self.lines: dict[str, int] = {}  # line number (1 = header) of each image's first row
         try:
             self.file = self.path.open("rb")
         except OSError as err:
@@ -213,6 +214,7 @@ class IndexedCSV:
                 if name in self.offsets:
                     raise FormatError(f"{self.path}:{line_no}: rows of image {name} are not contiguous (or duplicated)")
                 self.offsets[name] = offset
+                self.lines[name] = line_no
                 current, count = name, 0
             count += 1
         if current is None:
@@ -231,6 +233,10 @@ class IndexedCSV:
                                   f"got {','.join(row)[:80]!r}")
             rles.append(row[2])
         return rles
+
+    def where(self, name: str, k: int) -> str:
+        """``<file>:<line>`` of image ``name``'s row of class ``k``, for error messages."""
+        return f"{self.path}:{self.lines[name] + k}"
 
     def close(self) -> None:
         self.file.close()
@@ -268,7 +274,10 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
     ``hard``: at least ``min_votes`` (default majority) masks; ``soft``: mean of the masks > ``threshold``
     (the same as ``votes_for_threshold(threshold, M)`` votes); ``weighted``: normalised ``weights``
     (``(M,)`` or ``(M, C)``) of the covering masks sum to > ``threshold``. ``sizes(name)`` gives
-    ``(H, W)`` for the RLE bounds check (None: no bounds check; the vote itself needs no size).
+    ``(H, W)`` for the RLE bounds check of every member's RLE, outvoted or not (an error names the
+    member's file and line). Without ``sizes`` nothing can be checked, so a fusion in which one member
+    alone puts pixels in the output (``min_votes`` 1, a weight above ``threshold``) is refused: it would
+    copy an out-of-bounds run into the submission unseen.
     """
     if len(paths) < 2:
         raise ValueError("fusing needs at least two submissions")
@@ -286,6 +295,13 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
         min_votes = resolve_min_votes(min_votes, len(paths))
     elif method != "weighted":
         raise ValueError(f"unknown method {method!r}; valid: soft, hard, weighted")
+    if sizes is None:
+        alone = ("a weight above the threshold" if method == "weighted" and (table > threshold + TIE_EPS).any()
+                 else "min_votes 1" if method != "weighted" and min_votes == 1 else None)
+        if alone:
+            raise ValueError(f"{out}: with {alone} one submission alone puts pixels in the output, so an "
+                             "out-of-bounds RLE would reach it unchecked; give the image sizes "
+                             "(tools/fuse.py --images or --size)")
     csvs, names = aligned_csvs(paths, order)
     try:
         with AtomicCSVWriter(out) as writer:
@@ -298,11 +314,12 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
                 fused = []
                 for k, cls in enumerate(CLASSES):
                     rles = [m[k] for m in per_member]
+                    rows = [c.where(name, k) for c in csvs]
                     if method == "weighted":
-                        fused.append(weighted_vote_rles(rles, table[:, k], threshold, n_pixels, members=labels,
+                        fused.append(weighted_vote_rles(rles, table[:, k], threshold, n_pixels, members=rows,
                                                         where=f"{name} {cls}"))
                     else:
-                        fused.append(vote_rles(rles, min_votes, n_pixels, members=labels, where=f"{name} {cls}"))
+                        fused.append(vote_rles(rles, min_votes, n_pixels, members=rows, where=f"{name} {cls}"))
                 writer.write_image(name, fused)
     finally:
         for c in csvs:

@@ -32,6 +32,7 @@ from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
 from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
 from tasks.formats import FormatError
+from tasks.formats.atomic import write_text
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
 from tasks.segmentation import resolve_thresholds
 
@@ -422,6 +423,7 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
                      from_cache: bool = False, device: str = "auto", workers: int | None = None,
                      progress: bool = True) -> dict:
     """Write the ensemble's submission CSV (atomic) and its run folder's summary.json; returns stats."""
+    from engine.cli import Output
     from engine.predictor import write_submission
     from engine.trainer import pick_device
     from ensembles.tta import views_from_config
@@ -443,9 +445,10 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
     seconds = time.perf_counter() - t0
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 3),
              "csv": str(out_csv)}
-    if split == "test":
+    if split == "test":  # bookkeeping: a read-only ensemble folder warns, the submission stands
         speed_key = "images_per_s_tta" if tta else "images_per_s"
-        write_ensemble_summary(ens, members, fuser, speed=None if from_cache else {speed_key: stats["images_per_s"]})
+        Output(ens.run_dir, required=False)(write_ensemble_summary, ens, members, fuser,
+                                            speed=None if from_cache else {speed_key: stats["images_per_s"]})
     return stats
 
 
@@ -474,7 +477,5 @@ def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], fuser: Fu
     if speed:
         fields["speed"] = speed
     summary = update_summary(run_dir, **fields)
-    tmp = run_dir / "ensemble.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(ens.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(run_dir / "ensemble.yaml")
+    write_text(run_dir / "ensemble.yaml", yaml.safe_dump(ens.model_dump(mode="json"), sort_keys=False))
     return summary

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from tasks.formats.atomic import atomic_write
+
 DEFAULT_CACHE = Path(os.environ.get("BONEHARNESS_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "samples"
 
 
@@ -42,8 +44,6 @@ class SampleCache:
             except (OSError, ValueError, EOFError):
                 path.unlink(missing_ok=True)
         arrays = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **arrays)
         return arrays

@@ -8,25 +8,27 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import CLASSES
 
 HEADER = ("image_name", "class", "rle")
 
 
 class AtomicCSVWriter:
-    """Context manager: rows go to ``<path>.tmp``; renamed to ``path`` on success, removed on error."""
+    """Context manager: rows go to a temp file (:func:`tasks.formats.atomic.atomic_write`), renamed to
+    ``path`` on success, removed on error."""
 
     def __init__(self, path: str | os.PathLike, header: Iterable[str] = HEADER) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.header = list(header)
 
     def __enter__(self) -> "AtomicCSVWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.tmp.open("w", newline="")
+        self.stack = ExitStack()
+        self.file = self.stack.enter_context(atomic_write(self.path, "w", newline=""))
         self.writer = csv.writer(self.file)
         self.writer.writerow(self.header)
         return self
@@ -39,12 +41,8 @@ class AtomicCSVWriter:
             raise ValueError(f"{image_name}: {len(rles)} masks for {len(classes)} classes")
         self.writer.writerows((image_name, c, r) for c, r in zip(classes, rles))
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return self.stack.__exit__(exc_type, exc, tb)
 
 
 def iter_images(path: str | os.PathLike, classes: tuple[str, ...] = CLASSES) -> Iterator[tuple[str, list[str]]]:

@@ -32,6 +32,25 @@ def phantom(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_run(phantom, tmp_path_factory) -> Path:
+    """A segmentation run trained for two steps on the phantom (64 px): its folder, with best.pt and summary.json."""
+    from engine.config import load_config
+    from engine.trainer import train
+
+    out = tmp_path_factory.mktemp("infer")
+    cfg = load_config(None, {
+        "task": "segmentation", "name": "inf",
+        "data": {"root": str(phantom / "handbones" / "train"), "test_root": str(phantom / "handbones" / "test"),
+                 "image_size": 64, "n_folds": 3, "cache_dir": str(out / "cache")},
+        "model": {"name": "smp:fpn/resnet18"},
+        "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
+        "logging": {"out_dir": str(out / "runs"), "progress": False},
+    })
+    train(cfg)
+    return cfg.run_dir
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Fail the test on any connection or DNS lookup outside loopback, even one the code under test catches.

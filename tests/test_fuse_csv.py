@@ -1,6 +1,7 @@
 """CSV-level fusion (tools/fuse.py): equals array fusion of the decoded masks, streams, fails clearly."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,14 @@ from ensembles.weighted import threshold, weighted_mean
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES
 from tasks.rle import decode, encode
+from engine.cli import run_main
 from tasks.submission import AtomicCSVWriter, iter_images
-from tools.fuse import main as fuse_main
+from tools.fuse import main
+
+
+def fuse_main(argv: list[str]) -> int:
+    """tools/fuse.py as the command line runs it."""
+    return run_main(main, argv)
 
 H, W = 12, 10
 
@@ -74,7 +81,7 @@ def test_per_class_weights_select_sources(tmp_path):
     table = np.zeros((2, len(CLASSES)))
     table[0, :19] = 1
     table[1, 19:] = 1
-    fuse_csvs(paths, tmp_path / "sel.csv", "weighted", weights=table, threshold=0.5)
+    fuse_csvs(paths, tmp_path / "sel.csv", "weighted", weights=table, threshold=0.5, sizes=lambda name: (H, W))
     fused = _read(tmp_path / "sel.csv")
     for name in masks[0]:
         np.testing.assert_array_equal(fused[name][:19], masks[0][name][:19])
@@ -125,7 +132,7 @@ def test_bad_csvs_are_named_and_nothing_is_written(tmp_path, damage, message):
     out = tmp_path / "out.csv"
     with pytest.raises(FormatError, match=message):
         fuse_csvs(paths, out, "hard")
-    assert not out.exists() and not out.with_name("out.csv.tmp").exists()
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_extra_image_in_one_csv_is_an_error(tmp_path):
@@ -151,7 +158,7 @@ def test_cli_bad_input_exits_2_with_a_named_error(tmp_path, capsys, args, messag
     assert fuse_main([args[0], *map(str, paths), "-o", str(out), *args[1:]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
     assert not out.exists()
 
 
@@ -163,3 +170,52 @@ def test_cli_hard_vote_prints_the_rule_and_writes(tmp_path, capsys):
     fused = _read(out)
     for name in masks[0]:
         np.testing.assert_array_equal(fused[name], hard_vote([m[name] for m in masks], 3))
+
+
+def _put_rle(path: Path, image: str, cls: str, rle: str) -> int:
+    """Replace the RLE of one row of a submission; returns that row's line number (1 = header)."""
+    rows = _rows(path)
+    k = next(i for i, row in enumerate(rows) if row.startswith(f"{image},{cls},"))
+    rows[k] = f"{image},{cls},{rle}"
+    path.write_text("\n".join(rows) + "\n")
+    return k + 1
+
+
+def test_outvoted_out_of_bounds_rle_is_an_error_naming_file_and_line(tmp_path, capsys):
+    masks, paths = _members(tmp_path, 3)
+    image = list(masks[0])[1]
+    # m0 and m1 have nothing in Trapezium; m2's lone run (beyond the 120 pixels) is outvoted 2 to 1
+    for p in paths[:2]:
+        _put_rle(p, image, "Trapezium", "")
+    line = _put_rle(paths[2], image, "Trapezium", f"{H * W - 2} 5")
+    out = tmp_path / "o.csv"
+    with pytest.raises(FormatError, match=rf"m2.csv:{line}: {image} Trapezium: RLE run ends at pixel {H * W + 2} "
+                                          rf"beyond the image \({H * W} pixels\)"):
+        fuse_csvs(paths, out, "hard", min_votes=2, sizes=lambda name: (H, W))
+    assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--size", f"{H}x{W}"]) == 2
+    assert re.search(rf"^error: \S*m2.csv:{line}: {image} Trapezium: RLE run ends", capsys.readouterr().err)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    _put_rle(paths[2], image, "Trapezium", "")
+    assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--size", f"{H}x{W}"]) == 0
+
+
+@pytest.mark.parametrize("args", [["hard", "--min-votes", "1"], ["soft", "--threshold", "0.2"],
+                                  ["weighted", "--weights", "3", "1", "1"]])
+def test_a_lone_deciding_member_needs_sizes(tmp_path, capsys, args):
+    masks, paths = _members(tmp_path, 3)
+    out = tmp_path / "o.csv"
+    assert fuse_main([args[0], *map(str, paths), "-o", str(out), *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: with ") and "give the image sizes (tools/fuse.py --images or --size)" in err
+    assert not out.exists()
+    assert fuse_main([args[0], *map(str, paths), "-o", str(out), *args[1:], "--size", f"{H}x{W}"]) == 0
+    assert set(_read(out)) == set(masks[0])
+
+
+def test_majority_without_sizes_is_still_allowed(tmp_path):
+    masks, paths = _members(tmp_path, 3)
+    out = tmp_path / "o.csv"
+    assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--min-votes", "2"]) == 0
+    fused = _read(out)
+    for name in masks[0]:
+        np.testing.assert_array_equal(fused[name], hard_vote([m[name] for m in masks], 2))

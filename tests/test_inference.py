@@ -8,25 +8,9 @@ from torch import nn
 
 import inference
 from engine.config import load_config
-from engine.trainer import train
 from ensembles.tta import View, tta_predict, views_from_config
 from tasks.formats.handbones import CLASSES
 from tools import score, validate_submission
-
-
-@pytest.fixture(scope="module")
-def tiny_run(phantom, tmp_path_factory):
-    out = tmp_path_factory.mktemp("infer")
-    cfg = load_config(None, {
-        "task": "segmentation", "name": "inf",
-        "data": {"root": str(phantom / "handbones" / "train"), "test_root": str(phantom / "handbones" / "test"),
-                 "image_size": 64, "n_folds": 3, "cache_dir": str(out / "cache")},
-        "model": {"name": "smp:fpn/resnet18"},
-        "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
-        "logging": {"out_dir": str(out / "runs"), "progress": False},
-    })
-    train(cfg)
-    return cfg.run_dir
 
 
 def test_predict_validate_score(tiny_run, phantom, tmp_path, capsys):

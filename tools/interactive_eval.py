@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
 from tasks.formats import FormatError  # noqa: E402
+from tasks.formats.atomic import atomic_write  # noqa: E402
 
 
 def format_curve(entry: dict) -> str:
@@ -36,8 +37,6 @@ def format_curve(entry: dict) -> str:
 
 def save_plot(curves: dict[str, dict], path: str | Path) -> Path:
     """Draw MRE-vs-clicks curves (``summary.json['interactive']`` entries by label) into a PNG, atomically."""
-    import os
-
     import matplotlib
 
     from tools.report.html import RC, click_figure
@@ -47,10 +46,8 @@ def save_plot(curves: dict[str, dict], path: str | Path) -> Path:
         fig = click_figure(curves)
         if isinstance(fig, str):
             raise ValueError(fig)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, facecolor="white")
-    os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", facecolor="white")
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402
+from tasks.formats.atomic import write_text  # noqa: E402
 from tasks.formats.images import read_grey  # noqa: E402
 from tasks.orientation import SIDES, Orientation, detect_orientation, rotate_quarters  # noqa: E402
 
@@ -139,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_report(result))
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out)
+        write_text(args.json, json.dumps(result, indent=1))
     return 0
 
 

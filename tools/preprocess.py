@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import engine  # noqa: E402,F401  (offline environment first)
 import numpy as np  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402
+from tasks.formats.atomic import atomic_write  # noqa: E402
 from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png  # noqa: E402
 from tasks.preprocess import Preprocess, PreprocessConfig, letterbox  # noqa: E402
 
@@ -97,12 +97,10 @@ def contact_sheet(images: list[tuple[str, np.ndarray]], tile: int, columns: int)
 
 
 def write_table(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

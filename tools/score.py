@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.csv}: {metric} {result['score']:.4f}  public {result['public']:.4f}  private {result['private']:.4f}"
           f"  ({result['images']} images)")
     if args.run:
-        from engine.summary import update_summary
+        from engine.summary import record_summary
 
-        update_summary(args.run, test={k: result[k] for k in ("score", "public", "private", "per_item")})
+        record_summary(args.run, test={k: result[k] for k in ("score", "public", "private", "per_item")})
     return 0
 
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tasks.formats.atomic import write_bytes  # noqa: E402
 from tools.report.chromium import FLAGS, find_chromium  # noqa: E402
 
 # True once the app shows something (a figure, an image, a message), every figure and image is drawn, and
@@ -208,11 +209,7 @@ def save_screenshot(page: DevTools, png: str | os.PathLike) -> Path:
     """Write the viewport to ``png`` (atomically)."""
     png = Path(png)
     data = page.call("Page.captureScreenshot", format="png")["data"]
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    tmp.write_bytes(base64.b64decode(data))
-    os.replace(tmp, png)
-    return png
+    return write_bytes(png, base64.b64decode(data))
 
 
 def capture(url: str, png: str | os.PathLike, *, clicks: Sequence[str] = (), width: int = 1400, height: int = 1000,

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tasks.formats.atomic import write_bytes  # noqa: E402
 from tasks.formats.handbones import CLASSES  # noqa: E402
 
 
@@ -267,8 +268,10 @@ def main(argv=None) -> int:
         names = None if args.numbers else DHA37_NAMES
         tiles = show_landmarks([i for i, _ in pairs], [c for _, c in pairs], args.images, names, args.n, args.tile)
     sheet = tiles[0] if len(tiles) == 1 else contact_sheet(tiles, args.cols, tile_height=min(args.tile, 720))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    ok, buf = cv2.imencode(Path(args.out).suffix or ".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{args.out}: cannot encode an image of that type")
+    write_bytes(args.out, buf.tobytes())
     print(f"wrote {args.out} ({len(tiles)} images)")
     return 0
 

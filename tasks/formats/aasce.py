@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import atomic_write, write_text
 from tasks.formats.tables import finite_number
 
 N_LANDMARKS = 68
@@ -136,13 +137,6 @@ def read_mat_labels(folder: str | os.PathLike, names: Sequence[str], n_landmarks
     return keep, coords
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv_labels(root: str | os.PathLike, names: Sequence[str], coords: np.ndarray,
                      sizes: Sequence[tuple[int, int]]) -> None:
     """Write ``filenames.csv`` and ``landmarks.csv`` (normalised by each ``(height, width)``), atomically."""
@@ -154,8 +148,8 @@ def write_csv_labels(root: str | os.PathLike, names: Sequence[str], coords: np.n
     for xy, (h, w) in zip(coords, sizes):
         norm = xy / np.array([w, h], np.float64)
         lines.append(",".join(f"{v:.6g}" for v in np.concatenate([norm[:, 0], norm[:, 1]])))
-    _atomic_write(root / "filenames.csv", "\n".join(names) + "\n")
-    _atomic_write(root / "landmarks.csv", "\n".join(lines) + "\n")
+    write_text(root / "filenames.csv", "\n".join(names) + "\n")
+    write_text(root / "landmarks.csv", "\n".join(lines) + "\n")
 
 
 def write_mat(path: str | os.PathLike, coords: np.ndarray) -> None:
@@ -163,8 +157,5 @@ def write_mat(path: str | os.PathLike, coords: np.ndarray) -> None:
     from scipy.io import savemat
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    with atomic_write(path, "wb") as fh:
         savemat(fh, {MAT_KEY: np.asarray(coords, np.float64)})
-    os.replace(tmp, path)

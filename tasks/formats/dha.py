@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import write_text
 from tasks.formats.tables import finite_number, new_id, read_table
 
 N_LANDMARKS = 37
@@ -76,13 +77,6 @@ def _fmt(v: float, decimals: int | None) -> str:
     return s.rstrip("0").rstrip(".") if "." in s else s
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_all(path: str | os.PathLike, ids: Sequence[str], coords: np.ndarray, decimals: int | None = 3) -> None:
     """Write ``all.csv`` (no header, id + x,y pairs) atomically; ``decimals=None``: exact float text."""
     path = Path(path)
@@ -95,7 +89,7 @@ def write_all(path: str | os.PathLike, ids: Sequence[str], coords: np.ndarray, d
     if len(set(ids)) != len(ids):
         raise FormatError(f"{path}: duplicate ids")
     lines = [",".join([str(rid), *(_fmt(v, decimals) for v in c.reshape(-1))]) for rid, c in zip(ids, coords)]
-    _atomic_write(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_spacing(path: str | os.PathLike, spacing: Mapping[str, float], decimals: int = 6) -> None:
@@ -106,4 +100,4 @@ def write_spacing(path: str | os.PathLike, spacing: Mapping[str, float], decimal
         if not (math.isfinite(float(v)) and float(v) > 0):
             raise FormatError(f"{path}: spacing for id {rid!r} must be positive, got {v!r}")
         lines.append(f"{rid},{float(v):.{decimals}f}")
-    _atomic_write(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")

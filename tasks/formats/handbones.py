@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import write_text
 from tasks.formats.images import IMAGE_SUFFIXES
 
 CLASSES: tuple[str, ...] = (
@@ -138,10 +139,7 @@ def write_polygons(path: str | os.PathLike, polygons: dict[str, list[np.ndarray]
                 "points": [[int(round(x)), int(round(y))] for x, y in np.asarray(pts)],
                 "label": label,
             })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"annotations": annotations}))
-    os.replace(tmp, path)
+    write_text(path, json.dumps({"annotations": annotations}))
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[np.ndarray]:

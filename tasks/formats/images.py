@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -54,13 +55,10 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a PNG atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    write_bytes(path, buf.tobytes())
 
 
 def resize_grey(image: np.ndarray, height: int, width: int) -> np.ndarray:

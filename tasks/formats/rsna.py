@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import atomic_write
 from tasks.formats.tables import finite_number, new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 
@@ -103,10 +104,8 @@ def write_predictions(path: str | os.PathLike, df: pd.DataFrame) -> None:
     if bad.any():
         raise FormatError(f"{path}: prediction for id {ids.iloc[int(np.argmax(bad))]!r} is NaN/Inf or not a number")
     out = pd.DataFrame({"id": ids.to_numpy(), "boneage": ages})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    out.to_csv(tmp, index=False, float_format="%.4f", lineterminator="\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w", newline="") as f:
+        out.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
 
 
 def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:

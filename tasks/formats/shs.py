@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.atomic import write_text
 from tasks.formats.tables import finite_number, new_id, read_table
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
@@ -76,7 +77,4 @@ def write_coords(path: str | os.PathLike, ids: Sequence[str], coords: np.ndarray
     for rid, c in zip(ids, coords):
         vals = [_fmt(v, decimals) for v in c[:, 0]] + [_fmt(v, decimals) for v in c[:, 1]]
         lines.append(",".join([str(rid), *vals]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")

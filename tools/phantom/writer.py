@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.formats.atomic import write_text
 from tasks.formats.handbones import write_polygons
 from tasks.formats.images import write_png
 from tools.phantom import anatomy as A
@@ -42,13 +43,6 @@ from tools.phantom.render import render
 
 TS_BASE = 1_660_000_000_000   # image names: 'image' + 13 digits (a millisecond timestamp, as in the real data)
 ID_BASE = 10_000              # bone-age / joints ids: ID_BASE + image index
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _csv_text(header: list[str] | None, rows: list[list]) -> str:
@@ -153,10 +147,10 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     ba = out / "boneage"
     train = [(j, r) for j, r in zip(jobs, results) if j["split"] == "train"]
     test = [(j, r) for j, r in zip(jobs, results) if j["split"] == "test"]
-    _write_text(ba / "boneage-training-dataset.csv",
+    write_text(ba / "boneage-training-dataset.csv",
                 _csv_text(["id", "boneage", "male"], [[r["id"], r["age"], str(r["male"])] for _, r in train]))
-    _write_text(ba / "boneage-test-dataset.csv", _csv_text(["id", "male"], [[r["id"], str(r["male"])] for _, r in test]))
-    _write_text(ba / "boneage-test-answers.csv", _csv_text(["id", "boneage"], [[r["id"], r["age"]] for _, r in test]))
+    write_text(ba / "boneage-test-dataset.csv", _csv_text(["id", "male"], [[r["id"], str(r["male"])] for _, r in test]))
+    write_text(ba / "boneage-test-answers.csv", _csv_text(["id", "boneage"], [[r["id"], r["age"]] for _, r in test]))
     for d in ("boneage-training-dataset", "boneage-test-dataset"):
         (ba / d).mkdir(parents=True, exist_ok=True)
 
@@ -170,7 +164,7 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
         p = patient_for(seed, j["g"])
         hcm, wkg = A.height_weight(p.age_months, p.male, np.random.default_rng([seed, j["g"], 99]))
         meta_rows.append([j["patient"], int(round(p.age_months)), "M" if p.male else "F", hcm, wkg])
-    _write_text(out / "handbones" / "meta_data.csv",
+    write_text(out / "handbones" / "meta_data.csv",
                 _csv_text(["ID", "age_months", "sex", "height_cm", "weight_kg"], meta_rows))
     for split in ("train", "test"):
         (out / "handbones" / split / "DCM").mkdir(parents=True, exist_ok=True)
@@ -186,12 +180,12 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     write_coords(jd / "coord_list.csv", [f"{i}.png" for i in ids], shs, A.SHS15_NAMES)
     write_all(jd / "all.csv", ids, dha)
     write_spacing(jd / "spacing.csv", {r["id"]: r["spacing"] for r in results})
-    _write_text(jd / "split.csv", _csv_text(["img_id", "split"], [[f"{j['id']}.png", j["split"]] for j in jobs]))
+    write_text(jd / "split.csv", _csv_text(["img_id", "split"], [[f"{j['id']}.png", j["split"]] for j in jobs]))
 
     summary = dict(generator="tools.phantom", version=1, seed=seed, size=size, n_train=n_train, n_test=n_test,
                    patients=len(seen), classes=list(A.CLASSES), shs15=list(A.SHS15_NAMES),
                    dha37=list(A.DHA37_NAMES))
-    _write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")
+    write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.formats.atomic import write_text
 from tools.report import table as T
 
 MAX_CURVES = 10        # learning curves: the best runs only, or the legend drowns the plot
@@ -545,4 +546,4 @@ def write_html(df: pd.DataFrame, root: str | os.PathLike | None, path: str | os.
     ``df`` comes from :func:`tools.report.table.load_runs`; ``root`` is only shown in the header;
     ``study`` is an ``optuna.Study``, a frame from :func:`tools.report.table.study_trials`, or None.
     """
-    return T.write_text_atomic(path, build_html(df, root, study=study, group=group, title=title))
+    return write_text(path, build_html(df, root, study=study, group=group, title=title))

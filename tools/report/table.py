@@ -17,12 +17,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from tasks.formats.atomic import write_text
 
 # --------------------------------------------------------------------------- schema
 
@@ -635,38 +636,9 @@ def to_markdown(df: pd.DataFrame, group: bool = False, study_trials: pd.DataFram
     return "\n".join(parts)
 
 
-def _new_file_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
-    """Write through a temp file in the same folder and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def write_markdown(df: pd.DataFrame, path: str | os.PathLike, group: bool = False,
                    study_trials: pd.DataFrame | None = None) -> Path:
-    return write_text_atomic(path, to_markdown(df, group=group, study_trials=study_trials))
+    return write_text(path, to_markdown(df, group=group, study_trials=study_trials))
 
 
 #: A spreadsheet reads a cell that starts with one of these as a formula (OWASP CSV injection).
@@ -694,7 +666,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     table[text] = table[text].map(csv_cell)
     # CRLF rows (RFC 4180): the csv writer then also quotes a cell holding a bare CR, which would end a row
     table.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n", float_format="%.10g")
-    return write_text_atomic(path, buf.getvalue())
+    return write_text(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- sweeps (Optuna)

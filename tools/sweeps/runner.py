@@ -48,6 +48,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from tasks.formats.atomic import write_text
 from tools.sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
 from tools.sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 
@@ -381,7 +382,7 @@ def synthetic_train(cfg: Any, callbacks: list | None = None) -> dict:
         except StopTraining:
             break
     summary = {"name": cfg.run_name, "val": {"score": best}, "synthetic": True}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_text(run_dir / "summary.json", json.dumps(summary))
     return summary
 
 
