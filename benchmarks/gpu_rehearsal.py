@@ -27,7 +27,9 @@ What it does, each step through the harness's own code (no re-implementation):
   alone (no model) gives ``loader_img_s``, what the input pipeline can feed at most.
 * ``infer`` - the test images at 2048² through ``engine.predictor`` with flip TTA, using the AMP-trained
   weights: model time alone (read + resize + model + TTA, ``infer_model_s``) vs the full pipeline
-  (``predict_rows`` + ``write_submission``: upsampling, thresholds, RLE, CSV; ``infer_full_s``).
+  (``predict_rows`` + ``write_submission``: upsampling, thresholds, RLE, CSV; ``infer_full_s``) with
+  ``post_workers`` threads; ``postprocess_s_per_image_thread`` is one image's post-processing on one
+  thread, to tell more threads from on-device post-processing (``tasks.rle.runs_torch``) as the fix.
 * ``ensemble`` - ``ensembles.runner.predict_ensemble`` live (models loaded once), soft, flip TTA, three
   members: the AMP-trained U-Net, the fp32-trained U-Net, and the AMP weights at 3/4 of the input size.
 * ``yolo`` - ``yolo:yolo11n-seg`` at 1024 through the harness's ultralytics trainer (``models.yolo``:
@@ -64,6 +66,7 @@ import engine  # noqa: E402,F401  (offline environment first)
 import torch  # noqa: E402
 
 from benchmarks.common import reset_peak_rss, rss_mb  # noqa: E402
+from engine.config import Config, deep_merge, load_config, save_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -248,10 +251,8 @@ class Rehearsal:
         """Peak GPU memory allocated by tensors since the last :meth:`reset_gpu_peak`, GB (None without CUDA)."""
         return round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.gpu else None
 
-    def config(self, base: Path, name: str, **overrides: Any):
+    def config(self, base: Path, name: str, **overrides: Any) -> Config:
         """A run config from the shipped YAML, pointed at the phantom data and the scratch folder."""
-        from engine.config import deep_merge, load_config
-
         s = self.scale
         raw = {"data": {"root": str(self.data / "train"), "test_root": str(self.data / "test"),
                         "image_size": s.input_size, "num_workers": s.workers,
@@ -338,14 +339,20 @@ class Rehearsal:
         from ensembles.tta import views_from_config
         from tasks.formats.handbones import list_samples
         from tasks.formats.images import read_grey
-        from tasks.segmentation import resolve_thresholds
+        from tasks.rle import encode_many
+        from tasks.segmentation import probs_to_masks, resolve_thresholds
 
         loaded = load_model(self.member("unet-amp"), self.device)
         cfg = loaded.cfg
         views = views_from_config(cfg.inference.tta, enabled=True)
         source = ProbabilitySource([loaded], views, self.device, amp=amp_dtype(cfg.train.amp, self.device))
         samples = list_samples(cfg.data.test_root, labels=None)
-        source(read_grey(samples[0].image_path))  # warm-up
+        image = read_grey(samples[0].image_path)
+        probs = source(image)  # warm-up
+        thresholds = resolve_thresholds(cfg.inference.threshold)
+        t0 = time.perf_counter()
+        encode_many(probs_to_masks(probs, image.shape, thresholds))
+        post_s = time.perf_counter() - t0  # one image's post-processing on one thread: what each worker pays
         half = time.perf_counter() + (deadline - time.perf_counter()) / 2.5
         t0 = time.perf_counter()
         done = 0
@@ -357,11 +364,12 @@ class Rehearsal:
         model_s = time.perf_counter() - t0
         csv_path = self.workdir / "submission_unet.csv"
         t0 = time.perf_counter()
-        write_submission(predict_rows(samples[:done], source, resolve_thresholds(cfg.inference.threshold),
-                                      cfg.inference.post_workers, progress=False), csv_path)
+        write_submission(predict_rows(samples[:done], source, thresholds, cfg.inference.post_workers,
+                                      progress=False), csv_path)
         full_s = time.perf_counter() - t0
         return {"images": done, "tta_views": [v.name for v in views], "input_size": cfg.data.image_size,
-                "post_workers": cfg.inference.post_workers, "infer_model_s": sig(model_s),
+                "post_workers": cfg.inference.post_workers, "postprocess_s_per_image_thread": sig(post_s),
+                "infer_model_s": sig(model_s),
                 "infer_full_s": sig(full_s), "postprocess_overhead": round(full_s / model_s - 1, 4),
                 "foreground_fraction": foreground_fraction(csv_path, samples[0].image_path)}
 
@@ -383,7 +391,6 @@ class Rehearsal:
                 "ensemble_s": stats["seconds"], "ensemble_img_s": sig(stats["images"] / stats["seconds"])}
 
     def run_yolo(self, deadline: float) -> dict:
-        from engine.config import save_config
         from models import create_model
         from models.yolo import YoloTrainer, ultralytics_args
         from tools.convert import yolo_dataset
@@ -464,7 +471,7 @@ def fill_cache(dataset: Any, workers: int) -> None:
             pass
 
 
-def create_plain(cfg: Any, device: torch.device) -> torch.nn.Module:
+def create_plain(cfg: Config, device: torch.device) -> torch.nn.Module:
     from models import create_model
 
     return create_model(cfg.model.name, task=cfg.task, num_outputs=29, weights=cfg.model.weights,
@@ -484,10 +491,9 @@ def plain_fp32_pass(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ta
         loss.item()
 
 
-def save_member(model: torch.nn.Module, cfg: Any) -> Path:
+def save_member(model: torch.nn.Module, cfg: Config) -> Path:
     """A run folder (config + ``best.pt``) that ``engine.predictor.load_model`` and the ensemble runner read."""
     from engine.checkpoint import save_checkpoint
-    from engine.config import save_config
 
     save_config(cfg, cfg.run_dir / "config.yaml")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
