@@ -16,15 +16,16 @@ What it does, each step through the harness's own code (no re-implementation):
 
 * ``data`` - phantom hand radiographs in the competition layout (``tools.phantom.generate``; full:
   200 train + 40 test at 2048², rendered on every CPU core).
-* ``train`` - ``smp:unet/resnet34`` at 1024 px. The harness ``Trainer`` (bf16 AMP + channels_last, its
-  own DataLoader with the configured workers, pinned memory and the decoded-once sample cache, filled
-  beforehand) runs a short warm-up pass (cuDNN, allocator) and then a measured epoch (fold 0: 160
-  images), less its first steps (the loader's worker start-up).
+* ``train`` - ``smp:unet/resnet34`` at 1024 px (``resnet18`` at the tiny scale). The harness ``Trainer``
+  (bf16 AMP + channels_last, its own DataLoader with the configured workers, pinned memory and the
+  decoded-once sample cache, filled beforehand) runs a short warm-up pass (cuDNN, allocator) and then a
+  measured epoch (fold 0: 160 images), less its first steps (the loader's worker start-up).
   Around every ``next()`` of the loader the device is synchronised, so ``loader_wait_fraction`` is the
   share of a step spent waiting for data. Then the same model in a plain fp32 loop (no autocast, no
   channels_last, same loader and loss) the same way: ``train_img_s_amp`` / ``train_img_s_fp32`` (wall
   clock, data waits included) and ``amp_speedup``; ``*_compute_img_s`` leave the waits out. The loader
-  alone (no model) gives ``loader_img_s``, what the input pipeline can feed at most.
+  alone (no model) gives ``loader_img_s``, what the input pipeline can feed at most, and without the
+  augmentation ``loader_img_s_no_augment`` (is CPU augmentation what holds it back?).
 * ``infer`` - the test images at 2048² through ``engine.predictor`` with flip TTA, using the AMP-trained
   weights: model time alone (read + resize + model + TTA, ``infer_model_s``) vs the full pipeline
   (``predict_rows`` + ``write_submission``: upsampling, thresholds, RLE, CSV; ``infer_full_s``) with
@@ -73,6 +74,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 SEG_CONFIG = ROOT / "configs" / "segmentation" / "unet_r34.yaml"
 YOLO_CONFIG = ROOT / "configs" / "segmentation" / "yolo11n_seg.yaml"
 SECTIONS = ("train", "infer", "ensemble", "yolo")
+HEADLINE = ("train_img_s_amp", "train_img_s_fp32", "amp_speedup", "loader_wait_fraction", "infer_model_s",
+            "infer_full_s", "postprocess_overhead", "ensemble_img_s", "yolo_train_img_s")
 SHARES = {"train": 0.35, "infer": 0.15, "ensemble": 0.2, "yolo": 0.3}  # of the budget left after the data
 CPU_NOTE = ("tiny scale on a CPU: these figures test the script and are NOT GPU figures; "
             "run `python benchmarks/gpu_rehearsal.py` on a CUDA machine for those")
@@ -86,6 +89,7 @@ class Scale:
     n_train: int
     n_test: int
     input_size: int     # smp and YOLO training / inference input
+    seg_model: str      # the smp model of the train, infer and ensemble sections
     batch_size: int
     warm_steps: int     # steps of the warm-up pass (cuDNN, allocator) before the measured one
     skip_steps: int     # first steps of the measured pass left out (worker start-up)
@@ -96,9 +100,10 @@ class Scale:
 
 def scales(cpus: int) -> dict[str, Scale]:
     return {
-        "full": Scale(2048, 200, 40, 1024, 8, warm_steps=4, skip_steps=2, max_steps=None, workers=max(2, min(12, cpus - 4)),
-                      post_workers=max(2, min(8, cpus // 2))),
-        "tiny": Scale(96, 8, 2, 64, 2, warm_steps=1, skip_steps=1, max_steps=2, workers=1, post_workers=1),
+        "full": Scale(2048, 200, 40, 1024, "smp:unet/resnet34", 8, warm_steps=4, skip_steps=2, max_steps=None,
+                      workers=max(2, min(12, cpus - 4)), post_workers=max(2, min(8, cpus // 2))),
+        "tiny": Scale(96, 8, 2, 64, "smp:unet/resnet18", 2, warm_steps=1, skip_steps=1, max_steps=2, workers=1,
+                      post_workers=1),
     }
 
 
@@ -180,7 +185,8 @@ class Rehearsal:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **git_state(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
             "host": platform.node(), "scale": scale_name, "budget_s": budget_s, "config": asdict(self.scale),
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "train_img_s_amp": None, "train_img_s_fp32": None, "amp_speedup": None, "loader_wait_fraction": None,
             "infer_model_s": None, "infer_full_s": None, "postprocess_overhead": None, "ensemble_img_s": None,
             "yolo_train_img_s": None, "peak_gpu_mem_gb": None, "complete": False, "sections": {},
@@ -193,33 +199,42 @@ class Rehearsal:
         os.replace(tmp, self.out)
 
     def run(self, sections: list[str]) -> bool:
-        ok = self.section("data", lambda deadline: self.make_data(), share=None)
+        ok = self.section("data", self.make_data, share=None)
         todo = [s for s in SECTIONS if s in sections] if ok else []
         for k, name in enumerate(todo):
             left = sum(SHARES[s] for s in todo[k:])
             ok &= self.section(name, getattr(self, f"run_{name}"), share=SHARES[name] / left)
-        peaks = [s.get("peak_gpu_mem_gb") for s in self.results["sections"].values()]
-        self.results["peak_gpu_mem_gb"] = max((p for p in peaks if p is not None), default=None)
         self.results["complete"] = ok and len(todo) == len(sections)
         self.results["total_s"] = round(time.perf_counter() - self.start, 1)
-        self.save()
+        self.publish()
         return ok
 
-    def section(self, name: str, fn: Callable[[float], dict], share: float | None) -> bool:
-        """Run one section within ``share`` of the time left; record its figures, or why it has none."""
+    def publish(self) -> None:
+        """Copy the headline figures out of the section records (finished or not) and rewrite the JSON."""
+        for record in self.results["sections"].values():
+            for key in HEADLINE:
+                if key in record:
+                    self.results[key] = record[key]
+        peaks = [s.get("peak_gpu_mem_gb") for s in self.results["sections"].values()]
+        self.results["peak_gpu_mem_gb"] = max((p for p in peaks if p is not None), default=None)
+        self.save()
+
+    def section(self, name: str, fn: Callable[[float, dict], None], share: float | None) -> bool:
+        """Run one section within ``share`` of the time left. ``fn`` fills its record as it goes (and may
+        :meth:`publish` midway), so a section that fails or is killed keeps the figures it had."""
         now = time.perf_counter()
-        record: dict[str, Any] = {}
+        record: dict[str, Any] = {"status": "running"}
+        self.results["sections"][name] = record
         if share is not None and now >= self.deadline:
             record["status"] = "skipped: budget spent"
-            self.results["sections"][name] = record
-            self.save()
+            self.publish()
             return False
         deadline = self.deadline if share is None else now + share * (self.deadline - now)
         self.reset_gpu_peak()
         rss_reset = reset_peak_rss()
         print(f"[{now - self.start:6.1f}s] {name} ...", flush=True)
         try:
-            record.update(fn(deadline))
+            fn(deadline, record)
             record["status"] = "ok"
         except Exception as err:  # one failing section must not lose the others' figures
             record["status"] = f"error: {type(err).__name__}: {err}"
@@ -233,12 +248,7 @@ class Rehearsal:
             record["peak_gpu_mem_gb"] = None
         record["peak_rss_mb"] = round(rss_mb())
         record["peak_rss_of"] = "this section" if rss_reset else "the process so far"
-        self.results["sections"][name] = record
-        for key in ("train_img_s_amp", "train_img_s_fp32", "amp_speedup", "loader_wait_fraction", "infer_model_s",
-                    "infer_full_s", "postprocess_overhead", "ensemble_img_s", "yolo_train_img_s"):
-            if key in record:
-                self.results[key] = record[key]
-        self.save()
+        self.publish()
         print(f"[{time.perf_counter() - self.start:6.1f}s] {name}: {record['status']}", flush=True)
         return record["status"] == "ok"
 
@@ -250,6 +260,10 @@ class Rehearsal:
     def gpu_peak_gb(self) -> float | None:
         """Peak GPU memory allocated by tensors since the last :meth:`reset_gpu_peak`, GB (None without CUDA)."""
         return round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3) if self.gpu else None
+
+    def seg_config(self, name: str, **overrides: Any) -> Config:
+        """The U-Net run config (``configs/segmentation/unet_r34.yaml``) with this scale's model."""
+        return self.config(SEG_CONFIG, name, model={"name": self.scale.seg_model}, **overrides)
 
     def config(self, base: Path, name: str, **overrides: Any) -> Config:
         """A run config from the shipped YAML, pointed at the phantom data and the scratch folder."""
@@ -263,14 +277,14 @@ class Rehearsal:
                "logging": {"out_dir": str(self.workdir / "runs"), "run_name": name, "progress": False}}
         return load_config(base, deep_merge(raw, overrides))
 
-    def make_data(self) -> dict:
+    def make_data(self, deadline: float, out: dict[str, Any]) -> None:
         from tools.phantom import generate
 
         s = self.scale
         t0 = time.perf_counter()
         generate(self.data.parent, s.n_train, s.n_test, size=s.image_size, seed=0, workers=os.cpu_count())
-        return {"images_train": s.n_train, "images_test": s.n_test, "image_size": s.image_size,
-                "generate_s": round(time.perf_counter() - t0, 2)}
+        out.update({"images_train": s.n_train, "images_test": s.n_test, "image_size": s.image_size,
+                    "generate_s": round(time.perf_counter() - t0, 2)})
 
     def passes(self, loader: Iterable, deadline: float, run_pass: Callable[[int, TimedLoader], None]) -> TimedLoader:
         """A short warm-up pass (cuDNN, allocator), then the measured pass over ``loader``; returns its timings."""
@@ -281,28 +295,39 @@ class Rehearsal:
         run_pass(1, timed)
         return timed
 
+    def loader_img_s(self, loader: Iterable, deadline: float) -> float:
+        """Images/s that ``loader`` delivers with nothing consuming them (its first batch, the start-up, left out)."""
+        timed = TimedLoader(loader, self.device, deadline, limit=self.scale.max_steps)
+        for _ in timed:
+            pass
+        return timed.steady(1)["img_s"]
+
     def member(self, name: str, **overrides: Any) -> Path:
-        """Checkpoint of a U-Net member: the trained weights of ``name`` (random ones when ``train`` did not run),
-        saved in a run folder of its own config (``overrides``: e.g. another input size)."""
-        from engine.predictor import load_model
+        """Checkpoint of a U-Net member: the trained weights of ``name`` (before ``@``; random ones when ``train``
+        did not run) in a run folder of its own config (``overrides``: e.g. another input size)."""
+        from engine.checkpoint import load_checkpoint, save_checkpoint
 
-        cfg = self.config(SEG_CONFIG, name, **overrides)
+        cfg = self.seg_config(name, **overrides)
         trained = self.members.get(name.split("@")[0])
-        model = load_model(trained, torch.device("cpu")).model if trained else create_plain(cfg, torch.device("cpu"))
-        return save_member(model, cfg)
+        if trained is None:
+            return save_member(create_plain(cfg, torch.device("cpu")), cfg)
+        if trained.parent != cfg.run_dir:
+            save_config(cfg, cfg.run_dir / "config.yaml")
+            save_checkpoint(cfg.run_dir / "best.pt", {**load_checkpoint(trained), "config": cfg.to_dict()})
+        return cfg.run_dir / "best.pt"
 
-    def run_train(self, deadline: float) -> dict:
+    def run_train(self, deadline: float, out: dict[str, Any]) -> None:
         from engine.trainer import Trainer
 
         s = self.scale
-        trainer = Trainer(self.config(SEG_CONFIG, "unet-amp"))
+        trainer = Trainer(self.seg_config("unet-amp"))
         cfg, task, loader = trainer.cfg, trainer.task, trainer.loader
         t0 = time.perf_counter()
         fill_cache(trainer.train_set, os.cpu_count() or 1)
-        out: dict[str, Any] = {"model": cfg.model.name, "input_size": s.input_size, "batch_size": s.batch_size,
-                               "loader_workers": s.workers, "amp_dtype": str(trainer.amp),
-                               "channels_last": cfg.train.channels_last and self.gpu,
-                               "train_images": len(trainer.train_set), "cache_fill_s": round(time.perf_counter() - t0, 2)}
+        out.update({"model": cfg.model.name, "input_size": s.input_size, "batch_size": s.batch_size,
+                    "loader_workers": s.workers, "amp_dtype": str(trainer.amp),
+                    "channels_last": cfg.train.channels_last and self.gpu,
+                    "train_images": len(trainer.train_set), "cache_fill_s": round(time.perf_counter() - t0, 2)})
         part = (deadline - time.perf_counter()) / 2.5
 
         def harness_epoch(epoch: int, timed: TimedLoader) -> None:
@@ -311,29 +336,30 @@ class Rehearsal:
 
         amp = self.passes(loader, time.perf_counter() + part, harness_epoch).steady(s.skip_steps)
         self.members["unet-amp"] = save_member(trainer.model, cfg)
-        out["amp_peak_gpu_mem_gb"] = self.gpu_peak_gb()
+        out.update({"train_img_s_amp": sig(amp["img_s"]), "train_compute_img_s_amp": sig(amp["compute_img_s"]),
+                    "loader_wait_fraction": round(amp["wait_fraction"], 4), "amp_steps": amp["steps"],
+                    "amp_peak_gpu_mem_gb": self.gpu_peak_gb()})
+        self.publish()
         del trainer
         self.reset_gpu_peak()
-        loader_alone = TimedLoader(loader, self.device, time.perf_counter() + part / 2, limit=s.max_steps)
-        for _ in loader_alone:
-            pass
+        augment = loader.dataset.augment
+        out["loader_img_s"] = sig(self.loader_img_s(loader, time.perf_counter() + part / 4))
+        loader.dataset.augment = None  # the same pass without augmentation: is the augmentation the bottleneck?
+        out["loader_img_s_no_augment"] = sig(self.loader_img_s(loader, time.perf_counter() + part / 4))
+        loader.dataset.augment = augment
         model = create_plain(cfg, self.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         fp32 = self.passes(loader, deadline, lambda epoch, timed: plain_fp32_pass(model, optimizer, task, timed,
                                                                                   self.device)).steady(s.skip_steps)
-        self.members["unet-fp32"] = save_member(model, self.config(SEG_CONFIG, "unet-fp32"))
+        self.members["unet-fp32"] = save_member(model, self.seg_config("unet-fp32"))
         out["fp32_peak_gpu_mem_gb"] = self.gpu_peak_gb()
-        out.update({"train_img_s_amp": sig(amp["img_s"]), "train_compute_img_s_amp": sig(amp["compute_img_s"]),
-                    "loader_wait_fraction": round(amp["wait_fraction"], 4), "amp_steps": amp["steps"],
-                    "train_img_s_fp32": sig(fp32["img_s"]),
+        out.update({"train_img_s_fp32": sig(fp32["img_s"]),
                     "train_compute_img_s_fp32": sig(fp32["compute_img_s"]),
                     "fp32_loader_wait_fraction": round(fp32["wait_fraction"], 4), "fp32_steps": fp32["steps"],
                     "amp_speedup": sig(amp["img_s"] / fp32["img_s"]),
-                    "amp_speedup_compute": sig(amp["compute_img_s"] / fp32["compute_img_s"]),
-                    "loader_img_s": sig(loader_alone.steady(1)["img_s"])})
-        return out
+                    "amp_speedup_compute": sig(amp["compute_img_s"] / fp32["compute_img_s"])})
 
-    def run_infer(self, deadline: float) -> dict:
+    def run_infer(self, deadline: float, out: dict[str, Any]) -> None:
         from engine.predictor import ProbabilitySource, load_model, predict_rows, write_submission
         from engine.trainer import amp_dtype
         from ensembles.tta import views_from_config
@@ -367,13 +393,14 @@ class Rehearsal:
         write_submission(predict_rows(samples[:done], source, thresholds, cfg.inference.post_workers,
                                       progress=False), csv_path)
         full_s = time.perf_counter() - t0
-        return {"images": done, "tta_views": [v.name for v in views], "input_size": cfg.data.image_size,
-                "post_workers": cfg.inference.post_workers, "postprocess_s_per_image_thread": sig(post_s),
-                "infer_model_s": sig(model_s),
-                "infer_full_s": sig(full_s), "postprocess_overhead": round(full_s / model_s - 1, 4),
-                "foreground_fraction": foreground_fraction(csv_path, samples[0].image_path)}
+        out.update({"images": done, "tta_views": [v.name for v in views], "input_size": cfg.data.image_size,
+                    "post_workers": cfg.inference.post_workers, "postprocess_s_per_image_thread": sig(post_s),
+                    "infer_model_s": sig(model_s), "infer_full_s": sig(full_s),
+                    "postprocess_overhead": round(full_s / model_s - 1, 4),
+                    "foreground_fraction": foreground_fraction(csv_path, samples[0].image_path)})
 
-    def run_ensemble(self, deadline: float) -> dict:
+    def run_ensemble(self, deadline: float, out: dict[str, Any]) -> None:
+        """``predict_ensemble`` runs to its end: the test set's size bounds it, not ``deadline``."""
         from ensembles.config import EnsembleConfig
         from ensembles.runner import predict_ensemble
 
@@ -387,10 +414,10 @@ class Rehearsal:
             "test_root": str(self.data / "test"), "out_dir": str(self.workdir / "runs"), "workers": s.post_workers})
         stats = predict_ensemble(ens, out_csv=self.workdir / "submission_ensemble.csv", tta=True,
                                  device=str(self.device), progress=False)
-        return {"members": list(runs), "method": ens.method, "images": stats["images"], "workers": s.post_workers,
-                "ensemble_s": stats["seconds"], "ensemble_img_s": sig(stats["images"] / stats["seconds"])}
+        out.update({"members": list(runs), "method": ens.method, "images": stats["images"], "workers": s.post_workers,
+                    "ensemble_s": stats["seconds"], "ensemble_img_s": sig(stats["images"] / stats["seconds"])})
 
-    def run_yolo(self, deadline: float) -> dict:
+    def run_yolo(self, deadline: float, out: dict[str, Any]) -> None:
         from models import create_model
         from models.yolo import YoloTrainer, ultralytics_args
         from tools.convert import yolo_dataset
@@ -416,10 +443,10 @@ class Rehearsal:
         n_images = len(trainer.train_loader.dataset)
         del trainer
         steady = clock.steady(s.skip_steps, s.batch_size, n_images)
-        return {"model": cfg.model.name, "input_size": s.input_size, "batch_size": s.batch_size,
-                "amp": cfg.train.amp, "loader_workers": s.workers, "convert_s": round(convert_s, 2),
-                "steps": steady["steps"], "yolo_train_img_s": sig(steady["img_s"]),
-                "yolo_loader_wait_fraction": round(steady["wait_fraction"], 4)}
+        out.update({"model": cfg.model.name, "input_size": s.input_size, "batch_size": s.batch_size,
+                    "amp": cfg.train.amp, "loader_workers": s.workers, "convert_s": round(convert_s, 2),
+                    "steps": steady["steps"], "yolo_train_img_s": sig(steady["img_s"]),
+                    "yolo_loader_wait_fraction": round(steady["wait_fraction"], 4)})
 
 
 class EnoughSteps(Exception):

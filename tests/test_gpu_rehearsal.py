@@ -49,7 +49,8 @@ def test_tiny_rehearsal_on_cpu(tmp_path):
     train = sections["train"]
     assert train["amp_dtype"] == "None" and train["channels_last"] is False  # no AMP on a CPU
     assert train["train_compute_img_s_amp"] >= r["train_img_s_amp"]  # waits left out: never slower
-    assert train["loader_img_s"] > 0 and train["amp_steps"] >= 1 and train["fp32_steps"] >= 1
+    assert train["loader_img_s"] > 0 and train["loader_img_s_no_augment"] > 0
+    assert train["amp_steps"] >= 1 and train["fp32_steps"] >= 1
     assert sections["infer"]["images"] >= 1 and sections["infer"]["tta_views"] == ["identity", "hflip"]
     assert sections["ensemble"]["images"] == r["sections"]["data"]["images_test"]
     assert len(sections["ensemble"]["members"]) == 3
