@@ -40,3 +40,14 @@ def rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise OSError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's ``VmHWM`` at its current RSS (``/proc/self/clear_refs``), so :func:`rss_mb` gives
+    the peak of what runs next; False where the kernel refuses (the peak then covers the whole process)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
