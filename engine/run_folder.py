@@ -75,7 +75,8 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
     if resume:
         last = run_dir / "last.pt"
         if not last.is_file():
-            raise RunFolderError(f"{last}: nothing to resume (no last.pt); start the run without --resume")
+            way = "start it afresh with --overwrite" if holds_run(run_dir) else "start the run without --resume"
+            raise RunFolderError(f"{last}: nothing to resume (no last.pt); {way}")
         saved_path = run_dir / "config.yaml"
         saved = load_config(saved_path).to_dict()
         keys = differing_keys(saved, cfg.to_dict(), ignore=RESUME_FREE_KEYS)
