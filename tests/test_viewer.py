@@ -22,7 +22,7 @@ from engine.trainer import train
 from tasks.formats.handbones import read_masks
 from tasks.formats.images import image_size
 from tools import viewer_state as vs
-from tools.report.chromium import find_chromium
+from leaderboard.chromium import find_chromium
 
 VIEWER = Path(__file__).resolve().parents[1] / "tools" / "viewer.py"
 TIMEOUT = 120
