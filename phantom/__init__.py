@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from phantom.anatomy import (CARPALS, DHA37_NAMES, LANDMARKS, RAY_BONES, SHS15_NAMES, Patient,
-                                   build_hand, landmark_bones, sample_patient)
+from phantom.anatomy import (CARPALS, DHA37_NAMES, LANDMARKS, RAY_BONES, SHS15_NAMES, Patient, build_hand,
+                             landmark_bones, sample_patient)
 from phantom.render import HandPhantom, render
 from phantom.writer import generate
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from tasks.formats.handbones import CLASSES, rasterize
 import phantom.anatomy as A
+from tasks.formats.handbones import CLASSES, rasterize
 
 
 @dataclass

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+import phantom.anatomy as A
+from phantom.render import render
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import write_polygons
 from tasks.formats.images import write_png
-import phantom.anatomy as A
-from phantom.render import render
 
 TS_BASE = 1_660_000_000_000   # image names: 'image' + 13 digits (a millisecond timestamp, as in the real data)
 ID_BASE = 10_000              # bone-age / joints ids: ID_BASE + image index

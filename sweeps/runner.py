@@ -48,9 +48,9 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tasks.formats.atomic import write_text
 from sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
 from sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
+from tasks.formats.atomic import write_text
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tools import leaderboard
 from leaderboard import html as H
 from leaderboard import table as T
+from tools import leaderboard
 
 SEG_ITEMS = ["finger-1", "finger-2", "Trapezoid", "Pisiform"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
-from tasks.formats.atomic import write_bytes  # noqa: E402
 from leaderboard.chromium import FLAGS, find_chromium  # noqa: E402
+from tasks.formats.atomic import write_bytes  # noqa: E402
 
 # True once the app shows something (a figure, an image, a message), every figure and image is drawn, and
 # Streamlit is not running the script (no status widget, no stale element).
