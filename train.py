@@ -46,14 +46,21 @@ def list_models(task: str | None) -> None:
 def external_learner(cfg):
     """A learner with its own training loop (kind "external", e.g. ultralytics YOLO) for ``cfg``.
 
+    The model registry builds the family's model (``models/``); its learner (``engine/``) trains it.
     Contract: ``fit(cfg, resume=False) -> summary`` writes the run folder like the torch trainer does
     (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
     """
     import models
+    from engine.yolo_learner import YoloLearner
     from tasks.registry import get_task_class
 
-    return models.create_model(cfg.model.name, task=cfg.task, num_outputs=get_task_class(cfg.task)(cfg).num_outputs,
-                               weights=cfg.model.weights, **cfg.model.options)
+    learners = {"yolo": YoloLearner}  # the training loop of each external model family
+    family, _ = models.resolve(cfg.model.name, cfg.task)
+    if family.name not in learners:
+        raise ConfigError(f"model.name: no learner for the external model family {family.name!r}")
+    model = models.create_model(cfg.model.name, task=cfg.task, num_outputs=get_task_class(cfg.task)(cfg).num_outputs,
+                                weights=cfg.model.weights, **cfg.model.options)
+    return learners[family.name](model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``yolo:<model>``: ultralytics YOLO instance segmentation as an external learner of the harness.
+"""``yolo:<model>``: ultralytics YOLO instance segmentation, an external family of the model registry.
 
 Any ``-seg`` model YAML shipped with ultralytics (``yolo:yolov8n-seg``, ``yolo:yolo11s-seg``,
 ``yolo:yolo26n-seg``, ...) or a path to a custom one (``yolo:path/to/my-seg.yaml``); ``model.weights``
@@ -6,31 +6,20 @@ optionally names a local file to start from (never downloaded): a state dict of 
 run's ``best.pt``), or an ultralytics ``.pt`` (a pickled module, whose loading runs code named in the file)
 only with ``model.options.trust_pickle: true``.
 
-Training goes through ultralytics' own trainer (``YoloTrainer``) with the harness config mapped onto its
-arguments (:func:`ultralytics_args`), on the dataset that ``tools/convert.py yolo`` makes from the
-same fold. Its run directory is ``<run_dir>/ultralytics`` and its validation score is the harness Dice
-per class (``SegmentationTask.evaluate``), not mAP, so ``best.pt`` is chosen by Dice and the run sits
-on the same leaderboard as the smp models.
-
-The run folder's ``best.pt``/``last.pt`` are plain dicts (``torch.load(weights_only=True)``) holding the
-network's state dict (fp16, as ultralytics keeps it) and its model YAML (``yolo``: ``yaml``, ``names``),
-written by the trainer each epoch. Loading rebuilds the network from that YAML (after checking that it
+The registry builds a :class:`YoloModel`: the network's description (architecture, classes, prediction
+options, start weights). Ultralytics trains it (``engine/yolo_learner.py``, the family's learner); this
+module only builds networks. The run folder's ``best.pt``/``last.pt`` are plain dicts
+(``torch.load(weights_only=True)``) holding the network's state dict and its model YAML (``yolo``:
+``yaml``, ``names``). :meth:`YoloModel.load` rebuilds the network from that YAML (after checking that it
 names only layer classes, see :func:`check_model_yaml`) and loads the tensors: nothing is unpickled.
-Ultralytics' own pickled checkpoints in ``<run>/ultralytics/weights/`` serve only its ``--resume``.
 Loaded, a run is a :class:`YoloProbModel`: an ``nn.Module`` that maps our ``(B, 1, h, w)`` input in
 [0, 1] to per-class logits, so TTA, the prediction cache and soft/weighted/hard ensembles treat it like
 any smp member.
-
-Multi-GPU: ultralytics starts its own DDP workers when ``train.device`` lists several GPUs
-(``--train.device=0,1,2,3``); do not wrap ``train.py`` in torchrun for a YOLO run.
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
@@ -43,18 +32,10 @@ import yaml
 from pydantic import Field, ValidationError
 from torch import nn
 
-from engine.checkpoint import save_checkpoint
-from engine.config import Config, build_config, save_config
-from engine.offline import CACHE_DIR
-from engine.run_logging import RunLogger
-from engine.summary import base_summary, split_model_name, write_summary
 from models.registry import UnknownModelError, close_matches, register_family
-from models.weights import load_local_weights, read_state_dict
+from models.weights import read_state_dict
 from tasks.base import Section
-from tasks.formats.tensors import PickledFileError, read_tensors
-from tasks.registry import get_task_class
-
-ULTRALYTICS_DIR = "ultralytics"  # ultralytics' run directory inside the harness run folder
+from tasks.formats.tensors import PickledFileError
 
 # Ultralytics arguments set from the harness config; model.options.train_args may not repeat them.
 MAPPED_ARGS = {
@@ -247,180 +228,10 @@ def check_model_yaml(spec: Any, source: str) -> None:
                              "ultralytics would run as Python; only nn.<Module>() is accepted")
 
 
-def harness_checkpoint(harness: Config, net: nn.Module, epoch: int | None, metrics: dict) -> dict[str, Any]:
-    """A YOLO run's ``best.pt``/``last.pt``: ``net`` as tensors (fp16 and NaN-free, as ultralytics saves it)
-    beside its model YAML and class names, so that loading it never unpickles anything."""
-    state = {k: torch.nan_to_num(v.detach().to("cpu", torch.half)).contiguous() if v.is_floating_point()
-             else v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    names = getattr(net, "names", None) or {}
-    return {"model_name": harness.model.name, "task": harness.task, "num_outputs": int(net.model[-1].nc),
-            "config": harness.to_dict(), "model": state,
-            "yolo": {"yaml": copy.deepcopy(net.yaml), "names": [str(names[i]) for i in sorted(names)]},
-            "epoch": epoch, "metrics": metrics}
-
-
-def ultralytics_device(device: str) -> str:
-    """Our ``train.device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``0,1,2,3``) as ultralytics spells it."""
-    if device == "auto":
-        return "0" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        return device.partition(":")[2] or "0"
-    return device
-
-
-def torch_device(device: str) -> torch.device:
-    """Where the harness itself evaluates: the first GPU of an ultralytics device list, or the CPU."""
-    name = ultralytics_device(device)
-    return torch.device(name) if name in ("cpu", "mps") else torch.device(f"cuda:{name.split(',')[0]}")
-
-
-def ultralytics_args(cfg: Config, data_yaml: Path, model: str, options: YoloOptions, weights: Path | None,
-                     resume_from: Path | None = None) -> dict[str, Any]:
-    """Arguments of ultralytics' trainer: the harness config, radiograph defaults, ``train_args``, the contract."""
-    t, a, d = cfg.train, cfg.augment, cfg.data
-    device = ultralytics_device(t.device)
-    return {
-        "epochs": t.epochs, "imgsz": d.image_size, "batch": t.batch_size, "nbs": t.batch_size * t.accumulate,
-        "lr0": t.lr, "lrf": t.min_lr_ratio, "weight_decay": t.weight_decay, "warmup_epochs": t.warmup_epochs,
-        "seed": t.seed, "deterministic": t.deterministic, "device": device, "workers": d.num_workers,
-        # amp=True would run ultralytics' AMP check, which downloads weights; bf16 skips the check.
-        "amp": "bf16" if t.amp == "bf16" else False,
-        "channels_last": t.channels_last and device not in ("cpu", "mps"),
-        "patience": t.early_stop_patience or 0, "cache": "ram" if d.cache else False,
-        "fliplr": a.hflip, "flipud": a.vflip, "degrees": a.rotate, "scale": a.scale, "translate": a.shift,
-        "hsv_v": a.brightness_contrast,
-        # grey radiographs, the harness' optimiser and schedule, no mosaic; train_args may change these
-        "optimizer": "AdamW", "cos_lr": True, "mosaic": 0.0, "close_mosaic": 0, "hsv_h": 0.0, "hsv_s": 0.0,
-        "plots": False,
-        **options.train_args,
-        "model": model, "data": str(data_yaml), "task": "segment", "mode": "train", "val": True, "save": True,
-        "project": str(cfg.run_dir.resolve()), "name": ULTRALYTICS_DIR, "exist_ok": True,
-        "pretrained": str(weights) if weights else False, "overlap_mask": False,
-        "resume": str(resume_from) if resume_from else False,
-    }
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl`` (empty when there is none yet)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@lru_cache(maxsize=1)
-def _trainer_class() -> type:
-    """Ultralytics' segmentation trainer, validated by the harness Dice (built on first use, see ``__getattr__``)."""
-    import torch.distributed as dist
-    from ultralytics.models.yolo.segment import SegmentationTrainer
-    from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, RANK
-    from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first
-
-    class YoloTrainer(SegmentationTrainer):
-        """Reads the harness config from its ``project`` (the run folder), also in ultralytics' DDP workers,
-        which rebuild the trainer from its arguments alone; scores each epoch's EMA model by Dice."""
-
-        def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
-            super().__init__(cfg, overrides, _callbacks)
-            self.run_dir = Path(self.args.project)
-            config_path = self.run_dir / "config.yaml"
-            self.harness = build_config(yaml.safe_load(config_path.read_text()), str(config_path))
-            self.options = parse_options(self.harness.model.options)
-            self.task = get_task_class(self.harness.task)(self.harness)
-            self.val_set = self.task.datasets()[1]
-            self.logger: RunLogger | None = None
-            self.val_time = 0.0
-            self.time_offset = 0.0
-
-        def _run_logger(self) -> RunLogger:
-            if self.logger is None:
-                self.logger = RunLogger(self.run_dir, self.harness)
-            return self.logger
-
-        def get_model(self, cfg: dict | str | None = None, weights: nn.Module | None = None,
-                      verbose: bool = True) -> nn.Module:
-            """The network; a fresh one starts from ``model.weights`` read as tensors (a trusted pickle, or
-            the run resumed, arrives from ultralytics as ``weights``)."""
-            model = super().get_model(cfg, weights, verbose)
-            if weights is None and self.harness.model.weights:
-                load_local_weights(model, self.harness.model.weights, encoder_attr="model")
-            return model
-
-        def save_model(self) -> bool | None:
-            """Ultralytics' checkpoints (its --resume reads them), then the run folder's best.pt/last.pt as tensors."""
-            saved = super().save_model()
-            payload = harness_checkpoint(self.harness, self.ema.ema, self.epoch, {})
-            save_checkpoint(self.run_dir / "last.pt", payload)
-            if self.best_fitness == self.fitness:
-                save_checkpoint(self.run_dir / "best.pt", payload)
-            return saved
-
-        def resume_training(self, ckpt) -> None:
-            super().resume_training(ckpt)
-            if self.resume and ckpt is not None and RANK in {-1, 0}:
-                self._run_logger().truncate_after(self.start_epoch - 1)
-                rows = read_rows(self.run_dir / "metrics.jsonl")
-                self.time_offset = rows[-1]["time_s"] if rows else 0.0
-
-        def validate(self):
-            if self.ema and self.world_size > 1:
-                for buffer in self.ema.ema.buffers():
-                    dist.broadcast(buffer, src=0)
-            if RANK > 0:
-                return self.metrics, None
-            every = self.harness.train.val_every
-            if (self.epoch + 1) % every and self.epoch + 1 < self.epochs:
-                self._log(None)
-                return self.metrics, None
-            start = time.perf_counter()
-            module = YoloProbModel(self.ema.ema, self.options.conf, self.options.iou, self.options.max_det)
-            result = self.task.evaluate(module, self.val_set, self.device,
-                                        batch_size=self.harness.inference.batch_size)
-            self.val_time += time.perf_counter() - start
-            score = result["score"]
-            if self.best_fitness is None or score > self.best_fitness:
-                self.best_fitness = score
-            self._log(result)
-            return {"metrics/dice": round(score, 5), "val/loss": round(result["loss"], 5)}, score
-
-        def _log(self, result: dict | None) -> None:
-            train_loss = float(sum(self.tloss.values())) if self.tloss else float("nan")
-            elapsed = self.time_offset + time.time() - self.train_time_start - self.val_time
-            row = {"epoch": self.epoch, "train/loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                   "time_s": round(elapsed, 3)}
-            if result is not None:
-                row.update({"val/loss": result["loss"], "val/score": result["score"], "val/dice": result["score"]})
-            self._run_logger().log(row)
-            if self.harness.logging.progress:
-                score = f"{result['score']:.4f}" if result else "-"
-                print(f"epoch {self.epoch + 1}/{self.epochs}  train/loss {train_loss:.4f}  val/dice {score}  "
-                      f"({elapsed:.0f}s)", flush=True)
-
-        def final_eval(self) -> None:
-            """Strip the optimiser from the checkpoints; the harness scores best.pt itself (no mAP pass)."""
-            with torch_distributed_zero_first(LOCAL_RANK):
-                if RANK in {-1, 0}:
-                    for weights in (self.last, self.best):
-                        if weights.exists():
-                            strip_optimizer(weights)
-            if self.logger is not None:
-                self.logger.finish({"val/best_score": self.best_fitness})
-
-    YoloTrainer.__module__ = __name__
-    YoloTrainer.__qualname__ = YoloTrainer.__name__
-    return YoloTrainer
-
-
-def __getattr__(name: str) -> Any:
-    """``models.yolo.YoloTrainer`` on demand (PEP 562): ``import models`` stays free of ultralytics, and
-    ultralytics' DDP workers, which import the trainer class by name, still find it."""
-    if name == "YoloTrainer":
-        return _trainer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
-class YoloLearner:
-    """An external learner: ``fit`` trains a run folder, ``load`` turns a run's checkpoint into a module."""
+class YoloModel:
+    """What ``yolo:<arch>`` builds: the network's description; ``load`` turns a run's checkpoint into a module
+    (``engine.yolo_learner.YoloLearner`` trains it)."""
 
     arch: str
     num_classes: int
@@ -476,64 +287,10 @@ class YoloLearner:
             raise ValueError(f"{source}: the model has {module.num_classes} classes, the task needs {self.num_classes}")
         return module
 
-    def fit(self, cfg: Config, resume: bool = False) -> dict:
-        """Train with ultralytics in ``<run_dir>/ultralytics``, score its best.pt by Dice, write the run folder."""
-        from tools.convert import yolo_dataset
-
-        if "LOCAL_RANK" in os.environ:
-            raise RuntimeError("YOLO runs start their own DDP workers (--train.device=0,1,2,3): "
-                               "run train.py without torchrun")
-        if cfg.data.image_size % 32:
-            raise ValueError(f"data.image_size={cfg.data.image_size}: YOLO needs a multiple of 32")
-        weights, pickled = self.start_weights()
-        run_dir = cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else CACHE_DIR
-        data_yaml = yolo_dataset(cfg.data.root, cache_root, cfg.data.fold, cfg.data.n_folds)
-        last = run_dir / ULTRALYTICS_DIR / "weights" / "last.pt"
-        if resume and not last.is_file():
-            raise FileNotFoundError(f"{last}: nothing to resume (no ultralytics last.pt in the run folder)")
-        if not resume:  # a fresh run starts its epoch log afresh, as ultralytics does with its results.csv
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        args = ultralytics_args(cfg, data_yaml, self.model_arg, self.options, weights if pickled else None,
-                                last if resume else None)
-        _trainer_class()(overrides=args).train()
-        return self._finish(cfg)
-
-    def _finish(self, cfg: Config) -> dict:
-        run_dir = cfg.run_dir
-        best_path = run_dir / "best.pt"
-        if not best_path.is_file():
-            raise RuntimeError(f"{best_path}: ultralytics finished without a best model (see its log above)")
-        best = read_tensors(best_path, "checkpoint")
-        device = torch_device(cfg.train.device)
-        module = self.load(best, str(best_path)).to(device)
-        task = get_task_class(cfg.task)(cfg)
-        train_set, val_set = task.datasets()
-        val = task.evaluate(module, val_set, device, batch_size=cfg.inference.batch_size)
-        save_checkpoint(best_path, {**best, "metrics": val})
-        rows = read_rows(run_dir / "metrics.jsonl")
-        scored = [r for r in rows if "val/score" in r]
-        best_epoch = max(scored, key=lambda r: r["val/score"])["epoch"] if scored else None
-        last_epoch = rows[-1]["epoch"] if rows else None
-        train_time = rows[-1]["time_s"] if rows else None
-        images = len(train_set) * (last_epoch + 1) if last_epoch is not None else 0
-        summary = base_summary(
-            name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
-            config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
-            epochs=cfg.train.epochs, params=sum(p.numel() for p in module.parameters()),
-            train_time_s=train_time, train_images_per_s=round(images / train_time, 2) if train_time else None,
-            metric=task.metric, mode=task.mode, best_epoch=best_epoch,
-            val={"score": val["score"], "per_item": val["per_item"], "loss": val["loss"]},
-        )
-        write_summary(run_dir, summary)
-        return summary
-
 
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))
 def build_yolo(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
-               **options: Any) -> YoloLearner:
+               **options: Any) -> YoloModel:
     """Ultralytics YOLO instance segmentation (ultralytics trains it; our Dice scores it)."""
-    return YoloLearner(arch=rest, num_classes=num_outputs, options=parse_options(options), weights=weights)
+    return YoloModel(arch=rest, num_classes=num_outputs, options=parse_options(options), weights=weights)

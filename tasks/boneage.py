@@ -316,10 +316,9 @@ class BoneAgeTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, dataset: BoneAgeDataset, device: torch.device, autocast=None,
                 batch_size: int = 4, views: Sequence | None = None) -> np.ndarray:
-        """Ages (months) of every item, the mean over TTA ``views`` (ensembles.tta.View; identity if None)."""
-        from ensembles.tta import View
-
-        views = list(views) if views else [View()]
+        """Ages (months) of every item, the mean over TTA ``views`` (objects with ``apply(images)``, such as
+        ``ensembles.tta.View``; the images as they are if None)."""
+        views = list(views) if views else [None]
         model.eval()
         out = []
         for start in range(0, len(dataset), batch_size):
@@ -329,7 +328,7 @@ class BoneAgeTask(Task):
             total = None
             for view in views:
                 with autocast() if autocast else torch.autocast(device.type, enabled=False):
-                    y = model(view.apply(images), male).float().reshape(-1)
+                    y = model(view.apply(images) if view is not None else images, male).float().reshape(-1)
                 total = y if total is None else total + y
             out.append(self.to_months(total / len(views)))
         return np.concatenate(out) if out else np.zeros(0)

@@ -27,7 +27,6 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.model_selection import GroupKFold
 from torch import nn
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
+from tasks.formats.folds import group_folds
 from tasks.formats.images import IMAGE_SUFFIXES, image_size, read_grey
 from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_to_input
 from tasks.interactive import ClickSettings, simulate_clicks
@@ -281,15 +281,7 @@ def group_of(name: str) -> str:
 
 
 def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
-    groups = [group_of(s.name) for s in samples]
-    n_groups = len(set(groups))
-    if n_groups < 2:
-        raise FormatError(f"need at least 2 images (groups) to make a validation fold, found {n_groups}")
-    n_folds = min(n_folds, n_groups)
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"data.fold={fold} out of range for {n_folds} folds")
-    train_idx, val_idx = list(GroupKFold(n_splits=n_folds).split(np.zeros(len(groups)), groups=groups))[fold]
-    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+    return group_folds([group_of(s.name) for s in samples], n_folds, fold, "images (groups)")
 
 
 # --------------------------------------------------------------------------------------------------

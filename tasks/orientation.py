@@ -1,7 +1,7 @@
 """Orientation of a hand radiograph: the quarter turn that stands the fingers up, and which hand(s).
 
 The SHS_NET orientation phase as a classical, weight-free method on the hand mask
-(:func:`tasks.preprocess.hand_mask_small`):
+(:func:`tasks.handmask.hand_mask_small`):
 
 * Palm: the centre ``C`` and radius ``R`` of the largest disc inside each hand (distance transform).
 * Fingers: on circles of radius 1.6-2.8 R around ``C`` the mask cuts out arcs. A finger is a narrow
@@ -30,7 +30,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from tasks.preprocess import components, hand_mask_small, palm
+from tasks.handmask import components, hand_mask_small, palm
 
 SIDES = ("two", "left", "right")
 Side = Literal["two", "left", "right"]

@@ -12,14 +12,13 @@ import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from sklearn.model_selection import GroupKFold
 from torch import nn
 
 from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
-from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks
+from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 
 
@@ -28,20 +27,6 @@ class SegmentationData(DataBase):
     test_root: str | None = "data/phantom/handbones/test"
     val_at_train_size: bool = False
     cache_dir: str | None = None
-
-
-def split_folds(samples: Sequence[HandboneSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
-    """Train/val indices of ``fold``: ``GroupKFold`` on the patient ID, so both hands stay together."""
-    groups = [s.patient for s in samples]
-    n_groups = len(set(groups))
-    if n_groups < 2:
-        raise FormatError(f"need at least 2 patients (IDxxx folders) to make a validation fold, found {n_groups}")
-    n_folds = min(n_folds, n_groups)
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"data.fold={fold} out of range for {n_folds} folds")
-    splits = list(GroupKFold(n_splits=n_folds).split(np.zeros(len(groups)), groups=groups))
-    train_idx, val_idx = splits[fold]
-    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
 
 
 def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:

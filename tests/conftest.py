@@ -25,7 +25,7 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory) -> Path:
     """A tiny phantom dataset (all three tasks) shared by the whole session: 24 train / 8 test images at 128 px."""
-    from tools.phantom import generate
+    from phantom import generate
 
     out = tmp_path_factory.mktemp("phantom")
     generate(out, n_train=24, n_test=8, size=128, seed=0, workers=2)

@@ -428,7 +428,7 @@ def _labelled_runs(tmp_path: Path, members: dict[str, list[int]], n_patients: in
     """A labelled training set (one square bone per image) and fold runs whose preds/val hold
     ``p = 0.9`` on the bone for member "good" and uniform noise for the others."""
     from tasks.formats.handbones import list_samples, read_masks, write_polygons
-    from tasks.segmentation import split_folds
+    from tasks.formats.handbones import split_folds
 
     root = tmp_path / "train"
     for i in range(n_patients):

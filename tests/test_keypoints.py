@@ -122,7 +122,7 @@ def test_loss_config_errors():
 # --------------------------------------------------------------------------------------------------
 
 def test_landmark_sets_match_the_phantom_and_flip_as_documented():
-    from tools.phantom import anatomy
+    from phantom import anatomy
 
     assert SHS15.names == anatomy.SHS15_NAMES and DHA37.names == anatomy.DHA37_NAMES
     assert SHS15.flip_perm == list(range(15)) and DHA37.flip_perm == list(range(37))   # one hand: no pairs

@@ -1,4 +1,4 @@
-"""Local leaderboard (tools/leaderboard.py, tools/report/): loading, ranking, grouping, outputs."""
+"""Local leaderboard (tools/leaderboard.py, leaderboard/): loading, ranking, grouping, outputs."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from leaderboard import html as H
+from leaderboard import table as T
 from tools import leaderboard
-from tools.report import html as H
-from tools.report import table as T
 
 SEG_ITEMS = ["finger-1", "finger-2", "Trapezoid", "Pisiform"]
 
@@ -473,7 +473,7 @@ def test_script_runs_from_repo_root(runs):
 def test_html_report_plots_the_click_curves_of_interactive_runs(tmp_path):
     import json
 
-    from tools.report.fake import make_fake_runs
+    from leaderboard.fake import make_fake_runs
 
     root = tmp_path / "runs"
     made = make_fake_runs(root, tasks=("keypoints",), n_folds=1)

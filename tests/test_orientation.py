@@ -60,7 +60,7 @@ def test_predictions_follow_rotations_and_mirrors_of_real_images(real_data):
 
 
 def test_phantom_hands_in_every_orientation():
-    from tools.phantom import render_hand
+    from phantom import render_hand
 
     hands = [(render_hand(seed, size=256, side="LR"[seed % 2]).image, "left" if seed % 2 == 0 else "right")
              for seed in range(8)]

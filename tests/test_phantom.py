@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phantom import CARPALS, DHA37_NAMES, LANDMARKS, SHS15_NAMES, generate, landmark_bones, render_hand
 from tasks.formats import dha, rsna, shs
 from tasks.formats.handbones import CLASSES, list_samples, read_masks, read_polygons, write_polygons
 from tasks.formats.images import read_grey
-from tools.phantom import CARPALS, DHA37_NAMES, LANDMARKS, SHS15_NAMES, generate, landmark_bones, render_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^image\d{13}_[LR]\.png$")

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 from tasks.formats.dha import read_all
 from tasks.formats.images import read_grey
 from tasks.formats.shs import read_coords
-from tasks.preprocess import (ROI_NAMES, Preprocess, PreprocessConfig, clahe, crop_to_hand, hand_mask, letterbox,
-                              mask_box, minmax, remove_background, roi_boxes, roi_mosaic)
+from tasks.handmask import hand_mask, minmax
+from tasks.preprocess import (ROI_NAMES, Preprocess, PreprocessConfig, clahe, crop_to_hand, letterbox, mask_box,
+                              remove_background, roi_boxes, roi_mosaic)
 
 # Digital Hand Atlas landmark order (tasks/formats/dha.py; Payer et al.) and the ROI each one must fall in.
 DHA37 = ("ULNA_PHYSIS_MED", "ULNA_STYLOID", "ULNA_PHYSIS_LAT", "RADIUS_PHYSIS_MED", "RADIUS_PHYSIS_LAT",

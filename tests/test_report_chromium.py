@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from tools.report import chromium
-from tools.report import table as T
-from tools.report.fake import make_fake_runs, make_fake_study
-from tools.report.html import write_html
+from leaderboard import chromium
+from leaderboard import table as T
+from leaderboard.fake import make_fake_runs, make_fake_study
+from leaderboard.html import write_html
 
 pytestmark = pytest.mark.skipif(
     not os.access("/usr/bin/chromium", os.X_OK),

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 import engine  # noqa: F401  (offline environment)
 from engine.config import load_config
-from tools.sweeps import runner
-from tools.sweeps.runner import SweepError, SweepOptions, run_sweep
-from tools.sweeps.space import SweepSpecError, format_arg, load_sweep, parse_sweep
+from sweeps import runner
+from sweeps.runner import SweepError, SweepOptions, run_sweep
+from sweeps.space import SweepSpecError, format_arg, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,7 +65,7 @@ def _write_tiny_handbones(root: Path, n_patients: int = 4, size: int = 64) -> No
 def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep_data")
     try:  # the shared phantom generator, when it exists
-        from tools.phantom import generate
+        from phantom import generate
 
         generate(out, n_train=8, n_test=0, size=64, seed=0, workers=1)
         root = out / "handbones" / "train"
@@ -445,7 +445,7 @@ def test_two_local_workers_share_one_journal_study_and_a_killed_ones_share(tmp_p
 
 
 def test_budget_waits_for_the_last_trials_and_regrants_a_lost_one():
-    from tools.sweeps.budget import Budget, LocalGate
+    from sweeps.budget import Budget, LocalGate
 
     budget = Budget(2)
     for w in (0, 1, 2):
@@ -561,7 +561,7 @@ def test_storage_urls_are_resolved_and_passwords_masked(tmp_path, monkeypatch):
 def test_run_cap_and_target_stop_the_study_like_on_wandb(tmp_path, base_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = _sweep_file(tmp_path, base_config, run_cap=3)
-    result = run_sweep(_opts(sweep, tmp_path, n_trials=10, train_fn="tools.sweeps.runner:synthetic_train"))
+    result = run_sweep(_opts(sweep, tmp_path, n_trials=10, train_fn="sweeps.runner:synthetic_train"))
     assert len(result.study.get_trials()) == 3
     assert run_sweep(_opts(sweep, tmp_path, n_trials=10, train_fn=runner.synthetic_train)).new_trials == []
     sweep = _sweep_file(tmp_path, base_config, metric={"name": "val/dice", "goal": "maximize", "target": 0.01})

@@ -137,7 +137,7 @@ def test_two_workers_share_one_study_through_postgresql(tmp_path, postgres_url):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
-    from tools.sweeps import runner
+    from sweeps import runner
 
     storage = runner.resolve_storage(postgres_url, "pg-study", 1)  # postgresql+psycopg2:// where psycopg 3 is absent
     assert f"optuna-dashboard {storage.display}" in outs[0] + outs[1]

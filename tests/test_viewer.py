@@ -19,10 +19,10 @@ from engine.config import load_config, save_config
 from engine.interactive import open_run
 from engine.predictor import save_probs, split_samples
 from engine.trainer import train
+from leaderboard.chromium import find_chromium
 from tasks.formats.handbones import read_masks
 from tasks.formats.images import image_size
 from tools import viewer_state as vs
-from tools.report.chromium import find_chromium
 
 VIEWER = Path(__file__).resolve().parents[1] / "tools" / "viewer.py"
 TIMEOUT = 120

@@ -18,21 +18,23 @@ import train
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config, save_config
 from engine.predictor import load_model
+from engine.yolo_learner import YoloLearner, ultralytics_args, ultralytics_device
 from models import create_model, list_models
 from models.registry import UnknownModelError
 from models.weights import load_local_weights
-from models.yolo import YoloOptions, YoloProbModel, parse_options, ultralytics_args, ultralytics_device
-from tasks.formats.handbones import CLASSES, list_samples, rasterize, read_polygons, write_polygons
+from models.yolo import YoloOptions, YoloProbModel, parse_options
+from tasks.formats import yolo as yolo_format
+from tasks.formats.handbones import CLASSES, list_samples, rasterize, read_polygons, split_folds, write_polygons
 from tasks.formats.images import write_png
 from tasks.formats.tensors import PickledFileError
 from tasks.scoring import check_segmentation_csv
-from tasks.segmentation import SegmentationTask, split_folds
+from tasks.segmentation import SegmentationTask
 from tools import convert
 
 
 def _hand_dataset(root: Path, n_patients: int, size: int) -> Path:
     """A boostcamp-layout folder of phantom hands (two per patient) at ``size`` px."""
-    from tools.phantom import render_hand
+    from phantom import render_hand
 
     for p in range(n_patients):
         for k, side in enumerate("LR"):
@@ -47,15 +49,15 @@ def test_label_round_trip_keeps_masks(tmp_path):
     """polygon JSON → ultralytics label file → polygons → mask matches the original mask (IoU > 0.98 at 256 px)."""
     root = _hand_dataset(tmp_path / "hb", n_patients=2, size=256)
     out = tmp_path / "yolo"
-    convert.convert_yolo(root, out, fold=0, n_folds=2)
-    manifest = convert.read_manifest(out)
+    yolo_format.convert_yolo(root, out, fold=0, n_folds=2)
+    manifest = yolo_format.read_manifest(out)
     samples = {str(s.image_path.relative_to(root)): s for s in list_samples(root)}
     pairs = [(samples[rel], split) for split in ("train", "val") for rel in manifest[split]]
     assert sorted(str(s.image_path.relative_to(root)) for s, _ in pairs) == sorted(samples)
     for sample, split in pairs:
-        label = (out / "labels" / split / convert.converted_name(sample, root)).with_suffix(".txt")
+        label = (out / "labels" / split / yolo_format.converted_name(sample, root)).with_suffix(".txt")
         original = rasterize(read_polygons(sample.label_path, 256, 256), 256, 256)
-        back = rasterize(convert.read_yolo_labels(label, 256, 256), 256, 256)
+        back = rasterize(yolo_format.read_yolo_labels(label, 256, 256), 256, 256)
         n_polygons = sum(len(v) for v in read_polygons(sample.label_path).values())
         assert len(label.read_text().splitlines()) == n_polygons  # one instance per polygon, overlaps kept
         for c, name in enumerate(CLASSES):
@@ -72,7 +74,7 @@ def test_conversion_uses_the_smp_fold_and_is_cached(phantom, tmp_path, capsys):
     assert "dataset.yaml" in capsys.readouterr().out
     samples = list_samples(root)
     train_idx, val_idx = split_folds(samples, 5, 1)
-    manifest = convert.read_manifest(out)
+    manifest = yolo_format.read_manifest(out)
     assert manifest["val"] == [str(samples[i].image_path.relative_to(root)) for i in val_idx]
     assert manifest["train"] == [str(samples[i].image_path.relative_to(root)) for i in train_idx]
     assert len(list((out / "labels" / "val").glob("*.txt"))) == len(val_idx)
@@ -83,12 +85,12 @@ def test_conversion_uses_the_smp_fold_and_is_cached(phantom, tmp_path, capsys):
     assert Path(dataset["path"]) == out.resolve()
 
     stamp = (out / "manifest.json").stat().st_mtime_ns
-    assert convert.convert_yolo(root, out, fold=1, n_folds=5) == out / "dataset.yaml"
+    assert yolo_format.convert_yolo(root, out, fold=1, n_folds=5) == out / "dataset.yaml"
     assert (out / "manifest.json").stat().st_mtime_ns == stamp  # unchanged inputs: not converted again
-    convert.convert_yolo(root, out, fold=2, n_folds=5)
-    assert convert.read_manifest(out)["fold"] == 2  # another fold replaces the earlier conversion
+    yolo_format.convert_yolo(root, out, fold=2, n_folds=5)
+    assert yolo_format.read_manifest(out)["fold"] == 2  # another fold replaces the earlier conversion
     copied = tmp_path / "copied"
-    convert.convert_yolo(root, copied, fold=1, n_folds=5, copy=True)
+    yolo_format.convert_yolo(root, copied, fold=1, n_folds=5, copy=True)
     assert not any(p.is_symlink() for p in (copied / "images" / "val").iterdir())
 
     stranger = tmp_path / "stranger"
@@ -176,10 +178,11 @@ def test_bad_names_and_options_are_clear_errors(tmp_path):
         parse_options({"cnf": 0.1})
     with pytest.raises(ValueError, match="train.epochs"):
         parse_options({"train_args": {"epochs": 3}})
-    learner = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29)
+    learner = YoloLearner(create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29))
     with pytest.raises(ValueError, match="multiple of 32"):
         learner.fit(_config(data={"image_size": 100}, logging={"out_dir": str(tmp_path)}))
-    missing = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(tmp_path / "w.pt"))
+    missing = YoloLearner(create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29,
+                                       weights=str(tmp_path / "w.pt")))
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         missing.fit(_config(logging={"out_dir": str(tmp_path)}))
 
@@ -221,7 +224,7 @@ def test_crafted_files_are_refused_and_never_run(tmp_path, capsys, planted):
         with pytest.raises(ValueError, match="refused|only nn"):
             load_model(run / "best.pt", cpu)
 
-    learner = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(evil))
+    learner = YoloLearner(create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(evil)))
     fresh = _config(logging={"out_dir": str(tmp_path / "fresh")})
     with pytest.raises(PickledFileError, match="model.options.trust_pickle: true") as err:
         learner.fit(fresh)

@@ -39,7 +39,7 @@ def save_plot(curves: dict[str, dict], path: str | Path) -> Path:
     """Draw MRE-vs-clicks curves (``summary.json['interactive']`` entries by label) into a PNG, atomically."""
     import matplotlib
 
-    from tools.report.html import RC, click_figure
+    from leaderboard.html import RC, click_figure
 
     path = Path(path)
     with matplotlib.rc_context(RC):

@@ -15,13 +15,13 @@ Exit status: 0 on success, 1 when no run was found (and no study given), 2 on a 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.report import table as T  # noqa: E402
+from leaderboard import table as T  # noqa: E402
+from leaderboard.publish import LeaderboardError, publish  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    root = Path(args.root)
-    if not root.exists():
-        print(f"error: {root} does not exist", file=sys.stderr)
-        return 2
     try:
         T.resolve_sort(args.sort)
     except ValueError as e:
@@ -62,46 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.storage and not args.study:
         print("error: --storage needs --study NAME", file=sys.stderr)
         return 2
-
-    df = T.load_runs(root, task=args.task)
-    if args.sort:
-        df = T.rank_runs(df, sort=args.sort)
-
-    trials = None
-    if args.study:
-        storage = args.storage or f"sqlite:///{root / 'optuna.db'}"
-        try:
-            trials = T.study_trials(T.load_study(args.study, storage))
-        except (FileNotFoundError, KeyError) as e:
-            print(f"error: --study: {e.args[0] if e.args else e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # unreachable database server, wrong URL, ...
-            print(f"error: --study: cannot load {args.study!r} from {storage}: {type(e).__name__}: {e}",
-                  file=sys.stderr)
-            return 2
-
-    if not len(df):
-        where = f" for task {args.task!r}" if args.task else ""
-        print(f"no readable summary.json under {root}{where}", file=sys.stderr)
-
-    if not args.quiet:
-        from rich.console import Console
-
-        # to a pipe or file: no terminal width to respect, print every column at its natural width
-        console = Console() if sys.stdout.isatty() else Console(width=4000)
-        T.render_terminal(df, group=args.group, console=console, study_trials=trials)
-    written = []
-    if args.md:
-        written.append(T.write_markdown(df, args.md, group=args.group, study_trials=trials))
-    if args.csv:
-        written.append(T.write_csv(df, args.csv))
-    if args.html:
-        from tools.report.html import write_html
-
-        written.append(write_html(df, root, args.html, study=trials))
-    for path in written:
-        print(f"wrote {os.fspath(path)}", file=sys.stderr)
-    return 0 if len(df) or trials is not None else 1
+    try:
+        return publish(args.root, task=args.task, sort=args.sort, group=args.group, md=args.md, csv=args.csv,
+                       html=args.html, study=args.study, storage=args.storage, quiet=args.quiet)
+    except LeaderboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 Writes OUT/handbones (boostcamp segmentation layout), OUT/boneage (RSNA layout) and OUT/joints
 (SHS_NET coord_list.csv + DHA all.csv/spacing.csv) over the same rendered hands; see
-tools/phantom/README.md. Counts are images (two per patient: left and right hand).
+phantom/README.md. Counts are images (two per patient: left and right hand).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
 
 def main(argv=None) -> int:
@@ -29,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes (default: min(cpu_count, 4))")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from tools.phantom import generate  # after sys.path
+    from phantom import generate  # after sys.path
 
     t0 = time.time()
     try:

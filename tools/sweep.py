@@ -63,11 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The command; faults of input raise (``SweepError``, ``SweepSpecError``: ValueErrors) for ``run_main``."""
     args = parse_args(argv)
-    import optuna
-
-    from tools.sweeps.runner import (SweepError, SweepOptions, default_study_name, open_storage, print_table,
-                                     resolve_storage, run_sweep)
-    from tools.sweeps.space import load_sweep
+    from sweeps.runner import SweepError, SweepOptions, default_study_name, print_table, run_sweep, show_study
+    from sweeps.space import load_sweep
 
     spec = load_sweep(args.sweep)
     study_name = args.study_name or default_study_name(spec)
@@ -77,16 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout, workers=args.workers, subprocess=args.subprocess, base=args.base, sets=args.sets,
         seed=args.seed, prune="all" if args.prune_all else "none" if args.no_prune else "auto",
         heartbeat=args.heartbeat or None, retry_failed=args.retry_failed,
-        train_fn="tools.sweeps.runner:synthetic_train" if args.dry_run else None)
+        train_fn="sweeps.runner:synthetic_train" if args.dry_run else None)
     if args.dry_run and args.subprocess:
         raise SweepError("--dry-run runs in-process; drop --subprocess")
     if args.show:
-        storage = resolve_storage(args.storage, study_name, 1)
-        try:
-            study = optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat=None))
-        except KeyError:
-            raise SweepError(f"{storage.display}: no study '{study_name}'") from None
-        print_table(study, spec, storage, top=args.top or None)
+        show_study(spec, study_name, args.storage, top=args.top or None)
         return 0
     result = run_sweep(opts)
     print_table(result.study, spec, result.storage, top=args.top or None)

@@ -11,7 +11,7 @@ is idle, press buttons or click the figure (each one a rerun of the app), then c
 :func:`serve` runs the app in a subprocess (``HOME`` in a temporary folder, usage statistics off, bound to
 127.0.0.1) and always stops it. :func:`browser` is headless Chromium with a DevTools client of its page,
 driven by :func:`open_app`, :func:`press`, :func:`click` and :func:`save_screenshot`; :func:`capture` chains
-them. Chromium comes from ``tools.report.chromium.find_chromium`` (Debian: ``apt-get install -y chromium``).
+them. Chromium comes from ``leaderboard.chromium.find_chromium`` (Debian: ``apt-get install -y chromium``).
 """
 from __future__ import annotations
 
@@ -31,11 +31,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
+from leaderboard.chromium import FLAGS, find_chromium  # noqa: E402
 from tasks.formats.atomic import write_bytes  # noqa: E402
-from tools.report.chromium import FLAGS, find_chromium  # noqa: E402
 
 # True once the app shows something (a figure, an image, a message), every figure and image is drawn, and
 # Streamlit is not running the script (no status widget, no stale element).

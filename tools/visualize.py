@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -260,7 +259,7 @@ def main(argv=None) -> int:
         tiles = show_landmarks(ids, coords, args.images, names, args.n, args.tile, id_is_file=True)
     else:
         from tasks.formats.dha import read_all
-        from tools.phantom.anatomy import DHA37_NAMES
+        from phantom.anatomy import DHA37_NAMES
 
         ids, coords = read_all(args.csv)
         have = {p.stem for p in Path(args.images).iterdir()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
+from tasks.formats.folds import group_folds
 from tasks.formats.images import IMAGE_SUFFIXES
 
 CLASSES: tuple[str, ...] = (
@@ -75,6 +77,11 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
             if json_path not in expected:
                 raise FormatError(f"{json_path}: label file has no image under {dcm}")
     return samples
+
+
+def split_folds(samples: Sequence[HandboneSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
+    """Train/val indices of ``fold``: ``GroupKFold`` on the patient ID, so both hands stay together."""
+    return group_folds([s.patient for s in samples], n_folds, fold, "patients (IDxxx folders)")
 
 
 def read_polygons(path: str | os.PathLike, height: int | None = None, width: int | None = None

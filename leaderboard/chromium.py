@@ -1,7 +1,7 @@
 """Open the HTML report in headless Chromium: check it (console errors, every plot image decoded) and
 take screenshots. Used by tests/test_report_chromium.py and to make docs/leaderboard.png:
 
-    python -m tools.report.chromium reports/leaderboard.html --screenshot docs/leaderboard.png
+    python -m leaderboard.chromium reports/leaderboard.html --screenshot docs/leaderboard.png
 
 Needs the Debian ``chromium`` package (``apt-get install -y chromium``); :func:`find_chromium` returns
 None when it is absent.
@@ -129,5 +129,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

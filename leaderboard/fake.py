@@ -3,7 +3,7 @@
 For the report's screenshot, its browser test and demos without a GPU: the numbers look like real
 hand-radiograph runs (Dice ~0.93-0.96, MRE a few px, MAE ~6-9 months) but nothing was trained.
 
-    python -m tools.report.fake runs_fake/   # then: python tools/leaderboard.py runs_fake/ --html r.html
+    python -m leaderboard.fake runs_fake/   # then: python tools/leaderboard.py runs_fake/ --html r.html
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from leaderboard import table as T
 from tasks.formats.atomic import write_text
-from tools.report import table as T
 
 MAX_CURVES = 10        # learning curves: the best runs only, or the legend drowns the plot
 MAX_HEATMAP_ROWS = 24  # per-class heatmap rows (best first)
@@ -543,7 +543,7 @@ def write_html(df: pd.DataFrame, root: str | os.PathLike | None, path: str | os.
                group: bool = True, title: str = "Hand radiograph leaderboard") -> Path:
     """Write the self-contained report to ``path`` atomically (temp file + rename).
 
-    ``df`` comes from :func:`tools.report.table.load_runs`; ``root`` is only shown in the header;
-    ``study`` is an ``optuna.Study``, a frame from :func:`tools.report.table.study_trials`, or None.
+    ``df`` comes from :func:`leaderboard.table.load_runs`; ``root`` is only shown in the header;
+    ``study`` is an ``optuna.Study``, a frame from :func:`leaderboard.table.study_trials`, or None.
     """
     return write_text(path, build_html(df, root, study=study, group=group, title=title))

@@ -5,6 +5,6 @@ trials (in-process or as ``train.py`` subprocesses), workers, storages and the r
 shares ``--n-trials`` among a command's workers (a killed worker's share goes to the others). The CLI is
 ``python tools/sweep.py sweep_config.yaml``.
 """
-from tools.sweeps.space import Param, SweepSpec, SweepSpecError, format_arg, load_sweep, nest, parse_sweep
+from sweeps.space import Param, SweepSpec, SweepSpecError, format_arg, load_sweep, nest, parse_sweep
 
 __all__ = ["Param", "SweepSpec", "SweepSpecError", "format_arg", "load_sweep", "nest", "parse_sweep"]

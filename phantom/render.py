@@ -1,6 +1,6 @@
 """X-ray-like rendering of a phantom hand: pose, projected attenuation, acquisition effects, labels.
 
-A hand built by :mod:`tools.phantom.anatomy` (canonical left hand, mm) is placed in the image by a
+A hand built by :mod:`phantom.anatomy` (canonical left hand, mm) is placed in the image by a
 similarity transform (rotation, scale, translation; mirrored for a right hand). Bone parts add their
 projected attenuation (a tube with a cortex for long bones, an ellipsoid shell for compact bones), so
 overlapping bones are brighter; soft tissue adds a smooth thickness map. The class polygons are the
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+import phantom.anatomy as A
 from tasks.formats.handbones import CLASSES, rasterize
-from tools.phantom import anatomy as A
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Write a phantom dataset in the three real competition layouts (see tools/phantom/README.md).
+"""Write a phantom dataset in the three real competition layouts (see phantom/README.md).
 
 ::
 
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+import phantom.anatomy as A
+from phantom.render import render
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import write_polygons
 from tasks.formats.images import write_png
-from tools.phantom import anatomy as A
-from tools.phantom.render import render
 
 TS_BASE = 1_660_000_000_000   # image names: 'image' + 13 digits (a millisecond timestamp, as in the real data)
 ID_BASE = 10_000              # bone-age / joints ids: ID_BASE + image index
@@ -182,7 +182,7 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     write_spacing(jd / "spacing.csv", {r["id"]: r["spacing"] for r in results})
     write_text(jd / "split.csv", _csv_text(["img_id", "split"], [[f"{j['id']}.png", j["split"]] for j in jobs]))
 
-    summary = dict(generator="tools.phantom", version=1, seed=seed, size=size, n_train=n_train, n_test=n_test,
+    summary = dict(generator="phantom", version=1, seed=seed, size=size, n_train=n_train, n_test=n_test,
                    patients=len(seen), classes=list(A.CLASSES), shs15=list(A.SHS15_NAMES),
                    dha37=list(A.DHA37_NAMES))
     write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")

@@ -11,7 +11,7 @@ Storage:
 
 A study of the same name in the same storage is resumed: new trials are added to it. ``--n-trials N`` is N
 trials of this command that end (complete, pruned, or failed with their error) over all its workers; a trial
-lost with its worker is run again by another (``tools.sweeps.budget``). RDB storages record a
+lost with its worker is run again by another (``sweeps.budget``). RDB storages record a
 heartbeat every ``--heartbeat`` seconds; a trial whose worker died is marked FAIL by the next worker that
 starts a trial (after a grace period of two intervals). On file storages (SQLite, journal) a RUNNING trial of
 a process on this host that no longer exists is marked FAIL straight away.
@@ -48,14 +48,14 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
+from sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 from tasks.formats.atomic import write_text
-from tools.sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
-from tools.sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEP_DIR = Path("runs/sweeps")
 DEFAULT_SQLITE = f"sqlite:///{SWEEP_DIR}/optuna.db"
 HOST = socket.gethostname()
@@ -619,7 +619,7 @@ def create_study(opts: SweepOptions, storage: StorageSpec) -> optuna.Study:
 
 def run_sweep(opts: SweepOptions) -> SweepResult:
     """Validate, open/create the study, run trials over ``opts.workers`` processes until ``opts.n_trials`` of
-    them ended (``tools.sweeps.budget``: a trial lost with its worker is run again by another)."""
+    them ended (``sweeps.budget``: a trial lost with its worker is run again by another)."""
     import engine  # noqa: F401  (offline environment before any third-party import)
 
     if opts.workers < 1:
@@ -751,6 +751,16 @@ def print_table(study: optuna.Study, spec: SweepSpec, storage: StorageSpec, top:
         console.print("fixed: " + "  ".join(f"{k}={_fmt(v)}" for k, v in spec.constants.items()))
     console.print("(value) of a pruned trial: its last reported epoch", highlight=False)
     console.print(dashboard_line(storage), highlight=False, soft_wrap=True)
+
+
+def show_study(spec: SweepSpec, study_name: str, storage: str | None, top: int | None = 30) -> None:
+    """Print the ranked table of an existing study (``storage`` as for :func:`resolve_storage`, one worker)."""
+    where = resolve_storage(storage, study_name, 1)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(where, heartbeat=None))
+    except KeyError:
+        raise SweepError(f"{where.display}: no study '{study_name}'") from None
+    print_table(study, spec, where, top=top)
 
 
 def default_study_name(spec: SweepSpec) -> str:

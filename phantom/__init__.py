@@ -1,10 +1,10 @@
 """Synthetic hand radiographs with exact ground truth for the three tasks, in the real formats.
 
 * :func:`generate` writes a dataset (hand-bone segmentation in the boostcamp layout, bone age in the
-  RSNA layout, joints in the SHS_NET and DHA layouts), see :mod:`tools.phantom.writer`.
+  RSNA layout, joints in the SHS_NET and DHA layouts), see :mod:`phantom.writer`.
 * :func:`render_hand` renders one hand and returns a :class:`HandPhantom` (image, polygons, masks,
   keypoints, age, sex, side).
-* :mod:`tools.phantom.anatomy` holds the bone numbering, landmark names (``SHS15_NAMES``,
+* :mod:`phantom.anatomy` holds the bone numbering, landmark names (``SHS15_NAMES``,
   ``DHA37_NAMES``, ``LANDMARKS``), the fitted hand-shape model and the growth tables.
 
 Command line: ``python tools/phantom.py --out DIR --n-train N --n-test M --size S --seed K``.
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tools.phantom.anatomy import (CARPALS, DHA37_NAMES, LANDMARKS, RAY_BONES, SHS15_NAMES, Patient,
-                                   build_hand, landmark_bones, sample_patient)
-from tools.phantom.render import HandPhantom
-from tools.phantom.writer import generate
+from phantom.anatomy import (CARPALS, DHA37_NAMES, LANDMARKS, RAY_BONES, SHS15_NAMES, Patient, build_hand,
+                             landmark_bones, sample_patient)
+from phantom.render import HandPhantom, render
+from phantom.writer import generate
 
 __all__ = ["generate", "render_hand", "HandPhantom", "SHS15_NAMES", "DHA37_NAMES", "LANDMARKS", "CARPALS",
            "RAY_BONES", "landmark_bones", "sample_patient", "build_hand", "Patient"]
@@ -32,6 +32,4 @@ def render_hand(rng_or_seed=0, size: int = 512, age_months: float | None = None,
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
     patient = sample_patient(rng, age_months, male)
     hand = build_hand(patient, rng)
-    from tools.phantom.render import render
-
     return render(hand, size, rng, side)
