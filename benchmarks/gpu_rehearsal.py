@@ -14,7 +14,7 @@ removed at the end), ``--sections`` (a subset, e.g. to rerun one).
 
 What it does, each step through the harness's own code (no re-implementation):
 
-* ``data`` - phantom hand radiographs in the competition layout (``tools.phantom.generate``; full:
+* ``data`` - phantom hand radiographs in the competition layout (``phantom.generate``; full:
   200 train + 40 test at 2048², rendered on every CPU core).
 * ``train`` - ``smp:unet/resnet34`` at 1024 px (``resnet18`` at the tiny scale). The harness ``Trainer``
   (bf16 AMP + channels_last, its own DataLoader with the configured workers, pinned memory and the
@@ -278,7 +278,7 @@ class Rehearsal:
         return load_config(base, deep_merge(raw, overrides))
 
     def make_data(self, deadline: float, out: dict[str, Any]) -> None:
-        from tools.phantom import generate
+        from phantom import generate
 
         s = self.scale
         t0 = time.perf_counter()
@@ -418,20 +418,21 @@ class Rehearsal:
                     "ensemble_s": stats["seconds"], "ensemble_img_s": sig(stats["images"] / stats["seconds"])})
 
     def run_yolo(self, deadline: float, out: dict[str, Any]) -> None:
+        from engine.yolo_learner import YoloTrainer, ultralytics_args
         from models import create_model
-        from models.yolo import YoloTrainer, ultralytics_args
-        from tools.convert import yolo_dataset
+        from tasks.formats.yolo import yolo_dataset
 
         s = self.scale
         cfg = self.config(YOLO_CONFIG, "yolo", train={"epochs": 1, "amp": "bf16" if self.gpu else "off"})
-        learner = create_model(cfg.model.name, task=cfg.task, num_outputs=29, weights=cfg.model.weights,
-                               **cfg.model.options)
+        model = create_model(cfg.model.name, task=cfg.task, num_outputs=29, weights=cfg.model.weights,
+                             **cfg.model.options)
+        weights, pickled = model.start_weights()
         save_config(cfg, cfg.run_dir / "config.yaml")  # the harness's YoloTrainer reads it from its project folder
         t0 = time.perf_counter()
         data_yaml = yolo_dataset(cfg.data.root, cfg.data.cache_dir, cfg.data.fold, cfg.data.n_folds)
         convert_s = time.perf_counter() - t0
-        trainer = YoloTrainer(overrides=ultralytics_args(cfg, data_yaml, learner.model_arg, learner.options,
-                                                         learner.weights_file()))
+        trainer = YoloTrainer(overrides=ultralytics_args(cfg, data_yaml, model.model_arg, model.options,
+                                                         weights if pickled else None))
         clock = BatchClock(self.device, deadline, s.max_steps)
         trainer.add_callback("on_train_batch_start", clock.batch_start)
         trainer.add_callback("on_train_batch_end", clock.batch_end)
