@@ -15,12 +15,14 @@ Exit status: 0 on success, 1 when no run was found (and no study given), 2 on a 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.cli import run_main  # noqa: E402
 from tools.report import table as T  # noqa: E402
 
 
@@ -51,17 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.root)
     if not root.exists():
-        print(f"error: {root} does not exist", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(errno.ENOENT, "does not exist", str(root))
     try:
         T.resolve_sort(args.sort)
     except ValueError as e:
-        parser.print_usage(sys.stderr)
-        print(f"error: --sort: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--sort: {e}") from None
     if args.storage and not args.study:
-        print("error: --storage needs --study NAME", file=sys.stderr)
-        return 2
+        raise ValueError("--storage: needs --study NAME")
 
     df = T.load_runs(root, task=args.task)
     if args.sort:
@@ -73,12 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trials = T.study_trials(T.load_study(args.study, storage))
         except (FileNotFoundError, KeyError) as e:
-            print(f"error: --study: {e.args[0] if e.args else e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # unreachable database server, wrong URL, ...
-            print(f"error: --study: cannot load {args.study!r} from {storage}: {type(e).__name__}: {e}",
-                  file=sys.stderr)
-            return 2
+            raise ValueError(f"--study: {e.args[0] if e.args else e}") from None
+        except Exception as e:  # unreachable database server, wrong URL, ...: a fault of the --storage given
+            raise ValueError(f"--study: cannot load {args.study!r} from {storage}: {type(e).__name__}: {e}") from e
 
     if not len(df):
         where = f" for task {args.task!r}" if args.task else ""
@@ -105,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
