@@ -90,7 +90,9 @@ def _train(argv: list[str]) -> int:
         raise ConfigError(f"model.name: {err}") from None
     if family.kind == "external":
         from engine.run_folder import prepare_run
+        from engine.trainer import check_image_size
 
+        check_image_size(cfg)
         learner = external_learner(cfg)
         prepare_run(cfg, resume=args.resume, overwrite=args.overwrite)
         summary = learner.fit(cfg, resume=args.resume)

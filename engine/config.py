@@ -9,12 +9,12 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from tasks.base import DataBase, Section
+from tasks.base import DataBase, Section, Threshold, check_thresholds
 from tasks.formats.atomic import write_text
 from tasks.registry import TASK_MODULES, get_task_class
 
@@ -30,56 +30,67 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    weights: dict[str, float] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
-    focal_gamma: float = 2.0
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    focal_gamma: float = Field(2.0, ge=0)
+    tversky_alpha: float = Field(0.3, ge=0)
+    tversky_beta: float = Field(0.7, ge=0)
 
 
 class TrainConfig(Section):
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    accumulate: int = 1
-    clip_grad: float | None = 1.0
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    accumulate: int = Field(1, ge=1)
+    clip_grad: float | None = Field(1.0, gt=0)          # None: no clipping
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
-    ema: float | None = None
-    early_stop_patience: int | None = None
+    ema: float | None = Field(None, gt=0, lt=1)         # decay of the weight average; None: no EMA
+    early_stop_patience: int | None = Field(None, ge=1)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    val_every: int = 1
-    max_steps_per_epoch: int | None = None
+    val_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class AugmentConfig(Section):
-    hflip: float = 0.0
-    vflip: float = 0.0
-    rotate: float = 10.0
-    scale: float = 0.1
-    shift: float = 0.05
-    brightness_contrast: float = 0.2
-    gamma: float = 0.2
-    blur: float = 0.0
-    noise: float = 0.0
+    hflip: Probability = 0.0
+    vflip: Probability = 0.0
+    rotate: float = Field(10.0, ge=0, le=180)            # degrees either way
+    scale: float = Field(0.1, ge=0, lt=1)                # zoom in [1 - scale, 1 + scale]
+    shift: float = Field(0.05, ge=0, le=1)               # fraction of the side
+    brightness_contrast: Probability = 0.2
+    gamma: float = Field(0.2, ge=0, lt=1)                # gamma in [1 - gamma, 1 + gamma]
+    blur: Probability = 0.0
+    noise: Probability = 0.0
     extra: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class TTAConfig(Section):
     hflip: bool = True
     vflip: bool = False
-    scales: list[float] = Field(default_factory=lambda: [1.0])
+    scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0])
+
+
+def threshold_in_range(value: Threshold) -> Threshold:
+    """Validator of a threshold setting (every value in (0, 1)); the task's classes are checked by the config."""
+    check_thresholds(value)
+    return value
 
 
 class InferenceConfig(Section):
-    batch_size: int = 4
-    threshold: float | list[float] | dict[str, float] = 0.5
+    batch_size: int = Field(4, ge=1)
+    threshold: Threshold = 0.5
     tta: TTAConfig = Field(default_factory=TTAConfig)
-    post_workers: int = 2
+    post_workers: int = Field(2, ge=0)
+
+    _threshold = field_validator("threshold")(threshold_in_range)
 
 
 class LoggingConfig(Section):
@@ -108,6 +119,15 @@ class Config(Section):
         if task is None or not isinstance(value, dict):
             return value
         return get_task_class(task).Data.model_validate(value)
+
+    @model_validator(mode="after")
+    def _task_thresholds(self) -> "Config":
+        """Threshold class names are the task's (the model's input-size needs: ``engine.trainer.check_image_size``)."""
+        try:
+            check_thresholds(self.inference.threshold, get_task_class(self.task).classes)
+        except ValueError as err:
+            raise ValueError(f"inference.threshold: {err}") from None
+        return self
 
     @property
     def run_name(self) -> str:
@@ -155,9 +175,16 @@ def _explain(err: ValidationError, raw: dict, source: str) -> str:
             near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
             hint = f"; did you mean '{'.'.join(parent + near)}'?" if near else ""
             lines.append(f"unknown key '{key}'{hint} (valid in '{'.'.join(parent) or 'top level'}': {', '.join(valid)})")
+        elif not key:   # a check across keys: its message names them
+            lines.append(field_message(e))
         else:
-            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+            lines.append(f"'{key}': {field_message(e)} (got {e.get('input')!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def field_message(error: dict) -> str:
+    """A pydantic error's message without pydantic's ``Value error, `` prefix on our own validators' text."""
+    return str(error["ctx"]["error"]) if error["type"] == "value_error" and error.get("ctx") else error["msg"]
 
 
 _FLOAT_RE = re.compile(r"^[-+]?\d+(\.\d*)?[eE][-+]?\d+$")

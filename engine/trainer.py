@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
-from models import create_model
+from models import create_model, input_multiple
+from tasks.base import MIN_IMAGE_SIZE
 from tasks.registry import get_task_class
 
 EpochCallback = Callable[[int, dict], None]
@@ -77,12 +78,25 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+def check_image_size(cfg: Config) -> None:
+    """``data.image_size`` must be a multiple of what the model's input needs (an smp architecture that needs
+    it: its encoder's output stride); a ConfigError names the key and the valid sizes either side."""
+    multiple = input_multiple(cfg.model.name, cfg.task, cfg.model.options)
+    size = cfg.data.image_size
+    if size % multiple:
+        below = size // multiple * multiple
+        sizes = [s for s in (below, below + multiple) if s >= max(multiple, MIN_IMAGE_SIZE)]
+        raise ConfigError(f"data.image_size: {size} is not a multiple of {multiple} ({cfg.model.name} needs its "
+                          f"input divisible by {multiple}); use {' or '.join(map(str, sizes))}")
+
+
 class Trainer:
     """Checks the run folder, the whole dataset and the model before the run folder is created or touched
     (:mod:`engine.run_folder`); ``overwrite`` replaces a run that already lives there."""
 
     def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
                  overwrite: bool = False) -> None:
+        check_image_size(cfg)  # before the data is listed or the run folder touched
         self.cfg = cfg
         self.callbacks = callbacks or []
         check_run_folder(cfg, resume, overwrite)

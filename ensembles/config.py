@@ -33,9 +33,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from engine.config import ConfigError, TTAConfig, read_yaml_mapping
-from tasks.base import Section
-from tasks.registry import TASK_MODULES
+from engine.config import ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
+from tasks.base import Section, Threshold, check_thresholds
+from tasks.registry import TASK_MODULES, get_task_class
 
 # Named groups of segmentation classes usable as keys of ``class_weights``.
 CLASS_GROUPS: dict[str, tuple[str, ...]] = {
@@ -52,7 +52,9 @@ class MemberConfig(Section):
     runs: list[str] | None = None
     name: str | None = None
     checkpoint: str = "best.pt"
-    threshold: float | list[float] | dict[str, float] | None = None
+    threshold: Threshold | None = None
+
+    _threshold = field_validator("threshold")(threshold_in_range)
 
     @model_validator(mode="after")
     def _one_source(self) -> "MemberConfig":
@@ -85,6 +87,13 @@ class FitConfig(Section):
     fit_size: int | None = Field(256, ge=16)
     seed: int = 0
 
+    @field_validator("threshold_range")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < value[1] < 1:
+            raise ValueError(f"needs 0 < low < high < 1, got {list(value)}")
+        return value
+
 
 class EnsembleConfig(Section):
     task: Literal[tuple(TASK_MODULES)]  # type: ignore[valid-type]
@@ -93,13 +102,13 @@ class EnsembleConfig(Section):
     name: str | None = None
     weights: list[float] | dict[str, float] | Literal["fit"] | None = None
     class_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
-    thresholds: float | list[float] | dict[str, float] | Literal["fit"] = 0.5
+    thresholds: Threshold | Literal["fit"] = 0.5
     min_votes: int | None = None
     tta: TTAConfig = Field(default_factory=TTAConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
     test_root: str | None = None
     out_dir: str = "runs"
-    workers: int = 2
+    workers: int = Field(2, ge=0)
     max_in_flight_mb: float = Field(1024, gt=0)  # member maps held by images waiting or being fused
 
     @field_validator("members")
@@ -112,6 +121,11 @@ class EnsembleConfig(Section):
         if dup:
             raise ValueError(f"member names must be unique, {dup} repeats; give each a 'name'")
         return members
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: Threshold | Literal["fit"]) -> Threshold | Literal["fit"]:
+        return value if value == "fit" else threshold_in_range(value)
 
     @model_validator(mode="after")
     def _method_options(self) -> "EnsembleConfig":
@@ -128,6 +142,14 @@ class EnsembleConfig(Section):
         if self.method == "hard" and self.thresholds == "fit":
             raise ValueError("method 'hard' thresholds each member with its own thresholds; 'fit' is for soft/weighted")
         labels = [m.label for m in self.members]
+        classes = get_task_class(self.task).classes
+        for where, value in [("thresholds", self.thresholds)] + [(f"members.{m.label}.threshold", m.threshold)
+                                                                 for m in self.members]:
+            if value is not None and value != "fit":
+                try:
+                    check_thresholds(value, classes)
+                except ValueError as err:
+                    raise ValueError(f"{where}: {err}") from None
         if isinstance(self.weights, list) and len(self.weights) != n:
             raise ValueError(f"weights: {len(self.weights)} values for {n} members ({', '.join(labels)})")
         values = self.weights if isinstance(self.weights, list) else \
@@ -177,15 +199,15 @@ def load_ensemble_config(path: str | os.PathLike, overrides: dict[str, Any] | No
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "top level"
+            key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 parent_fields = _fields_at(e["loc"][:-1])
                 near = difflib.get_close_matches(str(e["loc"][-1]), parent_fields, n=1, cutoff=0.4)
                 lines.append(f"unknown key '{key}'" + (f"; did you mean '{near[0]}'?" if near else "")
                              + f" (valid: {', '.join(parent_fields)})")
-            else:
-                lines.append(f"'{key}': {e['msg']}")
-        raise ConfigError(f"{path}: invalid ensemble config:\n  " + "\n  ".join(lines)) from None
+            else:   # a check across keys (no location) names its keys itself
+                lines.append(f"'{key}': {field_message(e)}" if key else field_message(e))
+        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
 
 
 def _fields_at(loc: Sequence) -> list[str]:

@@ -35,7 +35,7 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
     """
     root = Path(root)
     if not root.exists():
-        raise LeaderboardError(f"{root} does not exist")
+        raise LeaderboardError(f"{root}: does not exist")
     df = T.load_runs(root, task=task)
     if sort:
         df = T.rank_runs(df, sort=sort)

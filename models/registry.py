@@ -30,6 +30,7 @@ class ModelFamily:
     validate: Callable[[str], None] | None
     description: str = ""
     examples: tuple[str, ...] = field(default_factory=tuple)
+    input_multiple: Callable[[str, dict], int] | None = None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -37,11 +38,13 @@ _FAMILIES: dict[str, ModelFamily] = {}
 
 def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "external"] = "torch",
                     list_names: Callable[[], Iterable[str]] | None = None,
-                    validate: Callable[[str], None] | None = None, examples: Iterable[str] = ()) -> Callable:
+                    validate: Callable[[str], None] | None = None, examples: Iterable[str] = (),
+                    input_multiple: Callable[[str, dict], int] | None = None) -> Callable:
     """Decorator: register ``builder(rest, *, task, num_outputs, in_channels, **options)`` under ``name``.
 
     ``validate(rest)`` raises :class:`UnknownModelError` for a bad ``rest`` (with close matches);
-    ``list_names()`` yields the full names for ``--list-models``.
+    ``list_names()`` yields the full names for ``--list-models``; ``input_multiple(rest, options)`` is the
+    number the input's height and width must be multiples of (absent: any size).
     """
     tasks = tuple(tasks)
     for t in tasks:
@@ -55,7 +58,7 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
             name=name, builder=builder, tasks=tasks, kind=kind,
             list_names=list_names or (lambda: ()), validate=validate,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else "",
-            examples=tuple(examples),
+            examples=tuple(examples), input_multiple=input_multiple,
         )
         return builder
 
@@ -98,6 +101,12 @@ def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1
     """Build a model by registry name. ``options`` go to the family builder (e.g. ``weights`` path)."""
     family, rest = resolve(name, task)
     return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
+
+
+def input_multiple(name: str, task: str | None = None, options: dict | None = None) -> int:
+    """The number the height and width of the model's input must be multiples of (1: any size)."""
+    family, rest = resolve(name, task)
+    return family.input_multiple(rest, dict(options or {})) if family.input_multiple else 1
 
 
 def is_external(name: str) -> bool:

@@ -5,9 +5,11 @@ The output has ``num_outputs`` channels: 29 class logits for segmentation, K hea
 """
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 import segmentation_models_pytorch as smp
+import torch
 from torch import nn
 
 from models.registry import UnknownModelError, close_matches, register_family
@@ -53,8 +55,24 @@ def list_names() -> list[str]:
         f"smp:{a}/tu-<any timm model>" for a in architectures()]
 
 
+def input_multiple(rest: str, options: dict) -> int:
+    """The encoder's output stride where the architecture needs the input divisible by it, else 1."""
+    return _input_multiple(rest, json.dumps(options, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=64)
+def _input_multiple(rest: str, options_json: str) -> int:
+    arch, encoder = parse(rest)
+    try:
+        with torch.device("meta"):   # the structure only: no memory, no weights
+            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, **json.loads(options_json))
+    except (TypeError, ValueError, KeyError, RuntimeError):
+        return 1   # options this architecture rejects: the real build reports them
+    return int(model.encoder.output_stride) if getattr(model, "requires_divisible_input_shape", True) else 1
+
+
 @register_family("smp", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
-                 examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
+                 input_multiple=input_multiple, examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
                            "smp:segformer/mit_b0", "smp:fpn/tu-convnext_nano"))
 def build_smp(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
               **kwargs) -> nn.Module:

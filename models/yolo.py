@@ -289,6 +289,7 @@ class YoloModel:
 
 
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
+                 input_multiple=lambda rest, options: 32,
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))
 def build_yolo(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                **options: Any) -> YoloModel:

@@ -122,9 +122,11 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     from tasks.formats.shs import write_coords
 
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise ValueError("need n_train + n_test > 0 images")
+        raise ValueError(f"n_train={n_train}, n_test={n_test}: image counts are >= 0 and not both 0")
     if size < 32:
         raise ValueError(f"size {size} too small (at least 32 px)")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers={workers}: a number of processes is >= 0 (0: the default)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("handbones", "boneage", "joints"):   # a rerun replaces, never mixes, datasets

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
@@ -60,9 +60,9 @@ class KeypointData(DataBase):
     resize: ResizeMode = "letterbox"
     sigma: float = Field(2.0, gt=0)
     decode: DecodeMethod = "dark"
-    decode_blur: float | None = None
-    sdr_radii_px: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
-    sdr_radii_mm: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
+    decode_blur: float | None = Field(None, ge=0)   # Gaussian sigma smoothing heatmaps before decoding; 0/None: none
+    sdr_radii_px: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
+    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
     cache_dir: str | None = None
     clicks: ClickSettings = Field(default_factory=ClickSettings)
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.base import Section
 from tasks.handmask import components, downscale, grow, hand_mask, minmax, palm
@@ -240,6 +240,13 @@ class PreprocessConfig(Section):
     roi_mosaic: bool = False
     mosaic_tile: int = Field(256, ge=16)
     mask_work_size: int = Field(384, ge=64)
+
+    @field_validator("minmax_percentiles")
+    @classmethod
+    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError("needs 0 <= low < high <= 100")
+        return value
 
     @property
     def needs_mask(self) -> bool:

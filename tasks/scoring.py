@@ -97,7 +97,7 @@ def sniff_task(csv_path: str | os.PathLike) -> str:
         with open(csv_path, newline="") as f:
             header = next(csv.reader(f), [])
     except OSError as err:
-        raise FormatError(f"{csv_path}: cannot open submission ({err})") from None
+        raise FormatError(f"{csv_path}: cannot open submission ({err.strerror or err})") from None
     header = [h.strip() for h in header]
     if header == ["image_name", "class", "rle"]:
         return "segmentation"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tasks.augment import SeededDataset, build_augment
-from tasks.base import DataBase, Task
+from tasks.base import DataBase, Task, check_thresholds
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
@@ -30,18 +30,15 @@ class SegmentationData(DataBase):
 
 
 def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:
-    """Per-class thresholds from a float, a list in class order, or a ``{class: t}`` dict (others 0.5)."""
+    """Per-class thresholds from a float, a list in class order, or a ``{class: t}`` dict (others 0.5).
+    Values outside (0, 1), a list of another length or an unknown class are a ValueError
+    (:func:`tasks.base.check_thresholds`)."""
+    check_thresholds(threshold, classes)
     if isinstance(threshold, (int, float)):
         return np.full(len(classes), float(threshold), np.float32)
     if isinstance(threshold, dict):
-        unknown = set(threshold) - set(classes)
-        if unknown:
-            raise ValueError(f"thresholds for unknown classes: {sorted(unknown)}")
         return np.array([float(threshold.get(c, 0.5)) for c in classes], np.float32)
-    values = np.asarray(threshold, np.float32)
-    if values.shape != (len(classes),):
-        raise ValueError(f"expected {len(classes)} thresholds, got {values.shape}")
-    return values
+    return np.asarray(threshold, np.float32)
 
 
 def dice_per_class(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def test_rsna_rejects_bad_input(tmp_path):
     _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,ten,True\n"), match="not a number", path=p)
     _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,-3,True\n"), match="outside", path=p)
     _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,300,True\n"), match="outside", path=p)
-    _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,nan,True\n"), match="missing age", path=p, require_age=True)
+    _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,nan,True\n"), match="age is NaN", path=p, require_age=True)
     _raises(rsna.read_labels, _write(p, "id,boneage,male\n1,10,maybe\n"), match="column 'male'", path=p)
     _raises(rsna.read_labels, _write(p, "id,male\n1,True\n"), match="boneage", path=p, require_age=True)
     ok = rsna.read_labels(_write(p, "id,boneage,male\n1,10,true\n2,,0\n3,5.5,M\n"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from engine.cli import run_main
 from leaderboard import html as H
 from leaderboard import table as T
 from tools import leaderboard
@@ -440,9 +441,9 @@ def test_cli_task_and_sort(runs, capsys):
 
 
 def test_cli_errors(runs, tmp_path, capsys):
-    assert leaderboard.main([str(tmp_path / "missing")]) == 2
+    assert run_main(leaderboard.main, [str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert leaderboard.main([str(runs), "--sort", "bogus"]) == 2
+    assert run_main(leaderboard.main, [str(runs), "--sort", "bogus"]) == 2
     assert "unknown sort column" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -450,11 +451,11 @@ def test_cli_errors(runs, tmp_path, capsys):
     assert "no readable summary.json" in capsys.readouterr().err
     # a missing Optuna database is an error and is not created
     db = tmp_path / "nope.db"
-    assert leaderboard.main([str(runs), "--study", "s1", "--storage", f"sqlite:///{db}"]) == 2
+    assert run_main(leaderboard.main, [str(runs), "--study", "s1", "--storage", f"sqlite:///{db}"]) == 2
     assert "no Optuna database" in capsys.readouterr().err and not db.exists()
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     make_study(storage)
-    assert leaderboard.main([str(runs), "--study", "other", "--storage", storage]) == 2
+    assert run_main(leaderboard.main, [str(runs), "--study", "other", "--storage", storage]) == 2
     err = capsys.readouterr().err
     assert "no study 'other'" in err and "studies there: s1" in err
 

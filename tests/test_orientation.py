@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.cli import run_main
 from tasks.formats.images import read_grey
 from tasks.orientation import Orientation, apply_orientation, detect_orientation, rotate_quarters, rotation_for
 
@@ -93,7 +94,7 @@ def test_eval_cli_prints_confusion_matrix(real_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images 3  rotation 100.0%  side 100.0%" in out and "confusion" in out
     (folder / "labels.csv").write_text("img_id,label\ntrain_img5,13\n")
-    assert main([str(folder)]) == 2
+    assert run_main(main, [str(folder)]) == 2
 
 
 def test_unreadable_image_is_a_format_error(tmp_path):

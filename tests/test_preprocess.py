@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from engine.cli import run_main
 from tasks.formats.dha import read_all
 from tasks.formats.images import read_grey
 from tasks.formats.shs import read_coords
@@ -192,4 +193,4 @@ def test_cli_writes_images_table_and_sheet(tmp_path):
     table = (out / "preprocess.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("image,output")
     assert read_grey(tmp_path / "sheet.png").shape[0] > 0
-    assert main([str(tmp_path / "missing"), str(out)]) == 2
+    assert run_main(main, [str(tmp_path / "missing"), str(out)]) == 2

@@ -18,6 +18,7 @@ import train
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config, save_config
 from engine.predictor import load_model
+from engine.cli import run_main
 from engine.yolo_learner import YoloLearner, ultralytics_args, ultralytics_device
 from models import create_model, list_models
 from models.registry import UnknownModelError
@@ -96,7 +97,7 @@ def test_conversion_uses_the_smp_fold_and_is_cached(phantom, tmp_path, capsys):
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("keep me")
-    assert convert.main(["yolo", "--root", str(root), "--out", str(stranger)]) == 2
+    assert run_main(convert.main, ["yolo", "--root", str(root), "--out", str(stranger)]) == 2
     assert "not a YOLO conversion" in capsys.readouterr().err
     assert (stranger / "notes.txt").is_file()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
+from engine.cli import run_main  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.yolo import convert_yolo, read_manifest  # noqa: E402
@@ -36,11 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        data_yaml = convert_yolo(args.root, args.out, args.fold, args.n_folds, copy=args.copy)
-    except (FormatError, ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.n_folds < 2 or not 0 <= args.fold < args.n_folds:
+        raise ValueError(f"--fold {args.fold} --n-folds {args.n_folds}: needs at least 2 folds and 0 <= fold < n-folds")
+    data_yaml = convert_yolo(args.root, args.out, args.fold, args.n_folds, copy=args.copy)
     manifest = read_manifest(data_yaml.parent) or {}
     print(f"wrote {data_yaml}: {len(manifest.get('train', []))} train, {len(manifest.get('val', []))} val images "
           f"(fold {args.fold} of {args.n_folds})")
@@ -48,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
-from engine.config import ConfigError  # noqa: E402
-from tasks.formats import FormatError  # noqa: E402
+from engine.cli import run_main  # noqa: E402
 
 
 def report(record: dict) -> str:
@@ -59,16 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     from ensembles.config import load_ensemble_config
     from ensembles.fit import fit_ensemble
 
-    try:
-        ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
-        record = fit_ensemble(ens, progress=not args.quiet)
-    except (ConfigError, FormatError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
+    record = fit_ensemble(ens, progress=not args.quiet)
     print(report(record))
     print(f"wrote {ens.fit_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import engine  # noqa: E402,F401  (offline environment first)
 from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.atomic import atomic_write  # noqa: E402
+from engine.cli import run_main  # noqa: E402
 
 
 def format_curve(entry: dict) -> str:
@@ -64,24 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     from engine.interactive import evaluate_run
 
     curves = {}
-    try:
-        for ckpt in args.ckpt:
-            entry = evaluate_run(ckpt, args.split, args.clicks, tta=args.tta, device=args.device)
-            verdict = "model revision beats manual at clicks 1-5" if entry["model_wins_1_5"] else \
-                "model revision does NOT beat manual at every click 1-5"
-            print(f"{ckpt}: {entry['images']} {args.split} images; {verdict}" + (f" ({entry['note']})" if "note" in entry else ""))
-            print(format_curve(entry))
-            name = Path(ckpt).parent.name
-            png = save_plot({name: entry}, Path(entry["csv"]).with_suffix(".png"))
-            print(f"wrote {entry['csv']} and {png}")
-            curves[name] = entry
-    except (FormatError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for ckpt in args.ckpt:
+        entry = evaluate_run(ckpt, args.split, args.clicks, tta=args.tta, device=args.device)
+        verdict = "model revision beats manual at clicks 1-5" if entry["model_wins_1_5"] else \
+            "model revision does NOT beat manual at every click 1-5"
+        print(f"{ckpt}: {entry['images']} {args.split} images; {verdict}" + (f" ({entry['note']})" if "note" in entry else ""))
+        print(format_curve(entry))
+        name = Path(ckpt).parent.name
+        png = save_plot({name: entry}, Path(entry["csv"]).with_suffix(".png"))
+        print(f"wrote {entry['csv']} and {png}")
+        curves[name] = entry
     if args.plot:
         print(f"wrote {save_plot(curves, args.plot)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

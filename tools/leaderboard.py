@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.cli import run_main  # noqa: E402
 from leaderboard import table as T  # noqa: E402
-from leaderboard.publish import LeaderboardError, publish  # noqa: E402
+from leaderboard.publish import publish  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,24 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Faults raise (``run_main`` turns them into one ``error:`` line, exit 2)."""
+    args = build_parser().parse_args(argv)
     try:
         T.resolve_sort(args.sort)
     except ValueError as e:
-        parser.print_usage(sys.stderr)
-        print(f"error: --sort: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--sort: {e}") from None
     if args.storage and not args.study:
-        print("error: --storage needs --study NAME", file=sys.stderr)
-        return 2
-    try:
-        return publish(args.root, task=args.task, sort=args.sort, group=args.group, md=args.md, csv=args.csv,
-                       html=args.html, study=args.study, storage=args.storage, quiet=args.quiet)
-    except LeaderboardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError("--storage: needs --study NAME")
+    return publish(args.root, task=args.task, sort=args.sort, group=args.group, md=args.md, csv=args.csv,
+                   html=args.html, study=args.study, storage=args.storage, quiet=args.quiet)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
+from engine.cli import run_main  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -131,12 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.folder) == bool(args.phantom):
         parser.error("give a labelled folder or --phantom DIR (one of them)")
-    try:
-        items = phantom_set(Path(args.phantom)) if args.phantom else labelled_folder(Path(args.folder))
-        result = evaluate(dihedral(items) if args.dihedral else items)
-    except FormatError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    items = phantom_set(Path(args.phantom)) if args.phantom else labelled_folder(Path(args.folder))
+    result = evaluate(dihedral(items) if args.dihedral else items)
     print(format_report(result))
     if args.json:
         write_text(args.json, json.dumps(result, indent=1))
@@ -144,4 +141,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -17,8 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
+from engine.cli import run_main  # noqa: E402
 
-def main(argv=None) -> int:
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n-train", type=int, default=160, help="training images (two per patient)")
@@ -31,11 +33,8 @@ def main(argv=None) -> int:
     from phantom import generate  # after sys.path
 
     t0 = time.time()
-    try:
-        summary = generate(args.out, args.n_train, args.n_test, size=args.size, seed=args.seed,
-                           workers=args.workers, progress=not args.quiet)
-    except ValueError as err:
-        ap.error(str(err))
+    summary = generate(args.out, args.n_train, args.n_test, size=args.size, seed=args.seed,
+                       workers=args.workers, progress=not args.quiet)
     if not args.quiet:
         print(f"wrote {args.n_train} train + {args.n_test} test images ({summary['patients']} patients, "
               f"{args.size}px) to {args.out} in {time.time() - t0:.1f}s")
@@ -43,4 +42,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_main(main))

@@ -22,7 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import engine  # noqa: E402,F401  (offline environment first)
+from engine.cli import run_main  # noqa: E402
+from engine.config import field_message, load_config  # noqa: E402
 import numpy as np  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.atomic import atomic_write  # noqa: E402
@@ -55,8 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> PreprocessConfig:
     base: dict = {}
     if args.config:
-        from engine.config import load_config
-
         cfg = load_config(args.config)
         if cfg.task != "boneage":
             raise ValueError(f"{args.config}: a {cfg.task} config has no data.preprocess (bone-age configs do)")
@@ -68,7 +69,16 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
                        ("clahe_clip", args.clahe_clip), ("mosaic_tile", args.mosaic_tile)):
         if value is not None:
             base[key] = value
-    return PreprocessConfig.model_validate(base)
+    for flag, value, least in (("--size", args.size, 16), ("--sheet-tile", args.sheet_tile, 16),
+                               ("--sheet-columns", args.sheet_columns, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} {value}: must be at least {least}")
+    try:
+        return PreprocessConfig.model_validate(base)
+    except ValidationError as err:
+        first = err.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ValueError(f"{flag} {first.get('input')!r}: {field_message(first)}") from None
 
 
 def list_images(root: Path, recursive: bool) -> list[Path]:
@@ -105,12 +115,8 @@ def write_table(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = build_config(args)
-        files = list_images(Path(args.input), args.recursive)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = build_config(args)
+    files = list_images(Path(args.input), args.recursive)
     pre = Preprocess(cfg)
     out_dir = Path(args.output)
     rows, sheet, failed = [], [], 0
@@ -145,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,11 +9,13 @@ other, RLE tokens numeric, runs sorted, non-overlapping and inside the image.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.cli import run_main  # noqa: E402
 from tasks.formats import FormatError  # noqa: E402
 from tasks.scoring import check_segmentation_csv  # noqa: E402
 
@@ -23,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("csv", nargs="+", help="one or more submission CSVs")
     parser.add_argument("--images", required=True, help="test images root (holding DCM/)")
     args = parser.parse_args(argv)
+    # What is not there cannot be judged: a fault (exit 2), not a verdict on a submission (exit 1).
+    if not Path(args.images).is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such test images folder", args.images)
+    for csv_path in args.csv:
+        if not Path(csv_path).is_file():
+            raise FileNotFoundError(errno.ENOENT, "submission not found", csv_path)
     status = 0
     for csv_path in args.csv:
         try:
@@ -35,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

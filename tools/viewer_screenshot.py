@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
+from engine.cli import run_main  # noqa: E402
 from leaderboard.chromium import FLAGS, find_chromium  # noqa: E402
 from tasks.formats.atomic import write_bytes  # noqa: E402
 
@@ -190,7 +192,7 @@ def press(page: DevTools, label: str, timeout: float = 120) -> None:
     """Press the enabled button labelled ``label`` and wait for the rerun."""
     before = page.evaluate(TEXT)
     if not page.evaluate(CLICK % json.dumps(label)):
-        raise RuntimeError(f"no enabled button labelled {label!r} on the page")
+        raise ValueError(f"--click {label!r}: no enabled button with that label on the page")
     _settle(page, timeout, f"the viewer did not finish the rerun after {label!r}", before)
 
 
@@ -228,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--click", action="append", default=[], help="press this button first (repeatable)")
     parser.add_argument("--size", default="1400,1000", help="window WIDTH,HEIGHT")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.split(","))
+    try:
+        width, height = (int(v) for v in args.size.split(","))
+    except ValueError:
+        raise ValueError(f"--size {args.size!r}: expected WIDTH,HEIGHT in pixels, e.g. 1400,1000") from None
+    if not Path(args.runs).is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such runs folder", args.runs)
     with serve(args.runs) as url:
         out = capture(url, args.out, clicks=args.click, width=width, height=height)
     print(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
@@ -236,4 +243,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_main(main))

@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and lead
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.cli import run_main  # noqa: E402
+from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.atomic import write_bytes  # noqa: E402
 from tasks.formats.handbones import CLASSES  # noqa: E402
 
@@ -188,8 +190,8 @@ def _rsna_tables(root: Path):
                               ("boneage-test-dataset.csv", "boneage-test-dataset")):
         if (root / csv_name).is_file() and (root / img_dir).is_dir():
             return root / csv_name, root / img_dir
-    raise SystemExit(f"{root}: no RSNA table with its image folder (boneage-training-dataset.csv + folder, "
-                     f"or labels.csv + images/)")
+    raise FormatError(f"{root}: no RSNA table with its image folder (boneage-training-dataset.csv + folder, "
+                      f"or labels.csv + images/)")
 
 
 def show_rsna(root, n: int = 8, tile: int = 512, by_age: bool = True) -> list[np.ndarray]:
@@ -227,7 +229,10 @@ def show_landmarks(ids, coords, images_dir, names, n: int = 8, tile: int = 512, 
     return tiles
 
 
-def main(argv=None) -> int:
+SHEET_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -246,6 +251,10 @@ def main(argv=None) -> int:
         p.add_argument("images")
         p.add_argument("--numbers", action="store_true", help="label points by index instead of name")
     args = ap.parse_args(argv)
+    if args.n < 1 or args.tile < 16:
+        raise ValueError(f"--n {args.n} --tile {args.tile}: show at least 1 image, tiles of at least 16 px")
+    if Path(args.out).suffix.lower() not in SHEET_SUFFIXES:
+        raise ValueError(f"--out {args.out}: the sheet is an image; name it {' or '.join(SHEET_SUFFIXES)}")
 
     if args.kind == "handbones":
         tiles = show_handbones(args.root, args.n, labels=None if args.labels == "none" else args.labels, tile=args.tile)
@@ -276,4 +285,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_main(main))

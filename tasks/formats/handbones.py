@@ -86,7 +86,8 @@ def split_folds(samples: Sequence[HandboneSample], n_folds: int, fold: int) -> t
 
 def read_polygons(path: str | os.PathLike, height: int | None = None, width: int | None = None
                   ) -> dict[str, list[np.ndarray]]:
-    """Polygons per class name from one JSON. Checked: structure, labels, ≥3 points, inside the image."""
+    """Polygons per class name from one JSON. Checked: structure, labels, ≥3 points, inside the image, no
+    annotation repeated. A class may hold several polygons (an unfused epiphysis is a separate piece of its bone)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -95,6 +96,7 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
     if not isinstance(data, dict) or "annotations" not in data:
         raise FormatError(f"{path}: no 'annotations' key")
     polygons: dict[str, list[np.ndarray]] = {}
+    first: dict[tuple[str, bytes], int] = {}
     for k, ann in enumerate(data["annotations"]):
         where = f"{path}: annotation {k}"
         if not isinstance(ann, dict) or "label" not in ann or "points" not in ann:
@@ -115,6 +117,11 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
             if outside.any():
                 x, y = pts[outside][0]
                 raise FormatError(f"{where} ({label}): point ({x:g}, {y:g}) outside the {width}x{height} image")
+        key = (label, pts.tobytes())
+        if key in first:
+            raise FormatError(f"{where} ({label}): repeats annotation {first[key]} (same label, same points); "
+                              "a bone is annotated once")
+        first[key] = k
         polygons.setdefault(label, []).append(pts)
     return polygons
 

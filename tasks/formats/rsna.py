@@ -39,7 +39,7 @@ def read_labels(csv_path: str | os.PathLike, require_age: bool = False) -> pd.Da
     """Read an RSNA label CSV into a frame with columns ``id`` (str), ``boneage`` (float months, NaN
     when absent) and ``male`` (bool), in file order.
 
-    Checked: the ``id`` and ``male`` columns exist; ids are non-empty and unique; ages are numbers in
+    Checked: the ``id`` and ``male`` columns exist; ids are non-empty and unique; ages are finite numbers in
     [0, 240] months; sex parses. Errors name the file, line and column.
     """
     path = Path(csv_path)
@@ -62,13 +62,15 @@ def read_labels(csv_path: str | os.PathLike, require_age: bool = False) -> pd.Da
         raw = str(raw_age).strip()
         if raw == "" or raw.lower() == "nan":
             if require_age:
-                raise FormatError(f"{path}: line {line}, column 'boneage': missing age")
+                raise FormatError(f"{path}: line {line}, column 'boneage': " + ("missing age" if raw == "" else "age is NaN"))
         else:
             try:
                 age = float(raw)
             except ValueError:
                 raise FormatError(f"{path}: line {line}, column 'boneage': not a number: {raw!r}") from None
-            if not math.isfinite(age) or age < 0 or age > MAX_AGE_MONTHS:
+            if not math.isfinite(age):
+                raise FormatError(f"{path}: line {line}, column 'boneage': age {raw} is not a finite number")
+            if age < 0 or age > MAX_AGE_MONTHS:
                 raise FormatError(f"{path}: line {line}, column 'boneage': age {raw} months outside "
                                   f"[0, {MAX_AGE_MONTHS:g}]")
         male = parse_male(raw_male, f"{path}: line {line}, column 'male'")
