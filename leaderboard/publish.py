@@ -3,6 +3,7 @@ print the terminal tables and write the Markdown, CSV and HTML files asked for. 
 ``tools/leaderboard.py``; :func:`publish` is what it calls."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
     """
     root = Path(root)
     if not root.exists():
-        raise LeaderboardError(f"{root}: does not exist")
+        raise FileNotFoundError(errno.ENOENT, "does not exist", str(root))
     df = T.load_runs(root, task=task)
     if sort:
         df = T.rank_runs(df, sort=sort)
