@@ -45,7 +45,7 @@ from torch import nn
 
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
-from engine.offline import CACHE_DIR
+from engine.offline import CACHE_DIR, provide_yolo_fonts
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
 from models.registry import UnknownModelError, close_matches, register_family
@@ -53,6 +53,8 @@ from models.weights import load_local_weights, read_state_dict
 from tasks.base import Section
 from tasks.formats.tensors import PickledFileError, read_tensors
 from tasks.registry import get_task_class
+
+provide_yolo_fonts()  # before any ultralytics import: its check_font() must find Arial.ttf offline
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' run directory inside the harness run folder
 
