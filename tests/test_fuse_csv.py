@@ -319,6 +319,8 @@ def _edit(path: Path, old: str, new: str) -> Path:
     (lambda p: _edit(p, "\n1.png,", "\n0.png,"), [], r"kp1.csv: line 3, column 'image_name': duplicate id '0.png'"),
     (lambda p: p.write_text(re.sub(r"\n2\.png,[^,]*,", "\n2.png,nan,", p.read_text())), [],
      r"kp1.csv: line 4, column 'IP_x': NaN or infinite"),
+    (lambda p: p.write_text(re.sub(r",[^,]*\n3\.png,", ",12 px\n3.png,", p.read_text())), [],
+     r"kp1.csv: line 4, column 'W5_y': not a number: '12 px'"),
     (lambda p: p, ["--weights", "1", "2", "3"], r"weights: got weights of shape \(3,\) for 2 members"),
     (lambda p: _write_csv(p, {"image0000000000000.png": np.zeros((len(CLASSES), 2, 2), np.uint8)}), [],
      r"kp1.csv: a segmentation submission, but \S*kp0.csv is a keypoints one"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
-from tasks.formats.tables import finite_number, format_number, new_id, read_rows
+from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
                                 "W1", "W2", "W3", "W4", "W5")
@@ -79,13 +79,11 @@ def _coords(path: Path, header: list[str], rows: list[tuple[int, list[str]]], na
     at = [header.index(c) for c in cols]
     ids: list[str] = []
     first: dict[str, int] = {}
-    k = len(names)
-    coords = np.empty((len(rows), k, 2), dtype=np.float64)
-    for i, (line, row) in enumerate(rows):
+    for line, row in rows:
         ids.append(new_id(row[id_at], f"{path}: line {line}, column {id_col!r}", line, first))
-        for j, (col, c) in enumerate(zip(cols, at)):
-            coords[i, j % k, j // k] = finite_number(row[c], f"{path}: line {line}, column {col!r}")
-    return ids, coords
+    values = finite_numbers([[row[c] for c in at] for _, row in rows], len(cols),
+                            lambda i, j: f"{path}: line {rows[i][0]}, column {cols[j]!r}")
+    return ids, np.ascontiguousarray(values.reshape(len(rows), 2, len(names)).transpose(0, 2, 1))
 
 
 def write_coords(path: str | os.PathLike, ids: Sequence[str], coords: np.ndarray,

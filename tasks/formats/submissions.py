@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write
-from tasks.formats.tables import finite_number, format_number, new_id, read_rows
+from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 
 AGE_HEADER = ("id", "boneage")
 
@@ -53,12 +53,11 @@ def read_ages(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         raise FormatError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(header)})")
     id_at, age_at = header.index("id"), header.index("boneage")
     ids: list[str] = []
-    ages = np.empty(len(rows), np.float64)
     first: dict[str, int] = {}
-    for i, (line, row) in enumerate(rows):
+    for line, row in rows:
         ids.append(new_id(row[id_at], f"{path}: line {line}, column 'id'", line, first))
-        ages[i] = finite_number(row[age_at], f"{path}: line {line}, column 'boneage'")
-    return ids, ages
+    ages = finite_numbers([[row[age_at]] for _, row in rows], 1, lambda i, _: f"{path}: line {rows[i][0]}, column 'boneage'")
+    return ids, ages[:, 0]
 
 
 def write_ages(path: str | os.PathLike, ids: Sequence[str], ages: Sequence[float] | np.ndarray,

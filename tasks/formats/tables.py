@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from tasks.formats import FormatError
 
@@ -79,6 +82,20 @@ def finite_number(raw: object, where: str) -> float:
     if not math.isfinite(v):
         raise FormatError(f"{where}: NaN or infinite")
     return v
+
+
+def finite_numbers(cells: Sequence[Sequence[str]], n_columns: int, where: Callable[[int, int], str]) -> np.ndarray:
+    """Rows of number strings as a ``(rows, n_columns)`` float64 array, converted at once by numpy; where that
+    fails, cell by cell, so the first bad cell (row-major) raises :func:`finite_number`'s error with
+    ``where(row, column)`` (the message is built only then)."""
+    try:
+        values = np.array(cells, dtype=np.float64).reshape(len(cells), n_columns)
+        if np.isfinite(values).all():
+            return values
+    except ValueError:
+        pass
+    return np.array([[finite_number(raw, where(i, j)) for j, raw in enumerate(row)] for i, row in enumerate(cells)],
+                    np.float64).reshape(len(cells), n_columns)
 
 
 def new_id(raw: object, where: str, line: int, first: dict[str, int]) -> str:
