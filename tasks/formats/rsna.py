@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.tables import finite_number, new_id, read_table
+from tasks.formats.tables import new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 from tasks.formats.submissions import read_ages, write_ages
 
