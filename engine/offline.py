@@ -2,7 +2,9 @@
 
 Imported first by ``engine/__init__.py`` so the variables are set before albumentations, ultralytics,
 timm/huggingface or wandb are imported anywhere. Nothing is written into the user's home directory:
-caches and ultralytics settings live under the project's ``.cache/``.
+caches and ultralytics settings live under the project's ``.cache/``. Setting the variables costs
+nothing (the CSV-only tools import ``engine.cli`` through here); the font ultralytics wants is copied by
+:func:`provide_yolo_fonts`, which the YOLO plugin calls when it is imported.
 """
 from __future__ import annotations
 
@@ -58,7 +60,12 @@ def setup_offline() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    config_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+
+
+def provide_yolo_fonts() -> None:
+    """Put a font where ultralytics looks for Arial.ttf (it downloads one otherwise); imports matplotlib
+    the first time only, so it belongs to the commands that train or run YOLO, not to every command."""
+    config_dir = Path(os.environ.get("YOLO_CONFIG_DIR", CACHE_DIR / "ultralytics"))
     # Ultralytics >= 8.3.x reads fonts and settings from $YOLO_CONFIG_DIR/Ultralytics, older releases from
     # $YOLO_CONFIG_DIR itself: fill both, or check_font() asks the network for Arial.ttf.
     for directory in (config_dir, config_dir / "Ultralytics"):

@@ -32,7 +32,7 @@ from torch import nn
 
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
-from engine.offline import CACHE_DIR
+from engine.offline import CACHE_DIR, provide_yolo_fonts
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
 from models.weights import load_local_weights
@@ -40,6 +40,8 @@ from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
 from tasks.formats.tensors import read_tensors
 from tasks.formats.yolo import yolo_dataset
 from tasks.registry import get_task_class
+
+provide_yolo_fonts()  # ultralytics' check_font() must find Arial.ttf offline when it plots
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' run directory inside the harness run folder
 

@@ -1,4 +1,5 @@
-"""Hard fusion: votes of binary masks with an explicit ``min_votes``, from arrays or straight from RLEs.
+"""Hard fusion: votes of binary masks (from arrays or straight from RLEs) and of points, with an explicit
+``min_votes``.
 
 A pixel is foreground when at least ``min_votes`` of the ``M`` members mark it (default: a strict
 majority, ``M // 2 + 1``; a tie of an even ensemble is background). Nothing converts a fraction into a
@@ -9,6 +10,8 @@ end; sorting the events of all members and taking a running sum gives the vote c
 interval between events, and the intervals with enough votes are the fused runs. Cost grows with the
 number of runs, not with the 4 M pixels of a 2048² class mask; a run ending on the last pixel is
 just an event at ``H * W``. Weighted votes are the same sweep with the member's weight as the step.
+
+Points (keypoints) vote by agreement within a radius: :func:`vote_points`.
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ensembles.weighted import TIE_EPS, member_names, normalize_weights
+from ensembles.weighted import TIE_EPS, member_names, normalize_weights, weighted_median
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES
+from tasks.formats.submissions import check_same_ids
 from tasks.rle import parse_runs
 from tasks.submission import HEADER, AtomicCSVWriter
 
@@ -67,6 +70,8 @@ def vote_channel(maps: Sequence[np.ndarray], thresholds: np.ndarray, channel: in
                  min_votes: int) -> np.ndarray:
     """uint8 ``(H, W)`` votes of one channel: member ``m`` votes where its probability (resized to ``size``)
     exceeds ``thresholds[m]``; foreground where at least ``min_votes`` members vote."""
+    import cv2  # here, not at the top: CSV-level fusion (tools/fuse.py) never resizes
+
     height, width = size
     counts = np.zeros((height, width), np.uint8)
     for t, m in zip(thresholds, maps):
@@ -93,6 +98,38 @@ def vote_maps(maps: Sequence[np.ndarray], size: tuple[int, int], thresholds: np.
     t = np.broadcast_to(np.asarray(thresholds, np.float64).reshape(-1, 1) if np.ndim(thresholds) == 1
                         else np.asarray(thresholds, np.float64), (len(names), n_channels))
     return np.stack([vote_channel(maps, t[:, c], c, size, k) for c in range(n_channels)])
+
+
+def vote_points(points: Sequence[np.ndarray] | np.ndarray, radius: float, min_votes: int | None = None, *,
+                members: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hard vote of ``M`` members' points ``(M, ..., 2)`` (x, y pixels): ``(fused (..., 2), agreed (...))``.
+
+    For every point (an image's landmark) the group of member ``i`` is every member whose point lies
+    within ``radius`` px of member ``i``'s (Euclidean distance at most ``radius``, ``i`` included). The
+    largest group wins; among equally large groups, the one whose points lie closest to their member
+    ``i`` (smallest sum of distances), then the lowest ``i``. When the winning group holds at least
+    ``min_votes`` members (default: a strict majority) the members agree and the fused point is the
+    mean of the group's points (outliers dropped); otherwise it is the per-coordinate median of all
+    ``M`` points. ``agreed`` says which.
+    """
+    names = member_names(len(points), members)
+    k = resolve_min_votes(min_votes, len(points))
+    if not np.isfinite(radius) or radius < 0:
+        raise ValueError(f"radius must be a finite number of pixels >= 0, got {radius}")
+    median = weighted_median(points, members=names)  # checks shapes and NaN
+    p = np.stack([np.asarray(m, np.float64) for m in points])
+    if p.shape[-1] != 2:
+        raise ValueError(f"points must end in an (x, y) axis of 2, got shape {p.shape[1:]}")
+    dist = np.sqrt(((p[:, None] - p[None]) ** 2).sum(axis=-1))  # (M, M, ...): member i to member j
+    near = dist <= radius + TIE_EPS
+    support = near.sum(axis=1)
+    best = support.max(axis=0)
+    spread = np.where(near, dist, 0.0).sum(axis=1)
+    centre = np.argmin(np.where(support == best, spread, np.inf), axis=0)
+    group = np.take_along_axis(near, centre[None, None], axis=0)[0]  # (M, ...): member j is in the group
+    mean = (p * group[..., None]).sum(axis=0) / group.sum(axis=0)[..., None]
+    agreed = best >= k
+    return np.where(agreed[..., None], mean, median), agreed
 
 
 def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
@@ -250,14 +287,8 @@ def aligned_csvs(paths: Sequence[str | os.PathLike], order: Sequence[str] | None
         for p in paths:
             csvs.append(IndexedCSV(p))
         names = list(order) if order is not None else list(csvs[0].offsets)
-        wanted = set(names)
         for c in csvs:
-            missing = [n for n in names if n not in c.offsets]
-            if missing:
-                raise FormatError(f"{c.path}: no rows for {len(missing)} image(s) the others have, e.g. {missing[0]}")
-            extra = sorted(set(c.offsets) - wanted)
-            if extra:
-                raise FormatError(f"{c.path}: {len(extra)} image(s) the others lack, e.g. {extra[0]}")
+            check_same_ids(c.path, c.offsets, names)
     except BaseException:
         for c in csvs:
             c.close()

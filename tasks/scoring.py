@@ -1,7 +1,6 @@
 """Local scoring of submissions, with a competition-style public/private split of the test images."""
 from __future__ import annotations
 
-import csv
 import importlib
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, list_samples, read_masks
 from tasks.formats.images import image_size
+from tasks.formats.submissions import sniff_task
 from tasks.rle import decode, parse_runs
 from tasks.segmentation import dice_per_class
 from tasks.submission import iter_images
@@ -89,23 +89,6 @@ SCORERS: dict[str, str] = {
     "keypoints": "tasks.keypoints:score_submission",
     "boneage": "tasks.boneage:score_submission",
 }
-
-
-def sniff_task(csv_path: str | os.PathLike) -> str:
-    """Which task a submission belongs to, from its header."""
-    try:
-        with open(csv_path, newline="") as f:
-            header = next(csv.reader(f), [])
-    except OSError as err:
-        raise FormatError(f"{csv_path}: cannot open submission ({err.strerror or err})") from None
-    header = [h.strip() for h in header]
-    if header == ["image_name", "class", "rle"]:
-        return "segmentation"
-    if header[:2] == ["id", "boneage"]:
-        return "boneage"
-    if header and header[0] in ("image_name", "img_id", "id") and any(h.endswith("_x") for h in header):
-        return "keypoints"
-    raise FormatError(f"{csv_path}: unrecognised submission header {header[:4]}")
 
 
 def score_submission(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,

@@ -1,16 +1,22 @@
-"""CSV-level fusion (tools/fuse.py): equals array fusion of the decoded masks, streams, fails clearly."""
+"""CSV-level fusion (tools/fuse.py): segmentation equals array fusion of the decoded masks and streams;
+keypoints and bone ages fuse exactly; every task fails clearly and runs without torch."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ensembles.hard import fuse_csvs, hard_vote, vote_rles, weighted_vote_rles
+from ensembles.hard import fuse_csvs, hard_vote, vote_points, vote_rles, weighted_vote_rles
 from ensembles.weighted import threshold, weighted_mean
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES
+from tasks.formats.shs import SHS15_NAMES, read_submission, write_coords
+from tasks.formats.submissions import read_ages, write_ages
 from tasks.rle import decode, encode
 from engine.cli import run_main
 from tasks.submission import AtomicCSVWriter, iter_images
@@ -219,3 +225,165 @@ def test_majority_without_sizes_is_still_allowed(tmp_path):
     fused = _read(out)
     for name in masks[0]:
         np.testing.assert_array_equal(fused[name], hard_vote([m[name] for m in masks], 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Keypoints and bone age
+# ------------------------------------------------------------------------------------------------
+
+IDS = [f"{i}.png" for i in range(6)]
+
+
+def _truth(seed: int = 0) -> np.ndarray:
+    """``(6, 15, 2)`` coordinates with 3 decimals, as inference writes them."""
+    return np.round(np.random.default_rng(seed).uniform(5, 500, (len(IDS), len(SHS15_NAMES), 2)), 3)
+
+
+def _kp(path: Path, coords: np.ndarray, ids: list[str] = IDS, names=SHS15_NAMES) -> Path:
+    write_coords(path, ids, coords, names, id_column="image_name", decimals=3)
+    return path
+
+
+@pytest.mark.parametrize("method, offsets, extra", [
+    ("mean", [2, -2], []),
+    ("median", [-3, -1, 0, 1, 500], []),  # the outlier moves the mean by 99 px, not the median
+    ("weighted", [2, -6], ["--weights", "3", "1"]),
+])
+def test_keypoint_fusion_is_exact(tmp_path, method, offsets, extra):
+    truth = _truth()
+    paths = [_kp(tmp_path / f"kp{k}.csv", truth + d) for k, d in enumerate(offsets)]
+    out = tmp_path / "out.csv"
+    assert fuse_main([method, *map(str, paths), "-o", str(out), *extra]) == 0
+    assert out.read_text() == _kp(tmp_path / "truth.csv", truth).read_text()  # the same text, digit for digit
+
+
+def test_keypoint_hard_vote_keeps_agreeing_points_and_falls_back_to_the_median(tmp_path, capsys):
+    truth = _truth()
+    outlier = truth + 50
+    outlier[:, 0] = truth[:, 0] + 0.5  # every image's first landmark: all three agree
+    paths = [_kp(tmp_path / "a.csv", truth + 1), _kp(tmp_path / "b.csv", truth - 1), _kp(tmp_path / "c.csv", outlier)]
+    out = tmp_path / "out.csv"
+    assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--radius", "3"]) == 0
+    assert "hard: 90 of 90 points had at least 2 of 3 submissions within 3 px" in capsys.readouterr().out
+    got = read_submission(out)[3]
+    np.testing.assert_allclose(got[:, 1:], truth[:, 1:], atol=1e-9)  # a and b agree (2.8 px apart): their mean
+    np.testing.assert_allclose(got[:, 0], truth[:, 0] + 0.5 / 3, atol=1e-6)  # all three agree: the mean of three
+    assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--radius", "2.5"]) == 0  # a, b 2.83 px apart
+    assert "hard: 6 of 90 points" in capsys.readouterr().out  # the first landmark: c is within 2.5 px of a and b
+    np.testing.assert_allclose(read_submission(out)[3][:, 1:], truth[:, 1:] + 1, atol=1e-9)  # median of 3
+
+
+def test_vote_points_groups_around_one_member():
+    xs = np.array([0.0, 3.0, 6.0, 100.0])
+    pts = np.stack([xs, np.zeros(4)], axis=-1)[:, None]  # 4 members, one point each
+    fused, agreed = vote_points(pts, radius=3, min_votes=3)  # member 1 has 0, 3 and 6 within 3 px
+    assert agreed.tolist() == [True] and fused.tolist() == [[3.0, 0.0]]
+    fused, agreed = vote_points(pts, radius=3, min_votes=4)
+    assert agreed.tolist() == [False] and fused.tolist() == [[4.5, 0.0]]  # median of 0, 3, 6, 100
+    fused, _ = vote_points(pts[[0, 1, 3]], radius=3, min_votes=2)  # groups {0, 3} twice: the same mean
+    assert fused.tolist() == [[1.5, 0.0]]
+    with pytest.raises(ValueError, match="radius must be"):
+        vote_points(pts, radius=-1)
+
+
+@pytest.mark.parametrize("method, extra, expected", [
+    ("mean", [], "1,120\n2,36.5\n3,0.125\n"),
+    ("median", [], "1,120\n2,36.5\n3,0.125\n"),
+    ("weighted", ["--weights", "1", "1"], "1,120\n2,36.5\n3,0.125\n"),
+    ("weighted", ["--weights", "2", "1"], "1,120.666667\n2,37.166667\n3,0.791667\n"),  # 6 decimals
+])
+def test_bone_age_fusion(tmp_path, method, extra, expected):
+    truth = np.array([120.0, 36.5, 0.125])
+    a = tmp_path / "a.csv"
+    write_ages(a, ["1", "2", "3"], truth + 2)
+    b = tmp_path / "b.csv"
+    b.write_text("id,boneage,male\n3,-1.875,True\n2,34.5,False\n1,118,True\n")  # other order, a male column
+    out = tmp_path / "out.csv"
+    assert fuse_main([method, str(a), str(b), "-o", str(out), *extra]) == 0
+    assert out.read_text() == "id,boneage\n" + expected
+    assert read_ages(out)[0] == ["1", "2", "3"]
+
+
+def _edit(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("damage, extra, message", [
+    (lambda p: _edit(p, "W5_x", "W6_x"), [], r"kp1.csv: landmark W6 has no W6_y column"),
+    (lambda p: _kp(p, _truth()[:, :14], names=SHS15_NAMES[:14]), [], r"kp1.csv: landmarks differ from \S*kp0.csv's: missing W5"),
+    (lambda p: _kp(p, _truth()[:5], IDS[:5]), [], r"kp1.csv: no rows for 1 image\(s\) the others have, e.g. 5.png"),
+    (lambda p: _kp(p, _truth(), IDS[:5] + ["6.png"]), [], r"kp1.csv: no rows for 1 image\(s\) the others have, e.g. 5.png"),
+    (lambda p: _edit(p, "\n1.png,", "\n0.png,"), [], r"kp1.csv: line 3, column 'image_name': duplicate id '0.png'"),
+    (lambda p: p.write_text(re.sub(r"\n2\.png,[^,]*,", "\n2.png,nan,", p.read_text())), [],
+     r"kp1.csv: line 4, column 'IP_x': NaN or infinite"),
+    (lambda p: p.write_text(re.sub(r",[^,]*\n3\.png,", ",12 px\n3.png,", p.read_text())), [],
+     r"kp1.csv: line 4, column 'W5_y': not a number: '12 px'"),
+    (lambda p: p, ["--weights", "1", "2", "3"], r"weights: got weights of shape \(3,\) for 2 members"),
+    (lambda p: _write_csv(p, {"image0000000000000.png": np.zeros((len(CLASSES), 2, 2), np.uint8)}), [],
+     r"kp1.csv: a segmentation submission, but \S*kp0.csv is a keypoints one"),
+    (lambda p: write_ages(p, IDS, np.ones(len(IDS))), [], r"kp1.csv: a boneage submission"),
+])
+def test_keypoint_bad_input_is_one_line_naming_the_file(tmp_path, capsys, damage, extra, message):
+    paths = [_kp(tmp_path / "kp0.csv", _truth()), _kp(tmp_path / "kp1.csv", _truth())]
+    damage(paths[1])
+    out = tmp_path / "out.csv"
+    method = "weighted" if extra else "mean"
+    assert fuse_main([method, *map(str, paths), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["soft"], r"method 'soft': keypoints submissions fuse by mean, median, weighted, hard"),
+    (["hard"], r"keypoints hard needs --radius"),
+    (["mean", "--radius", "3"], r"--radius is for keypoints 'hard'"),
+    (["mean", "--min-votes", "2"], r"--min-votes is for 'hard'"),
+    (["median", "--threshold", "0.5"], r"--threshold, --images and --size are for segmentation"),
+    (["mean", "--weights", "1", "1"], r"--weights is for 'weighted'"),
+    (["hard", "--radius", "3", "--min-votes", "3"], r"min_votes must be an integer between 1 and 2"),
+])
+def test_keypoint_options_that_do_not_apply_are_refused(tmp_path, capsys, args, message):
+    paths = [_kp(tmp_path / "kp0.csv", _truth()), _kp(tmp_path / "kp1.csv", _truth())]
+    assert fuse_main([args[0], *map(str, paths), "-o", str(tmp_path / "o.csv"), *args[1:]]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+_IMPORTS = """
+import runpy, sys
+sys.argv = ["tools/fuse.py", *sys.argv[1:]]
+try:
+    runpy.run_path("tools/fuse.py", run_name="__main__")
+except SystemExit as end:
+    code = end.code
+heavy = [m for m in ("torch", "pandas", "cv2", "matplotlib", "timm", "segmentation_models_pytorch") if m in sys.modules]
+print("heavy modules:", heavy)
+sys.exit(code)
+"""
+
+
+def test_fuse_imports_no_torch_pandas_or_opencv(tmp_path):
+    """The CLI starts fast and small: --help, a keypoint, a bone-age and a segmentation fuse load numpy only,
+    and with an empty cache folder they do not fetch matplotlib to copy ultralytics' font (engine.offline)."""
+    kp = [_kp(tmp_path / f"kp{k}.csv", _truth() + k) for k in range(2)]
+    ages = []
+    for k in range(2):
+        ages.append(tmp_path / f"ba{k}.csv")
+        write_ages(ages[-1], ["1", "2"], [10.0 + k, 20.0])
+    _, seg = _members(tmp_path, 3, n_images=1)
+    runs = [["--help"], ["hard", *map(str, kp), "--radius", "2", "-o", str(tmp_path / "kp.csv")],
+            ["median", *map(str, ages), "-o", str(tmp_path / "ba.csv")],
+            ["hard", *map(str, seg), "-o", str(tmp_path / "seg.csv")]]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "BONEHARNESS_CACHE": str(cache)}
+    env.pop("YOLO_CONFIG_DIR", None)
+    for argv in runs:
+        done = subprocess.run([sys.executable, "-c", _IMPORTS, *argv], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "heavy modules: []" in done.stdout, (argv, done.stdout)
+    assert (tmp_path / "kp.csv").is_file() and (tmp_path / "ba.csv").is_file() and (tmp_path / "seg.csv").is_file()
+    assert not cache.exists()

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tasks.formats import FormatError
@@ -128,6 +127,8 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
 
 def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) -> np.ndarray:
     """``(29, H, W)`` uint8 masks (0/1) from polygons, in canonical class order."""
+    import cv2  # here, not at the top: the CSV tools read CLASSES without loading OpenCV
+
     masks = np.zeros((len(CLASSES), height, width), dtype=np.uint8)
     for label, polys in polygons.items():
         for p in polys:   # one call per polygon: a single call XORs overlapping polygons of a class
@@ -158,5 +159,7 @@ def write_polygons(path: str | os.PathLike, polygons: dict[str, list[np.ndarray]
 
 def mask_to_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Outer contours of a binary mask as ``(N, 2)`` x,y polygons (≥3 points each)."""
+    import cv2
+
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     return [c[:, 0, :].astype(np.float64) for c in contours if len(c) >= 3]

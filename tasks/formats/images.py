@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -54,6 +53,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a PNG atomically (temp file + rename)."""
+    import cv2  # here, not at the top: the CSV tools list image sizes without loading OpenCV
+
     path = Path(path)
     ok, buf = cv2.imencode(".png", image)
     if not ok:
@@ -63,6 +64,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 def resize_grey(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize with area interpolation when shrinking, linear when enlarging."""
+    import cv2
+
     if image.shape[:2] == (height, width):
         return image
     shrink = height * width < image.shape[0] * image.shape[1]

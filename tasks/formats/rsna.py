@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
-from tasks.formats.tables import finite_number, new_id, read_table
+from tasks.formats.tables import new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
+from tasks.formats.submissions import read_ages, write_ages
 
 MAX_AGE_MONTHS = 240.0
 _TRUE = {"true", "1", "m", "male", "yes", "t"}
@@ -92,37 +92,20 @@ def image_path(images_dir: str | os.PathLike, image_id: str) -> Path:
 
 
 def write_predictions(path: str | os.PathLike, df: pd.DataFrame) -> None:
-    """Write ``id,boneage`` (months) atomically. Rejects missing columns, duplicate ids, NaN/Inf."""
+    """Write ``id,boneage`` (months, 4 decimals) atomically. Rejects missing columns, duplicate ids, NaN/Inf."""
     path = Path(path)
     for col in ("id", "boneage"):
         if col not in df.columns:
             raise FormatError(f"{path}: predictions lack column {col!r}")
-    ids = df["id"].astype(str)
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        raise FormatError(f"{path}: duplicate id {dup.iloc[0]!r} in predictions")
     ages = pd.to_numeric(df["boneage"], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(ages)
-    if bad.any():
-        raise FormatError(f"{path}: prediction for id {ids.iloc[int(np.argmax(bad))]!r} is NaN/Inf or not a number")
-    out = pd.DataFrame({"id": ids.to_numpy(), "boneage": ages})
-    with atomic_write(path, "w", newline="") as f:
-        out.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
+    write_ages(path, df["id"].astype(str).tolist(), ages, decimals=4)
 
 
 def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
     """Read an ``id,boneage`` file (a submission, or the phantom's ``boneage-test-answers.csv``).
 
-    Returns columns ``id`` (str) and ``boneage`` (float months). Checked: both columns exist, ids are
-    unique, every age is a finite number (no range check: predictions may stray).
+    Returns columns ``id`` (str) and ``boneage`` (float months); checked as in
+    :func:`tasks.formats.submissions.read_ages`.
     """
-    path = Path(csv_path)
-    df = read_table(path)
-    for col in ("id", "boneage"):
-        if col not in df.columns:
-            raise FormatError(f"{path}: missing column {col!r} (columns: {', '.join(df.columns)})")
-    ids, ages, first = [], [], {}
-    for i, (raw_id, raw_age) in enumerate(zip(df["id"].tolist(), df["boneage"].tolist())):
-        ids.append(new_id(raw_id, f"{path}: line {i + 2}, column 'id'", i + 2, first))
-        ages.append(finite_number(raw_age, f"{path}: line {i + 2}, column 'boneage'"))
-    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, dtype=np.float64)})
+    ids, ages = read_ages(csv_path)
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": ages})

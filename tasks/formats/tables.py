@@ -1,16 +1,64 @@
-"""Reading label CSVs as text, so every reader checks values itself and names file, line and column."""
+"""Reading label CSVs as text, so every reader checks values itself and names file, line and column.
+
+:func:`read_rows` uses the standard ``csv`` module only (the CSV-level tools read submissions without
+loading pandas); :func:`read_table` gives a DataFrame to the label readers that want one.
+"""
 from __future__ import annotations
 
+import csv
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+import numpy as np
 
 from tasks.formats import FormatError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and every data row as ``(line number, stripped cells)``; blank lines are skipped.
+
+    A missing, empty or undecodable file, and a row whose cell count differs from the header's, raise
+    :class:`FormatError` naming the file (and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise FormatError(f"{path}: line {reader.line_num}: {len(row)} values, the header has {len(header)}")
+                rows.append((reader.line_num, [c.strip() for c in row]))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise FormatError(f"{path}: not a readable CSV ({err})") from None
+    if not header:
+        raise FormatError(f"{path}: empty file")
+    return header, rows
+
+
+def format_number(value: float, decimals: int | None) -> str:
+    """``value`` with ``decimals`` places, trailing zeros dropped (``2.5``, ``3``); ``None``: the shortest text
+    that reads back as the same float (``repr``)."""
+    if decimals is None:
+        return repr(float(value))
+    s = f"{float(value):.{decimals}f}"
+    return s.rstrip("0").rstrip(".") if "." in s else s
 
 
 def read_table(path: Path) -> pd.DataFrame:
     """All cells as stripped-header strings (no NaN guessing); a missing or unparsable file is a FormatError."""
+    import pandas as pd
+
     if not path.is_file():
         raise FormatError(f"{path}: CSV file not found")
     try:
@@ -34,6 +82,20 @@ def finite_number(raw: object, where: str) -> float:
     if not math.isfinite(v):
         raise FormatError(f"{where}: NaN or infinite")
     return v
+
+
+def finite_numbers(cells: Sequence[Sequence[str]], n_columns: int, where: Callable[[int, int], str]) -> np.ndarray:
+    """Rows of number strings as a ``(rows, n_columns)`` float64 array, converted at once by numpy; where that
+    fails, cell by cell, so the first bad cell (row-major) raises :func:`finite_number`'s error with
+    ``where(row, column)`` (the message is built only then)."""
+    try:
+        values = np.array(cells, dtype=np.float64).reshape(len(cells), n_columns)
+        if np.isfinite(values).all():
+            return values
+    except ValueError:
+        pass
+    return np.array([[finite_number(raw, where(i, j)) for j, raw in enumerate(row)] for i, row in enumerate(cells)],
+                    np.float64).reshape(len(cells), n_columns)
 
 
 def new_id(raw: object, where: str, line: int, first: dict[str, int]) -> str:
