@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,16 @@ from tasks.formats import FormatError
 from tasks.formats.atomic import write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def open_image(path: Path) -> Image.Image:
+    """PIL's own ``Image.open``. Importing ultralytics replaces it process-wide with a wrapper that, for a
+    file PIL cannot identify, tries to install and import pi-heif instead of raising, so a corrupt image
+    would end in a ModuleNotFoundError rather than our one-line error."""
+    opener = Image.open
+    if opener.__module__.startswith("ultralytics"):
+        opener = getattr(sys.modules[opener.__module__], "_image_open", opener)
+    return opener(path)
 
 
 def read_grey(path: str | os.PathLike) -> np.ndarray:
@@ -23,7 +34,7 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FormatError(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -44,7 +55,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of an image without decoding its pixels."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             width, height = im.size
     except (UnidentifiedImageError, OSError, FileNotFoundError) as err:
         raise FormatError(f"{path}: unreadable image ({err})") from None
