@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tasks.formats import FormatError  # noqa: E402
-from tasks.scoring import check_segmentation_csv  # noqa: E402
+from engine.cli import run_main
+from tasks.formats import FormatError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("csv", nargs="+", help="one or more submission CSVs")
     parser.add_argument("--images", required=True, help="test images root (holding DCM/)")
     args = parser.parse_args(argv)
+    from tasks.scoring import check_segmentation_csv  # after parsing: --help and usage errors skip numpy and OpenCV
+
     status = 0
     for csv_path in args.csv:
         try:
@@ -34,5 +33,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"OK: {csv_path} covers {n} images x 29 classes")
     return status
 
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
