@@ -21,17 +21,15 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
 
-import engine  # noqa: E402,F401  (offline environment first)
+import numpy as np
+import yaml
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.handbones import CLASS_INDEX, CLASSES, HandboneSample, list_samples, read_polygons  # noqa: E402
-from tasks.formats.images import image_size  # noqa: E402
-from tasks.segmentation import split_folds  # noqa: E402
+from tasks.formats import FormatError
+from tasks.formats.handbones import CLASS_INDEX, CLASSES, HandboneSample, list_samples, read_polygons
+from tasks.formats.images import image_size
+from tasks.segmentation import split_folds
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import engine  # noqa: E402,F401  (offline environment first)
-from engine.config import ConfigError  # noqa: E402
-from tasks.formats import FormatError  # noqa: E402
+import engine  # noqa: F401  (offline environment first)
+from engine.config import ConfigError
+from tasks.formats import FormatError
 
 
 def report(record: dict) -> str:

@@ -15,11 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import engine  # noqa: E402,F401  (offline environment first)
-from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.atomic import atomic_write  # noqa: E402
+import engine  # noqa: F401  (offline environment first)
+from tasks.formats import FormatError
+from tasks.formats.atomic import atomic_write
 
 
 def format_curve(entry: dict) -> str:

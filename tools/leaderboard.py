@@ -19,9 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.report import table as T  # noqa: E402
+from tools.report import table as T
 
 
 def build_parser() -> argparse.ArgumentParser:

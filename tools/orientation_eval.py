@@ -20,16 +20,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
+import numpy as np
+import pandas as pd
 
-import engine  # noqa: E402,F401  (offline environment first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.atomic import write_text  # noqa: E402
-from tasks.formats.images import read_grey  # noqa: E402
-from tasks.orientation import SIDES, Orientation, detect_orientation, rotate_quarters  # noqa: E402
+from tasks.formats import FormatError
+from tasks.formats.atomic import write_text
+from tasks.formats.images import read_grey
+from tasks.orientation import SIDES, Orientation, detect_orientation, rotate_quarters
 
 MIRROR_SIDE = {"two": "two", "left": "right", "right": "left"}
 

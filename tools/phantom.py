@@ -10,13 +10,7 @@ tools/phantom/README.md. Counts are images (two per patient: left and right hand
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:
@@ -29,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes (default: min(cpu_count, 4))")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from tools.phantom import generate  # after sys.path
+    from tools.phantom import generate
 
     t0 = time.time()
     try:

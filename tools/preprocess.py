@@ -19,15 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
+import numpy as np
 
-import engine  # noqa: E402,F401  (offline environment first)
-import numpy as np  # noqa: E402
-
-from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.atomic import atomic_write  # noqa: E402
-from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png  # noqa: E402
-from tasks.preprocess import Preprocess, PreprocessConfig, letterbox  # noqa: E402
+from tasks.formats import FormatError
+from tasks.formats.atomic import atomic_write
+from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png
+from tasks.preprocess import Preprocess, PreprocessConfig, letterbox
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -30,12 +30,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tasks.formats.atomic import write_bytes
+from tools.report.chromium import FLAGS, find_chromium
 
-from tasks.formats.atomic import write_bytes  # noqa: E402
-from tools.report.chromium import FLAGS, find_chromium  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # True once the app shows something (a figure, an image, a message), every figure and image is drawn, and
 # Streamlit is not running the script (no status widget, no stale element).

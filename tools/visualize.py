@@ -12,18 +12,15 @@ Functions: :func:`overlay` (one image -> RGB uint8 with a legend) and :func:`con
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from tasks.formats.atomic import write_bytes
+from tasks.formats.handbones import CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tasks.formats.atomic import write_bytes  # noqa: E402
-from tasks.formats.handbones import CLASSES  # noqa: E402
 
 
 def class_colours(n: int = len(CLASSES)) -> np.ndarray:
