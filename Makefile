@@ -8,18 +8,24 @@ SEG := runs/segmentation
 DEMO_MODELS := demo_unet demo_fpn demo_unet3plus
 DEMO_ENSEMBLES := seg_soft seg_weighted
 
-.PHONY: demo test venv phantom clean-demo
+.PHONY: demo test lint venv phantom clean-demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The project itself goes in editable (pyproject.toml): scripts and tests import its packages without sys.path edits.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 phantom: venv
 	test -f $(PHANTOM)/handbones/meta_data.csv || \

@@ -17,11 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import engine  # noqa: E402,F401  (offline environment first)
-from engine.cli import run_main  # noqa: E402
-from engine.config import parse_overrides  # noqa: E402
+import engine  # noqa: F401  (offline environment first)
+from engine.cli import run_main
+from engine.config import parse_overrides
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -1,15 +1,11 @@
 """Helpers shared by the benchmarks: bone-like masks and a timer that reports the best of N runs."""
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def bone_masks(size: int = 2048, classes: int = 29, seed: int = 0) -> np.ndarray:

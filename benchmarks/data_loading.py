@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common import bone_masks  # noqa: I001  (sets sys.path)
+from common import bone_masks
 import engine  # noqa: F401
 from tasks.cache import SampleCache
 from tasks.formats.handbones import CLASSES, list_samples, mask_to_polygons, write_polygons

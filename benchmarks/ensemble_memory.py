@@ -29,14 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
 
-import engine  # noqa: E402,F401  (offline environment first)
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.common import bone_masks, rss_mb  # noqa: E402
+from common import bone_masks, rss_mb
 
 N_DISTINCT = 2  # distinct synthetic images per member; image i reuses image i % N_DISTINCT
 

@@ -340,7 +340,7 @@ class Rehearsal:
                     "loader_wait_fraction": round(amp["wait_fraction"], 4), "amp_steps": amp["steps"],
                     "amp_peak_gpu_mem_gb": self.gpu_peak_gb()})
         self.publish()
-        del trainer
+        trainer = None  # free its GPU memory before the fp32 baseline (the closure above shares the name)
         self.reset_gpu_peak()
         augment = loader.dataset.augment
         out["loader_img_s"] = sig(self.loader_img_s(loader, time.perf_counter() + part / 4))

@@ -23,10 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import engine  # noqa: E402,F401  (offline environment first)
-from benchmarks.common import rss_mb  # noqa: E402
+import engine  # noqa: F401  (offline environment first)
+from common import rss_mb
 
 
 def baseline(paths: list[Path], out: Path, size: int, min_votes: int, lookup: str) -> int:
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, paths, workdir / f"{args.child}.csv", args.size, args.min_votes,
                                args.lookup)))
         return 0
-    from benchmarks.ensemble_memory import prepare_csvs
+    from ensemble_memory import prepare_csvs
 
     try:
         prepare_csvs(workdir, args.images, args.members, args.size)

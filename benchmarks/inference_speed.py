@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common import bone_masks  # noqa: I001  (sets sys.path)
+from common import bone_masks
 import engine  # noqa: F401
 import torch
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import best_time  # noqa: I001  (sets sys.path)
+from common import best_time
 import engine  # noqa: F401
 
 import numpy as np

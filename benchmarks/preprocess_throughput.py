@@ -19,14 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
 
-import engine  # noqa: E402,F401  (offline environment first)
-
-from tasks.boneage import BoneAgeDataset, list_samples  # noqa: E402
-from tasks.cache import SampleCache  # noqa: E402
-from tasks.formats.images import read_grey  # noqa: E402
-from tasks.preprocess import Preprocess  # noqa: E402
+from tasks.boneage import BoneAgeDataset, list_samples
+from tasks.cache import SampleCache
+from tasks.formats.images import read_grey
+from tasks.preprocess import Preprocess
 
 CHAINS = {
     "decode only": None,

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from common import best_time, bone_masks  # noqa: I001  (sets sys.path)
+from common import best_time, bone_masks
 from tasks.rle import decode, encode
 
 

@@ -21,11 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
 
-import engine  # noqa: E402,F401  (offline environment first)
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     args = parser.parse_args(argv)
 
-    from benchmarks.ensemble_memory import member_maps, names
+    from ensemble_memory import member_maps, names
     from engine.predictor import save_probs, write_submission
     from ensembles.config import EnsembleConfig
     from ensembles.runner import Fuser, Member, cache_rows

@@ -4,20 +4,40 @@
 subclasses ``ConfigError``/``FormatError``, and ``OSError`` such as a missing file, a full disk or a
 read-only folder) become one line; ``--debug`` anywhere on the command line, or ``BONEHARNESS_DEBUG=1``,
 shows the traceback instead. :class:`Output` decides which writes are the command's result and which
-are bookkeeping that may fail with a warning. Standard library only: the CSV tools use it without
-importing torch.
+are bookkeeping that may fail with a warning. :func:`lazy_module` defers a heavy import to its first use,
+so ``--help`` stays instant. Standard library only: the CSV tools use it without importing torch.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "BONEHARNESS_DEBUG"
 EXIT_FAULT = 2
+
+
+def lazy_module(name: str) -> ModuleType:
+    """``name`` as a module that is imported on its first attribute access (``importlib.util.LazyLoader``).
+
+    ``pd = lazy_module("pandas")`` at the top of a module costs nothing until a function touches ``pd.``,
+    so a command's ``--help`` and its usage errors do not pay for the import. Already imported: returned as is.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def describe(err: BaseException) -> str:

@@ -8,6 +8,7 @@ nothing (the CSV-only tools import ``engine.cli`` through here); the font ultral
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -23,12 +24,11 @@ def _font_into(config_dir: Path) -> None:
     target = config_dir / "Arial.ttf"
     if target.exists():
         return
-    try:
-        import matplotlib
-
-        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    except ImportError:
+    # Found without importing matplotlib (half a second): every command imports this module.
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
         return
+    font = Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
     if font.exists():
         for name in ("Arial.Unicode.ttf", "Arial.ttf"):  # Arial.ttf last: its presence means both are there
             with open(font, "rb") as src, atomic_write(config_dir / name, "wb") as dst:

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from engine.cli import lazy_module
 from tasks.formats.atomic import write_text
+
+pd = lazy_module("pandas")  # imported on first use: leaderboard.py --help does without it
 
 # --------------------------------------------------------------------------- schema
 

@@ -11,7 +11,6 @@ within 12 months, MAE by sex and by age band. Submission: ``id,boneage`` (months
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -31,14 +29,10 @@ from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.images import read_grey
 from tasks.formats.rsna import image_path, read_labels
-from tasks.formats.tables import finite_number, new_id
+from tasks.formats.rsna import read_submission as read_submission  # re-exported: engine.predict_boneage reads with it
 from tasks.letterbox import Letterbox, ResizeMode
+from tasks.metrics import age_metrics
 from tasks.preprocess import Preprocess, PreprocessConfig
-
-# Age bands (years) of the per-item breakdown; the upper edge of the last band is inclusive.
-AGE_BANDS: tuple[tuple[str, float, float], ...] = (
-    ("0-5 y", 0, 60), ("5-10 y", 60, 120), ("10-13 y", 120, 156), ("13-16 y", 156, 192), ("16-19 y", 192, 241))
-SUBMISSION_HEADER = ("id", "boneage")
 
 
 class BoneAgeData(DataBase):
@@ -165,100 +159,6 @@ class RegressionLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred = pred.float().reshape(-1)
         return sum(w * self.TERMS[k](pred, target.float().reshape(-1)) for k, w in self.weights.items())
-
-
-def age_metrics(pred: np.ndarray, age: np.ndarray, male: np.ndarray | None = None) -> dict:
-    """MAE (``score``), RMSE and share within 12 months, MAE by sex and per age band (``per_item``), months."""
-    pred = np.asarray(pred, np.float64).reshape(-1)
-    age = np.asarray(age, np.float64).reshape(-1)
-    if pred.shape != age.shape or pred.size == 0:
-        raise ValueError(f"age_metrics: {pred.size} predictions for {age.size} ages")
-    if not (np.isfinite(pred).all() and np.isfinite(age).all()):
-        raise ValueError("age_metrics: NaN or infinite predictions or ages")
-    err = np.abs(pred - age)
-    out = {"score": float(err.mean()), "rmse": float(np.sqrt(np.mean((pred - age) ** 2))),
-           "within_12m": float(np.mean(err <= 12.0))}
-    if male is not None:
-        male = np.asarray(male, bool).reshape(-1)
-        out["mae_male"] = float(err[male].mean()) if male.any() else float("nan")
-        out["mae_female"] = float(err[~male].mean()) if (~male).any() else float("nan")
-    out["per_item"] = {name: float(err[(age >= lo) & (age < hi)].mean())
-                       for name, lo, hi in AGE_BANDS if ((age >= lo) & (age < hi)).any()}
-    return out
-
-
-def read_submission(path: str | os.PathLike, *, answers: bool = False) -> pd.DataFrame:
-    """``id,boneage`` CSV (a submission or, ``answers=True``, the ground truth) → frame of id (str) and
-    boneage (float months). Checked: header, non-empty unique ids, finite numbers; answers also lie in
-    [0, 240] months. A ``male`` column, when present, is kept (as bool)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: CSV file not found")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise FormatError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
-    if header[:2] != list(SUBMISSION_HEADER):
-        raise FormatError(f"{path}: header must start with id,boneage, got {','.join(header)}")
-    if answers and "male" in header:
-        df = read_labels(path, require_age=True)
-        return df[["id", "boneage", "male"]]
-    ids, ages, seen = [], [], {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not any(c.strip() for c in row):
-            continue
-        if len(row) < 2:
-            raise FormatError(f"{path}: line {line}: expected id,boneage, got {row}")
-        rid = new_id(row[0], f"{path}: line {line}", line, seen)
-        value = finite_number(row[1], f"{path}: line {line}, column 'boneage'")
-        if answers and not 0 <= value <= 240:
-            raise FormatError(f"{path}: line {line}, column 'boneage': age {row[1].strip()} months outside [0, 240]")
-        ids.append(rid)
-        ages.append(value)
-    if not ids:
-        raise FormatError(f"{path}: no rows")
-    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, np.float64)})
-
-
-def _sex_for(gt: Path, ids: Sequence[str]) -> np.ndarray | None:
-    """Sex of each id from the test CSV beside an answers file (``boneage-test-dataset.csv``), if there."""
-    for name in ("boneage-test-dataset.csv", "labels.csv"):
-        path = gt.parent / name
-        if path.is_file() and path.resolve() != gt.resolve():
-            df = read_labels(path)
-            sex = dict(zip(df["id"], df["male"]))
-            if all(i in sex for i in ids):
-                return np.array([sex[i] for i in ids], bool)
-    return None
-
-
-def score_submission(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
-                     **_) -> dict:
-    """Score an ``id,boneage`` submission against answers (``id,boneage[,male]``): MAE months and the rest
-    of :func:`age_metrics`, plus the public/private halves of the leaderboard split."""
-    from tasks.scoring import public_private_split
-
-    gt = Path(gt)
-    truth = read_submission(gt, answers=True)
-    sub = read_submission(csv_path)
-    missing = sorted(set(truth["id"]) - set(sub["id"]))
-    if missing:
-        raise FormatError(f"{csv_path}: {len(missing)} ids of {gt} have no prediction, e.g. {missing[0]}")
-    extra = sorted(set(sub["id"]) - set(truth["id"]))
-    if extra:
-        raise FormatError(f"{csv_path}: id {extra[0]} is not in the answers {gt}")
-    pred = sub.set_index("id").loc[truth["id"], "boneage"].to_numpy()
-    age = truth["boneage"].to_numpy()
-    male = truth["male"].to_numpy(bool) if "male" in truth else _sex_for(gt, list(truth["id"]))
-    result = age_metrics(pred, age, male)
-    public, private = public_private_split(list(truth["id"]))
-    pub = truth["id"].isin(public).to_numpy()
-    err = np.abs(pred - age)
-    result.update(public=float(err[pub].mean()) if pub.any() else float("nan"),
-                  private=float(err[~pub].mean()) if (~pub).any() else float("nan"),
-                  images=len(truth), metric="mae_months")
-    return result
 
 
 class BoneAgeTask(Task):

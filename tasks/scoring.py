@@ -1,8 +1,14 @@
-"""Local scoring of submissions, with a competition-style public/private split of the test images."""
+"""Local scoring of submissions, with a competition-style public/private split of the test images.
+
+No torch here, nor in anything it imports: ``tools/score.py`` and ``tools/validate_submission.py`` start in
+a fraction of a second. Pandas is imported only to score a bone-age CSV.
+"""
 from __future__ import annotations
 
 import importlib
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +18,9 @@ from tasks.formats.handbones import CLASSES, list_samples, read_masks
 from tasks.formats.images import image_size
 from tasks.formats.submissions import sniff_task
 from tasks.rle import decode, parse_runs
-from tasks.segmentation import dice_per_class
+from tasks.keypoint_labels import KeypointSample, list_keypoint_samples, read_labels, read_spacing_file, read_wide, stem
+from tasks.keypoint_sets import LandmarkSet
+from tasks.metrics import age_metrics, dice_per_class, keypoint_metrics, radial_errors
 from tasks.submission import iter_images
 
 PUBLIC_SEED = 0
@@ -82,12 +90,109 @@ def score_segmentation(csv_path: str | os.PathLike, gt: str | os.PathLike, image
             "per_item": {c: float(v) for c, v in zip(CLASSES, per_class)}, "images": len(per_image)}
 
 
+def _ground_truth(gt: Path, lmset: LandmarkSet, images: str | os.PathLike | None) -> tuple[list[KeypointSample], Path]:
+    """Labelled samples to score against: ``gt`` is a keypoint folder (its ``test`` split when it has a
+    split file) or a label file beside ``images/`` (or ``images`` given)."""
+    if gt.is_dir():
+        has_split = (gt / "split.csv").is_file()
+        if images is not None:
+            samples = list_keypoint_samples(gt, lmset, images=str(Path(images).resolve()),
+                                            split="test" if has_split else None)
+        else:
+            samples = list_keypoint_samples(gt, lmset, split="test" if has_split else None)
+        return samples, gt / lmset.label_file
+    if not gt.is_file():
+        raise FormatError(f"{gt}: ground truth not found")
+    root = gt.parent
+    image_dir = Path(images).resolve() if images is not None else root / "images"
+    if image_dir.is_dir():
+        split = "test" if (root / "split.csv").is_file() else None
+        return list_keypoint_samples(root, lmset, labels=gt.name, images=str(image_dir), split=split), gt
+    ids, coords = read_labels(gt, lmset)
+    spacings = read_spacing_file(root / "spacing.csv") if (root / "spacing.csv").is_file() else {}
+    return [KeypointSample(i, root / i, c, spacings.get(stem(i))) for i, c in zip(ids, coords)], gt
+
+
+def score_keypoints(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
+                    radii_px: Sequence[float] = (2, 4, 8), radii_mm: Sequence[float] = (2, 4, 10)) -> dict:
+    """Score a wide keypoint CSV against ground truth, in the original pixels (and mm where known).
+
+    ``gt``: a keypoint folder (``coord_list.csv``/``all.csv`` + ``images/`` [+ ``spacing.csv``,
+    ``split.csv`` whose ``test`` rows are scored]) or a label file. Every ground-truth image needs a
+    row and every row a ground truth. Public/private halves as on a leaderboard.
+    """
+    names, pred, lmset = read_wide(csv_path)
+    samples, gt_file = _ground_truth(Path(gt), lmset, images)
+    by_stem = {stem(s.name): s for s in samples}
+    pred_by_stem = {stem(n): p for n, p in zip(names, pred)}
+    unknown = [n for n in names if stem(n) not in by_stem]
+    if unknown:
+        raise FormatError(f"{csv_path}: image {unknown[0]} has no ground truth in {gt_file} ({len(unknown)} such rows)")
+    missing = [s.name for s in samples if stem(s.name) not in pred_by_stem]
+    if missing:
+        raise FormatError(f"{csv_path}: {len(missing)} ground-truth images have no row, e.g. {missing[0]}")
+    order = sorted(by_stem)
+    p = np.stack([pred_by_stem[k] for k in order])
+    t = np.stack([by_stem[k].coords for k in order])
+    spacing = [by_stem[k].spacing_mm for k in order]
+    result = keypoint_metrics(p, t, lmset.names, spacing, radii_px, radii_mm)
+    public, private = public_private_split(order)
+    err = radial_errors(p, t).mean(1)
+    half = {k: float(e) for k, e in zip(order, err)}
+    result["public"] = float(np.mean([half[k] for k in public])) if public else math.nan
+    result["private"] = float(np.mean([half[k] for k in private])) if private else math.nan
+    result.update(metric="mre_px", images=len(order), landmarks=lmset.name)
+    return result
+
+
+def _sex_for(gt: Path, ids: Sequence[str]) -> np.ndarray | None:
+    """Sex of each id from the test CSV beside an answers file (``boneage-test-dataset.csv``), if there."""
+    from tasks.formats.rsna import read_labels as read_rsna_labels  # pandas: only for bone age
+
+    for name in ("boneage-test-dataset.csv", "labels.csv"):
+        path = gt.parent / name
+        if path.is_file() and path.resolve() != gt.resolve():
+            df = read_rsna_labels(path)
+            sex = dict(zip(df["id"], df["male"]))
+            if all(i in sex for i in ids):
+                return np.array([sex[i] for i in ids], bool)
+    return None
+
+
+def score_boneage(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
+                  **_) -> dict:
+    """Score an ``id,boneage`` submission against answers (``id,boneage[,male]``): MAE months and the rest
+    of :func:`age_metrics`, plus the public/private halves of the leaderboard split."""
+    from tasks.formats.rsna import read_submission  # pandas: only when a bone-age CSV is scored
+
+    gt = Path(gt)
+    truth = read_submission(gt, answers=True)
+    sub = read_submission(csv_path)
+    missing = sorted(set(truth["id"]) - set(sub["id"]))
+    if missing:
+        raise FormatError(f"{csv_path}: {len(missing)} ids of {gt} have no prediction, e.g. {missing[0]}")
+    extra = sorted(set(sub["id"]) - set(truth["id"]))
+    if extra:
+        raise FormatError(f"{csv_path}: id {extra[0]} is not in the answers {gt}")
+    pred = sub.set_index("id").loc[truth["id"], "boneage"].to_numpy()
+    age = truth["boneage"].to_numpy()
+    male = truth["male"].to_numpy(bool) if "male" in truth else _sex_for(gt, list(truth["id"]))
+    result = age_metrics(pred, age, male)
+    public, private = public_private_split(list(truth["id"]))
+    pub = truth["id"].isin(public).to_numpy()
+    err = np.abs(pred - age)
+    result.update(public=float(err[pub].mean()) if pub.any() else float("nan"),
+                  private=float(err[~pub].mean()) if (~pub).any() else float("nan"),
+                  images=len(truth), metric="mae_months")
+    return result
+
+
 # Header of a submission → "module:function" scoring it as ``fn(csv_path, gt, images) -> dict`` with keys
 # score, public, private, per_item (+ anything else). Tasks register theirs here.
 SCORERS: dict[str, str] = {
     "segmentation": "tasks.scoring:score_segmentation",
-    "keypoints": "tasks.keypoints:score_submission",
-    "boneage": "tasks.boneage:score_submission",
+    "keypoints": "tasks.scoring:score_keypoints",
+    "boneage": "tasks.scoring:score_boneage",
 }
 
 

@@ -20,6 +20,7 @@ from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
+from tasks.metrics import dice_per_class
 
 
 class SegmentationData(DataBase):
@@ -39,18 +40,6 @@ def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], cl
     if isinstance(threshold, dict):
         return np.array([float(threshold.get(c, 0.5)) for c in classes], np.float32)
     return np.asarray(threshold, np.float32)
-
-
-def dice_per_class(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Dice per class for ``(C, H, W)`` binary masks (or ``(N, C, H, W)``); empty/empty = 1."""
-    pred_t = torch.as_tensor(pred).bool()
-    target_t = torch.as_tensor(target).bool()
-    if pred_t.shape != target_t.shape:
-        raise ValueError(f"prediction shape {tuple(pred_t.shape)} != target shape {tuple(target_t.shape)}")
-    inter = (pred_t & target_t).flatten(-2).sum(-1).double()
-    total = pred_t.flatten(-2).sum(-1).double() + target_t.flatten(-2).sum(-1).double()
-    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-    return dice.numpy()
 
 
 def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> np.ndarray:

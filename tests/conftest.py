@@ -1,13 +1,14 @@
 import os
 import pickle
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# pytest imports this checkout (pyproject: pythonpath = ["."]); commands the tests start in subprocesses
+# (tools/*.py, train.py) must too, whichever checkout the venv's editable install points at.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 import engine  # noqa: E402,F401  (offline environment before any third-party import)
 

@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from engine.config import load_config
-from tasks.boneage import (AGE_BANDS, BoneAgeDataset, BoneAgeTask, RegressionLoss, age_metrics, list_samples,
-                           read_submission, score_submission, split_folds)
+from tasks.boneage import BoneAgeDataset, BoneAgeTask, RegressionLoss, list_samples, split_folds
+from tasks.formats.rsna import read_submission
+from tasks.metrics import AGE_BANDS, age_metrics
+from tasks.scoring import score_boneage as score_submission
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.rsna import write_predictions

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.segmentation import dice_per_class, probs_to_masks, resolve_thresholds
+from tasks.metrics import dice_per_class
+from tasks.segmentation import probs_to_masks, resolve_thresholds
 
 
 def test_dice_hand_computed():

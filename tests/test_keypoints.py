@@ -18,8 +18,10 @@ from tasks.formats.images import write_png
 from tasks.heatmaps import (HeatmapLoss, activate, decode_heatmaps, decode_one_dark, heatmap_to_input,
                             input_to_heatmap, render_gaussians)
 from tasks.keypoint_sets import AASCE68, DHA37, SHS15, LandmarkSet, get_set
-from tasks.keypoints import (KeypointDataset, keypoint_metrics, list_keypoint_samples, read_labels,
-                             read_wide, score_submission, write_wide)
+from tasks.keypoint_labels import list_keypoint_samples, read_labels, read_wide, write_wide
+from tasks.keypoints import KeypointDataset
+from tasks.metrics import keypoint_metrics
+from tasks.scoring import score_keypoints as score_submission
 from tasks.letterbox import Letterbox
 from tasks.augment import build_augment
 from tools import score

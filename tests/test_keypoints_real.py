@@ -12,7 +12,9 @@ from engine.config import load_config
 from engine.trainer import train
 from tasks.formats.images import image_size, read_grey
 from tasks.keypoint_sets import DHA37, SHS15
-from tasks.keypoints import KeypointTask, list_keypoint_samples, read_wide, score_submission
+from tasks.keypoint_labels import list_keypoint_samples, read_wide
+from tasks.keypoints import KeypointTask
+from tasks.scoring import score_keypoints as score_submission
 from tasks.letterbox import Letterbox
 from tools import score
 

@@ -15,10 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import engine  # noqa: E402,F401  (offline environment first)
-from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.atomic import atomic_write  # noqa: E402
 from engine.cli import run_main  # noqa: E402
 

@@ -20,12 +20,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
+import numpy as np
+import pandas as pd
 
-import engine  # noqa: E402,F401  (offline environment first)
 from engine.cli import run_main  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402
 from tasks.formats.atomic import write_text  # noqa: E402

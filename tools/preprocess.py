@@ -19,12 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine  # noqa: F401  (offline environment first)
+import numpy as np
 
-import engine  # noqa: E402,F401  (offline environment first)
 from engine.cli import run_main  # noqa: E402
 from engine.config import field_message, load_config  # noqa: E402
-import numpy as np  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from tasks.formats import FormatError  # noqa: E402

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import engine  # noqa: E402,F401
-from engine.cli import run_main  # noqa: E402
-from tasks.scoring import score_submission  # noqa: E402
+from engine.cli import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="run or ensemble folder whose summary.json gets the test scores")
     parser.add_argument("--quiet", action="store_true", help="only the summary line")
     args = parser.parse_args(argv)
-    result = score_submission(args.csv, args.gt, args.images)
+    from tasks.scoring import score_submission  # after parsing: --help and usage errors skip numpy and OpenCV
+
+    result = score_submission(args.csv, args.gt, args.images)  # faults (FormatError, OSError) end in run_main
     if not args.quiet:
         width = max(len(k) for k in result["per_item"])
         for name, value in result["per_item"].items():

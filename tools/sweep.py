@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import engine  # noqa: E402,F401  (offline environment first)
-from engine.cli import run_main  # noqa: E402
+import engine  # noqa: F401  (offline environment first)
+from engine.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,11 +13,8 @@ import errno
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.cli import run_main  # noqa: E402
-from tasks.formats import FormatError  # noqa: E402
-from tasks.scoring import check_segmentation_csv  # noqa: E402
+from engine.cli import run_main
+from tasks.formats import FormatError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     for csv_path in args.csv:
         if not Path(csv_path).is_file():
             raise FileNotFoundError(errno.ENOENT, "submission not found", csv_path)
+
+    from tasks.scoring import check_segmentation_csv  # after parsing: --help and usage errors skip numpy and OpenCV
+
     status = 0
     for csv_path in args.csv:
         try:
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"OK: {csv_path} covers {n} images x 29 classes")
     return status
+
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -29,16 +29,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import engine  # noqa: F401  (offline environment before any third-party import)
+import numpy as np
+import streamlit as st
 
-import engine  # noqa: E402,F401  (offline environment before any third-party import)
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
+from engine.interactive import HINTLESS_NOTE, InteractiveRun, open_run
+from tools import viewer_state as vs
 
-from engine.interactive import HINTLESS_NOTE, InteractiveRun, open_run  # noqa: E402
-from tools import viewer_state as vs  # noqa: E402
 
 SPLITS = ("val", "test")
 MODES = ("keypoints", "segmentation")

@@ -23,7 +23,7 @@ import yaml
 from tasks.formats.handbones import HandboneSample, list_samples, read_masks
 from tasks.formats.images import read_grey
 from tasks.interactive import pick_clicks, pin
-from tasks.keypoints import radial_errors
+from tasks.metrics import radial_errors
 from tools.visualize import overlay
 
 # Trace names of the keypoint figure; a click is interpreted by the name of the trace it hit.
@@ -288,7 +288,8 @@ def segmentation_panel(run_dir: Path, split: str, sample: HandboneSample, side: 
     original size (as ``inference.py`` does), drawn with ``tools.visualize.overlay``; Dice against its label."""
     from engine.config import load_config
     from ensembles.runner import cache_path, load_cached
-    from tasks.segmentation import dice_per_class, probs_to_masks, resolve_thresholds
+    from tasks.metrics import dice_per_class
+    from tasks.segmentation import probs_to_masks, resolve_thresholds
 
     cfg = load_config(run_dir / "config.yaml")
     probs, size = load_cached(cache_path(run_dir, split, sample.name), run_dir.name)

@@ -15,16 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from tasks.formats.atomic import write_bytes
+from tasks.formats.handbones import CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from engine.cli import run_main  # noqa: E402
 from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.atomic import write_bytes  # noqa: E402
-from tasks.formats.handbones import CLASSES  # noqa: E402
 
 
 def class_colours(n: int = len(CLASSES)) -> np.ndarray:

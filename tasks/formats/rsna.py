@@ -6,6 +6,7 @@ present in the returned frame; ``require_age=True`` turns a missing or empty age
 """
 from __future__ import annotations
 
+import csv
 import math
 import os
 from pathlib import Path
@@ -14,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.tables import new_id, read_table
+from tasks.formats.tables import finite_number, new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
 from tasks.formats.submissions import read_ages, write_ages
 
 MAX_AGE_MONTHS = 240.0
+SUBMISSION_HEADER: tuple[str, str] = ("id", "boneage")
 _TRUE = {"true", "1", "m", "male", "yes", "t"}
 _FALSE = {"false", "0", "f", "female", "no"}
 
@@ -109,3 +111,37 @@ def read_predictions(csv_path: str | os.PathLike) -> pd.DataFrame:
     """
     ids, ages = read_ages(csv_path)
     return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": ages})
+
+
+def read_submission(path: str | os.PathLike, *, answers: bool = False) -> pd.DataFrame:
+    """``id,boneage`` CSV (a submission or, ``answers=True``, the ground truth) → frame of id (str) and
+    boneage (float months). Checked: header, non-empty unique ids, finite numbers; answers also lie in
+    [0, 240] months. A ``male`` column, when present, is kept (as bool)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: CSV file not found")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise FormatError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    if header[:2] != list(SUBMISSION_HEADER):
+        raise FormatError(f"{path}: header must start with id,boneage, got {','.join(header)}")
+    if answers and "male" in header:
+        df = read_labels(path, require_age=True)
+        return df[["id", "boneage", "male"]]
+    ids, ages, seen = [], [], {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise FormatError(f"{path}: line {line}: expected id,boneage, got {row}")
+        rid = new_id(row[0], f"{path}: line {line}", line, seen)
+        value = finite_number(row[1], f"{path}: line {line}, column 'boneage'")
+        if answers and not 0 <= value <= MAX_AGE_MONTHS:
+            raise FormatError(f"{path}: line {line}, column 'boneage': age {row[1].strip()} months outside [0, {MAX_AGE_MONTHS:g}]")
+        ids.append(rid)
+        ages.append(value)
+    if not ids:
+        raise FormatError(f"{path}: no rows")
+    return pd.DataFrame({"id": pd.Series(ids, dtype=object), "boneage": np.asarray(ages, np.float64)})
