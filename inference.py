@@ -10,6 +10,9 @@ reported. ``--section.key=value`` overrides are applied last. Faults end as one 
   python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
   python inference.py --ensemble configs/ensembles/seg_soft.yaml --tta -o submissions/ens.csv  # members on the fly
   python inference.py --ensemble configs/ensembles/seg_weighted.yaml --from-cache              # from <run>/preds/test
+  python inference.py --ensemble configs/ensembles/kp_hard.yaml --tta                           # any task: keypoints, boneage
+
+An ensemble writes its CSV and, for the test set, its run folder <out_dir>/<task>/<name>/summary.json.
 """
 from __future__ import annotations
 
@@ -40,40 +43,27 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-# Task → module whose ``predict_run(cfg, ckpt, *, out_csv, split, tta, save_probs_dir, device, workers)``
-# predicts one run and returns {"images", "seconds", "images_per_s", "csv"}.
-PREDICTORS = {
-    "segmentation": "engine.predictor",
-    "keypoints": "engine.predict_keypoints",
-    "boneage": "engine.predict_boneage",
-}
-
-
 def predictor_for(cfg, ckpt: Path):
-    import importlib
+    """``predict_run`` of the run's task (registered in :data:`engine.predictor.PREDICTORS`)."""
+    from ensembles.plugins import run_predictor
 
-    if cfg.task not in PREDICTORS:
-        raise ValueError(f"{ckpt}: no predictor for task {cfg.task!r}")
-    return importlib.import_module(PREDICTORS[cfg.task]).predict_run
-
-
-# Task → module whose ``predict_ensemble(ens, *, out_csv, split, tta, from_cache, device, workers)`` predicts
-# an ensemble config (ensembles.config.EnsembleConfig) and returns the same stats as predict_run.
-ENSEMBLE_RUNNERS = {
-    "segmentation": "ensembles.runner",
-}
+    try:
+        return run_predictor(cfg.task)
+    except ValueError as err:
+        raise ValueError(f"{ckpt}: {err}") from None
 
 
 def run_ensemble(args: argparse.Namespace) -> dict:
-    import importlib
-
+    """Predict an ensemble YAML with its task's registered runner (:mod:`ensembles.registry`)."""
     from ensembles.config import load_ensemble_config
+    from ensembles.plugins import ensemble_runner
 
     ens = load_ensemble_config(args.ensemble)
-    if ens.task not in ENSEMBLE_RUNNERS:
-        raise ValueError(f"{args.ensemble}: no ensemble runner for task {ens.task!r} (have: {', '.join(ENSEMBLE_RUNNERS)})")
+    try:
+        runner = ensemble_runner(ens.task)
+    except ValueError as err:
+        raise ValueError(f"{args.ensemble}: {err}") from None
     out = args.out or f"submissions/{ens.run_name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    runner = importlib.import_module(ENSEMBLE_RUNNERS[ens.task]).predict_ensemble
     return runner(ens, out_csv=out, split=args.split, tta=args.tta, from_cache=args.from_cache, device=args.device,
                   workers=args.workers)
 

@@ -26,10 +26,15 @@ from models import create_model
 from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import HandboneSample, list_samples
 from tasks.formats.images import read_grey, resize_grey
-from tasks.registry import get_task_class
+from tasks.registry import Registry, get_task_class
 from tasks.rle import encode
 from tasks.segmentation import probs_to_masks, split_folds
 from tasks.submission import AtomicCSVWriter
+
+
+# Task -> ``predict_run(cfg, ckpt, *, out_csv, split, tta, save_probs_dir, device, workers, progress)``, which
+# predicts one trained run and returns {"images", "seconds", "images_per_s", "csv"}.
+PREDICTORS = Registry("predictor")
 
 
 @dataclass
@@ -173,6 +178,7 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+@PREDICTORS.register("segmentation")
 def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:

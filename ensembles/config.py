@@ -1,8 +1,10 @@
-"""Schema of ``configs/ensembles/*.yaml``: members (run folders), method, weights, thresholds, fitting.
+"""Schema of ``configs/ensembles/*.yaml``, one for all three tasks: members (run folders), method, weights,
+thresholds (segmentation) or vote radius (keypoints), fitting.
 
 ```yaml
 task: segmentation
-method: weighted                 # soft | hard | weighted
+method: weighted                 # segmentation: soft | hard | weighted; keypoints: soft | mean | median |
+                                 # weighted | hard; boneage: mean | median | weighted
 members:                         # run folders: <run>/best.pt, <run>/config.yaml, <run>/preds/<split>/
   - run: runs/segmentation/demo_unet-f0
   - {name: fpn, run: runs/segmentation/demo_fpn-f0}
@@ -10,10 +12,13 @@ members:                         # run folders: <run>/best.pt, <run>/config.yaml
 weights: fit                     # [w, ...] | {member: w} | fit   (weighted; normalised, >= 0, not all zero)
 class_weights:                   # per-class rows of the weight table; classes or groups (wrist, fingers, forearm)
   wrist: {u3p: 1}                # one-hot: the wrist classes come from u3p only (members not named get 0)
-thresholds: fit                  # 0.5 | [29 values] | {class: t} | fit
+                                 # (keypoints: landmark names, e.g. {MCP2: {a: 1}})
+thresholds: fit                  # segmentation only: 0.5 | [29 values] | {class: t} | fit
 min_votes: 2                     # hard: votes needed (default: strict majority)
-tta: {hflip: true, vflip: false, scales: [1.0]}
-fit: {per_class: true, folds: 5, grid_step: 0.1}   # what 'fit' searches (tools/fit_ensemble.py)
+radius: 4.0                      # keypoints hard: agreement radius, original-image pixels (required)
+tta: {hflip: true, vflip: false, scales: [1.0]}   # absent: each member uses its own run's inference.tta
+fit: {per_class: true, folds: 5, grid_step: 0.1}   # what 'fit' searches (tools/fit_ensemble.py);
+                                 # per_class: per class (segmentation) / per landmark (keypoints)
 ```
 
 A member with ``runs`` (the folds of one configuration) predicts the test set as the mean of its fold
@@ -33,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from engine.config import ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
+from engine.config import Config, ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
 from tasks.base import Section, Threshold, check_thresholds
 from tasks.registry import TASK_MODULES, get_task_class
 
@@ -95,15 +100,24 @@ class FitConfig(Section):
         return value
 
 
+# The methods each task's ensemble runner implements.
+TASK_METHODS: dict[str, tuple[str, ...]] = {
+    "segmentation": ("soft", "hard", "weighted"),
+    "keypoints": ("soft", "mean", "median", "weighted", "hard"),
+    "boneage": ("mean", "median", "weighted"),
+}
+
+
 class EnsembleConfig(Section):
     task: Literal[tuple(TASK_MODULES)]  # type: ignore[valid-type]
-    method: Literal["soft", "hard", "weighted"]
+    method: Literal["soft", "hard", "weighted", "mean", "median"]
     members: list[MemberConfig]
     name: str | None = None
     weights: list[float] | dict[str, float] | Literal["fit"] | None = None
     class_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
     thresholds: Threshold | Literal["fit"] = 0.5
     min_votes: int | None = None
+    radius: float | None = Field(None, gt=0)
     tta: TTAConfig = Field(default_factory=TTAConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
     test_root: str | None = None
@@ -130,6 +144,18 @@ class EnsembleConfig(Section):
     @model_validator(mode="after")
     def _method_options(self) -> "EnsembleConfig":
         n = len(self.members)
+        if self.method not in TASK_METHODS[self.task]:
+            raise ValueError(f"method {self.method!r} is not one for {self.task}; valid: "
+                             f"{', '.join(TASK_METHODS[self.task])}")
+        if self.task != "segmentation":
+            if "thresholds" in self.model_fields_set or any(m.threshold is not None for m in self.members):
+                raise ValueError(f"thresholds are for segmentation; a {self.task} ensemble has nothing to threshold")
+        if (self.task, self.method) == ("keypoints", "hard"):
+            if self.radius is None:
+                raise ValueError("keypoints method 'hard' needs 'radius': the distance (original-image pixels) "
+                                 "within which members agree on a point")
+        elif self.radius is not None:
+            raise ValueError("radius is for keypoints method 'hard'")
         if self.method != "hard" and self.min_votes is not None:
             raise ValueError(f"min_votes is for method 'hard', not {self.method!r}")
         if self.method == "hard" and self.min_votes is not None and not 1 <= self.min_votes <= n:
@@ -142,10 +168,10 @@ class EnsembleConfig(Section):
         if self.method == "hard" and self.thresholds == "fit":
             raise ValueError("method 'hard' thresholds each member with its own thresholds; 'fit' is for soft/weighted")
         labels = [m.label for m in self.members]
-        classes = get_task_class(self.task).classes
+        classes = get_task_class(self.task).classes if self.task == "segmentation" else ()
         for where, value in [("thresholds", self.thresholds)] + [(f"members.{m.label}.threshold", m.threshold)
                                                                  for m in self.members]:
-            if value is not None and value != "fit":
+            if classes and value is not None and value != "fit":
                 try:
                     check_thresholds(value, classes)
                 except ValueError as err:
@@ -186,6 +212,11 @@ class EnsembleConfig(Section):
     @property
     def fit_path(self) -> Path:
         return self.run_dir / "fit.json"
+
+    def member_tta(self, cfg: Config) -> TTAConfig:
+        """The TTA views' settings for a member run's config ``cfg``: the ensemble's ``tta`` when the
+        YAML gives one, else the run's own ``inference.tta``."""
+        return self.tta if "tta" in self.model_fields_set else cfg.inference.tta
 
 
 def load_ensemble_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EnsembleConfig:

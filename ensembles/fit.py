@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ensembles.registry import ENSEMBLE_FITTERS
 from tasks.formats.atomic import write_text
 
 BINS = 100  # threshold resolution 1 / BINS
@@ -373,6 +374,7 @@ def validation_items(members, samples, fit_size: int | None) -> Iterator[tuple[n
         yield stack.reshape(len(maps), stack.shape[1], -1), gt.reshape(gt.shape[0], -1), s.patient
 
 
+@ENSEMBLE_FITTERS.register("segmentation")
 def fit_ensemble(ens, progress: bool = True) -> dict:
     """Fit the ensemble ``ens`` on its members' validation caches; write ``fit.json`` and the run's summary.
 
@@ -413,6 +415,6 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     record = fit_to_dict(result, labels, CLASSES, fit_size=ens.fit.fit_size,
                          weights_fitted=bool(search_weights), thresholds_fitted=ens.thresholds == "fit")
     write_json(ens.fit_path, record)
-    write_ensemble_summary(ens, members, Fuser(ens, members), val=record["val"])
+    write_ensemble_summary(ens, members, Fuser(ens, members).describe(), val=record["val"])
     return record
 

@@ -1,4 +1,6 @@
-"""Segmentation ensembles end to end: members on the fly (models loaded once) or from the prediction cache.
+"""Segmentation ensembles end to end: members on the fly (models loaded once) or from the prediction cache;
+and what every task's ensemble shares: its members (:func:`resolve_members`) and its run folder
+(:func:`write_ensemble_summary`).
 
 Per image, each member gives ``(C, h_m, w_m)`` probabilities at its own size (a member with several
 fold runs: the mean of its fold models on the test set, the out-of-fold model on the validation set),
@@ -29,23 +31,26 @@ from engine.config import Config, ConfigError
 from engine.run_folder import member_config
 from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
+from ensembles.registry import ENSEMBLE_RUNNERS
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
 from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
+from tasks.registry import get_task_class
 from tasks.segmentation import resolve_thresholds
 
 
 @dataclass
 class Member:
-    """A resolved member: its label, run folders, their configs and its own thresholds (hard votes)."""
+    """A resolved member: its label, run folders, their configs and its own thresholds (segmentation hard
+    votes; None for the other tasks)."""
 
     label: str
     run_dirs: list[Path]
     cfgs: list[Config]
     checkpoint: str
-    thresholds: np.ndarray
+    thresholds: np.ndarray | None
     sources: dict[str, list[int]] = field(default_factory=dict)  # image name -> indices of the runs predicting it
 
     @property
@@ -54,10 +59,10 @@ class Member:
 
 
 def resolve_members(ens: EnsembleConfig) -> list[Member]:
-    """Read each member's run configs; check task and data agree (errors name the member and run)."""
-    if ens.task != "segmentation":
-        raise ConfigError(f"ensemble {ens.run_name}: the ensemble runner handles segmentation; for {ens.task} "
-                          f"fuse arrays with ensembles.weighted (weighted_mean / weighted_median)")
+    """Read each member's run configs; check task and data agree (errors name the member and run).
+
+    Keypoint and bone-age members read their test images from the ensemble's ``test_root`` when it is set.
+    """
     members = []
     for spec in ens.members:
         cfgs = []
@@ -67,9 +72,12 @@ def resolve_members(ens: EnsembleConfig) -> list[Member]:
             cfg = member_config(run, spec.checkpoint)
             if cfg.task != ens.task:
                 raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
+            if ens.test_root is not None and ens.task != "segmentation":
+                cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"test_root": ens.test_root})})
             cfgs.append(cfg)
         own = spec.threshold if spec.threshold is not None else cfgs[0].inference.threshold
-        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, resolve_thresholds(own)))
+        thresholds = resolve_thresholds(own) if ens.task == "segmentation" else None
+        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, thresholds))
     roots = {(m.label, str(c.data.root)) for m in members for c in m.cfgs}
     if len({r for _, r in roots}) > 1:
         detail = ", ".join(f"{label}: {root}" for label, root in sorted(roots))
@@ -360,16 +368,18 @@ def quantize(probs: np.ndarray, where: str) -> np.ndarray:
 MemberPredict = Callable[[int, int, np.ndarray], np.ndarray]
 
 
-def model_predict(members: list[Member], views, device) -> MemberPredict:
-    """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here."""
+def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device) -> MemberPredict:
+    """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here and
+    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`)."""
     import torch
 
     from engine.predictor import load_model
     from engine.trainer import amp_dtype
-    from ensembles.tta import tta_predict
+    from ensembles.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
     models = [[load_model(run / m.checkpoint, device, cfg) for run, cfg in zip(m.run_dirs, m.cfgs)] for m in members]
+    views = [[views_from_config(ens.member_tta(cfg), enabled=tta) for cfg in m.cfgs] for m in members]
 
     @torch.no_grad()
     def predict(member: int, run: int, image: np.ndarray) -> np.ndarray:
@@ -378,7 +388,7 @@ def model_predict(members: list[Member], views, device) -> MemberPredict:
         x = torch.from_numpy(resize_grey(image, size, size)).float().div_(255)[None, None].to(device)
         amp = amp_dtype(loaded.cfg.train.amp, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return tta_predict(loaded.model, x, views)[0].float().cpu().numpy()
+            return tta_predict(loaded.model, x, views[member][run])[0].float().cpu().numpy()
 
     return predict
 
@@ -419,14 +429,13 @@ def live_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser
     return stream(jobs(), workers, lambda: bound["n"])
 
 
+@ENSEMBLE_RUNNERS.register("segmentation")
 def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                      from_cache: bool = False, device: str = "auto", workers: int | None = None,
                      progress: bool = True) -> dict:
     """Write the ensemble's submission CSV (atomic) and its run folder's summary.json; returns stats."""
-    from engine.cli import Output
     from engine.predictor import write_submission
     from engine.trainer import pick_device
-    from ensembles.tta import views_from_config
 
     members = resolve_members(ens)
     samples = ensemble_samples(ens, members, split)
@@ -438,34 +447,45 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
                               "TTA); re-run the members with --tta --save-probs instead")
         rows = cache_rows(members, samples, fuser, split, workers, progress, ens.max_in_flight_mb)
     else:
-        predict = model_predict(members, views_from_config(ens.tta, enabled=tta), pick_device(device))
+        predict = model_predict(members, ens, tta, pick_device(device))
         rows = live_rows(members, samples, fuser, predict, workers, progress, budget_mb=ens.max_in_flight_mb)
     t0 = time.perf_counter()
     n = write_submission(rows, out_csv)
     seconds = time.perf_counter() - t0
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 3),
              "csv": str(out_csv)}
-    if split == "test":  # bookkeeping: a read-only ensemble folder warns, the submission stands
-        speed_key = "images_per_s_tta" if tta else "images_per_s"
-        Output(ens.run_dir, required=False)(write_ensemble_summary, ens, members, fuser,
-                                            speed=None if from_cache else {speed_key: stats["images_per_s"]})
+    if split == "test":
+        record_ensemble(ens, members, fuser.describe(), tta=tta, from_cache=from_cache,
+                        images_per_s=stats["images_per_s"])
     return stats
 
 
-def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], fuser: Fuser, speed: dict | None = None,
+def record_ensemble(ens: EnsembleConfig, members: list[Member], describe: dict, *, tta: bool, from_cache: bool,
+                    images_per_s: float) -> None:
+    """After a test-set prediction: the ensemble's run folder (bookkeeping: a read-only folder warns, the
+    submission stands); the speed only when the members ran (a fusion of caches measures no model)."""
+    from engine.cli import Output
+
+    speed = None if from_cache else {"images_per_s_tta" if tta else "images_per_s": images_per_s}
+    Output(ens.run_dir, required=False)(write_ensemble_summary, ens, members, describe, speed=speed)
+
+
+def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], describe: dict, speed: dict | None = None,
                            val: dict | None = None) -> dict:
-    """The ensemble's run folder: summary.json (members, weights, thresholds, validation score) + its config."""
+    """The ensemble's run folder (any task): summary.json (members, method, weights, thresholds, validation
+    score; ``describe`` says how it fuses) + its config; the task's metric and mode come from its Task."""
     import yaml
 
     from engine.summary import base_summary, read_summary, update_summary, write_summary
 
     run_dir = ens.run_dir
+    task = get_task_class(ens.task)
     if not read_summary(run_dir):
         write_summary(run_dir, base_summary(
             name=ens.run_name, task=ens.task, kind="ensemble", model=f"ensemble:{ens.method}", family="ensemble",
             arch=ens.method, config_id=ens.run_name, image_size=max(m.image_size for m in members),
-            metric="dice", mode="max", val={"score": None}))
-    fields: dict = {"members": [m.label for m in members], "ensemble": fuser.describe(),
+            metric=task.metric, mode=task.mode, val={"score": None}))
+    fields: dict = {"members": [m.label for m in members], "ensemble": describe,
                     "member_runs": {m.label: [str(r) for r in m.run_dirs] for m in members}}
     if val is None and ens.fit_path.is_file():
         try:

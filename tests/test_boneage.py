@@ -188,31 +188,23 @@ def test_bad_submissions_are_rejected(tmp_path):
         score_submission(tmp_path / "missing.csv", tmp_path / "bad_answers.csv")
 
 
-def test_csv_ensembles_mean_median_and_fitted_weights(tmp_path):
-    from engine.predict_boneage import fit_fusion_weights, fuse_csvs, main
+def test_age_fusion_mean_median_weighted_and_alignment():
+    from ensembles.runner import Member
+    from ensembles.values import align, fuse_values
 
-    truth = tmp_path / "truth.csv"
-    truth.write_text("id,boneage,male\n" + "".join(f"{i},{10 * i},True\n" for i in range(1, 11)))
-    good, bad, worse = (tmp_path / n for n in ("good.csv", "bad.csv", "worse.csv"))
-    ids = [str(i) for i in range(1, 11)]
-    write_predictions(good, pd.DataFrame({"id": ids, "boneage": [10 * i + 1 for i in range(1, 11)]}))
-    write_predictions(bad, pd.DataFrame({"id": ids, "boneage": [10 * i + 30 for i in range(1, 11)]}))
-    write_predictions(worse, pd.DataFrame({"id": ids, "boneage": [10 * i - 50 for i in range(1, 11)]}))
-    mean = fuse_csvs([good, bad, worse], tmp_path / "mean.csv")
-    assert mean["boneage"].tolist() == pytest.approx([10 * i - 19 / 3 for i in range(1, 11)])
-    median = fuse_csvs([good, bad, worse], tmp_path / "median.csv", "median")
-    assert median["boneage"].tolist() == pytest.approx([10 * i + 1 for i in range(1, 11)])
-    weights = fit_fusion_weights([good, bad, worse], truth)
-    assert weights.shape == (3,) and weights.sum() == pytest.approx(1.0)
-    fused = weights @ np.array([[1.0] * 10, [30.0] * 10, [-50.0] * 10])   # errors of the members
-    assert np.abs(fused).mean() <= 1.0   # no worse on validation than the best member alone
-    assert main(["fuse", str(good), str(bad), "--fit", str(good), str(bad), "--truth", str(truth),
-                 "-o", str(tmp_path / "fit.csv")]) == 0
-    assert read_submission(tmp_path / "fit.csv")["boneage"].tolist() == pytest.approx(
-        [10 * i + 1 for i in range(1, 11)], abs=5)
-    write_predictions(tmp_path / "short.csv", pd.DataFrame({"id": ids[:5], "boneage": [1.0] * 5}))
-    with pytest.raises(FormatError, match="different set of ids"):
-        fuse_csvs([good, tmp_path / "short.csv"], tmp_path / "x.csv")
+    preds = np.array([[10.0, 100.0], [20.0, 110.0], [60.0, 300.0]])       # (M=3, N=2) months
+    assert fuse_values(preds, "mean").tolist() == [30.0, 170.0]
+    assert fuse_values(preds, "median").tolist() == [20.0, 110.0]            # the outlier member is ignored
+    assert fuse_values(preds, "weighted", np.array([2.0, 1.0, 1.0])).tolist() == [25.0, 152.5]
+    assert fuse_values(preds, "weighted", np.array([[0.0], [1.0], [0.0]])).tolist() == [20.0, 110.0]
+    members = [Member(n, [Path(n)], [], "best.pt", None) for n in ("a", "b")]
+    names, stack = align(members, [(["1", "2"], np.array([1.0, 2.0])), (["2", "1"], np.array([20.0, 10.0]))], "test")
+    assert names == ["1", "2"] and stack.tolist() == [[1.0, 2.0], [10.0, 20.0]]   # aligned by id, not by row
+    with pytest.raises(FormatError, match="member b: predicts other test images"):
+        align(members, [(["1", "2"], np.zeros(2)), (["1", "3"], np.zeros(2))], "test")
+    with pytest.warns(UserWarning, match="using the 1 they share"):
+        names, stack = align(members, [(["1", "2"], np.array([1.0, 2.0])), (["2"], np.array([5.0]))], "val")
+    assert names == ["2"] and stack.tolist() == [[2.0], [5.0]]
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -5,6 +5,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from engine.config import ConfigError, build_config, save_config
@@ -235,11 +236,18 @@ def test_config_weight_table_with_class_groups(tmp_path):
     ("method: weighted\nweights: [0, 0, 0]\n", "all zero"),
     ("method: soft\nweights: [1, 1, 1]\n", "for method 'weighted'"),
     ("method: soft\nthreshold: 0.4\n", "did you mean 'thresholds'"),
+    ("task: segmentation\nmethod: median\n", "valid: soft, hard, weighted"),
+    ("task: keypoints\nmethod: hard\n", "needs 'radius'"),
+    ("task: keypoints\nmethod: mean\nradius: 2\n", "radius is for keypoints method 'hard'"),
+    ("task: keypoints\nmethod: soft\nthresholds: 0.4\n", "thresholds are for segmentation"),
+    ("task: boneage\nmethod: soft\n", "valid: mean, median, weighted"),
+    ("task: boneage\nmethod: mean\nweights: [1, 2, 1]\n", "are for method 'weighted'"),
 ])
 def test_bad_ensemble_configs_are_named(tmp_path, body, message):
-    members = "task: segmentation\nmembers: [{run: r/a}, {run: r/fpn}, {run: r/c}]\n"
+    task = "" if body.startswith("task:") else "task: segmentation\n"
+    members = "members: [{run: r/a}, {run: r/fpn}, {run: r/c}]\n"
     with pytest.raises(ConfigError, match=message):
-        load_ensemble_config(_write(tmp_path / "e.yaml", members + body))
+        load_ensemble_config(_write(tmp_path / "e.yaml", task + members + body))
 
 
 # ---------------------------------------------------------------- runner (from the prediction cache)
@@ -298,6 +306,8 @@ def test_cached_ensemble_matches_array_fusion(tmp_path, method, extra):
         np.testing.assert_array_equal(got, expected)
     summary = __import__("json").loads((tmp_path / "out/segmentation" / f"e_{method}" / "summary.json").read_text())
     assert summary["kind"] == "ensemble" and summary["members"] == ["m0", "m1", "m2"]
+    row = _leaderboard_rows(tmp_path / "out", "segmentation")[f"e_{method}"]
+    assert row["kind"] == "ensemble" and row["n_members"] == "3" and row["metric"] == "dice"
     assert summary["ensemble"]["method"] == method
 
 
@@ -571,3 +581,184 @@ def test_read_npz_matches_np_load_for_small_large_and_compressed(tmp_path):
             assert set(got) == set(ref.files)
             for key in ref.files:
                 np.testing.assert_array_equal(got[key], ref[key])
+
+
+# --------------------------------------------------------------------------------------------------
+# Keypoint and bone-age ensembles: exactness on constructed inputs, then end to end on the phantom
+# --------------------------------------------------------------------------------------------------
+
+def test_keypoint_mean_of_symmetric_members_is_the_truth_and_weighted_follows_weights():
+    from ensembles.keypoints import fuse_points
+
+    truth = np.array([[[30.0, 40.0], [5.5, 7.25]]])                      # (N=1, K=2, 2)
+    preds = np.stack([truth + 2, truth - 2])                             # +2 px and -2 px members
+    np.testing.assert_array_equal(fuse_points(preds, "mean"), truth)
+    np.testing.assert_array_equal(fuse_points(preds, "median"), truth)
+    np.testing.assert_array_equal(fuse_points(preds, "weighted", np.array([3.0, 1.0])), truth + 1)
+    per_landmark = np.array([[1.0, 0.0], [0.0, 1.0]])                    # landmark 0 from member 0, 1 from 1
+    np.testing.assert_array_equal(fuse_points(preds, "weighted", per_landmark),
+                                  np.stack([truth[:, 0] + 2, truth[:, 1] - 2], axis=1))
+
+
+def test_keypoint_hard_vote_keeps_agreeing_points_and_falls_back_to_the_median():
+    from ensembles.keypoints import fuse_points, vote_points
+
+    # landmark 0: two members agree (2 px apart), one outlier; landmark 1: nobody within 4 px of anybody
+    preds = np.array([[[[10.0, 10.0], [0.0, 0.0]]],
+                      [[[12.0, 10.0], [10.0, 0.0]]],
+                      [[[50.0, 50.0], [30.0, 0.0]]]])                    # (M=3, N=1, K=2, 2)
+    fused = fuse_points(preds, "hard", radius=4.0)                       # min_votes: majority, 2 of 3
+    assert fused[0, 0].tolist() == [11.0, 10.0]                          # midpoint of the agreeing pair
+    assert fused[0, 1].tolist() == [10.0, 0.0]                           # median fallback
+    assert fuse_points(preds, "median")[0, 0].tolist() == [12.0, 10.0]   # the median alone is pulled
+    assert vote_points(preds, 4.0, min_votes=3)[0, 0].tolist() == [12.0, 10.0]   # 2 < 3 votes: median
+    assert vote_points(preds, 60.0, min_votes=3)[0, 0].tolist() == [12.0, 10.0]  # all agree: their median
+    # two groups of two (4 members): the tighter group wins the tie
+    tie = np.array([[[[0.0, 0.0]]], [[[3.0, 0.0]]], [[[20.0, 0.0]]], [[[21.0, 0.0]]]])
+    assert vote_points(tie, 4.0, min_votes=2)[0, 0].tolist() == [20.5, 0.0]
+    with pytest.raises(ValueError, match="min_votes must be an integer between 1 and 3"):
+        vote_points(preds, 4.0, min_votes=4)
+
+
+
+def _leaderboard_rows(root: Path, task: str) -> dict[str, dict]:
+    """The leaderboard's rows of ``task`` under ``root``, by run name (via the command's CSV export)."""
+    import csv
+
+    from tools import leaderboard
+
+    out = root.parent / f"lb_{task}.csv"
+    assert leaderboard.main([str(root), "--task", task, "--csv", str(out), "--quiet"]) == 0
+    with open(out, newline="") as f:
+        return {row["name"]: row for row in csv.DictReader(f)}
+
+
+def _write_yaml(path: Path, task: str, method: str, runs: list[Path], out_dir: Path, extra: str = "") -> Path:
+    members = ", ".join(f"{{name: m{i}, run: {r}}}" for i, r in enumerate(runs))
+    path.write_text(f"task: {task}\nmethod: {method}\nout_dir: {out_dir}\nmembers: [{members}]\n{extra}")
+    return path
+
+
+def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
+    import json
+
+    import inference
+    from engine.config import load_config
+    from engine.predict_keypoints import load_cache
+    from engine.trainer import train
+    from ensembles.keypoints import vote_points
+    from tasks.keypoints import read_wide
+    from tools import fit_ensemble, score
+
+    runs = tmp_path / "runs"
+    members = []
+    for name, size in (("kpa", 64), ("kpb", 96)):   # different input sizes: fused in the original frame
+        cfg = load_config(None, {
+            "task": "keypoints", "name": name,
+            "data": {"root": str(phantom / "joints"), "landmarks": "shs15", "image_size": size, "sigma": 2.0,
+                     "n_folds": 3, "cache": False},
+            "model": {"name": "shsnet:unet", "options": {"base_channels": 8, "depth": 3, "out_stride": 2}},
+            "loss": {"weights": {"awing": 1.0}},
+            "train": {"epochs": 1, "batch_size": 4, "lr": 3e-3, "warmup_epochs": 0, "max_steps_per_epoch": 2},
+            "inference": {"batch_size": 8, "tta": {"hflip": True, "scales": [1.0]}},
+            "logging": {"out_dir": str(runs), "progress": False}})
+        train(cfg)
+        for split in ("test", "val"):
+            assert inference.main(["--ckpt", str(cfg.run_dir / "best.pt"), "--split", split, "--save-probs",
+                                   "-o", str(tmp_path / f"{name}-{split}.csv")]) == 0
+        members.append(cfg.run_dir)
+    caches = [load_cache(r / "preds" / "test" / "keypoints.npz") for r in members]
+    names = caches[0][0]
+    preds = np.stack([c[1] for c in caches])
+
+    mean_yaml = _write_yaml(tmp_path / "kp_mean.yaml", "keypoints", "mean", members, runs)
+    assert inference.main(["--ensemble", str(mean_yaml), "--from-cache", "-o", str(tmp_path / "mean.csv")]) == 0
+    got_names, got, _ = read_wide(tmp_path / "mean.csv")
+    assert got_names == names and np.abs(got - preds.mean(0)).max() <= 5e-4   # 3 decimals in the CSV
+
+    hard_yaml = _write_yaml(tmp_path / "kp_hard.yaml", "keypoints", "hard", members, runs, "radius: 3.0\n")
+    assert inference.main(["--ensemble", str(hard_yaml), "--from-cache", "-o", str(tmp_path / "hard.csv")]) == 0
+    assert np.abs(read_wide(tmp_path / "hard.csv")[1] - vote_points(preds, 3.0)).max() <= 5e-4
+
+    soft_yaml = _write_yaml(tmp_path / "kp_soft.yaml", "keypoints", "soft", members, runs)
+    assert inference.main(["--ensemble", str(soft_yaml), "--tta", "-o", str(tmp_path / "soft.csv")]) == 0
+    soft = read_wide(tmp_path / "soft.csv")[1]
+    assert soft.shape == preds.shape[1:] and np.isfinite(soft).all() and (soft >= 0).all() and (soft <= 127).all()
+    assert inference.main(["--ensemble", str(soft_yaml), "--from-cache", "-o", str(tmp_path / "x.csv")]) == 2
+
+    fit_yaml = _write_yaml(tmp_path / "kp_fit.yaml", "keypoints", "weighted", members, runs,
+                           "weights: fit\nfit: {per_class: true, folds: 3}\n")
+    assert fit_ensemble.main([str(fit_yaml), "--quiet"]) == 0
+    fit = json.loads((runs / "keypoints" / "kp_fit" / "fit.json").read_text())
+    assert np.array(fit["weights"]).shape == (2, 15) and fit["guard"] == "cross-fitting"
+    assert inference.main(["--ensemble", str(fit_yaml), "--from-cache", "-o", str(tmp_path / "fit.csv")]) == 0
+    w = np.array(fit["weights"])
+    expected = (preds * (w / w.sum(0))[:, None, :, None]).sum(0)
+    assert np.abs(read_wide(tmp_path / "fit.csv")[1] - expected).max() <= 5e-4
+    assert score.main([str(tmp_path / "fit.csv"), "--gt", str(phantom / "joints"), "--quiet",
+                       "--run", str(runs / "keypoints" / "kp_fit")]) == 0
+
+    rows = _leaderboard_rows(runs, "keypoints")
+    assert {"kpa-f0", "kpb-f0", "kp_mean", "kp_hard", "kp_soft", "kp_fit"} <= set(rows)
+    assert rows["kp_hard"]["kind"] == "ensemble" and rows["kp_hard"]["n_members"] == "2"
+    assert float(rows["kp_fit"]["val_score"]) == pytest.approx(fit["val"]["score"])
+    assert float(rows["kp_fit"]["test_score"]) > 0
+    summary = json.loads((runs / "keypoints" / "kp_hard" / "summary.json").read_text())
+    assert summary["metric"] == "mre_px" and summary["ensemble"]["radius_px"] == 3.0
+
+
+def test_boneage_ensembles_end_to_end(phantom, tmp_path):
+    import json
+
+    import inference
+    from engine.config import load_config
+    from engine.trainer import train
+    from tasks.boneage import read_submission
+    from tools import fit_ensemble
+
+    root = Path(__file__).resolve().parents[1]
+    runs = tmp_path / "runs"
+    members = []
+    for name, size in (("baa", 64), ("bab", 48)):
+        cfg = load_config(root / "configs" / "boneage" / "phantom_cpu_resnet10t.yaml",
+                          [f"--logging.run_name={name}", f"--data.root={phantom / 'boneage'}", f"--data.image_size={size}",
+                           "--train.epochs=1", "--train.device=cpu", "--data.cache=false", "--train.batch_size=8",
+                           "--train.max_steps_per_epoch=2", f"--logging.out_dir={runs}", "--logging.progress=false"])
+        train(cfg)
+        for split in ("test", "val"):
+            assert inference.main(["--ckpt", str(cfg.run_dir / "best.pt"), "--split", split, "--save-probs",
+                                   "--device", "cpu", "-o", str(tmp_path / f"{name}-{split}.csv")]) == 0
+        assert inference.main(["--ckpt", str(cfg.run_dir / "best.pt"), "--tta", "--device", "cpu",
+                               "-o", str(tmp_path / f"{name}-tta.csv")]) == 0
+        members.append(cfg.run_dir)
+
+    def ages(path: Path) -> pd.Series:
+        return read_submission(path).set_index("id")["boneage"]
+
+    mean_yaml = _write_yaml(tmp_path / "ba_mean.yaml", "boneage", "mean", members, runs)
+    # on the fly, each member with its own TTA: the mean of the members' own --tta predictions
+    assert inference.main(["--ensemble", str(mean_yaml), "--tta", "--device", "cpu",
+                           "-o", str(tmp_path / "mean.csv")]) == 0
+    expected = (ages(tmp_path / "baa-tta.csv") + ages(tmp_path / "bab-tta.csv")) / 2
+    got = ages(tmp_path / "mean.csv")
+    assert np.abs(got - expected.loc[got.index]).max() <= 1e-3
+
+    median_yaml = _write_yaml(tmp_path / "ba_median.yaml", "boneage", "median", members, runs)
+    assert inference.main(["--ensemble", str(median_yaml), "--from-cache", "-o", str(tmp_path / "median.csv")]) == 0
+    plain = (ages(tmp_path / "baa-test.csv") + ages(tmp_path / "bab-test.csv")) / 2   # median of two = mean
+    assert np.abs(ages(tmp_path / "median.csv") - plain.loc[ages(tmp_path / "median.csv").index]).max() <= 1e-3
+
+    fit_yaml = _write_yaml(tmp_path / "ba_fit.yaml", "boneage", "weighted", members, runs, "weights: fit\n")
+    assert fit_ensemble.main([str(fit_yaml), "--quiet"]) == 0
+    fit = json.loads((runs / "boneage" / "ba_fit" / "fit.json").read_text())
+    assert fit["metric"] == "mae_months" and np.array(fit["weights"]).shape == (2, 1)
+    assert fit["val"]["score"] <= fit["cross_fitted"]["defaults"] + 1e-9   # the guard keeps the best held out
+    assert inference.main(["--ensemble", str(fit_yaml), "--from-cache", "-o", str(tmp_path / "fit.csv")]) == 0
+    w = np.array(fit["weights"])[:, 0] / np.sum(fit["weights"])
+    weighted = w[0] * ages(tmp_path / "baa-test.csv") + w[1] * ages(tmp_path / "bab-test.csv")
+    assert np.abs(ages(tmp_path / "fit.csv") - weighted.loc[ages(tmp_path / "fit.csv").index]).max() <= 1e-3
+
+    rows = _leaderboard_rows(runs, "boneage")
+    assert {"baa-f0", "bab-f0", "ba_mean", "ba_median", "ba_fit"} <= set(rows)
+    assert rows["ba_fit"]["kind"] == "ensemble" and float(rows["ba_fit"]["val_score"]) == pytest.approx(fit["val"]["score"])
+    assert rows["ba_mean"]["images_per_s_tta"] != ""

@@ -9,7 +9,8 @@ from torch import nn
 
 import inference
 from engine.config import ConfigError, load_config
-from engine.predict_keypoints import fuse_coordinates, load_cache, predict_ensemble, tta_heatmaps
+from engine.predict_keypoints import load_cache, tta_heatmaps
+from ensembles.keypoints import fuse_points
 from engine.trainer import train
 from ensembles.tta import View
 from models import UnknownModelError, create_model
@@ -445,16 +446,15 @@ def test_predict_score_and_ensemble(kp_run, phantom, tmp_path, capsys):
     assert result["score"] == pytest.approx(manual, rel=1e-6)
     assert score.main([str(out), "--gt", str(phantom / "joints"), "--quiet"]) == 0
     assert "mre_px" in capsys.readouterr().out
-    # an ensemble of a model with itself is that model, for every fusion
-    for fusion in ("mean", "median", "soft"):
-        ens = tmp_path / f"{fusion}.csv"
-        info = predict_ensemble([ckpt, ckpt], out_csv=ens, fusion=fusion, tta=True, progress=False)
-        assert info["images"] == len(names)
+    # an ensemble of a model with itself is that model, for every method (soft: the same TTA heatmaps)
+    for method in ("mean", "median", "soft", "hard"):
+        yaml = tmp_path / f"{method}.yaml"
+        yaml.write_text(f"task: keypoints\nmethod: {method}\nout_dir: {tmp_path / 'ens'}\n"
+                        f"members: [{{name: a, run: {cfg.run_dir}}}, {{name: b, run: {cfg.run_dir}}}]\n"
+                        + ("radius: 1.0\n" if method == "hard" else ""))
+        ens = tmp_path / f"{method}.csv"
+        assert inference.main(["--ensemble", str(yaml), "--tta", "-o", str(ens)]) == 0
         assert np.abs(read_wide(ens)[1] - coords).max() < 2e-3
-    info = predict_ensemble([ckpt, ckpt], out_csv=tmp_path / "fit.csv", fusion="median", fit=True, per_landmark=True,
-                            tta=True, progress=False)
-    assert np.array(info["weights"]).shape == (2, 15) and info["fit"]["val_mre_px_after"] <= info["fit"]["val_mre_px_before"] + 1e-9
-    assert np.abs(read_wide(tmp_path / "fit.csv")[1] - coords).max() < 2e-3
     # bad submissions
     lines = out.read_text().splitlines()
     (tmp_path / "short.csv").write_text("\n".join(lines[:-1]) + "\n")
@@ -469,8 +469,8 @@ def test_coordinate_fusion_mean_median_and_per_landmark_weights():
     preds = np.array([[[[0.0, 0.0], [10.0, 10.0]]],
                       [[[2.0, 2.0], [20.0, 20.0]]],
                       [[[9.0, 9.0], [30.0, 30.0]]]])          # (M=3, N=1, K=2, 2)
-    assert fuse_coordinates(preds, "mean")[0].tolist() == [[pytest.approx(11 / 3)] * 2, [20.0, 20.0]]
-    assert fuse_coordinates(preds, "median")[0].tolist() == [[2.0, 2.0], [20.0, 20.0]]
+    assert fuse_points(preds, "mean")[0].tolist() == [[pytest.approx(11 / 3)] * 2, [20.0, 20.0]]
+    assert fuse_points(preds, "median")[0].tolist() == [[2.0, 2.0], [20.0, 20.0]]
     one_hot = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # landmark 0 from member 0, landmark 1 from member 2
-    assert fuse_coordinates(preds, "mean", one_hot)[0].tolist() == [[0.0, 0.0], [30.0, 30.0]]
-    assert fuse_coordinates(preds, "mean", [1.0, 1.0, 2.0])[0, 1].tolist() == [22.5, 22.5]
+    assert fuse_points(preds, "weighted", one_hot)[0].tolist() == [[0.0, 0.0], [30.0, 30.0]]
+    assert fuse_points(preds, "weighted", [1.0, 1.0, 2.0])[0, 1].tolist() == [22.5, 22.5]

@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Fit an ensemble's weights and per-class thresholds on its members' VALIDATION predictions.
+"""Fit an ensemble's weights (and per-class thresholds / per-landmark weights) on its members' VALIDATION predictions.
 
-  python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs   # once per member run
+  python inference.py --ckpt runs/<task>/<run>/best.pt --split val --save-probs   # once per member run
   python tools/fit_ensemble.py configs/ensembles/seg_weighted.yaml
+
+Every task: segmentation fits weights (per member or per class) and per-class thresholds (maximising
+Dice), keypoints member or per-landmark weights of the coordinate mean (minimising the radial error,
+px), bone age member weights (minimising the MAE, months).
 
 Reads ``<run>/preds/val/`` of every member (out-of-fold when a member lists all its fold runs) and the
 labels of the training set, fits what the config marks ``fit`` (``weights: fit``, ``thresholds: fit``),
 chooses between the defaults and the fitted variants by cross-fitting over patients (see
 ensembles/fit.py), and writes ``<out_dir>/<task>/<name>/fit.json`` and the ensemble's summary.json.
-Prints the fitted values and the validation Dice before and after (in sample and cross-fitted).
+Prints the fitted values and the validation score before and after (in sample and cross-fitted).
 """
 from __future__ import annotations
 
@@ -21,15 +25,16 @@ from engine.cli import run_main
 
 def report(record: dict) -> str:
     """Human-readable fit report."""
+    metric = record.get("metric", "Dice")
     lines = [f"members: {', '.join(record['members'])}",
              f"validation images: {record['images']} in {record['folds']} cross-fitting fold(s) (by patient)",
-             "cross-fitted Dice per configuration (held-out patients):"]
+             f"cross-fitted {metric} per configuration (held-out patients):"]
     for name, value in record["cross_fitted"].items():
         mark = "  <- chosen" if name == record["config"] else ""
         lines.append(f"  {name:<26} {value:.4f}{mark}")
-    lines += [f"validation Dice before (defaults): {record['before']:.4f}",
-              f"validation Dice after  (in sample): {record['after']:.4f}",
-              f"validation Dice after  (cross-fitted): {record['val']['score']:.4f}"]
+    lines += [f"validation {metric} before (defaults): {record['before']:.4f}",
+              f"validation {metric} after  (in sample): {record['after']:.4f}",
+              f"validation {metric} after  (cross-fitted): {record['val']['score']:.4f}"]
     weights, classes = record["weights"], record["classes"]
     columns = list(zip(*weights))
     if all(col == columns[0] for col in columns):
@@ -53,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from ensembles.config import load_ensemble_config
-    from ensembles.fit import fit_ensemble
+    from ensembles.plugins import ensemble_fitter
 
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
-    record = fit_ensemble(ens, progress=not args.quiet)
+    record = ensemble_fitter(ens.task)(ens, progress=not args.quiet)
     print(report(record))
     print(f"wrote {ens.fit_path}")
     return 0
