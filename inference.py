@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine  # noqa: E402,F401  (offline environment first)
 from engine.cli import run_main  # noqa: E402
 from engine.config import parse_overrides  # noqa: E402
+from engine.task_predictors import predictor_for  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -40,23 +41,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="post-processing threads")
     return parser.parse_known_args(argv)
-
-
-# Task → module whose ``predict_run(cfg, ckpt, *, out_csv, split, tta, save_probs_dir, device, workers)``
-# predicts one run and returns {"images", "seconds", "images_per_s", "csv"}.
-PREDICTORS = {
-    "segmentation": "engine.predictor",
-    "keypoints": "engine.predict_keypoints",
-    "boneage": "engine.predict_boneage",
-}
-
-
-def predictor_for(cfg, ckpt: Path):
-    import importlib
-
-    if cfg.task not in PREDICTORS:
-        raise ValueError(f"{ckpt}: no predictor for task {cfg.task!r}")
-    return importlib.import_module(PREDICTORS[cfg.task]).predict_run
 
 
 # Task → module whose ``predict_ensemble(ens, *, out_csv, split, tta, from_cache, device, workers)`` predicts
@@ -116,7 +100,7 @@ def _infer(argv: list[str]) -> int:
     ckpt = Path(args.ckpt)
     cfg = run_config(args, rest)
     out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    stats = predictor_for(cfg, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
+    stats = predictor_for(cfg.task, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
                                      device=args.device, workers=args.workers)
     print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
     return 0
