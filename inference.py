@@ -23,6 +23,7 @@ from pathlib import Path
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
 from engine.config import parse_overrides
+from engine.task_predictors import predictor_for
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -43,14 +44,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def predictor_for(cfg, ckpt: Path):
-    """``predict_run`` of the run's task (registered in :data:`engine.predictor.PREDICTORS`)."""
-    from ensembles.plugins import run_predictor
-
-    try:
-        return run_predictor(cfg.task)
-    except ValueError as err:
-        raise ValueError(f"{ckpt}: {err}") from None
 
 
 def run_ensemble(args: argparse.Namespace) -> dict:
@@ -104,7 +97,7 @@ def _infer(argv: list[str]) -> int:
     ckpt = Path(args.ckpt)
     cfg = run_config(args, rest)
     out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    stats = predictor_for(cfg, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
+    stats = predictor_for(cfg.task, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
                                      device=args.device, workers=args.workers)
     print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
     return 0

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Train one run: ``python train.py -c configs/segmentation/unet_r34.yaml --train.lr=3e-4 --data.fold=1``.
 
+``--folds all`` (or ``--folds 0,2``) trains every fold of the config, one run folder each, writes each
+fold's out-of-fold predictions and prints the cross-validated mean ± sd (engine/folds.py).
+
 Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
 config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
 errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
-from engine.config import ConfigError, deep_merge, load_config, parse_overrides
+from engine.config import Config, ConfigError, deep_merge, load_config, parse_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -26,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("-c", "--config", help="experiment YAML (configs/<task>/<name>.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from <run_dir>/last.pt (same config)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run that already lives in the run folder")
+    parser.add_argument("--folds", metavar="all|0,2",
+                        help="train these folds of the config (data.fold = each; all: 0..data.n_folds-1), one run "
+                             "folder each, and write each fold's out-of-fold predictions (<run>/preds/val/)")
     parser.add_argument("--list-models", action="store_true", help="list registered model names and exit")
     parser.add_argument("--task", help="with --list-models: only models serving this task")
     return parser.parse_known_args(argv)
@@ -80,6 +86,25 @@ def _train(argv: list[str]) -> int:
         name = Path(args.config).stem if args.config else "sweep"
         overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
     cfg = load_config(args.config, overrides)
+    if args.folds is None:
+        summary = train_one(cfg, args.resume, args.overwrite)
+        val = summary.get("val") or {}
+        print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
+        return 0
+    from engine.folds import cv_report, is_main_process, parse_folds, run_folds
+
+    if "fold" in overrides.get("data", {}):
+        raise ConfigError("--data.fold: give either --folds or --data.fold, not both")
+    cfgs = [load_config(args.config, deep_merge(overrides, {"data": {"fold": f}}))
+            for f in parse_folds(args.folds, cfg.data.n_folds)]
+    rows = run_folds(cfgs, train_one, resume=args.resume, overwrite=args.overwrite)
+    if is_main_process():
+        print(cv_report(rows))
+    return 0
+
+
+def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
+    """Train one run of ``cfg`` (torch trainer or an external learner); returns its summary."""
     import models
 
     try:
@@ -92,15 +117,11 @@ def _train(argv: list[str]) -> int:
 
         check_image_size(cfg)
         learner = external_learner(cfg)
-        prepare_run(cfg, resume=args.resume, overwrite=args.overwrite)
-        summary = learner.fit(cfg, resume=args.resume)
-    else:
-        from engine.trainer import train
+        prepare_run(cfg, resume=resume, overwrite=overwrite)
+        return learner.fit(cfg, resume=resume)
+    from engine.trainer import train
 
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    val = summary.get("val") or {}
-    print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
-    return 0
+    return train(cfg, resume=resume, overwrite=overwrite)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from engine import predict_boneage, predict_keypoints, predictor  # noqa: F401  (registration side effects)
-from engine.predictor import PREDICTORS
 from ensembles import boneage, fit, keypoints, runner  # noqa: F401  (registration side effects)
 from ensembles.registry import ENSEMBLE_FITTERS, ENSEMBLE_RUNNERS
-
-
-def run_predictor(task: str) -> Callable:
-    """``predict_run`` of one trained run of ``task`` (see :data:`engine.predictor.PREDICTORS`)."""
-    return PREDICTORS.get(task)
 
 
 def ensemble_runner(task: str) -> Callable:

@@ -3,6 +3,7 @@
 
   python inference.py --ckpt runs/<task>/<run>/best.pt --split val --save-probs   # once per member run
   python tools/fit_ensemble.py configs/ensembles/seg_weighted.yaml
+  python tools/fit_ensemble.py --select runs/segmentation        # choose members + weights (Caruana), write the YAML
 
 Every task: segmentation fits weights (per member or per class) and per-class thresholds (maximising
 Dice), keypoints member or per-landmark weights of the coordinate mean (minimising the radial error,
@@ -53,13 +54,29 @@ def report(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="ensemble config (configs/ensembles/*.yaml)")
+    parser.add_argument("config", nargs="?", help="ensemble config (configs/ensembles/*.yaml)")
     parser.add_argument("--out-dir", help="runs folder (default: the config's out_dir)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--select", metavar="RUNS_DIR", help="instead of a config: choose the ensemble from every finished "
+                        "run of RUNS_DIR (runs/segmentation) by greedy selection with replacement on out-of-fold "
+                        "validation predictions (ensembles/select.py) and write its YAML")
+    parser.add_argument("--name", default="selected", help="--select: ensemble name (folder <RUNS_DIR>/<name>/)")
+    parser.add_argument("-o", "--out", help="--select: YAML to write (default <RUNS_DIR>/<name>/selection.yaml)")
+    parser.add_argument("--max-steps", type=int, default=20, help="--select: additions at most")
+    parser.add_argument("--init", type=int, default=0, help="--select: start from the N best runs (0: empty)")
     args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.select):
+        parser.error("give an ensemble config or --select RUNS_DIR")
     from ensembles.config import load_ensemble_config
     from ensembles.plugins import ensemble_fitter
 
+    if args.select:
+        from ensembles.select import select_segmentation, selection_report
+
+        record = select_segmentation(args.select, name=args.name, out=args.out, max_steps=args.max_steps,
+                                     init=args.init, progress=not args.quiet)
+        print(selection_report(record))
+        return 0
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
     record = ensemble_fitter(ens.task)(ens, progress=not args.quiet)
     print(report(record))

@@ -1,0 +1,132 @@
+"""Train every fold of one configuration and keep its out-of-fold predictions (nnU-Net's five-fold default).
+
+``python train.py -c CONFIG --folds all`` (or ``--folds 0,2``) trains ``data.fold = 0 .. n_folds-1``, one
+run folder each (``<name>-f<fold>``), and after each fold writes the validation split's prediction cache
+(``<run>/preds/val/``, what ``inference.py --ckpt <run>/best.pt --split val --save-probs`` writes, plus the
+validation CSV ``<run>/preds/val.csv``), so ensemble fitting and selection need nothing else. The run
+folder rules of :mod:`engine.run_folder` hold for every fold and are checked for all folds before the
+first one trains: a fold whose folder holds a run is refused unless ``--resume`` (finished folds are
+skipped, a started one resumed from ``last.pt``, both only with the saved config) or ``--overwrite``.
+A fold counts as done when its summary.json records the out-of-fold cache (``oof``); a finished fold
+whose cache was not completed (killed while predicting) gets its predictions on ``--resume``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import Config, ConfigError
+from engine.run_folder import check_run_folder, holds_run
+from engine.summary import read_summary, record_summary
+
+TrainOne = Callable[[Config, bool, bool], dict]  # (cfg, resume, overwrite) -> summary
+
+
+def parse_folds(spec: str, n_folds: int) -> list[int]:
+    """``"all"`` → ``[0 .. n_folds-1]``; ``"0,2"`` → ``[0, 2]`` (each in range, no repeats)."""
+    if spec.strip().lower() == "all":
+        return list(range(n_folds))
+    try:
+        folds = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds: {spec!r} is not 'all' or a list of fold numbers such as 0,2") from None
+    if not folds:
+        raise ConfigError("--folds: no fold given")
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"--folds: fold {bad[0]} out of range for data.n_folds={n_folds} (0..{n_folds - 1})")
+    if len(set(folds)) != len(folds):
+        raise ConfigError(f"--folds: {spec!r} names a fold twice")
+    return folds
+
+
+@dataclass
+class FoldPlan:
+    """What happens to one fold: ``train`` (a fresh run), ``resume`` (continue last.pt) or ``skip`` (finished)."""
+
+    cfg: Config
+    action: str
+
+
+def plan_folds(cfgs: Sequence[Config], resume: bool, overwrite: bool) -> list[FoldPlan]:
+    """Check every fold's run folder before anything is trained (read-only); raises ``RunFolderError``."""
+    if resume and overwrite and cfgs:
+        check_run_folder(cfgs[0], resume=True, overwrite=True)  # refuses the pair, naming the folder
+    plans = []
+    for cfg in cfgs:
+        run_dir = cfg.run_dir
+        if resume and holds_run(run_dir):
+            check_run_folder(cfg, resume=True, overwrite=False)  # last.pt and the same config
+            plans.append(FoldPlan(cfg, "skip" if (run_dir / "summary.json").is_file() else "resume"))
+        else:
+            check_run_folder(cfg, resume=False, overwrite=overwrite)
+            plans.append(FoldPlan(cfg, "train"))
+    return plans
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or not under torchrun): the process that predicts and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool | None = None) -> dict:
+    """Predict the run's validation fold into its prediction cache and record it in summary.json (``oof``)."""
+    from engine.task_predictors import predictor_for
+
+    run_dir = cfg.run_dir
+    ckpt = run_dir / "best.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: the run has no best.pt (it never validated); nothing to predict")
+    stats = predictor_for(cfg.task, ckpt)(
+        cfg, ckpt, out_csv=run_dir / "preds" / "val.csv", split="val", tta=False, save_probs_dir="auto",
+        device=device or cfg.train.device, workers=None, progress=cfg.logging.progress if progress is None else progress)
+    record_summary(run_dir, oof={"split": "val", "images": stats["images"], "cache": "preds/val",
+                                 "csv": "preds/val.csv"})
+    return stats
+
+
+def run_folds(cfgs: Sequence[Config], train_one: TrainOne, resume: bool = False, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Train (or resume, or skip) each fold, then write its out-of-fold predictions; returns one row per fold:
+    ``{"fold", "run", "action", "metric", "score", "best_epoch", "oof_images"}``."""
+    plans = plan_folds(cfgs, resume, overwrite)
+    rows = []
+    for plan in plans:
+        cfg = plan.cfg
+        if plan.action == "skip":
+            log(f"fold {cfg.data.fold}: {cfg.run_dir} is finished, skipped")
+            summary = read_summary(cfg.run_dir)
+        else:
+            log(f"fold {cfg.data.fold}: {'resuming' if plan.action == 'resume' else 'training'} {cfg.run_dir}")
+            summary = train_one(cfg, plan.action == "resume", overwrite)
+        if is_main_process():
+            if not (plan.action == "skip" and summary.get("oof")):
+                predict_out_of_fold(cfg)
+                summary = read_summary(cfg.run_dir)
+            rows.append({"fold": cfg.data.fold, "run": str(cfg.run_dir), "action": plan.action,
+                         "metric": summary.get("metric"), "score": (summary.get("val") or {}).get("score"),
+                         "best_epoch": summary.get("best_epoch"), "oof_images": (summary.get("oof") or {}).get("images")})
+    return rows
+
+
+def cv_report(rows: Sequence[dict]) -> str:
+    """Per-fold table and the cross-validated mean ± sample sd of the validation metric."""
+    metric = next((r["metric"] for r in rows if r["metric"]), "score")
+    lines = [f"{'fold':>4}  {'run':<40} {'action':<7} {'best epoch':>10} {'val images':>10}  val/{metric}"]
+    for r in rows:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        epoch = r["best_epoch"] + 1 if r["best_epoch"] is not None else "-"
+        lines.append(f"{r['fold']:>4}  {Path(r['run']).name:<40} {r['action']:<7} {epoch:>10} "
+                     f"{r['oof_images'] if r['oof_images'] is not None else '-':>10}  {score}")
+    scores = np.array([r["score"] for r in rows if r["score"] is not None], np.float64)
+    folds = ",".join(str(r["fold"]) for r in rows)
+    if len(scores) >= 2:
+        lines.append(f"cross-validated val/{metric} over folds {folds}: {scores.mean():.4f} ± {scores.std(ddof=1):.4f} "
+                     f"(mean ± sd, {len(scores)} folds)")
+    elif len(scores) == 1:
+        lines.append(f"val/{metric} of fold {folds}: {scores[0]:.4f} (one fold: no spread)")
+    return "\n".join(lines)
