@@ -168,7 +168,7 @@ class Rehearsal:
     """Runs the sections in order, each within its share of the budget, rewriting the JSON after each."""
 
     def __init__(self, scale_name: str, out: Path, budget_s: float, workdir: Path) -> None:
-        from engine.trainer import pick_device
+        from engine.device import pick_device
 
         self.device = pick_device("auto")
         self.gpu = self.device.type == "cuda"
@@ -361,8 +361,8 @@ class Rehearsal:
 
     def run_infer(self, deadline: float, out: dict[str, Any]) -> None:
         from engine.predictor import ProbabilitySource, load_model, predict_rows, write_submission
-        from engine.trainer import amp_dtype
-        from ensembles.tta import views_from_config
+        from engine.device import amp_dtype
+        from engine.tta import views_from_config
         from tasks.formats.handbones import list_samples
         from tasks.formats.images import read_grey
         from tasks.rle import encode_many

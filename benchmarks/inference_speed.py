@@ -28,8 +28,8 @@ import torch
 
 from engine.config import load_config
 from engine.predictor import LoadedModel, ProbabilitySource, predict_rows, write_submission
-from engine.trainer import amp_dtype, pick_device
-from ensembles.tta import views_from_config
+from engine.device import amp_dtype, pick_device
+from engine.tta import views_from_config
 from models import create_model
 from tasks.formats.handbones import list_samples
 from tasks.formats.images import read_grey

@@ -25,7 +25,7 @@ import torch
 
 from engine.predict_keypoints import autocast_factory, split_dataset, tta_heatmaps
 from engine.predictor import LoadedModel, load_model
-from ensembles.tta import View, views_from_config
+from engine.tta import View, views_from_config
 from tasks.formats.atomic import atomic_write
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
 from tasks.keypoints import KeypointDataset, KeypointTask
@@ -105,7 +105,7 @@ class InteractiveRun:
 
 def open_run(ckpt: str | os.PathLike, split: str = "val", *, tta: bool = False, device: str = "auto") -> InteractiveRun:
     """Load a keypoint run's checkpoint with the images of ``split`` (``val``: its validation fold; ``test``)."""
-    from engine.trainer import pick_device
+    from engine.device import pick_device
 
     dev = pick_device(device)
     member = load_model(ckpt, dev)

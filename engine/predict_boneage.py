@@ -24,7 +24,7 @@ import torch
 
 from engine.config import Config
 from engine.predictor import PREDICTORS, LoadedModel, load_model, prediction_cache
-from ensembles.tta import View
+from engine.tta import View
 from tasks.boneage import BoneAgeSample, BoneAgeTask
 from tasks.formats.rsna import write_predictions
 
@@ -43,7 +43,7 @@ def split_samples(task: BoneAgeTask, split: str) -> list[BoneAgeSample]:
 def predict_samples(member: LoadedModel, split: str, views: Sequence[View], device: torch.device
                     ) -> tuple[list[BoneAgeSample], np.ndarray]:
     """The samples of ``split`` and one model's ages (months, mean over ``views``) for them."""
-    from engine.trainer import amp_dtype
+    from engine.device import amp_dtype
 
     task = BoneAgeTask(member.cfg)
     samples = split_samples(task, split)
@@ -63,8 +63,8 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     ``<run>/preds/<split>/boneage.csv``) for ensembles. ``workers`` is unused (no post-processing).
     """
     from engine.summary import record_summary
-    from engine.trainer import pick_device
-    from ensembles.tta import views_from_config
+    from engine.device import pick_device
+    from engine.tta import views_from_config
 
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)

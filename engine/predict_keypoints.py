@@ -20,7 +20,7 @@ import torch
 
 from engine.config import Config
 from engine.predictor import PREDICTORS, LoadedModel, load_model, prediction_cache
-from ensembles.tta import View, views_from_config
+from engine.tta import View, views_from_config
 from tasks.formats.atomic import atomic_write
 from tasks.keypoints import KeypointDataset, KeypointTask, write_wide
 
@@ -53,7 +53,7 @@ def tta_heatmaps(model: Callable[..., torch.Tensor], x: torch.Tensor, views: Seq
 
 def autocast_factory(device: torch.device, cfg: Config) -> Callable | None:
     """A context factory for the run's AMP setting on ``device`` (None: full precision)."""
-    from engine.trainer import amp_dtype
+    from engine.device import amp_dtype
 
     dtype = amp_dtype(cfg.train.amp, device)
     return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else None
@@ -103,7 +103,7 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     ``workers`` is accepted for the common interface; decoding is vectorised on the device.
     """
     from engine.summary import record_summary
-    from engine.trainer import pick_device
+    from engine.device import pick_device
 
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, load_model_state
 from engine.cli import Output
 from engine.config import Config, build_config
-from ensembles.tta import View, tta_predict
+from engine.tta import View, tta_predict
 from models import create_model
 from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import HandboneSample, list_samples
@@ -184,8 +184,8 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
     from engine.summary import record_summary
-    from engine.trainer import amp_dtype, pick_device
-    from ensembles.tta import views_from_config
+    from engine.device import amp_dtype, pick_device
+    from engine.tta import views_from_config
     from tasks.formats.images import image_size
     from tasks.segmentation import resolve_thresholds
 

@@ -8,9 +8,9 @@ Methods (every coordinate is ``(x, y)`` in ORIGINAL image pixels, so members of 
 - ``hard``: a vote. For each image and landmark, member ``m``'s group is every member whose point lies
   within ``radius`` px (Euclidean, inclusive) of ``m``'s point, ``m`` included. The largest group wins
   (ties: the smaller sum of distances to its member, then the earlier member). When it has at least
-  ``min_votes`` members (default: a strict majority) the result is the coordinate-wise median of its
-  points (for two points, their midpoint), so an outlier member is ignored; otherwise the landmark
-  falls back to the median of all members.
+  ``min_votes`` members (default: a strict majority) the result is the mean of its points, so an
+  outlier member is ignored; otherwise the landmark falls back to the median of all members. The same
+  vote fuses keypoint CSVs in ``tools/fuse.py`` (:func:`ensembles.hard.vote_points`).
 - ``soft``: the mean of the members' activated heatmaps (each member under its TTA views), decoded once.
   Heatmaps average where they share a frame: members with the same input size and resize mode are
   averaged in heatmap space (resized to the first one's output size) and decoded; members at other
@@ -30,7 +30,7 @@ import numpy as np
 from engine.config import ConfigError
 from engine.predict_keypoints import load_cache, predict_member, tta_heatmaps
 from ensembles.config import EnsembleConfig
-from ensembles.hard import resolve_min_votes
+from ensembles.hard import resolve_min_votes, vote_points
 from ensembles.registry import ENSEMBLE_FITTERS, ENSEMBLE_RUNNERS
 from ensembles.runner import Member, record_ensemble, resolve_members
 from ensembles.values import (ValueSource, describe_weights, ensemble_weights, fit_values, fuse_values,
@@ -72,23 +72,6 @@ def landmark_set(members: Sequence[Member]) -> LandmarkSet:
     return get_set(next(iter(sets.values())))
 
 
-def vote_points(preds: np.ndarray, radius: float, min_votes: int | None = None) -> np.ndarray:
-    """The ``hard`` vote of ``(M, N, K, 2)`` member points → ``(N, K, 2)`` (see the module docstring)."""
-    preds = np.asarray(preds, np.float64)
-    n_members = len(preds)
-    need = resolve_min_votes(min_votes, n_members)
-    dist = np.linalg.norm(preds[:, None] - preds[None], axis=-1)           # (M, M, N, K)
-    within = dist <= radius
-    counts = within.sum(1)                                                 # (M, N, K) group size of each member
-    spread = np.where(within, dist, 0.0).sum(1) / (n_members * radius + 1)  # < 1: orders equal counts only
-    best = np.argmax(counts - spread, axis=0)                              # (N, K), first member on exact ties
-    group = np.take_along_axis(within, best[None, None], axis=0)[0]        # (M, N, K)
-    agreed = np.nanmedian(np.where(group[..., None], preds, np.nan), axis=0)
-    fallback = np.median(preds, axis=0)
-    keep = (group.sum(0) >= need)[..., None]
-    return np.where(keep, agreed, fallback)
-
-
 def fuse_points(preds: np.ndarray, method: str, weights: np.ndarray | None = None, *, radius: float | None = None,
                 min_votes: int | None = None) -> np.ndarray:
     """``(M, N, K, 2)`` member coordinates → ``(N, K, 2)`` by ``mean``, ``median``, ``weighted`` (weights
@@ -96,7 +79,7 @@ def fuse_points(preds: np.ndarray, method: str, weights: np.ndarray | None = Non
     if method == "hard":
         if radius is None:
             raise ValueError("hard keypoint vote needs a radius (px)")
-        return vote_points(preds, radius, min_votes)
+        return vote_points(np.asarray(preds, np.float64), radius, min_votes)[0]
     return fuse_values(preds, method, weights, channel_axis=1)
 
 
@@ -111,8 +94,8 @@ def soft_fusion(ens: EnsembleConfig, members: Sequence[Member], split: str, tta:
 
     from engine.predict_keypoints import split_dataset
     from engine.predictor import load_model
-    from engine.trainer import pick_device
-    from ensembles.tta import views_from_config
+    from engine.device import pick_device
+    from engine.tta import views_from_config
 
     if split == "val" and any(len(m.run_dirs) > 1 for m in members):
         raise ConfigError("soft: a member with several fold runs has no single model per validation image; "

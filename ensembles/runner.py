@@ -374,8 +374,8 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     import torch
 
     from engine.predictor import load_model
-    from engine.trainer import amp_dtype
-    from ensembles.tta import tta_predict, views_from_config
+    from engine.device import amp_dtype
+    from engine.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
     models = [[load_model(run / m.checkpoint, device, cfg) for run, cfg in zip(m.run_dirs, m.cfgs)] for m in members]
@@ -435,7 +435,7 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
                      progress: bool = True) -> dict:
     """Write the ensemble's submission CSV (atomic) and its run folder's summary.json; returns stats."""
     from engine.predictor import write_submission
-    from engine.trainer import pick_device
+    from engine.device import pick_device
 
     members = resolve_members(ens)
     samples = ensemble_samples(ens, members, split)

@@ -62,8 +62,8 @@ def run_predictions(ens: EnsembleConfig, members: Sequence[Member], split: str, 
             out.append(runs)
         return out
     from engine.predictor import load_model
-    from engine.trainer import pick_device
-    from ensembles.tta import views_from_config
+    from engine.device import pick_device
+    from engine.tta import views_from_config
 
     dev = pick_device(device)
     out = []

@@ -217,7 +217,7 @@ class BoneAgeTask(Task):
     def predict(self, model: nn.Module, dataset: BoneAgeDataset, device: torch.device, autocast=None,
                 batch_size: int = 4, views: Sequence | None = None) -> np.ndarray:
         """Ages (months) of every item, the mean over TTA ``views`` (objects with ``apply(images)``, such as
-        ``ensembles.tta.View``; the images as they are if None)."""
+        ``engine.tta.View``; the images as they are if None)."""
         views = list(views) if views else [None]
         model.eval()
         out = []

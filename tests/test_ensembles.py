@@ -601,7 +601,8 @@ def test_keypoint_mean_of_symmetric_members_is_the_truth_and_weighted_follows_we
 
 
 def test_keypoint_hard_vote_keeps_agreeing_points_and_falls_back_to_the_median():
-    from ensembles.keypoints import fuse_points, vote_points
+    from ensembles.hard import vote_points
+    from ensembles.keypoints import fuse_points
 
     # landmark 0: two members agree (2 px apart), one outlier; landmark 1: nobody within 4 px of anybody
     preds = np.array([[[[10.0, 10.0], [0.0, 0.0]]],
@@ -611,11 +612,11 @@ def test_keypoint_hard_vote_keeps_agreeing_points_and_falls_back_to_the_median()
     assert fused[0, 0].tolist() == [11.0, 10.0]                          # midpoint of the agreeing pair
     assert fused[0, 1].tolist() == [10.0, 0.0]                           # median fallback
     assert fuse_points(preds, "median")[0, 0].tolist() == [12.0, 10.0]   # the median alone is pulled
-    assert vote_points(preds, 4.0, min_votes=3)[0, 0].tolist() == [12.0, 10.0]   # 2 < 3 votes: median
-    assert vote_points(preds, 60.0, min_votes=3)[0, 0].tolist() == [12.0, 10.0]  # all agree: their median
+    assert vote_points(preds, 4.0, min_votes=3)[0][0, 0].tolist() == [12.0, 10.0]   # 2 < 3 votes: median
+    assert np.allclose(vote_points(preds, 60.0, min_votes=3)[0][0, 0], [24.0, 70 / 3])  # all agree: their mean
     # two groups of two (4 members): the tighter group wins the tie
     tie = np.array([[[[0.0, 0.0]]], [[[3.0, 0.0]]], [[[20.0, 0.0]]], [[[21.0, 0.0]]]])
-    assert vote_points(tie, 4.0, min_votes=2)[0, 0].tolist() == [20.5, 0.0]
+    assert vote_points(tie, 4.0, min_votes=2)[0][0, 0].tolist() == [20.5, 0.0]
     with pytest.raises(ValueError, match="min_votes must be an integer between 1 and 3"):
         vote_points(preds, 4.0, min_votes=4)
 
@@ -646,7 +647,7 @@ def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
     from engine.config import load_config
     from engine.predict_keypoints import load_cache
     from engine.trainer import train
-    from ensembles.keypoints import vote_points
+    from ensembles.hard import vote_points
     from tasks.keypoints import read_wide
     from tools import fit_ensemble, score
 
@@ -678,7 +679,7 @@ def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
 
     hard_yaml = _write_yaml(tmp_path / "kp_hard.yaml", "keypoints", "hard", members, runs, "radius: 3.0\n")
     assert inference.main(["--ensemble", str(hard_yaml), "--from-cache", "-o", str(tmp_path / "hard.csv")]) == 0
-    assert np.abs(read_wide(tmp_path / "hard.csv")[1] - vote_points(preds, 3.0)).max() <= 5e-4
+    assert np.abs(read_wide(tmp_path / "hard.csv")[1] - vote_points(preds, 3.0)[0]).max() <= 5e-4
 
     soft_yaml = _write_yaml(tmp_path / "kp_soft.yaml", "keypoints", "soft", members, runs)
     assert inference.main(["--ensemble", str(soft_yaml), "--tta", "-o", str(tmp_path / "soft.csv")]) == 0

@@ -8,7 +8,7 @@ from torch import nn
 
 import inference
 from engine.config import load_config
-from ensembles.tta import View, tta_predict, views_from_config
+from engine.tta import View, tta_predict, views_from_config
 from tasks.formats.handbones import CLASSES
 from tools import score, validate_submission
 

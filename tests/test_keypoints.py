@@ -12,7 +12,7 @@ from engine.config import ConfigError, load_config
 from engine.predict_keypoints import load_cache, tta_heatmaps
 from ensembles.keypoints import fuse_points
 from engine.trainer import train
-from ensembles.tta import View
+from engine.tta import View
 from models import UnknownModelError, create_model
 from tasks.formats import FormatError
 from tasks.formats.images import write_png

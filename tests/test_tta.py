@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.config import TTAConfig
-from ensembles.tta import View, tta_predict, views_from_config
+from engine.tta import View, tta_predict, views_from_config
 
 
 @pytest.mark.parametrize("view", [View(hflip=True), View(vflip=True), View(hflip=True, vflip=True), View()])
