@@ -399,7 +399,7 @@ def select_segmentation(runs_dir: str | Path, *, name: str = "selected", max_ste
     write_text(yaml_path, header + yaml.safe_dump(chosen, sort_keys=False))
     write_json(yaml_path.parent / "selection.json", record)
     chosen_members = [m for m, c in zip(members, result.counts) if c > 0]
-    write_ensemble_summary(ens, chosen_members, Fuser(ens, chosen_members), val=val)
+    write_ensemble_summary(ens, chosen_members, Fuser(ens, chosen_members).describe(), val=val)
     return record
 
 

@@ -138,7 +138,9 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        # spawn, not fork: a forked child inherits OpenCV's thread-pool state from a parent that already used
+        # OpenCV with threads, and cv2.setNumThreads then blocks forever in the child
+        ctx = mp.get_context("spawn")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             results = list(_progress(pool.imap(_render_job, args, chunksize=max(1, len(jobs) // (8 * workers))),
                                      len(jobs), progress))

@@ -80,13 +80,16 @@ def test_scoring_a_bone_age_csv_imports_no_model_stack(tmp_path):
 
 
 def test_faults_of_the_csv_tools_end_in_one_line(tmp_path):
-    """A missing submission: ``error: <file>: ...`` and exit 2 from score; an empty test folder: INVALID, exit 1."""
+    """A missing submission: ``error: <file>: ...`` and exit 2 from score; a test folder without images: INVALID,
+exit 1 (a verdict on the submission, not a fault)."""
     missing = tmp_path / "nope.csv"
     code, modules, stderr = run_listing_modules("score.py", str(missing), "--gt", str(tmp_path))
     assert code == 2 and stderr.strip().startswith(f"error: {missing}") and "Traceback" not in stderr
     assert not modules & set(HEAVY)
     images = tmp_path / "test"
     (images / "DCM").mkdir(parents=True)
-    code, modules, stderr = run_listing_modules("validate_submission.py", str(missing), "--images", str(images))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("image_name,class,rle\n")
+    code, modules, stderr = run_listing_modules("validate_submission.py", str(header_only), "--images", str(images))
     assert code == 1 and stderr.startswith(f"INVALID: {images}")
     assert not modules & set(HEAVY)

@@ -648,7 +648,7 @@ def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
     from engine.predict_keypoints import load_cache
     from engine.trainer import train
     from ensembles.hard import vote_points
-    from tasks.keypoints import read_wide
+    from tasks.keypoint_labels import read_wide
     from tools import fit_ensemble, score
 
     runs = tmp_path / "runs"
