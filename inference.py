@@ -23,7 +23,6 @@ from pathlib import Path
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
 from engine.config import parse_overrides
-from engine.task_predictors import predictor_for
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -42,8 +41,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=None, help="post-processing threads")
     return parser.parse_known_args(argv)
-
-
 
 
 def run_ensemble(args: argparse.Namespace) -> dict:
@@ -94,6 +91,8 @@ def _infer(argv: list[str]) -> int:
     if not args.ckpt:
         print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
+    from engine.task_predictors import predictor_for  # here: --help and --ensemble need no single-run predictor
+
     ckpt = Path(args.ckpt)
     cfg = run_config(args, rest)
     out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
