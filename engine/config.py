@@ -27,6 +27,9 @@ class ModelConfig(Section):
     name: str = "smp:unet/resnet34"
     weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # Tasks with sigmoid outputs (segmentation): the output bias starts at this probability
+    # (models/output_prior.py); None keeps the architecture's own init.
+    output_prior: float | None = Field(0.01, gt=0, lt=1)
 
 
 class LossConfig(Section):

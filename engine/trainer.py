@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -28,7 +29,9 @@ from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
 from models import create_model, input_multiple
-from tasks.base import MIN_IMAGE_SIZE
+from models.output_prior import set_output_prior
+from models.weights import load_local_weights
+from tasks.base import MIN_IMAGE_SIZE, Task
 from tasks.registry import get_task_class
 
 EpochCallback = Callable[[int, dict], None]
@@ -77,6 +80,21 @@ def check_image_size(cfg: Config) -> None:
                           f"input divisible by {multiple}); use {' or '.join(map(str, sizes))}")
 
 
+def build_model(cfg: Config, task: Task) -> nn.Module:
+    """The model to train: the registry's build, with the output prior set before any weights file loads.
+
+    The prior goes in first so that a whole-model weights file (a fine-tune) keeps its own head, while
+    encoder-only weights (ImageNet) leave the prior in place.
+    """
+    prior = cfg.model.output_prior if task.sigmoid_outputs else None
+    model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
+                         weights=None if prior else cfg.model.weights, **cfg.model.options)
+    if prior:
+        set_output_prior(model, task.num_outputs, prior)
+        load_local_weights(model, cfg.model.weights)
+    return model
+
+
 class Trainer:
     """Checks the run folder, the whole dataset and the model before the run folder is created or touched
     (:mod:`engine.run_folder`); ``overwrite`` replaces a run that already lives there."""
@@ -96,9 +114,7 @@ class Trainer:
         self.train_set, self.val_set = self.task.datasets()
         self._check_data()
         self.run_dir = cfg.run_dir
-        self.model = create_model(cfg.model.name, task=cfg.task, num_outputs=self.task.num_outputs,
-                                  in_channels=self.task.in_channels, weights=cfg.model.weights,
-                                  **cfg.model.options).to(self.device)
+        self.model = build_model(cfg, self.task).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = sum(p.numel() for p in self.model.parameters())

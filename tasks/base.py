@@ -86,6 +86,8 @@ class Task(ABC):
     classes: ClassVar[tuple[str, ...]] = ()
     metric: ClassVar[str]
     mode: ClassVar[Literal["max", "min"]]
+    # One sigmoid per output channel (multilabel): the trainer starts the output bias at model.output_prior.
+    sigmoid_outputs: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -141,6 +141,7 @@ class SegmentationTask(Task):
     Data = SegmentationData
     metric = "dice"
     mode = "max"
+    sigmoid_outputs = True
     classes: tuple[str, ...] = CLASSES
 
     def __init__(self, cfg) -> None:
