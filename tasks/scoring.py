@@ -252,7 +252,7 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def report_lines(result: dict, per_item: bool = True) -> list[str]:
+def report_lines(result: dict) -> list[str]:
     """The metrics table of a scorer's result (and its per-item breakdown), for the terminal."""
     metrics = metrics_of(result)
     width = max(len(k) for k in metrics)
@@ -261,7 +261,7 @@ def report_lines(result: dict, per_item: bool = True) -> list[str]:
     if missing:
         lines.append(f"  mm metrics unavailable: no pixel spacing for {missing} of {result['images']} images")
     items = result.get("per_item") or {}
-    if per_item and items:
+    if items:
         item, what = PER_ITEM.get(result.get("task"), ("item", "score"))
         mm = result.get("per_item_mm") or {}
         width = max(len(item), *(len(k) for k in items))
