@@ -50,11 +50,12 @@ def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
     write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
 
 
-def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into an existing summary (e.g. test scores, inference speed)."""
+def update_summary(run_dir: str | os.PathLike, *, merge: bool = True, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into an existing summary (e.g. inference speed: an object merges key by key).
+    ``merge=False`` replaces each field whole (test scores: a new score leaves none of the old one's keys)."""
     summary = read_summary(run_dir) or base_summary()
     for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(summary.get(key), dict):
+        if merge and isinstance(value, dict) and isinstance(summary.get(key), dict):
             summary[key] = {**summary[key], **value}
         else:
             summary[key] = value
@@ -62,7 +63,7 @@ def update_summary(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
     return summary
 
 
-def record_summary(run_dir: str | os.PathLike, **fields: Any) -> bool:
+def record_summary(run_dir: str | os.PathLike, *, merge: bool = True, **fields: Any) -> bool:
     """:func:`update_summary` as bookkeeping after a command's real output (a prediction, a score): a
     summary that cannot be written (read-only run folder, full disk) is a warning, not a failure."""
-    return Output(Path(run_dir) / "summary.json", required=False)(update_summary, run_dir, **fields)
+    return Output(Path(run_dir) / "summary.json", required=False)(update_summary, run_dir, merge=merge, **fields)

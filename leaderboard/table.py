@@ -6,7 +6,9 @@ summary under a root into one row of a :class:`pandas.DataFrame`; a summary that
 a key or has a value of the wrong type is reported by path and skipped.
 
 Row order and ranks come from :func:`rank_runs`: by default the local test score when any run of the
-task has one, else the validation score, in the direction the task's metric asks for (``mode``).
+task has one, else the validation score, in the direction the task's metric asks for (``mode``). Any
+other metric a summary's ``val`` or ``test`` object holds (``sdr_2px``, ``mre_mm``, ``rmse``,
+``within_12m``, ...) sorts too, best first in its own direction (:func:`metric_mode`).
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ COLUMNS = (
     "task", "name", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
     "n_folds", "epochs", "best_epoch", "params", "train_time_s", "train_images_per_s", "images_per_s",
     "images_per_s_tta", "metric", "mode", "val_score", "test_score", "test_public", "test_private", "gap",
-    "n_members", "members", "val_per_item", "test_per_item", "interactive", "git_commit", "created", "run_dir",
-    "summary_path",
+    "n_members", "members", "val_per_item", "test_per_item", "val_metrics", "test_metrics", "interactive",
+    "git_commit", "created", "run_dir", "summary_path",
 )
 INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "n_members")
 #: Columns written by :func:`write_csv` (no nested values).
-CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item", "interactive")) + ("rank",)
+CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item", "val_metrics",
+                                                    "test_metrics", "interactive")) + ("rank",)
 
 #: ``--sort`` accepts these short names besides the frame's own column names.
 SORT_ALIASES = {
@@ -62,6 +65,11 @@ SCORE_COLUMNS = ("val_score", "test_score", "test_public", "test_private")
 #: Columns that sort from high to low by default (scores follow the metric's mode instead).
 DESCENDING_COLUMNS = ("images_per_s", "images_per_s_tta", "train_images_per_s", "epochs", "n_members")
 SORTABLE = tuple(c for c in CSV_COLUMNS if c not in ("summary_path", "run_dir"))
+#: Direction of the metrics in a summary's ``val``/``test`` objects, by name prefix: "max" = higher is better.
+METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"),
+                ("mae", "min"), ("rmse", "min"), ("loss", "min"))
+#: Keys of a summary's ``val``/``test`` objects that are not metrics.
+NOT_METRICS = ("score", "public", "private", "images")
 
 
 class SummaryError(ValueError):
@@ -154,6 +162,22 @@ def _num(v: Any) -> float:
     return float(v) if is_number(v) else math.nan
 
 
+def _metrics(part: dict | None, metric: str) -> dict[str, float]:
+    """The numeric metrics of a summary's ``val`` or ``test`` object, the headline also under its name."""
+    if not part:
+        return {}
+    out = {k: float(v) for k, v in part.items() if k not in NOT_METRICS and is_number(v)}
+    if is_number(part.get("score")):
+        out.setdefault(metric, float(part["score"]))
+    return out
+
+
+def metric_mode(name: str) -> str | None:
+    """``"max"`` for a metric where higher is better (SDR, Dice, within 12 months), ``"min"`` for an error
+    (MRE, SD, MAE, RMSE, loss), None for a name that is no known metric."""
+    return next((mode for prefix, mode in METRIC_MODES if name.startswith(prefix)), None)
+
+
 def _row(s: dict, path: Path) -> dict:
     test = s["test"] or {}
     speed = s["speed"] or {}
@@ -175,6 +199,7 @@ def _row(s: dict, path: Path) -> dict:
         "gap": public - private,
         "n_members": len(s["members"]) if s["members"] is not None else None, "members": s["members"],
         "val_per_item": s["val"].get("per_item") or {}, "test_per_item": test.get("per_item") or {},
+        "val_metrics": _metrics(s["val"], s["metric"]), "test_metrics": _metrics(test, s["metric"]),
         "git_commit": s["git_commit"], "created": s["created"],
         "interactive": s.get("interactive") if isinstance(s.get("interactive"), dict) else None,
         "run_dir": str(path.parent), "summary_path": str(path),
@@ -253,44 +278,71 @@ def primary_score_column(df_task: pd.DataFrame) -> str:
     return "test_score" if df_task["test_score"].notna().any() else "val_score"
 
 
+def metric_sort(name: str) -> tuple[str | None, str] | None:
+    """``"test.sdr_2px"`` -> ("test", "sdr_2px"); a bare ``"sdr_2px"`` -> (None, "sdr_2px"): the test value
+    when any run of the task has one, else the validation value. None unless the name is a known metric."""
+    part, dot, metric = name.rpartition(".")
+    if dot and part not in ("val", "test"):
+        return None
+    return (part or None, metric) if metric_mode(metric) else None
+
+
 def resolve_sort(column: str | None) -> tuple[str | None, bool | None]:
-    """``"params"``, ``"val"``, ``"params:desc"`` -> (frame column or None for default, descending or None)."""
+    """``"params"``, ``"val"``, ``"params:desc"``, ``"sdr_2px"``, ``"val.mre_mm"`` -> (frame column, metric
+    or None for the default, descending or None)."""
     if column is None:
         return None, None
     name, _, direction = column.partition(":")
     if direction not in ("", "asc", "desc"):
         raise ValueError(f"sort direction must be 'asc' or 'desc', got {direction!r}")
     name = SORT_ALIASES.get(name, name)
-    if name is not None and name not in SORTABLE:
+    if name is not None and name not in SORTABLE and metric_sort(name) is None:
         choices = sorted(set(SORTABLE) | set(SORT_ALIASES))
-        raise ValueError(f"unknown sort column {column!r}; choose from: {', '.join(choices)}")
+        raise ValueError(f"unknown sort column {column!r}; choose from: {', '.join(choices)}, or a metric of "
+                         "the summaries (sdr_2px, mre_mm, rmse, within_12m, ...; val.<metric> or test.<metric>)")
     return name, (None if not direction else direction == "desc")
+
+
+def _metric_key(part: pd.DataFrame, which: str | None, metric: str) -> tuple[pd.Series, str]:
+    """The values of ``metric`` in one task's rows (test, val, or test when any row has it) and its label."""
+    if which is None:
+        which = "test" if part["test_metrics"].map(lambda m: metric in m).any() else "val"
+    values = part[f"{which}_metrics"].map(lambda m: m.get(metric, math.nan)).astype(float)
+    return values, f"{which} {metric}"
 
 
 def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     """Sort each task's rows and number them.
 
-    ``sort`` is a column (see :data:`SORTABLE` and :data:`SORT_ALIASES`), optionally with ``:asc`` or
-    ``:desc``. Scores sort best first following each task's mode; speeds and epochs high to low; other
-    columns low to high; missing values always last. ``rank`` counts rows by the task's primary score
-    (test if any, else val) whatever the display order, and is missing for rows without that score.
+    ``sort`` is a column (see :data:`SORTABLE` and :data:`SORT_ALIASES`) or a metric of the summaries
+    (:func:`metric_sort`), optionally with ``:asc`` or ``:desc``. Scores sort best first following each
+    task's mode, metrics best first following their own (:func:`metric_mode`); speeds and epochs high
+    to low; other columns low to high; missing values always last. A metric sort adds its values as
+    column ``sort_value``, labelled by ``attrs["sort_label"]`` per task. ``rank`` counts rows by the
+    task's primary score (test if any, else val) whatever the display order, and is missing for rows
+    without that score.
     """
     column, descending = resolve_sort(sort)
-    parts = []
+    metric = metric_sort(column) if column is not None and column not in SORTABLE else None
+    df = df.drop(columns=["sort_value"], errors="ignore")  # of an earlier metric sort
+    parts, labels = [], {}
     for t in tasks_of(df):
         part = df[df["task"] == t].copy()
         primary = primary_score_column(part)
         best_first_desc = task_mode(part) == "max"
         by = primary if column in (None, "rank") else column
-        if descending is None:
-            desc = best_first_desc if by in SCORE_COLUMNS else by in DESCENDING_COLUMNS
+        if metric is not None:
+            key, labels[t] = _metric_key(part, *metric)
+            part["sort_value"] = key
+            desc = metric_mode(metric[1]) == "max" if descending is None else descending
         else:
-            desc = descending
-        key = part[by]
-        if by == "gap":
-            key = key.abs()
-        elif by == "image_size":  # 512 or "512x640": compare pixel counts
-            key = key.map(_pixels)
+            desc = descending if descending is not None else (
+                best_first_desc if by in SCORE_COLUMNS else by in DESCENDING_COLUMNS)
+            key = part[by]
+            if by == "gap":
+                key = key.abs()
+            elif by == "image_size":  # 512 or "512x640": compare pixel counts
+                key = key.map(_pixels)
         # ties and rows without the sort key: best validation score first, then by name
         val_key = part["val_score"] if best_first_desc else -part["val_score"]
         part = part.assign(_key=key, _val=val_key).sort_values(
@@ -302,7 +354,9 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     if not parts:
         return df.assign(rank=pd.Series(dtype="Int64"))
     out = pd.concat(parts, ignore_index=True)
-    out.attrs = dict(df.attrs)
+    out.attrs = {k: v for k, v in df.attrs.items() if k != "sort_label"}
+    if labels:
+        out.attrs["sort_label"] = labels
     return out
 
 
@@ -441,8 +495,9 @@ def direction_word(mode: str) -> str:
     return "higher is better" if mode == "max" else "lower is better"
 
 
-def leaderboard_columns(df_task: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str]]]:
-    """(header, alignment, cell function) of the leaderboard for one task; empty optional columns dropped."""
+def leaderboard_columns(df_task: pd.DataFrame, sort_label: str | None = None) -> list[tuple[str, str, Callable[[dict], str]]]:
+    """(header, alignment, cell function) of the leaderboard for one task; empty optional columns dropped.
+    ``sort_label`` (a metric sort, :func:`rank_runs`) adds the metric sorted by after the scores."""
     metric = task_metric(df_task)
     cols: list[tuple[str, str, Callable[[dict], str]]] = [
         ("#", "right", lambda r: fmt_plain(r["rank"])),
@@ -462,6 +517,8 @@ def leaderboard_columns(df_task: pd.DataFrame) -> list[tuple[str, str, Callable[
         ("private", "right", lambda r: fmt_score(r["test_private"])),
         ("gap pub−priv", "right", lambda r: fmt_score(r["gap"], signed=True)),
     ]
+    if sort_label and "sort_value" in df_task:
+        cols.append((sort_label, "right", lambda r: fmt_score(r["sort_value"])))
     optional = {"img/s": "images_per_s", "img/s TTA": "images_per_s_tta", f"test {metric}": "test_score",
                 "public": "test_public", "private": "test_private", "gap pub−priv": "gap"}
     return [c for c in cols if c[0] not in optional or df_task[optional[c[0]]].notna().any()]
@@ -526,7 +583,7 @@ def sections(df: pd.DataFrame, group: bool = False) -> list[dict]:
         out.append({"task": t, "kind": "leaderboard",
                     "title": f"{task_title(t, part)} — {n_runs} run(s), {n_ens} ensemble(s), "
                              f"ranked by {ranked_by} score",
-                    "table": cells(part, leaderboard_columns(part))})
+                    "table": cells(part, leaderboard_columns(part, (df.attrs.get("sort_label") or {}).get(t)))})
         if group:
             cv_t = cv[cv["task"] == t]
             out.append({"task": t, "kind": "cv",

@@ -16,6 +16,7 @@ always measured in the ORIGINAL image frame (SHS_NET measured on its 224 grid; w
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm import tqdm
 
@@ -32,7 +33,7 @@ from tasks.base import DataBase, Task
 from tasks.cache import SampleCache
 from tasks.formats.folds import group_folds
 from tasks.formats.images import image_size, read_grey
-from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_to_input
+from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
 from tasks.interactive import ClickSettings, simulate_clicks
 from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, stem
 from tasks.keypoint_labels import write_wide as write_wide  # re-exported: engine.predict_keypoints writes through it
@@ -54,11 +55,25 @@ class KeypointData(DataBase):
     resize: ResizeMode = "letterbox"
     sigma: float = Field(2.0, gt=0)
     decode: DecodeMethod = "dark"
-    decode_blur: float | None = Field(None, ge=0)   # Gaussian sigma smoothing heatmaps before decoding; 0/None: none
+    # DARK's modulation: Gaussian sigma (heatmap pixels) smoothing the heatmaps before the sub-pixel step.
+    # "auto": the target's own sigma at the model's output stride (sigma / stride); 0 or null: no blur.
+    decode_blur: Literal["auto"] | float | None = "auto"
     sdr_radii_px: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
     sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
     cache_dir: str | None = None
     clicks: ClickSettings = Field(default_factory=ClickSettings)
+
+    @field_validator("decode_blur", mode="before")
+    @classmethod
+    def _blur_setting(cls, value: object) -> object:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError("should be 'auto' (the target's sigma), a Gaussian sigma >= 0 in heatmap pixels, "
+                             "or 0 for no blur")
+        if value < 0:
+            raise ValueError("Input should be greater than or equal to 0")
+        return float(value)
 
 
 def group_of(name: str) -> str:
@@ -222,12 +237,19 @@ class KeypointTask(Task):
         return self.criterion(output, batch["keypoints"], batch["visible"], tuple(batch["image"].shape[-2:]),
                               self.cfg.data.sigma)
 
+    def decode_blur(self, stride: float) -> float:
+        """``data.decode_blur`` in heatmap pixels for a model of output ``stride``: ``auto`` is the target's sigma."""
+        blur = self.cfg.data.decode_blur
+        if blur == "auto":
+            return heatmap_sigma(self.cfg.data.sigma, stride)
+        return blur or 0.0
+
     def decode(self, heatmaps: torch.Tensor, input_size: int, letterboxes: Sequence[Letterbox]) -> tuple[np.ndarray, np.ndarray]:
         """Activated ``(B, K, h, w)`` heatmaps of ``input_size``² inputs → ORIGINAL-frame ``(B, K, 2)``
         coordinates and ``(B, K)`` confidences. A peak on the letterbox padding is clamped onto the
         image (a point off the image is wrong by construction)."""
-        uv, conf = decode_heatmaps(heatmaps, self.cfg.data.decode, self.cfg.data.decode_blur)
         h, w = heatmaps.shape[-2:]
+        uv, conf = decode_heatmaps(heatmaps, self.cfg.data.decode, self.decode_blur(input_size / w))
         xy = heatmap_to_input(uv, input_size / w, input_size / h).cpu().numpy()
         out = np.stack([lb.inverse(p) for lb, p in zip(letterboxes, xy)])
         for lb, p in zip(letterboxes, out):

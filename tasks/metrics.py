@@ -53,9 +53,11 @@ def _radius_key(radius: float, unit: str) -> str:
 
 def keypoint_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str], spacing_mm: Sequence[float | None] | None = None,
                      radii_px: Sequence[float] = (2, 4, 8), radii_mm: Sequence[float] = (2, 4, 10)) -> dict:
-    """MRE (px, and mm when every image has a spacing), SDR at each radius, per-landmark MRE (px).
+    """MRE and SD of the radial error and SDR at each radius, in px and, when every image has a spacing,
+    in mm; per-landmark MRE (px, and mm).
 
-    ``score`` is the MRE in pixels of the original images (lower is better).
+    ``score`` is the MRE in pixels of the original images (lower is better). SD is the population
+    standard deviation (ddof 0) of all the points' radial errors.
     """
     err = radial_errors(pred, true)
     out: dict = {"score": float(err.mean()), "mre_px": float(err.mean()), "sd_px": float(err.std())}
@@ -65,6 +67,7 @@ def keypoint_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str], s
     if spacing_mm is not None and len(spacing_mm) and all(s is not None for s in spacing_mm):
         err_mm = err * np.asarray(spacing_mm, np.float64)[:, None]
         out["mre_mm"] = float(err_mm.mean())
+        out["sd_mm"] = float(err_mm.std())
         for r in radii_mm:
             out[_radius_key(r, "mm")] = sdr(err_mm, r)
         out["per_item_mm"] = {n: float(v) for n, v in zip(names, err_mm.mean(0))}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def score_segmentation(csv_path: str | os.PathLike, gt: str | os.PathLike, image
 
     per_class = np.mean(list(per_image.values()), axis=0)
     return {"score": float(per_class.mean()), "public": mean(public), "private": mean(private),
-            "per_item": {c: float(v) for c, v in zip(CLASSES, per_class)}, "images": len(per_image)}
+            "per_item": {c: float(v) for c, v in zip(CLASSES, per_class)}, "images": len(per_image), "metric": "dice"}
 
 
 def _ground_truth(gt: Path, lmset: LandmarkSet, images: str | os.PathLike | None) -> tuple[list[KeypointSample], Path]:
@@ -115,7 +116,8 @@ def _ground_truth(gt: Path, lmset: LandmarkSet, images: str | os.PathLike | None
 
 def score_keypoints(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
                     radii_px: Sequence[float] = (2, 4, 8), radii_mm: Sequence[float] = (2, 4, 10)) -> dict:
-    """Score a wide keypoint CSV against ground truth, in the original pixels (and mm where known).
+    """Score a wide keypoint CSV against ground truth, in the original pixels (and mm where every image
+    has a pixel spacing; ``images_without_spacing`` counts those that have none).
 
     ``gt``: a keypoint folder (``coord_list.csv``/``all.csv`` + ``images/`` [+ ``spacing.csv``,
     ``split.csv`` whose ``test`` rows are scored]) or a label file. Every ground-truth image needs a
@@ -141,7 +143,8 @@ def score_keypoints(csv_path: str | os.PathLike, gt: str | os.PathLike, images: 
     half = {k: float(e) for k, e in zip(order, err)}
     result["public"] = float(np.mean([half[k] for k in public])) if public else math.nan
     result["private"] = float(np.mean([half[k] for k in private])) if private else math.nan
-    result.update(metric="mre_px", images=len(order), landmarks=lmset.name)
+    result.update(metric="mre_px", images=len(order), landmarks=lmset.name,
+                  images_without_spacing=sum(s is None for s in spacing))
     return result
 
 
@@ -206,3 +209,82 @@ def score_submission(csv_path: str | os.PathLike, gt: str | os.PathLike, images:
     result = getattr(importlib.import_module(module), fn)(csv_path, gt, images, **options)
     result.setdefault("task", task)
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# What a score prints and what a run's summary.json keeps
+# --------------------------------------------------------------------------------------------------
+
+#: Keys of a scorer's result that are bookkeeping, not metrics.
+NOT_METRICS = ("score", "public", "private", "images", "images_without_spacing", "metric", "task", "landmarks")
+DESCRIPTIONS = {
+    "dice": "Dice, mean over classes (empty/empty = 1)",
+    "mre_px": "mean radial error, px", "mre_mm": "mean radial error, mm",
+    "sd_px": "standard deviation of the radial error, px", "sd_mm": "standard deviation of the radial error, mm",
+    "mae_months": "mean absolute error, months", "rmse": "root mean squared error, months",
+    "within_12m": "share of ages within 12 months", "mae_male": "MAE of the boys, months",
+    "mae_female": "MAE of the girls, months",
+}
+#: Per-item breakdown of each task: (what an item is, what its value is).
+PER_ITEM = {"segmentation": ("class", "Dice"), "keypoints": ("landmark", "MRE px"), "boneage": ("age band", "MAE months")}
+
+
+def describe(name: str) -> str:
+    """What a metric key means (units are in the names)."""
+    sdr = re.fullmatch(r"sdr_(.+?)(px|mm)", name)
+    if sdr:
+        return f"share of points within {sdr[1]} {sdr[2]}"
+    return DESCRIPTIONS.get(name, "")
+
+
+def metrics_of(result: dict) -> dict[str, float]:
+    """Every scalar metric of a scorer's result, the headline first under its own name (``dice``,
+    ``mre_px``, ``mae_months``)."""
+    headline = result.get("metric", "score")
+    out = {headline: result.get(headline, result["score"])}
+    for key, value in result.items():
+        if key not in NOT_METRICS and key != headline and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def report_lines(result: dict) -> list[str]:
+    """The metrics table of a scorer's result (and its per-item breakdown), for the terminal."""
+    metrics = metrics_of(result)
+    width = max(len(k) for k in metrics)
+    lines = [f"  {k:<{width}}  {_fmt(v):>9}  {describe(k)}".rstrip() for k, v in metrics.items()]
+    missing = result.get("images_without_spacing")
+    if missing:
+        lines.append(f"  mm metrics unavailable: no pixel spacing for {missing} of {result['images']} images")
+    items = result.get("per_item") or {}
+    if items:
+        item, what = PER_ITEM.get(result.get("task"), ("item", "score"))
+        mm = result.get("per_item_mm") or {}
+        width = max(len(item), *(len(k) for k in items))
+        lines.append("")
+        lines.append(f"  {item:<{width}}  {what:>9}" + (f"  {'MRE mm':>9}" if mm else ""))
+        for name, value in items.items():
+            lines.append(f"  {name:<{width}}  {_fmt(value):>9}" + (f"  {_fmt(mm.get(name)):>9}" if mm else ""))
+    return lines
+
+
+def _finite(value):
+    """``value`` with NaN and infinities as None (JSON has no NaN), recursively through dicts."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def stored_scores(result: dict) -> dict:
+    """What ``summary.json`` keeps under ``test``: score, public, private, every metric of
+    :func:`metrics_of` and the per-item breakdowns; NaN as null."""
+    keep = {"score": result["score"], "public": result.get("public"), "private": result.get("private"),
+            **metrics_of(result), "images": result.get("images")}
+    keep.update({k: v for k, v in result.items() if k.startswith("per_item")})
+    return _finite(keep)

@@ -3,6 +3,7 @@
 
     python tools/leaderboard.py runs/                                   # one table per task
     python tools/leaderboard.py runs/ --task segmentation --sort params
+    python tools/leaderboard.py runs/ --task keypoints --sort sdr_2px             # any metric score.py stored
     python tools/leaderboard.py runs/ --group                           # + mean ± std over folds, best per family
     python tools/leaderboard.py runs/ --md lb.md --csv lb.csv --html reports/leaderboard.html
     python tools/leaderboard.py runs/ --study seg-sweep --storage sqlite:///runs/optuna.db --html r.html
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="leaderboard.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="sort columns: " + ", ".join(sorted(set(T.SORTABLE) | set(T.SORT_ALIASES)))
-        + "; add ':asc' or ':desc' to force a direction (scores default to best first).",
+        + "; or any metric of the summaries (sdr_2px, mre_mm, rmse, within_12m, ...: the test value when any "
+        "run has one, else val; val.<metric> or test.<metric> to choose); add ':asc' or ':desc' to force a "
+        "direction (scores and metrics default to best first).",
     )
     p.add_argument("root", nargs="?", default="runs", help="folder to scan for */summary.json (default: runs)")
     p.add_argument("--task", help="show only this task (segmentation, keypoints, boneage, ...)")

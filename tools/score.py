@@ -3,11 +3,16 @@
 
   python tools/score.py submissions/a.csv --gt data/phantom/handbones/test_gt [--run runs/segmentation/<run>]
 
-``--run`` (or a CSV named after a run) records the scores in that run's summary.json for the leaderboard.
+Prints every metric the scorer computes (segmentation: mean and per-class Dice; keypoints: MRE, SD and
+SDR at each radius in px, and in mm where the pixel spacing is known; bone age: MAE, RMSE, share within
+12 months, MAE by sex and per age band), then the headline with its public/private halves. ``--json``
+prints the same as one JSON object instead. ``--run`` records all of them under ``test`` in that run's
+(or ensemble's) summary.json, where ``tools/leaderboard.py --sort <metric>`` ranks by any of them.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from engine.cli import run_main
@@ -20,22 +25,25 @@ def main(argv: list[str] | None = None) -> int:
                         "(bone age), coordinates CSV (keypoints)")
     parser.add_argument("--images", help="segmentation: test images root holding DCM/ (default: <gt>/../test)")
     parser.add_argument("--run", help="run or ensemble folder whose summary.json gets the test scores")
-    parser.add_argument("--quiet", action="store_true", help="only the summary line")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="only the summary line")
+    output.add_argument("--json", action="store_true", help="print every metric as one JSON object")
     args = parser.parse_args(argv)
-    from tasks.scoring import score_submission  # after parsing: --help and usage errors skip numpy and OpenCV
+    from tasks.scoring import report_lines, score_submission, stored_scores  # after parsing: --help skips numpy
 
     result = score_submission(args.csv, args.gt, args.images)  # faults (FormatError, OSError) end in run_main
-    if not args.quiet:
-        width = max(len(k) for k in result["per_item"])
-        for name, value in result["per_item"].items():
-            print(f"  {name:<{width}}  {value:.4f}")
-    metric = result.get("metric", "dice")
-    print(f"{args.csv}: {metric} {result['score']:.4f}  public {result['public']:.4f}  private {result['private']:.4f}"
-          f"  ({result['images']} images)")
+    scores = stored_scores(result)
+    if args.json:
+        print(json.dumps({"csv": args.csv, "task": result["task"], "metric": result["metric"], **scores}, indent=1))
+    else:
+        if not args.quiet:
+            print("\n".join(report_lines(result)))
+        print(f"{args.csv}: {result['metric']} {result['score']:.4f}  public {result['public']:.4f}  "
+              f"private {result['private']:.4f}  ({result['images']} images)")
     if args.run:
         from engine.summary import record_summary
 
-        record_summary(args.run, test={k: result[k] for k in ("score", "public", "private", "per_item")})
+        record_summary(args.run, merge=False, test=scores)
     return 0
 
 
