@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from engine.config import Config, ConfigError
 from engine.run_folder import member_config
+from engine.sliding_window import MODE_RESIZE, MODE_SLIDING
 from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
 from ensembles.registry import ENSEMBLE_RUNNERS
@@ -199,6 +200,11 @@ class Fuser:
         return out
 
 
+def predict_mode(cfg: Config) -> str:
+    """How a run predicts (and so what its prediction cache must hold): whole-image resizing or sliding window."""
+    return MODE_SLIDING if cfg.inference.sliding_window else MODE_RESIZE
+
+
 def cache_path(run_dir: Path, split: str, name: str) -> Path:
     return run_dir / "preds" / split / f"{name}.npz"
 
@@ -238,15 +244,23 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_cached(path: Path, where: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file."""
+def load_cached(path: Path, where: str, mode: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file.
+
+    ``mode``: how the member predicts now (``resize`` or ``sliding_window``, see :func:`predict_mode`); an
+    entry made the other way is refused (an entry without a mode was made by whole-image resizing).
+    """
     try:
         arrays = read_npz(path)
         probs, size = arrays["probs"], tuple(int(v) for v in arrays["orig_size"])
+        made = str(arrays["mode"][()]) if "mode" in arrays else MODE_RESIZE
     except FileNotFoundError:
         raise FormatError(f"{where}: cached prediction {path} is missing") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise FormatError(f"{where}: {path} is not a prediction cache entry ({err})") from None
+    if mode is not None and made != mode:
+        raise FormatError(f"{where}: {path} was predicted with {made}, the run's config asks for {mode} "
+                          f"(inference.sliding_window); write the cache again with `inference.py --save-probs`")
     if probs.ndim != 3:
         raise FormatError(f"{where}: {path} holds probs of shape {probs.shape}, expected (classes, h, w)")
     if probs.dtype != np.uint8:
@@ -284,7 +298,8 @@ def member_maps_from_cache(members: list[Member], name: str, split: str) -> tupl
         runs = m.sources[name]
         parts = []
         for r in runs:
-            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}")
+            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}",
+                                      predict_mode(m.cfgs[r]))
             if size is None:
                 size = orig
             elif orig != size:
@@ -370,11 +385,13 @@ MemberPredict = Callable[[int, int, np.ndarray], np.ndarray]
 
 def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device) -> MemberPredict:
     """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here and
-    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`)."""
+    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`), on the whole image resized to its
+    input size or, where its run's ``inference.sliding_window`` says so, in tiles at the original size."""
     import torch
 
     from engine.predictor import load_model
     from engine.device import amp_dtype
+    from engine.sliding_window import sliding_window_predict
     from engine.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
@@ -385,10 +402,18 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     def predict(member: int, run: int, image: np.ndarray) -> np.ndarray:
         loaded = models[member][run]
         size = loaded.image_size
-        x = torch.from_numpy(resize_grey(image, size, size)).float().div_(255)[None, None].to(device)
         amp = amp_dtype(loaded.cfg.train.amp, device)
+        sliding = loaded.cfg.inference.sliding_window
+        if not sliding:
+            image = resize_grey(image, size, size)
+        x = torch.from_numpy(image).float().div_(255)[None, None].to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return tta_predict(loaded.model, x, views[member][run])[0].float().cpu().numpy()
+            if sliding:
+                probs = sliding_window_predict(loaded.model, x, size, loaded.cfg.inference.tile_overlap,
+                                               views[member][run], loaded.cfg.inference.batch_size)
+            else:
+                probs = tta_predict(loaded.model, x, views[member][run])[0]
+            return probs.float().cpu().numpy()
 
     return predict
 
