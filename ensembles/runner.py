@@ -30,7 +30,7 @@ from tqdm import tqdm
 from engine.config import Config, ConfigError
 from engine.run_folder import member_config
 from engine.sliding_window import MODE_RESIZE, MODE_SLIDING
-from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
+from ensembles.config import EnsembleConfig, postprocess_spec, read_fit, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
 from ensembles.registry import ENSEMBLE_RUNNERS
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
@@ -38,6 +38,7 @@ from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
+from tasks.postprocess import apply_ops, class_ops
 from tasks.registry import get_task_class
 from tasks.segmentation import resolve_thresholds
 
@@ -130,10 +131,14 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
 
 
 class Fuser:
-    """One image's member maps → RLE per class, one class at a time (soft, weighted or hard)."""
+    """One image's member maps → RLE per class, one class at a time (soft, weighted or hard), each class's
+    mask post-processed (``postprocess``, default: the ensemble's) before it is encoded."""
 
-    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES) -> None:
+    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES,
+                 postprocess: dict[str, list[str]] | None = None) -> None:
         self.method = ens.method
+        self.postprocess = postprocess_spec(ens) if postprocess is None else postprocess
+        self.ops = class_ops(self.postprocess, classes)
         self.labels = [m.label for m in members]
         self.classes = classes
         if ens.method == "weighted":
@@ -155,6 +160,15 @@ class Fuser:
     def fuse_class(self, maps: list[np.ndarray], c: int, size: tuple[int, int],
                    row_max: list[np.ndarray] | None = None) -> str:
         """RLE of class ``c``, computed only on the crop where it can be foreground (see ``find_region``)."""
+        mask, row0, col0 = self.fuse_mask(maps, c, size, row_max)
+        if self.ops[c]:
+            mask = apply_ops(mask, self.ops[c])
+        return runs_to_rle(*region_runs(mask, row0, col0, size[1]))
+
+    def fuse_mask(self, maps: list[np.ndarray], c: int, size: tuple[int, int],
+                  row_max: list[np.ndarray] | None = None) -> tuple[np.ndarray, int, int]:
+        """Class ``c``'s mask before post-processing, as a crop holding all of it, and the crop's top-left
+        corner (row, column) in the image of ``size``."""
         height, width = size
         if self.method == "hard":
             limits = list(self.member_thresholds[:, c])
@@ -185,7 +199,7 @@ class Fuser:
                     prob = cv2.resize(prob, (cols.stop - cols.start, rows.stop - rows.start),
                                       interpolation=cv2.INTER_LINEAR)
             mask = prob > self.thresholds[c] + TIE_EPS
-        return runs_to_rle(*region_runs(mask, rows.start, cols.start, width))
+        return mask, rows.start, cols.start
 
     def describe(self) -> dict:
         out: dict = {"method": self.method, "members": self.labels}
@@ -197,6 +211,8 @@ class Fuser:
                               {c: w[:, k].round(4).tolist() for k, c in enumerate(self.classes)})
             t = self.thresholds
             out["thresholds"] = float(t[0]) if np.allclose(t, t[0]) else dict(zip(self.classes, t.round(4).tolist()))
+        if self.postprocess:
+            out["postprocess"] = self.postprocess
         return out
 
 
