@@ -119,7 +119,7 @@ class SlidingWindowSource:
         self.overlap, self.batch_size, self.amp = overlap, batch_size, amp
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(image).to(self.device).float().div_(255)[None, None]
+        x = torch.tensor(image, device=self.device).float().div_(255)[None, None]  # a copy: images may be read-only
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             probs = sliding_window_predict(self.model, x, self.tile, self.overlap, self.views, self.batch_size)
         return quantize(probs)

@@ -422,7 +422,7 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
         sliding = loaded.cfg.inference.sliding_window
         if not sliding:
             image = resize_grey(image, size, size)
-        x = torch.from_numpy(image).float().div_(255)[None, None].to(device)
+        x = torch.tensor(image, device=device).float().div_(255)[None, None]  # a copy: images may be read-only
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if sliding:
                 probs = sliding_window_predict(loaded.model, x, size, loaded.cfg.inference.tile_overlap,

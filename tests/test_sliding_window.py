@@ -120,3 +120,4 @@ def test_cache_records_the_mode_and_refuses_the_other(tmp_path):
         load_cached(tmp_path / "tiled.npz", "member a", MODE_RESIZE)
     with pytest.raises(FormatError, match="resized.npz was predicted with resize"):
         load_cached(tmp_path / "resized.npz", "member a", MODE_SLIDING)
+
