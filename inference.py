@@ -8,6 +8,7 @@ reported. ``--section.key=value`` overrides are applied last. Faults end as one 
 
   python inference.py -c runs/segmentation/<run>/config.yaml --ckpt runs/segmentation/<run>/best.pt --tta -o submissions/a.csv
   python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
+  python inference.py --ckpt runs/segmentation/<run>/best.pt --sliding-window --tta        # tiles at the original resolution
   python inference.py --ensemble configs/ensembles/seg_soft.yaml --tta -o submissions/ens.csv  # members on the fly
   python inference.py --ensemble configs/ensembles/seg_weighted.yaml --from-cache              # from <run>/preds/test
   python inference.py --ensemble configs/ensembles/kp_hard.yaml --tta                           # any task: keypoints, boneage
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="--ensemble: fuse the members' cached predictions (<run>/preds/<split>/) instead of running them")
     parser.add_argument("-o", "--out", help="submission CSV (default: submissions/<run>[-tta].csv)")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation from inference.tta")
+    parser.add_argument("--sliding-window", action="store_true",
+                        help="overlapping tiles at the original resolution instead of resizing the whole image "
+                             "(= --inference.sliding_window=true; overlap: --inference.tile_overlap=0.5)")
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help="test: data.test_root; val: the run's validation fold")
     parser.add_argument("--save-probs", nargs="?", const="auto", default=None, metavar="DIR",
@@ -69,7 +73,10 @@ def run_config(args: argparse.Namespace, rest: list[str]):
 
     saved = Path(args.ckpt).parent / "config.yaml"
     cfg_path = args.config or (saved if saved.is_file() else None)
-    cfg, notes = checkpoint_config(args.ckpt, cfg_path, parse_overrides(rest))
+    overrides = parse_overrides(rest)
+    if args.sliding_window:
+        overrides.setdefault("inference", {})["sliding_window"] = True
+    cfg, notes = checkpoint_config(args.ckpt, cfg_path, overrides)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     return cfg
@@ -78,9 +85,9 @@ def run_config(args: argparse.Namespace, rest: list[str]):
 def _infer(argv: list[str]) -> int:
     args, rest = parse_args(argv)
     if args.ensemble:
-        if args.ckpt or args.config or rest or args.save_probs:
-            print("inference.py: --ensemble takes no --ckpt, -c, --save-probs or overrides (members are run folders)",
-                  file=sys.stderr)
+        if args.ckpt or args.config or rest or args.save_probs or args.sliding_window:
+            print("inference.py: --ensemble takes no --ckpt, -c, --save-probs, --sliding-window or overrides (members "
+                  "are run folders; each predicts as its config.yaml's inference section says)", file=sys.stderr)
             return 2
         stats = run_ensemble(args)
         print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")

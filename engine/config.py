@@ -92,6 +92,8 @@ class InferenceConfig(Section):
     threshold: Threshold = 0.5
     tta: TTAConfig = Field(default_factory=TTAConfig)
     post_workers: int = Field(2, ge=0)
+    sliding_window: bool = False          # tiles of data.image_size at the original resolution (engine/sliding_window.py)
+    tile_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of a tile shared with the next one
 
     _threshold = field_validator("threshold")(threshold_in_range)
 
@@ -130,6 +132,8 @@ class Config(Section):
             check_thresholds(self.inference.threshold, get_task_class(self.task).classes)
         except ValueError as err:
             raise ValueError(f"inference.threshold: {err}") from None
+        if self.inference.sliding_window and self.task != "segmentation":
+            raise ValueError(f"inference.sliding_window: tiles are for segmentation, not {self.task}")
         return self
 
     @property

@@ -134,7 +134,8 @@ def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
 LOCATION_KEYS = frozenset({
     "data.root", "data.test_root", "data.cache", "data.cache_dir", "data.num_workers", "data.labels", "data.images",
     "data.spacing", "data.split_file", "data.train_csv", "data.train_images", "data.test_csv", "data.test_images",
-    "inference.batch_size", "inference.post_workers", "train.device",
+    "inference.batch_size", "inference.post_workers", "inference.sliding_window", "inference.tile_overlap",
+    "train.device",
 })
 LOCATION_PREFIXES = ("logging.", "inference.tta.")
 

@@ -19,11 +19,12 @@ radius: 4.0                      # keypoints hard: agreement radius, original-im
 tta: {hflip: true, vflip: false, scales: [1.0]}   # absent: each member uses its own run's inference.tta
 fit: {per_class: true, folds: 5, grid_step: 0.1}   # what 'fit' searches (tools/fit_ensemble.py);
                                  # per_class: per class (segmentation) / per landmark (keypoints)
+postprocess: fit                 # segmentation: {class: [largest_component, fill_holes, min_area:<px>]} | fit
 ```
 
 A member with ``runs`` (the folds of one configuration) predicts the test set as the mean of its fold
 models and the validation set out-of-fold (each image from the fold model that did not train on it).
-``fit`` in ``weights``/``thresholds`` reads the values that ``tools/fit_ensemble.py`` stored in the
+``fit`` in ``weights``/``thresholds``/``postprocess`` reads the values that ``tools/fit_ensemble.py`` stored in the
 ensemble's run folder (``<out_dir>/<task>/<name>/fit.json``).
 """
 from __future__ import annotations
@@ -116,6 +117,7 @@ class EnsembleConfig(Section):
     weights: list[float] | dict[str, float] | Literal["fit"] | None = None
     class_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
     thresholds: Threshold | Literal["fit"] = 0.5
+    postprocess: dict[str, list[str]] | Literal["fit"] = Field(default_factory=dict)
     min_votes: int | None = None
     radius: float | None = Field(None, gt=0)
     tta: TTAConfig = Field(default_factory=TTAConfig)
@@ -150,6 +152,18 @@ class EnsembleConfig(Section):
         if self.task != "segmentation":
             if "thresholds" in self.model_fields_set or any(m.threshold is not None for m in self.members):
                 raise ValueError(f"thresholds are for segmentation; a {self.task} ensemble has nothing to threshold")
+        if self.postprocess and self.task != "segmentation":
+            raise ValueError(f"postprocess is for segmentation masks; a {self.task} ensemble has none")
+        if self.postprocess == "fit" and self.method == "hard":
+            raise ValueError("postprocess: fit is fitted with the soft/weighted fit (tools/fit_ensemble.py); "
+                             "give a hard vote its operations per class")
+        if isinstance(self.postprocess, dict):
+            from tasks.postprocess import check_postprocess
+
+            try:
+                check_postprocess(self.postprocess, get_task_class(self.task).classes)
+            except ValueError as err:
+                raise ValueError(f"postprocess: {err}") from None
         if (self.task, self.method) == ("keypoints", "hard"):
             if self.radius is None:
                 raise ValueError("keypoints method 'hard' needs 'radius': the distance (original-image pixels) "
@@ -304,6 +318,17 @@ def weight_table(ens: EnsembleConfig, classes: Sequence[str]) -> np.ndarray:
         for idx in expand_classes(key, classes):
             table[:, idx] = column
     return table
+
+
+def postprocess_spec(ens: EnsembleConfig) -> dict[str, list[str]]:
+    """Per-class post-processing operations (``fit``: from fit.json)."""
+    if ens.postprocess != "fit":
+        return dict(ens.postprocess)
+    fit = read_fit(ens)
+    if "postprocess" not in fit:
+        raise ConfigError(f"{ens.fit_path}: holds no fitted post-processing; the config asks for "
+                          f"'postprocess: fit' — run `python tools/fit_ensemble.py <this config>` again")
+    return fit["postprocess"]
 
 
 def threshold_vector(ens: EnsembleConfig, classes: Sequence[str]) -> np.ndarray:

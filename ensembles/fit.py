@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ensembles.crossfit import patient_folds
 from ensembles.registry import ENSEMBLE_FITTERS
 from tasks.formats.atomic import write_text
 
@@ -68,15 +69,6 @@ def candidate_weights(n_members: int, step: float = 0.1, max_candidates: int = 3
         if not any(np.allclose(w, o) for o in out):
             out.append(w)
     return np.array(out[:max(max_candidates, len(base))])
-
-
-def patient_folds(groups: Sequence[str], n_folds: int, seed: int = 0) -> np.ndarray:
-    """Fold index per item, whole groups (patients) per fold, seeded; ``min(n_folds, n_groups)`` folds."""
-    unique = sorted(set(groups))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    k = max(1, min(n_folds, len(unique)))
-    fold_of = {unique[i]: rank % k for rank, i in enumerate(order)}
-    return np.array([fold_of[g] for g in groups], np.int64)
 
 
 @dataclass
@@ -415,6 +407,30 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     record = fit_to_dict(result, labels, CLASSES, fit_size=ens.fit.fit_size,
                          weights_fitted=bool(search_weights), thresholds_fitted=ens.thresholds == "fit")
     write_json(ens.fit_path, record)
+    if ens.postprocess == "fit":  # on the masks the fitted weights and thresholds give (read back from fit.json)
+        record.update(fit_ensemble_postprocess(ens, members, samples, progress).to_dict())
+        write_json(ens.fit_path, record)
     write_ensemble_summary(ens, members, Fuser(ens, members).describe(), val=record["val"])
     return record
+
+
+def fit_ensemble_postprocess(ens, members, samples, progress: bool = True):
+    """Per-class post-processing (:mod:`ensembles.postprocess`) of the ensemble's validation masks at the
+    original size, fused as inference fuses them (cache → weights → resize → thresholds)."""
+    from tqdm import tqdm
+
+    from ensembles.postprocess import fit_postprocess
+    from ensembles.runner import Fuser, member_maps_from_cache
+    from tasks.formats.handbones import CLASSES, read_masks
+
+    fuser = Fuser(ens, members, postprocess={})
+
+    def items():
+        for s in tqdm(samples, desc="fit post-processing", disable=not progress, dynamic_ncols=True):
+            maps, size = member_maps_from_cache(members, s.name, "val")
+            row_max = [m.max(axis=2) for m in maps]
+            crops = [fuser.fuse_mask(maps, c, size, row_max) for c in range(len(CLASSES))]
+            yield crops, read_masks(s.label_path, *size).astype(bool), s.patient
+
+    return fit_postprocess(items(), CLASSES, folds=ens.fit.folds, seed=ens.fit.seed)
 

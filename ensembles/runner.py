@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from engine.config import Config, ConfigError
 from engine.run_folder import member_config
-from ensembles.config import EnsembleConfig, read_fit, threshold_vector, weight_table
+from engine.sliding_window import MODE_RESIZE, MODE_SLIDING
+from ensembles.config import EnsembleConfig, postprocess_spec, read_fit, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
 from ensembles.registry import ENSEMBLE_RUNNERS
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
@@ -37,6 +38,7 @@ from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
+from tasks.postprocess import apply_ops, class_ops
 from tasks.registry import get_task_class
 from tasks.segmentation import resolve_thresholds
 
@@ -129,10 +131,14 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
 
 
 class Fuser:
-    """One image's member maps → RLE per class, one class at a time (soft, weighted or hard)."""
+    """One image's member maps → RLE per class, one class at a time (soft, weighted or hard), each class's
+    mask post-processed (``postprocess``, default: the ensemble's) before it is encoded."""
 
-    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES) -> None:
+    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES,
+                 postprocess: dict[str, list[str]] | None = None) -> None:
         self.method = ens.method
+        self.postprocess = postprocess_spec(ens) if postprocess is None else postprocess
+        self.ops = class_ops(self.postprocess, classes)
         self.labels = [m.label for m in members]
         self.classes = classes
         if ens.method == "weighted":
@@ -154,6 +160,15 @@ class Fuser:
     def fuse_class(self, maps: list[np.ndarray], c: int, size: tuple[int, int],
                    row_max: list[np.ndarray] | None = None) -> str:
         """RLE of class ``c``, computed only on the crop where it can be foreground (see ``find_region``)."""
+        mask, row0, col0 = self.fuse_mask(maps, c, size, row_max)
+        if self.ops[c]:
+            mask = apply_ops(mask, self.ops[c])
+        return runs_to_rle(*region_runs(mask, row0, col0, size[1]))
+
+    def fuse_mask(self, maps: list[np.ndarray], c: int, size: tuple[int, int],
+                  row_max: list[np.ndarray] | None = None) -> tuple[np.ndarray, int, int]:
+        """Class ``c``'s mask before post-processing, as a crop holding all of it, and the crop's top-left
+        corner (row, column) in the image of ``size``."""
         height, width = size
         if self.method == "hard":
             limits = list(self.member_thresholds[:, c])
@@ -184,7 +199,7 @@ class Fuser:
                     prob = cv2.resize(prob, (cols.stop - cols.start, rows.stop - rows.start),
                                       interpolation=cv2.INTER_LINEAR)
             mask = prob > self.thresholds[c] + TIE_EPS
-        return runs_to_rle(*region_runs(mask, rows.start, cols.start, width))
+        return mask, rows.start, cols.start
 
     def describe(self) -> dict:
         out: dict = {"method": self.method, "members": self.labels}
@@ -196,7 +211,14 @@ class Fuser:
                               {c: w[:, k].round(4).tolist() for k, c in enumerate(self.classes)})
             t = self.thresholds
             out["thresholds"] = float(t[0]) if np.allclose(t, t[0]) else dict(zip(self.classes, t.round(4).tolist()))
+        if self.postprocess:
+            out["postprocess"] = self.postprocess
         return out
+
+
+def predict_mode(cfg: Config) -> str:
+    """How a run predicts (and so what its prediction cache must hold): whole-image resizing or sliding window."""
+    return MODE_SLIDING if cfg.inference.sliding_window else MODE_RESIZE
 
 
 def cache_path(run_dir: Path, split: str, name: str) -> Path:
@@ -238,15 +260,23 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def load_cached(path: Path, where: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file."""
+def load_cached(path: Path, where: str, mode: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file.
+
+    ``mode``: how the member predicts now (``resize`` or ``sliding_window``, see :func:`predict_mode`); an
+    entry made the other way is refused (an entry without a mode was made by whole-image resizing).
+    """
     try:
         arrays = read_npz(path)
         probs, size = arrays["probs"], tuple(int(v) for v in arrays["orig_size"])
+        made = str(arrays["mode"][()]) if "mode" in arrays else MODE_RESIZE
     except FileNotFoundError:
         raise FormatError(f"{where}: cached prediction {path} is missing") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise FormatError(f"{where}: {path} is not a prediction cache entry ({err})") from None
+    if mode is not None and made != mode:
+        raise FormatError(f"{where}: {path} was predicted with {made}, the run's config asks for {mode} "
+                          f"(inference.sliding_window); write the cache again with `inference.py --save-probs`")
     if probs.ndim != 3:
         raise FormatError(f"{where}: {path} holds probs of shape {probs.shape}, expected (classes, h, w)")
     if probs.dtype != np.uint8:
@@ -284,7 +314,8 @@ def member_maps_from_cache(members: list[Member], name: str, split: str) -> tupl
         runs = m.sources[name]
         parts = []
         for r in runs:
-            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}")
+            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}",
+                                      predict_mode(m.cfgs[r]))
             if size is None:
                 size = orig
             elif orig != size:
@@ -370,11 +401,13 @@ MemberPredict = Callable[[int, int, np.ndarray], np.ndarray]
 
 def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device) -> MemberPredict:
     """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here and
-    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`)."""
+    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`), on the whole image resized to its
+    input size or, where its run's ``inference.sliding_window`` says so, in tiles at the original size."""
     import torch
 
     from engine.predictor import load_model
     from engine.device import amp_dtype
+    from engine.sliding_window import sliding_window_predict
     from engine.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
@@ -385,10 +418,18 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     def predict(member: int, run: int, image: np.ndarray) -> np.ndarray:
         loaded = models[member][run]
         size = loaded.image_size
-        x = torch.from_numpy(resize_grey(image, size, size)).float().div_(255)[None, None].to(device)
         amp = amp_dtype(loaded.cfg.train.amp, device)
+        sliding = loaded.cfg.inference.sliding_window
+        if not sliding:
+            image = resize_grey(image, size, size)
+        x = torch.tensor(image, device=device).float().div_(255)[None, None]  # a copy: images may be read-only
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return tta_predict(loaded.model, x, views[member][run])[0].float().cpu().numpy()
+            if sliding:
+                probs = sliding_window_predict(loaded.model, x, size, loaded.cfg.inference.tile_overlap,
+                                               views[member][run], loaded.cfg.inference.batch_size)
+            else:
+                probs = tta_predict(loaded.model, x, views[member][run])[0]
+            return probs.float().cpu().numpy()
 
     return predict
 

@@ -111,3 +111,35 @@ def test_flip_view_round_trip():
     y = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
     for view in (View(hflip=True), View(vflip=True), View(True, True)):
         np.testing.assert_array_equal(view.invert(view.apply(y), (4, 5)).numpy(), y.numpy())
+
+
+def test_inference_sliding_window_with_tta_writes_an_original_size_cache_that_a_resize_member_refuses(
+        tiny_run, phantom, tmp_path, capsys):
+    run = tmp_path / "runs" / "segmentation" / tiny_run.name
+    run.mkdir(parents=True)
+    for name in ("best.pt", "config.yaml"):
+        shutil.copy(tiny_run / name, run / name)
+    out = tmp_path / "sw.csv"
+    assert inference.main(["--ckpt", str(run / "best.pt"), "--sliding-window", "--tta", "-o", str(out),
+                           "--save-probs", "--inference.tile_overlap=0.25"]) == 0
+    assert validate_submission.main([str(out), "--images", str(phantom / "handbones" / "test")]) == 0
+    entries = sorted((run / "preds" / "test").glob("*.npz"))
+    assert entries
+    with np.load(entries[0]) as f:  # phantom images are 128 px, tiles 64 px: the cache is at the original size
+        assert f["probs"].shape == (29, 128, 128) and str(f["mode"]) == "sliding_window"
+    ens = tmp_path / "ens.yaml"
+    ens.write_text(f"task: segmentation\nmethod: soft\nmembers: [{{run: {run}}}]\nout_dir: {tmp_path / 'out'}\n")
+    capsys.readouterr()
+    assert inference.main(["--ensemble", str(ens), "--from-cache", "-o", str(tmp_path / "e.csv")]) == 2
+    assert "was predicted with sliding_window, the run's config asks for resize" in capsys.readouterr().err
+
+    # the member's run config asks for tiles (as the CLI did): the cache is used, and predicting live gives the same CSV
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["inference"].update(sliding_window=True, tile_overlap=0.25)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    for how in (["--from-cache"], ["--tta"]):
+        fused = tmp_path / f"e{len(how[0])}.csv"
+        assert inference.main(["--ensemble", str(ens), *how, "-o", str(fused)]) == 0
+        assert fused.read_text() == out.read_text(), how

@@ -10,7 +10,8 @@ Dice), keypoints member or per-landmark weights of the coordinate mean (minimisi
 px), bone age member weights (minimising the MAE, months).
 
 Reads ``<run>/preds/val/`` of every member (out-of-fold when a member lists all its fold runs) and the
-labels of the training set, fits what the config marks ``fit`` (``weights: fit``, ``thresholds: fit``),
+labels of the training set, fits what the config marks ``fit`` (``weights: fit``, ``thresholds: fit``,
+``postprocess: fit``: per-class largest component / hole filling / minimum area, segmentation),
 chooses between the defaults and the fitted variants by cross-fitting over patients (see
 ensembles/fit.py), and writes ``<out_dir>/<task>/<name>/fit.json`` and the ensemble's summary.json.
 Prints the fitted values and the validation score before and after (in sample and cross-fitted).
@@ -48,6 +49,13 @@ def report(record: dict) -> str:
         t = record["thresholds"]
         lines.append(f"thresholds: {t[0]:.2f} (all classes)" if len(set(t)) == 1 else
                      "thresholds: " + ", ".join(f"{c}={v:.2f}" for c, v in zip(classes, t)))
+    if "postprocess_fit" in record:
+        pp = record["postprocess_fit"]
+        lines.append(f"post-processing: {metric} {pp['before']:.4f} -> {pp['after']:.4f} in sample, "
+                     f"{pp['cross_fitted']:.4f} cross-fitted")
+        lines += [f"  {c:<12} {' + '.join(ops)} (+{pp['gain'][c]:.4f})" for c, ops in record["postprocess"].items()]
+        if not record["postprocess"]:
+            lines.append(f"  none kept (no operation raised a class's {metric} by more than {pp['margin']})")
     lines += [f"note: {n}" for n in record["notes"]]
     return "\n".join(lines)
 

@@ -1,0 +1,125 @@
+"""Sliding-window inference at the original resolution (nnU-Net style), beside whole-image resizing.
+
+The image is cut into square tiles of the model's training input size (``data.image_size``) that
+overlap by ``overlap`` (0.5: each tile starts half a tile after the previous one). Tile starts are
+evenly spaced from 0 to ``side - tile``, so the last tile ends exactly on the image edge and no tile
+reads outside the image; an image side smaller than the tile is padded with zeros (black, as outside
+a radiograph) on both sides and the padding is cropped off the result. Each tile's sigmoid
+probabilities are weighted by a Gaussian importance map (sigma = tile / 8, floored at
+:data:`GAUSSIAN_FLOOR` so a corner covered by one tile keeps that tile's value) and accumulated in
+float32 at the original size; the result is the weighted mean. Tiles go through the model in batches
+of ``batch_size``.
+
+TTA is applied per tile (:func:`engine.tta.tta_predict` on each batch of tiles): a flip of a tile is
+undone exactly on that tile, a scale view resizes the tile and maps its output back to the tile, so
+the geometry of the stitched map is that of the image, whatever the views. (Flipping the whole image
+instead would give the same tiles' union only when the tile grid is symmetric; per tile it always is.)
+
+Peak memory, one image at a time: the accumulator ``4 * C * H * W`` bytes plus the weight sum
+``4 * H * W`` (29 x 2048 x 2048: 486 MB + 17 MB) on the device, and one batch of tile outputs
+(``batch_size * views * C * tile² * 4`` bytes). :class:`SlidingWindowSource` hands the caller uint8
+probabilities (``p * 255``, the prediction cache's form, 121 MB for that image), so images waiting for
+post-processing hold a quarter of the float map.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.tta import View, tta_predict
+
+GAUSSIAN_FLOOR = 1e-3  # smallest importance relative to the tile centre (nnU-Net floors at its smallest value)
+MODE_RESIZE = "resize"
+MODE_SLIDING = "sliding_window"
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``[0, length)``: evenly spaced, at most
+    ``tile * (1 - overlap)`` apart, the first at 0 and the last at ``length - tile`` (one start, 0, when
+    ``length <= tile``)."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"tile overlap must be in [0, 1), got {overlap}")
+    if length <= tile:
+        return [0]
+    step = max(1.0, tile * (1 - overlap))
+    n = math.ceil((length - tile) / step) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int]]:
+    """``(y, x)`` top-left corners of every tile of an image of ``height x width`` (row-major)."""
+    return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
+def gaussian_importance(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """``(tile, tile)`` float32 Gaussian centred on the tile, 1 at the centre, floored at :data:`GAUSSIAN_FLOOR`."""
+    r = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
+    g = np.exp(-(r ** 2) / (2 * (tile * sigma_scale) ** 2))
+    importance = np.outer(g, g)
+    importance /= importance.max()
+    return np.maximum(importance, GAUSSIAN_FLOOR).astype(np.float32)
+
+
+def _pad_to(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, int, int]:
+    """``x`` (B, 1, h, w) zero-padded evenly to at least ``tile`` on each side; returns the top and left pad."""
+    h, w = x.shape[-2:]
+    ph, pw = max(0, tile - h), max(0, tile - w)
+    if not ph and not pw:
+        return x, 0, 0
+    top, left = ph // 2, pw // 2
+    return F.pad(x, (left, pw - left, top, ph - top)), top, left
+
+
+@torch.no_grad()
+def sliding_window_predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                           overlap: float = 0.5, views: Sequence[View] = (View(),), batch_size: int = 4,
+                           sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """``(C, H, W)`` float32 probabilities of ``x`` (``(1, 1, H, W)`` input on the model's device), stitched
+    from Gaussian-weighted tiles of ``tile`` px under the TTA ``views`` (per tile, see the module docstring)."""
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"sliding_window_predict takes one image (1, channels, H, W), got {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    padded, top, left = _pad_to(x, tile)
+    ph, pw = padded.shape[-2:]
+    corners = tile_grid(ph, pw, tile, overlap)
+    importance = torch.from_numpy(gaussian_importance(tile, sigma_scale)).to(x.device)
+    weight = torch.zeros((ph, pw), dtype=torch.float32, device=x.device)
+    acc = None
+    for start in range(0, len(corners), max(1, batch_size)):
+        batch = corners[start:start + batch_size]
+        tiles = torch.cat([padded[..., y:y + tile, x0:x0 + tile] for y, x0 in batch])
+        probs = tta_predict(model, tiles, views).float()
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], ph, pw), dtype=torch.float32, device=x.device)
+        for (y, x0), p in zip(batch, probs):
+            acc[:, y:y + tile, x0:x0 + tile].addcmul_(p, importance)
+            weight[y:y + tile, x0:x0 + tile] += importance
+    acc /= weight
+    return acc[:, top:top + height, left:left + width]
+
+
+def quantize(probs: torch.Tensor) -> np.ndarray:
+    """Float probabilities → uint8 ``round(p * 255)`` on the host (the prediction cache's form)."""
+    return probs.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
+
+
+class SlidingWindowSource:
+    """uint8 ``(C, H, W)`` probabilities (``p * 255``) of one model at each image's original size, for
+    :func:`engine.predictor.predict_rows` (the counterpart of ``ProbabilitySource``'s whole-image resizing)."""
+
+    mode = MODE_SLIDING
+
+    def __init__(self, model: torch.nn.Module, tile: int, views: Sequence[View], device: torch.device,
+                 overlap: float = 0.5, batch_size: int = 4, amp: torch.dtype | None = None) -> None:
+        self.model, self.tile, self.views, self.device = model, tile, list(views), device
+        self.overlap, self.batch_size, self.amp = overlap, batch_size, amp
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = torch.tensor(image, device=self.device).float().div_(255)[None, None]  # a copy: images may be read-only
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            probs = sliding_window_predict(self.model, x, self.tile, self.overlap, self.views, self.batch_size)
+        return quantize(probs)

@@ -1,0 +1,123 @@
+"""Sliding-window inference: tiles cover the image, stitching is exact for location-free models, TTA per
+tile keeps the geometry, the prediction cache records how it was made."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.sliding_window import (GAUSSIAN_FLOOR, MODE_RESIZE, MODE_SLIDING, SlidingWindowSource,
+                                   gaussian_importance, sliding_window_predict, tile_grid, tile_starts)
+from engine.tta import View
+
+SIZES = [(64, 64), (150, 97), (200, 331), (40, 50), (30, 90)]  # exact, not a multiple, smaller than the tile
+
+
+class Constant(nn.Module):
+    """Logits ``bias[c]`` everywhere, whatever the input."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.linspace(-2, 2, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[-2:])
+
+
+def pointwise(channels: int = 3, seed: int = 0) -> nn.Conv2d:
+    """A 1x1 convolution: a fixed linear function of each pixel, free of location."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(1, channels, 1)
+    nn.init.normal_(conv.weight, std=4.0)
+    return conv.eval()
+
+
+def ramp(h: int, w: int) -> torch.Tensor:
+    """An asymmetric image: no flip maps it onto itself."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return ((0.7 * xx / w + 0.3 * (yy / h) ** 2) + 0.05 * torch.sin(xx * yy / 17))[None, None]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("make", [Constant, pointwise], ids=["constant", "1x1conv"])
+def test_tiled_prediction_equals_whole_image(size, make):
+    model = make()
+    x = ramp(*size)
+    with torch.no_grad():
+        whole = torch.sigmoid(model(x))[0]
+    tiled = sliding_window_predict(model, x, tile=64, overlap=0.5, batch_size=3)
+    assert tiled.shape == whole.shape == (3, *size)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(64, 64, 0.5), (65, 64, 0.5), (1000, 64, 0.5), (331, 64, 0.25),
+                                                   (331, 64, 0.0), (500, 96, 0.9), (30, 64, 0.5)])
+def test_tiles_cover_every_pixel_and_end_on_the_edge(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts == sorted(set(starts))
+    if length >= tile:
+        assert starts[-1] == length - tile  # the last tile ends exactly on the edge, never beyond
+        assert all(s + tile <= length for s in starts)
+    gaps = np.diff(starts)
+    assert (gaps <= max(1, tile * (1 - overlap)) + 1).all()  # at least the asked overlap (rounding: 1 px)
+    covered = np.zeros(max(length, tile), int)
+    for s in starts:
+        covered[s:s + tile] += 1
+    assert (covered[:length] >= 1).all()
+
+
+def test_gaussian_weights_sum_above_zero_everywhere():
+    g = gaussian_importance(64)
+    assert g.shape == (64, 64) and g.max() == pytest.approx(1.0) and g.min() >= GAUSSIAN_FLOOR
+    assert g[32, 32] > g[32, 8] > g[0, 0]  # the centre counts more than the border
+    h, w = 200, 331
+    weight = np.zeros((h, w), np.float32)
+    for y, x in tile_grid(h, w, 64, 0.5):
+        weight[y:y + 64, x:x + 64] += g
+    assert weight.min() > 0
+
+
+def test_tta_per_tile_keeps_the_geometry_of_an_asymmetric_image():
+    """An identity model (logit = pixel) under flips and a rescale: the stitched map is sigmoid(image),
+    not a mirror of it; the source's uint8 map has the image's own (non-square) size."""
+    identity = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        identity.weight.fill_(1.0)
+        identity.bias.zero_()
+    x = ramp(150, 97) * 4 - 2
+    views = [View(), View(hflip=True), View(vflip=True), View(hflip=True, vflip=True)]
+    tiled = sliding_window_predict(identity, x, tile=64, overlap=0.5, views=views)
+    torch.testing.assert_close(tiled, torch.sigmoid(x[0]), atol=1e-5, rtol=0)
+    scaled = sliding_window_predict(Constant(), x, tile=64, views=[View(), View(scale=1.5), View(hflip=True)])
+    torch.testing.assert_close(scaled, torch.sigmoid(Constant()(x))[0].detach(), atol=1e-5, rtol=0)
+
+    image = np.tile(np.arange(97, dtype=np.uint8)[None] * 2, (150, 1))
+    source = SlidingWindowSource(identity, 64, views, torch.device("cpu"))
+    q = source(image)
+    assert q.dtype == np.uint8 and q.shape == (1, 150, 97) and source.mode == MODE_SLIDING
+    expected = np.rint(torch.sigmoid(torch.from_numpy(image).float() / 255).numpy() * 255)
+    np.testing.assert_array_equal(q[0], expected)
+
+
+def test_bad_overlap_is_refused():
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(100, 64, 1.0)
+
+
+def test_cache_records_the_mode_and_refuses_the_other(tmp_path):
+    from engine.predictor import save_probs
+    from ensembles.runner import load_cached
+    from tasks.formats import FormatError
+
+    p = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)
+    save_probs(tmp_path / "tiled.npz", p, (20, 30), MODE_SLIDING)
+    save_probs(tmp_path / "resized.npz", p, (40, 60))
+    probs, size = load_cached(tmp_path / "tiled.npz", "member a", MODE_SLIDING)
+    assert size == (20, 30) and probs.shape == (3, 20, 30)
+    assert load_cached(tmp_path / "resized.npz", "member a", MODE_RESIZE)[1] == (40, 60)
+    with pytest.raises(FormatError, match="tiled.npz was predicted with sliding_window.*asks for resize"):
+        load_cached(tmp_path / "tiled.npz", "member a", MODE_RESIZE)
+    with pytest.raises(FormatError, match="resized.npz was predicted with resize"):
+        load_cached(tmp_path / "resized.npz", "member a", MODE_SLIDING)
+
