@@ -1,7 +1,5 @@
-#!/usr/bin/env python
-"""Start the viewer (``tools/viewer.py``) on a runs folder and screenshot it in headless Chromium:
-
-    python tools/viewer_screenshot.py --runs runs -o docs/viewer.png --click "Correct the worst point"
+"""Start the viewer (``tools/viewer.py``) on a runs folder and screenshot it in headless Chromium
+(``tools/viewer_screenshot.py``).
 
 A Streamlit page is drawn by script over a websocket after the page has loaded, so ``chromium
 --screenshot`` (even with ``--virtual-time-budget``) captures only the empty app skeleton. This drives
@@ -15,10 +13,8 @@ them. Chromium comes from ``leaderboard.chromium.find_chromium`` (Debian: ``apt-
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
-import errno
 import json
 import os
 import signal
@@ -31,12 +27,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
+from leaderboard.chromium import FLAGS, find_chromium
+from tasks.formats.atomic import write_bytes
 
-from engine.cli import run_main  # noqa: E402
-from leaderboard.chromium import FLAGS, find_chromium  # noqa: E402
-from tasks.formats.atomic import write_bytes  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # True once the app shows something (a figure, an image, a message), every figure and image is drawn, and
 # Streamlit is not running the script (no status widget, no stale element).
@@ -221,26 +215,3 @@ def capture(url: str, png: str | os.PathLike, *, clicks: Sequence[str] = (), wid
         for label in clicks:
             press(page, label, timeout)
         return save_screenshot(page, png)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs", help="runs folder the viewer browses")
-    parser.add_argument("-o", "--out", default="docs/viewer.png", help="PNG to write")
-    parser.add_argument("--click", action="append", default=[], help="press this button first (repeatable)")
-    parser.add_argument("--size", default="1400,1000", help="window WIDTH,HEIGHT")
-    args = parser.parse_args(argv)
-    try:
-        width, height = (int(v) for v in args.size.split(","))
-    except ValueError:
-        raise ValueError(f"--size {args.size!r}: expected WIDTH,HEIGHT in pixels, e.g. 1400,1000") from None
-    if not Path(args.runs).is_dir():
-        raise FileNotFoundError(errno.ENOENT, "no such runs folder", args.runs)
-    with serve(args.runs) as url:
-        out = capture(url, args.out, clicks=args.click, width=width, height=height)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

@@ -1,4 +1,5 @@
 """A viewer for people: look at keypoint and segmentation runs, and correct keypoints interactively.
+The Streamlit app that ``tools/viewer.py`` starts (:func:`main` draws one run of the script).
 
     streamlit run tools/viewer.py -- --runs runs          # or: VIEWER_RUNS=runs streamlit run tools/viewer.py
 
@@ -23,9 +24,6 @@ image is labelled.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -34,18 +32,11 @@ import numpy as np
 import streamlit as st
 
 from engine.interactive import HINTLESS_NOTE, InteractiveRun, open_run
-from tools import viewer_state as vs
+from display import viewer_state as vs
 
 
 SPLITS = ("val", "test")
 MODES = ("keypoints", "segmentation")
-
-
-def default_runs(argv: list[str]) -> str:
-    """The runs folder: ``--runs`` (after ``--`` on the streamlit command line), else ``VIEWER_RUNS``, else ``runs``."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--runs", default=os.environ.get("VIEWER_RUNS", "runs"))
-    return parser.parse_known_args(argv)[0].runs
 
 
 @st.cache_resource(show_spinner="Loading the run...")
@@ -247,11 +238,12 @@ def segmentation_page(root: Path, split: str) -> None:
             st.image(panel.rgb, width="stretch")
 
 
-def main() -> None:
+def main(runs: str) -> None:
+    """Draw the app once (Streamlit reruns it on every interaction); ``runs``: the runs folder shown first."""
     st.set_page_config(page_title="bone-harness viewer", layout="wide")
     with st.sidebar:
         st.title("bone-harness viewer")
-        root = Path(st.text_input("Runs folder", value=default_runs(sys.argv[1:]))).expanduser()
+        root = Path(st.text_input("Runs folder", value=runs)).expanduser()
         mode = st.radio("Mode", MODES, horizontal=True)
         split = st.radio("Split", SPLITS, horizontal=True)
     problem = vs.runs_problem(root)
@@ -263,6 +255,3 @@ def main() -> None:
     else:
         segmentation_page(root, split)
 
-
-if __name__ == "__main__":
-    main()
