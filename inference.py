@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
@@ -67,16 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(_infer, argv)
 
 
-def run_config(args: argparse.Namespace, rest: list[str]):
-    """The checkpoint's config with the locations of -c / the run's config.yaml and the overrides."""
+def run_config(args: argparse.Namespace, rest: list[str], ckpt):
+    """The config of ``ckpt`` (the checkpoint as read, :class:`engine.checkpoint.Checkpoint`) with the locations
+    of -c / the run's config.yaml and the overrides."""
     from engine.run_folder import checkpoint_config
 
-    saved = Path(args.ckpt).parent / "config.yaml"
+    saved = ckpt.path.parent / "config.yaml"
     cfg_path = args.config or (saved if saved.is_file() else None)
     overrides = parse_overrides(rest)
     if args.sliding_window:
         overrides.setdefault("inference", {})["sliding_window"] = True
-    cfg, notes = checkpoint_config(args.ckpt, cfg_path, overrides)
+    cfg, notes = checkpoint_config(ckpt, cfg_path, overrides)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     return cfg
@@ -98,11 +98,12 @@ def _infer(argv: list[str]) -> int:
     if not args.ckpt:
         print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
+    from engine.checkpoint import open_checkpoint
     from engine.task_predictors import predictor_for  # here: --help and --ensemble need no single-run predictor
 
-    ckpt = Path(args.ckpt)
-    cfg = run_config(args, rest)
-    out = args.out or f"submissions/{ckpt.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
+    ckpt = open_checkpoint(args.ckpt)  # read once: its config here, its weights in the predictor
+    cfg = run_config(args, rest, ckpt)
+    out = args.out or f"submissions/{ckpt.path.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
     stats = predictor_for(cfg.task, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
                                      device=args.device, workers=args.workers)
     print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,48 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(payload, f)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint's dict, read as tensors and primitives only: a pickled object in it is refused, never built."""
-    ckpt = read_tensors(path, "checkpoint")
+def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's dict, read as tensors and primitives only: a pickled object in it is refused, never built.
+
+    ``mmap``: tensors memory-mapped from the file (:func:`tasks.formats.tensors.read_tensors`)."""
+    ckpt = read_tensors(path, "checkpoint", mmap=mmap)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a harness checkpoint (a {type(ckpt).__name__}, not a dict)")
     return ckpt
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint(os.PathLike):
+    """A checkpoint file read once: its path and its dict (config, model name, weights, ...).
+
+    Inference checks the saved config and builds the model from the same read (a large model's file is
+    not read twice); the tensors are memory-mapped, so an ensemble holding its members' checkpoints from
+    config check to model building holds no second copy of their weights. Path-like (the file), so
+    whatever names or places files by the checkpoint (run folder, prediction cache) takes it as the path.
+    """
+
+    path: Path
+    state: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config the weights were trained with (a dict, as saved)."""
+        if not isinstance(self.state.get("config"), dict):
+            raise ValueError(f"{self.path}: not a harness checkpoint (no 'config')")
+        return self.state["config"]
+
+
+def open_checkpoint(ckpt: str | os.PathLike) -> Checkpoint:
+    """``ckpt`` as a :class:`Checkpoint`: one already read as it is, a path read now (tensors memory-mapped)."""
+    if isinstance(ckpt, Checkpoint):
+        return ckpt
+    return Checkpoint(Path(ckpt), load_checkpoint(ckpt, mmap=True))
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from tasks.base import DataBase, Section, Threshold, check_thresholds
 from tasks.formats.atomic import write_text
-from tasks.registry import TASK_MODULES, get_task_class
+from tasks.registry import TASK_NAMES, get_task_class
 
 
 class ConfigError(ValueError):
@@ -107,7 +107,7 @@ class LoggingConfig(Section):
 
 
 class Config(Section):
-    task: Literal[tuple(TASK_MODULES)]  # type: ignore[valid-type]
+    task: Literal[TASK_NAMES]  # type: ignore[valid-type]
     data: DataBase
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -162,7 +162,7 @@ def _fields_at(path: list[str], task: str | None) -> list[str]:
     keys, ``["data", "clicks"]`` → that sub-section's keys; ``[]`` where ``path`` is not a section."""
     cls: type | None = Config
     for depth, name in enumerate(path):
-        if depth == 0 and name == "data" and task in TASK_MODULES:
+        if depth == 0 and name == "data" and task in TASK_NAMES:
             cls = get_task_class(task).Data
             continue
         field = cls.model_fields.get(name) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
@@ -250,11 +250,11 @@ def build_config(raw: dict, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config is a YAML mapping of sections")
     if "task" not in raw:
-        raise ConfigError(f"{source}: missing 'task' (one of: {', '.join(TASK_MODULES)})")
-    if raw["task"] not in TASK_MODULES:
-        near = difflib.get_close_matches(str(raw["task"]), list(TASK_MODULES), n=1)
-        raise ConfigError(f"{source}: unknown task {raw['task']!r}" + (f"; did you mean '{near[0]}'?" if near else "")
-                          + f" (valid: {', '.join(TASK_MODULES)})")
+        raise ConfigError(f"{source}: missing 'task' (one of: {', '.join(TASK_NAMES)})")
+    try:
+        get_task_class(raw["task"])
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

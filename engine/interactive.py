@@ -1,7 +1,7 @@
 """Interactive keypoint refinement with a trained run: revise predictions from user corrections, and
 measure the MRE-vs-clicks curve of a run (model revision against manual-only revision).
 
-:class:`InteractiveRun` is what ``tools/interactive_eval.py`` and ``tools/viewer.py`` share: a loaded
+:class:`InteractiveRun` is what ``tools/interactive_eval.py`` and the viewer (``display/viewer_app.py``) share: a loaded
 keypoint run, the images of one split, and :meth:`InteractiveRun.predict`, which takes corrections in the
 ORIGINAL image frame, maps them into the letterboxed input, renders the hint maps, runs the model (with
 TTA when asked; hint channels flipped and left/right-swapped with the image) and returns original-frame
@@ -166,3 +166,16 @@ def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | No
     if (run_dir / "summary.json").is_file() and out_dir is None:
         update_summary(run_dir, interactive=entry)
     return entry
+
+
+def format_curve(entry: dict) -> str:
+    """A small text table of an :func:`evaluate_run` entry: clicks, model and manual MRE (px, and mm when known)."""
+    mm = "model_mre_mm" in entry
+    head = f"{'clicks':>6}  {'model px':>9}  {'manual px':>9}" + (f"  {'model mm':>8}  {'manual mm':>9}" if mm else "")
+    lines = [head]
+    for i, c in enumerate(entry["clicks"]):
+        line = f"{c:>6}  {entry['model_mre_px'][i]:>9.2f}  {entry['manual_mre_px'][i]:>9.2f}"
+        if mm:
+            line += f"  {entry['model_mre_mm'][i]:>8.2f}  {entry['manual_mre_mm'][i]:>9.2f}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ that ``--save-probs`` writes.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,7 +55,7 @@ def predict_samples(member: LoadedModel, split: str, views: Sequence[View], devi
 
 
 @PREDICTORS.register("boneage")
-def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, split: str = "test", tta: bool = False,
+def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run into ``out_csv`` (``id,boneage`` months); returns images, seconds, images/s, csv.

@@ -10,6 +10,7 @@ original pixels, ``confidence`` ``(N, K)`` and the landmark set.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,7 +96,7 @@ def load_cache(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, str
 
 
 @PREDICTORS.register("keypoints")
-def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, split: str = "test", tta: bool = False,
+def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``.

@@ -6,6 +6,7 @@ thresholding and RLE run in a thread pool while the next image is on the device.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections import deque
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, load_model_state
+from engine.checkpoint import load_model_state, open_checkpoint
 from engine.cli import Output
 from engine.config import Config, build_config
 from engine.sliding_window import MODE_RESIZE, SlidingWindowSource
@@ -51,31 +52,34 @@ class LoadedModel:
         return self.cfg.data.image_size
 
 
-def load_model(ckpt_path: str | Path, device: torch.device, cfg: Config | None = None) -> LoadedModel:
-    """Build the architecture recorded in the checkpoint and load its weights (clear error on mismatch)."""
-    ckpt_path = Path(ckpt_path)
-    ckpt = load_checkpoint(ckpt_path)
-    if "external_weights" in ckpt:  # a YOLO run of an older harness: weights in ultralytics' pickled file
+def load_model(ckpt: str | os.PathLike, device: torch.device, cfg: Config | None = None) -> LoadedModel:
+    """Build the architecture recorded in the checkpoint and load its weights (clear error on mismatch).
+
+    ``ckpt``: the file, or a :class:`engine.checkpoint.Checkpoint` already read (for its config), so the
+    file is read once."""
+    ckpt = open_checkpoint(ckpt)
+    ckpt_path, state = ckpt.path, ckpt.state
+    if "external_weights" in state:  # a YOLO run of an older harness: weights in ultralytics' pickled file
         raise ValueError(f"{ckpt_path}: its weights are not in the checkpoint but in "
-                         f"{ckpt_path.parent / str(ckpt['external_weights'])} (external_weights); weights load only "
+                         f"{ckpt_path.parent / str(state['external_weights'])} (external_weights); weights load only "
                          "as tensors from the checkpoint itself, never from another file: train the run again")
     for key in ("config", "model_name", "num_outputs", "model"):
-        if key not in ckpt:
+        if key not in state:
             raise ValueError(f"{ckpt_path}: not a harness checkpoint (no '{key}')")
     if cfg is None:
-        cfg = build_config(ckpt["config"], str(ckpt_path))
-    elif cfg.model.name != ckpt["model_name"]:
-        raise ValueError(f"{ckpt_path}: checkpoint holds {ckpt['model_name']!r} but the config asks for {cfg.model.name!r}")
+        cfg = build_config(state["config"], str(ckpt_path))
+    elif cfg.model.name != state["model_name"]:
+        raise ValueError(f"{ckpt_path}: checkpoint holds {state['model_name']!r} but the config asks for {cfg.model.name!r}")
     task = get_task_class(cfg.task)(cfg)
-    if ckpt["num_outputs"] != task.num_outputs:
-        raise ValueError(f"{ckpt_path}: checkpoint has {ckpt['num_outputs']} output channels, task "
+    if state["num_outputs"] != task.num_outputs:
+        raise ValueError(f"{ckpt_path}: checkpoint has {state['num_outputs']} output channels, task "
                          f"{cfg.task} needs {task.num_outputs}")
     model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
                          **cfg.model.options)
     if isinstance(model, torch.nn.Module):
-        load_model_state(model, ckpt["model"], str(ckpt_path))
+        load_model_state(model, state["model"], str(ckpt_path))
     else:  # an external learner (e.g. YOLO) builds its module from what its checkpoint records
-        model = model.load(ckpt, str(ckpt_path))
+        model = model.load(state, str(ckpt_path))
     return LoadedModel(model.to(device).eval(), cfg, ckpt_path)
 
 
@@ -184,7 +188,7 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
 
 
 @PREDICTORS.register("segmentation")
-def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, split: str = "test", tta: bool = False,
+def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
@@ -219,7 +223,7 @@ def predict_run(cfg: Config | None, ckpt: str | Path, *, out_csv: str | Path, sp
     return stats
 
 
-def prediction_cache(save_probs_dir: str | Path | None, ckpt: str | Path, split: str) -> Output | None:
+def prediction_cache(save_probs_dir: str | Path | None, ckpt: str | os.PathLike, split: str) -> Output | None:
     """Where ``--save-probs`` puts the prediction cache, and whether a failure to write it is an error.
 
     ``"auto"``: ``<run>/preds/<split>``, bookkeeping of the run folder (a read-only run folder warns, the

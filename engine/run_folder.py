@@ -13,6 +13,7 @@ The order every learner follows (the torch trainer and external learners such as
 """
 from __future__ import annotations
 
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from torch.utils.data import Dataset
 
+from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.config import Config, load_config, save_config
 
 # Files whose presence makes a folder a run (started or finished).
@@ -183,27 +185,26 @@ def inference_config(ckpt_config: dict[str, Any], ckpt_path: str | Path, config_
     return build_config(tree, str(ckpt_path)), notes
 
 
-def checkpoint_config(ckpt: str | Path, config_path: str | Path | None = None,
+def checkpoint_config(ckpt: str | os.PathLike, config_path: str | Path | None = None,
                       overrides: dict[str, Any] | None = None) -> tuple[Config, list[str]]:
-    """:func:`inference_config` of the checkpoint file ``ckpt`` (read with ``weights_only=True``)."""
-    from engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(ckpt)
-    if not isinstance(state.get("config"), dict):
-        raise ValueError(f"{ckpt}: not a harness checkpoint (no 'config')")
-    return inference_config(state["config"], ckpt, config_path, overrides)
+    """:func:`inference_config` of the checkpoint ``ckpt``: a file (read with ``weights_only=True``) or a
+    :class:`engine.checkpoint.Checkpoint` already read, which the model is then built from without a second read."""
+    ckpt = open_checkpoint(ckpt)
+    return inference_config(ckpt.config, ckpt.path, config_path, overrides)
 
 
-def member_config(run_dir: str | Path, checkpoint: str = "best.pt") -> Config:
-    """A trained run's config for prediction: the checkpoint's own where ``<run_dir>/<checkpoint>`` exists
-    (its config.yaml then supplies data locations, and a disagreement is warned about), else the
-    run's config.yaml (e.g. an ensemble fused from cached predictions alone)."""
+def member_config(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[Config, Checkpoint | None]:
+    """A trained run's config for prediction and its checkpoint, read once (None without one): the
+    checkpoint's config where ``<run_dir>/<checkpoint>`` exists (its config.yaml then supplies data
+    locations, and a disagreement is warned about), else the run's config.yaml (e.g. an ensemble fused from
+    cached predictions alone)."""
     import warnings
 
     run_dir = Path(run_dir)
     if not (run_dir / checkpoint).is_file():
-        return load_config(run_dir / "config.yaml")
-    cfg, notes = checkpoint_config(run_dir / checkpoint, run_dir / "config.yaml")
+        return load_config(run_dir / "config.yaml"), None
+    ckpt = open_checkpoint(run_dir / checkpoint)
+    cfg, notes = checkpoint_config(ckpt, run_dir / "config.yaml")
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return cfg
+    return cfg, ckpt

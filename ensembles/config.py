@@ -41,7 +41,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.config import Config, ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
 from tasks.base import Section, Threshold, check_thresholds
-from tasks.registry import TASK_MODULES, get_task_class
+from tasks.registry import TASK_NAMES, get_task_class
 
 # Named groups of segmentation classes usable as keys of ``class_weights``.
 CLASS_GROUPS: dict[str, tuple[str, ...]] = {
@@ -110,7 +110,7 @@ TASK_METHODS: dict[str, tuple[str, ...]] = {
 
 
 class EnsembleConfig(Section):
-    task: Literal[tuple(TASK_MODULES)]  # type: ignore[valid-type]
+    task: Literal[TASK_NAMES]  # type: ignore[valid-type]
     method: Literal["soft", "hard", "weighted", "mean", "median"]
     members: list[MemberConfig]
     name: str | None = None

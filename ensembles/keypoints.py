@@ -103,8 +103,8 @@ def soft_fusion(ens: EnsembleConfig, members: Sequence[Member], split: str, tta:
     dev = pick_device(device)
     entries = []  # (frame, run folder, checkpoint, config, task, views, weight)
     for m in members:
-        for run, cfg in zip(m.run_dirs, m.cfgs):
-            entries.append(((cfg.data.image_size, cfg.data.resize), run, m.checkpoint, cfg, KeypointTask(cfg),
+        for run, ckpt, cfg in zip(m.run_dirs, m.checkpoints, m.cfgs):
+            entries.append(((cfg.data.image_size, cfg.data.resize), run, ckpt, cfg, KeypointTask(cfg),
                             views_from_config(ens.member_tta(cfg), enabled=tta), 1 / (len(members) * len(m.run_dirs))))
     names = [s.name for s in entries[0][4].samples(split)]
     for _, run, _, _, task, _, _ in entries[1:]:
@@ -112,7 +112,7 @@ def soft_fusion(ens: EnsembleConfig, members: Sequence[Member], split: str, tta:
             raise FormatError(f"{run}: predicts other {split} images than {entries[0][1]} (different data or fold)")
     points, frame_weights = [], []
     for frame in dict.fromkeys(e[0] for e in entries):
-        models = [(load_model(run / ckpt, dev, cfg), task, views, w)
+        models = [(load_model(ckpt, dev, cfg), task, views, w)
                   for f, run, ckpt, cfg, task, views, w in entries if f == frame]
         total_w = sum(w for *_, w in models)
 

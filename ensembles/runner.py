@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from engine.checkpoint import Checkpoint
 from engine.config import Config, ConfigError
 from engine.run_folder import member_config
 from engine.sliding_window import MODE_RESIZE, MODE_SLIDING
@@ -54,6 +55,9 @@ class Member:
     checkpoint: str
     thresholds: np.ndarray | None
     sources: dict[str, list[int]] = field(default_factory=dict)  # image name -> indices of the runs predicting it
+    # per run: its checkpoint as read for its config (built into a model without a second read), or the file
+    # where the run has none (fused from its prediction cache; a model load then names the missing file)
+    checkpoints: list[Checkpoint | Path] = field(default_factory=list)
 
     @property
     def image_size(self) -> int:
@@ -67,11 +71,12 @@ def resolve_members(ens: EnsembleConfig) -> list[Member]:
     """
     members = []
     for spec in ens.members:
-        cfgs = []
+        cfgs, checkpoints = [], []
         for run in spec.run_dirs:
             if not (run / "config.yaml").is_file():
                 raise ConfigError(f"member {spec.label}: {run} is not a run folder (no config.yaml)")
-            cfg = member_config(run, spec.checkpoint)
+            cfg, ckpt = member_config(run, spec.checkpoint)
+            checkpoints.append(run / spec.checkpoint if ckpt is None else ckpt)
             if cfg.task != ens.task:
                 raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
             if ens.test_root is not None and ens.task != "segmentation":
@@ -79,7 +84,7 @@ def resolve_members(ens: EnsembleConfig) -> list[Member]:
             cfgs.append(cfg)
         own = spec.threshold if spec.threshold is not None else cfgs[0].inference.threshold
         thresholds = resolve_thresholds(own) if ens.task == "segmentation" else None
-        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, thresholds))
+        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, thresholds, checkpoints=checkpoints))
     roots = {(m.label, str(c.data.root)) for m in members for c in m.cfgs}
     if len({r for _, r in roots}) > 1:
         detail = ", ".join(f"{label}: {root}" for label, root in sorted(roots))
@@ -411,7 +416,7 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     from engine.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
-    models = [[load_model(run / m.checkpoint, device, cfg) for run, cfg in zip(m.run_dirs, m.cfgs)] for m in members]
+    models = [[load_model(ckpt, device, cfg) for ckpt, cfg in zip(m.checkpoints, m.cfgs)] for m in members]
     views = [[views_from_config(ens.member_tta(cfg), enabled=tta) for cfg in m.cfgs] for m in members]
 
     @torch.no_grad()

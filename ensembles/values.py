@@ -69,8 +69,8 @@ def run_predictions(ens: EnsembleConfig, members: Sequence[Member], split: str, 
     out = []
     for m in members:
         runs = []
-        for run, cfg in zip(m.run_dirs, m.cfgs):
-            loaded = load_model(run / m.checkpoint, dev, cfg)
+        for ckpt, cfg in zip(m.checkpoints, m.cfgs):
+            loaded = load_model(ckpt, dev, cfg)
             runs.append(source.predict(loaded, split, views_from_config(ens.member_tta(cfg), enabled=tta), dev))
             del loaded
         out.append(runs)

@@ -33,6 +33,7 @@ from tasks.formats.rsna import read_submission as read_submission  # re-exported
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.metrics import age_metrics
 from tasks.preprocess import Preprocess, PreprocessConfig
+from tasks.registry import TASKS
 
 
 class BoneAgeData(DataBase):
@@ -161,6 +162,7 @@ class RegressionLoss(nn.Module):
         return sum(w * self.TERMS[k](pred, target.float().reshape(-1)) for k, w in self.weights.items())
 
 
+@TASKS.register("boneage")
 class BoneAgeTask(Task):
     name = "boneage"
     Data = BoneAgeData

@@ -41,6 +41,7 @@ from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.metrics import keypoint_metrics
 from tasks.metrics import radial_errors as radial_errors  # re-exported: engine.predict_keypoints fits weights with it
+from tasks.registry import TASKS
 
 
 class KeypointData(DataBase):
@@ -160,6 +161,7 @@ class KeypointDataset(SeededDataset):
 # Task
 # --------------------------------------------------------------------------------------------------
 
+@TASKS.register("keypoints")
 class KeypointTask(Task):
     name = "keypoints"
     Data = KeypointData

@@ -1,30 +1,29 @@
-"""Task classes by name. Imported lazily so ``tasks`` stays light for readers-only users."""
+"""Tables filled by a decorator, one per kind of per-task thing, and the task classes themselves.
+
+``@TASKS.register("segmentation")`` on a task class, ``@PREDICTORS.register("keypoints")`` on a predictor
+(``engine``), ``@ENSEMBLE_RUNNERS.register(...)`` on an ensemble runner (``ensembles``): one way to register.
+The task names are the plain constant :data:`TASK_NAMES`, so importing this module (and ``tasks``,
+``tasks.formats``, ``tasks.scoring``) stays free of torch: the task classes are imported by
+:func:`get_task_class` on first use, through ``tasks.plugins``.
+"""
 from __future__ import annotations
 
+import difflib
 import importlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from tasks.base import Task
+if TYPE_CHECKING:
+    from tasks.base import Task
 
-TASK_MODULES = {
-    "segmentation": ("tasks.segmentation", "SegmentationTask"),
-    "keypoints": ("tasks.keypoints", "KeypointTask"),
-    "boneage": ("tasks.boneage", "BoneAgeTask"),
-}
-
-
-def get_task_class(name: str) -> type[Task]:
-    if name not in TASK_MODULES:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_MODULES)}")
-    module, cls = TASK_MODULES[name]
-    return getattr(importlib.import_module(module), cls)
+TASK_NAMES: tuple[str, ...] = ("segmentation", "keypoints", "boneage")
 
 
 class Registry:
-    """Per-task table of callables filled by a decorator: ``@PREDICTORS.register("keypoints")``.
+    """Per-task table of callables (or classes) filled by a decorator: ``@PREDICTORS.register("keypoints")``.
 
-    The predictors (``engine``) and the ensemble runners and fitters (``ensembles``) register this way;
-    ``ensembles.plugins`` imports every module that registers, as ``models/__init__`` does for models.
+    Only the names in :data:`TASK_NAMES` register; a task registers once per table. The modules that
+    register are imported explicitly by a ``plugins`` module (``tasks.plugins``, ``ensembles.plugins``), as
+    ``models/__init__`` imports every model family.
     """
 
     def __init__(self, what: str) -> None:
@@ -32,8 +31,8 @@ class Registry:
         self._entries: dict[str, Callable] = {}
 
     def register(self, task: str) -> Callable[[Callable], Callable]:
-        if task not in TASK_MODULES:
-            raise ValueError(f"{self.what}: unknown task {task!r}; valid: {', '.join(TASK_MODULES)}")
+        if task not in TASK_NAMES:
+            raise ValueError(f"{self.what}: unknown task {task!r}; valid: {', '.join(TASK_NAMES)}")
 
         def wrap(fn: Callable) -> Callable:
             if task in self._entries:
@@ -50,3 +49,17 @@ class Registry:
 
     def tasks(self) -> list[str]:
         return sorted(self._entries)
+
+
+TASKS = Registry("task class")
+
+
+def get_task_class(name: str) -> type[Task]:
+    """The task class registered as ``name`` (importing every task module on first use); an unknown name is a
+    ValueError that lists the valid ones and the closest."""
+    if name not in TASK_NAMES:
+        near = difflib.get_close_matches(str(name), TASK_NAMES, n=1)
+        raise ValueError(f"unknown task {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
+                         + f" (valid: {', '.join(TASK_NAMES)})")
+    importlib.import_module("tasks.plugins")
+    return TASKS.get(name)

@@ -21,6 +21,7 @@ from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
+from tasks.registry import TASKS
 
 
 class SegmentationData(DataBase):
@@ -136,6 +137,7 @@ class MultilabelLoss(nn.Module):
         return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
 
 
+@TASKS.register("segmentation")
 class SegmentationTask(Task):
     name = "segmentation"
     Data = SegmentationData

@@ -22,7 +22,7 @@ from engine.trainer import train
 from leaderboard.chromium import find_chromium
 from tasks.formats.handbones import read_masks
 from tasks.formats.images import image_size
-from tools import viewer_state as vs
+from display import viewer_state as vs
 
 VIEWER = Path(__file__).resolve().parents[1] / "tools" / "viewer.py"
 TIMEOUT = 120
@@ -273,7 +273,7 @@ def test_screenshot_and_a_real_click_in_headless_chromium(runs, kp, tmp_path):
         pytest.skip("chromium is absent (Debian/Ubuntu: apt-get install -y chromium)")
     from PIL import Image
 
-    from tools.viewer_screenshot import browser, click, open_app, press, save_screenshot, serve
+    from display.screenshot import browser, click, open_app, press, save_screenshot, serve
 
     height, width = image_size(kp.dataset.samples[0].image_path)
     with serve(runs) as url, browser(1400, 1000) as page:

@@ -41,12 +41,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.cli import run_main  # noqa: E402
-from ensembles.submissions import fuse_submissions  # noqa: E402
+from engine.cli import run_main
+from ensembles.submissions import fuse_submissions
 
 
 def parse_size(text: str) -> tuple[int, int]:

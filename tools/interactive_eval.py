@@ -15,38 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # first: before tools/, whose leaderboard.py shares the package's name (the plot)
+
 import engine  # noqa: E402,F401  (offline environment first)
-from tasks.formats.atomic import atomic_write  # noqa: E402
 from engine.cli import run_main  # noqa: E402
-
-
-def format_curve(entry: dict) -> str:
-    """A small text table: clicks, model and manual MRE (px, and mm when known)."""
-    mm = "model_mre_mm" in entry
-    head = f"{'clicks':>6}  {'model px':>9}  {'manual px':>9}" + (f"  {'model mm':>8}  {'manual mm':>9}" if mm else "")
-    lines = [head]
-    for i, c in enumerate(entry["clicks"]):
-        line = f"{c:>6}  {entry['model_mre_px'][i]:>9.2f}  {entry['manual_mre_px'][i]:>9.2f}"
-        if mm:
-            line += f"  {entry['model_mre_mm'][i]:>8.2f}  {entry['manual_mre_mm'][i]:>9.2f}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def save_plot(curves: dict[str, dict], path: str | Path) -> Path:
-    """Draw MRE-vs-clicks curves (``summary.json['interactive']`` entries by label) into a PNG, atomically."""
-    import matplotlib
-
-    from leaderboard.html import RC, click_figure
-
-    path = Path(path)
-    with matplotlib.rc_context(RC):
-        fig = click_figure(curves)
-        if isinstance(fig, str):
-            raise ValueError(fig)
-        with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png", facecolor="white")
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--plot", help="also draw every run's curve into this PNG")
     args = parser.parse_args(argv)
-    from engine.interactive import evaluate_run
+    from display.curves import save_click_plot
+    from engine.interactive import evaluate_run, format_curve
 
     curves = {}
     for ckpt in args.ckpt:
@@ -69,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{ckpt}: {entry['images']} {args.split} images; {verdict}" + (f" ({entry['note']})" if "note" in entry else ""))
         print(format_curve(entry))
         name = Path(ckpt).parent.name
-        png = save_plot({name: entry}, Path(entry["csv"]).with_suffix(".png"))
+        png = save_click_plot({name: entry}, Path(entry["csv"]).with_suffix(".png"))
         print(f"wrote {entry['csv']} and {png}")
         curves[name] = entry
     if args.plot:
-        print(f"wrote {save_plot(curves, args.plot)}")
+        print(f"wrote {save_click_plot(curves, args.plot)}")
     return 0
 
 

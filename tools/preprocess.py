@@ -14,22 +14,16 @@ reported and skipped (exit status 1 if any).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-import time
 from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
-import numpy as np
+from pydantic import ValidationError
 
-from engine.cli import run_main  # noqa: E402
-from engine.config import field_message, load_config  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-
-from tasks.formats import FormatError  # noqa: E402
-from tasks.formats.atomic import atomic_write  # noqa: E402
-from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png  # noqa: E402
-from tasks.preprocess import Preprocess, PreprocessConfig, letterbox  # noqa: E402
+from engine.cli import run_main
+from engine.config import field_message, load_config
+from tasks.preprocess import PreprocessConfig
+from tasks.preprocess_folder import preprocess_folder
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,73 +74,17 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
         raise ValueError(f"{flag} {first.get('input')!r}: {field_message(first)}") from None
 
 
-def list_images(root: Path, recursive: bool) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: input folder not found")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def contact_sheet(images: list[tuple[str, np.ndarray]], tile: int, columns: int) -> np.ndarray:
-    """Tiles of ``tile`` px (letterboxed, name written on each) in rows of ``columns``."""
-    import cv2
-
-    tiles = []
-    for name, image in images:
-        t = letterbox(image, tile)
-        cv2.putText(t, name[:18], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 255, 1, cv2.LINE_AA)
-        tiles.append(np.pad(t, 1, constant_values=90))
-    blank = np.zeros_like(tiles[0])
-    while len(tiles) % columns:
-        tiles.append(blank)
-    return np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
-
-
-def write_table(path: Path, rows: list[dict]) -> None:
-    with atomic_write(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
-    files = list_images(Path(args.input), args.recursive)
-    pre = Preprocess(cfg)
-    out_dir = Path(args.output)
-    rows, sheet, failed = [], [], 0
-    t0 = time.perf_counter()
-    for path in files:
-        rel = path.relative_to(args.input)
-        try:
-            result = pre.run(read_grey(path))
-        except FormatError as err:
-            print(f"skipped: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        image = letterbox(result.image, args.size) if args.size else result.image
-        target = (out_dir / rel).with_suffix(".png")
-        write_png(target, image)
-        o = result.orientation
-        rows.append({"image": str(rel), "output": str(target.relative_to(out_dir)),
-                     "orientation_label": o.label if o else "", "rotation_cw_quarters": o.rotation if o else "",
-                     "side": o.side if o else "", "box_x0": result.box[0], "box_y0": result.box[1],
-                     "box_x1": result.box[2], "box_y1": result.box[3], "out_height": image.shape[0],
-                     "out_width": image.shape[1]})
-        if args.contact_sheet:
-            sheet.append((path.stem, image))
-    seconds = time.perf_counter() - t0
-    if rows:
-        write_table(out_dir / "preprocess.csv", rows)
-    if args.contact_sheet and sheet:
-        write_png(args.contact_sheet, contact_sheet(sheet, args.sheet_tile, args.sheet_columns))
-    print(f"wrote {len(rows)} images to {out_dir} in {seconds:.1f}s ({len(rows) / max(seconds, 1e-9):.2f} img/s)"
-          + (f"; {failed} unreadable" if failed else ""))
-    return 1 if failed else 0
+    result = preprocess_folder(args.input, args.output, cfg, recursive=args.recursive, size=args.size,
+                               sheet=args.contact_sheet, sheet_tile=args.sheet_tile, sheet_columns=args.sheet_columns)
+    for message in result.skipped:
+        print(f"skipped: {message}", file=sys.stderr)
+    n, seconds = len(result.rows), result.seconds
+    print(f"wrote {n} images to {Path(args.output)} in {seconds:.1f}s ({n / max(seconds, 1e-9):.2f} img/s)"
+          + (f"; {len(result.skipped)} unreadable" if result.skipped else ""))
+    return 1 if result.skipped else 0
 
 
 if __name__ == "__main__":

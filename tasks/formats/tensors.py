@@ -21,8 +21,11 @@ class PickledFileError(FormatError):
     """A file that would need full unpickling (arbitrary objects, so arbitrary code) to load."""
 
 
-def read_tensors(path: str | os.PathLike, what: str = "file of tensors") -> Any:
+def read_tensors(path: str | os.PathLike, what: str = "file of tensors", *, mmap: bool = False) -> Any:
     """The content of ``path`` (tensors, dicts, lists and primitives) on the CPU.
+
+    ``mmap``: the tensors are memory-mapped from the file (pages are read when a tensor is first used), so
+    holding the content costs the page cache, not process memory.
 
     Raises FileNotFoundError when there is no file, :class:`PickledFileError` when it holds other pickled
     objects, and :class:`FormatError` ("not a readable <what>") when it is no torch file at all.
@@ -31,7 +34,7 @@ def read_tensors(path: str | os.PathLike, what: str = "file of tensors") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         if is_pickle(path):
             raise PickledFileError(f"{path}: holds pickled Python objects, not only tensors; refused, since loading "

@@ -1,6 +1,7 @@
-"""The logic of the Streamlit viewer (``tools/viewer.py``), without Streamlit: which runs and images there
-are, the user's keypoint corrections (add, undo, the simulated user's next one), the Plotly figures and
-what a click on a figure does, and the segmentation panels (class-coloured masks, Dice).
+"""The logic of the Streamlit viewer (``display/viewer_app.py``, started by ``tools/viewer.py``), without
+Streamlit: which runs and images there are, the user's keypoint corrections (add, undo, the simulated
+user's next one), the Plotly figures and what a click on a figure does, and the segmentation panels
+(class-coloured masks, Dice).
 
 Coordinates are ``(x, y)`` pixels of the original image, pixel centres at integers, as everywhere in the
 harness. A correction is final: the model sees every correction so far as a hint and the corrected points
@@ -24,7 +25,7 @@ from tasks.formats.handbones import HandboneSample, list_samples, read_masks
 from tasks.formats.images import read_grey
 from tasks.interactive import pick_clicks, pin
 from tasks.metrics import radial_errors
-from tools.visualize import overlay
+from display.overlay import overlay
 
 # Trace names of the keypoint figure; a click is interpreted by the name of the trace it hit.
 GRID = "click grid"
@@ -195,7 +196,7 @@ class Background:
 
 
 def background(image_path: str | Path, side: int = DISPLAY_SIDE) -> Background:
-    """Read a radiograph and downsize it for display (``tools.visualize.overlay``)."""
+    """Read a radiograph and downsize it for display (``display.overlay.overlay``)."""
     grey = read_grey(image_path)
     return Background(overlay(grey, max_side=side), *grey.shape[:2])
 
@@ -285,7 +286,7 @@ class SegmentationPanel:
 
 def segmentation_panel(run_dir: Path, split: str, sample: HandboneSample, side: int = 640) -> SegmentationPanel:
     """The cached probabilities of ``sample`` thresholded with the run's ``inference.threshold`` at the
-    original size (as ``inference.py`` does), drawn with ``tools.visualize.overlay``; Dice against its label."""
+    original size (as ``inference.py`` does), drawn with ``display.overlay.overlay``; Dice against its label."""
     from engine.config import load_config
     from ensembles.runner import cache_path, load_cached
     from tasks.metrics import dice_per_class
