@@ -68,7 +68,7 @@ def make_inputs(tmp: Path) -> dict[str, list[str]]:
 
     from tasks.formats.handbones import CLASSES
     from tasks.formats.images import write_png
-    from tools.report.fake import make_fake_runs
+    from leaderboard.fake import make_fake_runs
 
     answers, sub = tmp / "answers.csv", tmp / "boneage.csv"
     answers.write_text("id,boneage,male\n" + "".join(f"{i},{60 + i},{i % 2 == 0}\n" for i in range(20)))
