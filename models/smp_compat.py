@@ -64,7 +64,7 @@ def refuses_dilation(encoder: str) -> bool:
 def problem(arch: str, encoder: str) -> str | None:
     """Why smp cannot build ``arch`` over ``encoder`` with default options (None: it can)."""
     if arch == "dpt" and not encoder.startswith("tu-"):
-        return "smp's DPT takes only timm ViT-style encoders ('tu-<name>')"
+        return "smp's DPT takes only timm encoders ('tu-<name>'; it is made for ViTs)"
     prefix, why = REFUSED_PREFIXES.get(arch, ("", ""))
     if prefix and encoder.startswith(prefix):
         return why

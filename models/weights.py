@@ -54,7 +54,9 @@ def load_local_weights(model: nn.Module, path: str | None, *, encoder_attr: str 
         raise ValueError(f"{file}: keys do not match the model and it has no '{encoder_attr}' to load into")
     prefix = f"{encoder_attr}."
     enc_state = {k.removeprefix(prefix): v for k, v in state.items()}
-    target.load_state_dict(match_encoder(enc_state, target.state_dict(), str(file)), strict=False)
+    # nn.Module's own loader: the keys are the encoder's already, and some smp encoders override load_state_dict
+    # with another signature (MiT) or key renaming (tu- encoders of deprecated timm- names)
+    nn.Module.load_state_dict(target, match_encoder(enc_state, target.state_dict(), str(file)), strict=False)
 
 
 def _plain(key: str) -> str:
