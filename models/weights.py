@@ -71,8 +71,9 @@ def _plain(key: str) -> str:
 def match_encoder(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """The tensors of ``state`` for every key of the encoder's state dict ``own`` (keys as in ``own``).
 
-    A key matches itself, else the key with timm's wrapper differences removed (:func:`_plain`); a
-    3-channel first convolution is adapted to the encoder's input channels (timm's ``adapt_input_conv``).
+    A key matches itself, else the key with timm's wrapper differences removed (:func:`_plain`). A convolution
+    that differs only in its input channels is the input layer: from 3 channels (RGB) it is adapted to the
+    encoder's (timm's ``adapt_input_conv``), from others it keeps its initial values.
     Raises ValueError naming how many tensors match and one that does not, unless all do (BatchNorm's
     ``num_batches_tracked`` counters excepted).
     """
@@ -83,8 +84,10 @@ def match_encoder(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], 
     missing: list[str] = []
     for key, value in own.items():
         src = state.get(key) if key in state else state.get(plain.get(_plain(key)) or "")
-        if src is not None and src.shape != value.shape and src.ndim == 4 and src.shape[1] == 3 \
-                and src.shape[0] == value.shape[0] and src.shape[2:] == value.shape[2:]:
+        if src is not None and src.shape != value.shape and src.ndim == 4 and src.shape[0] == value.shape[0] \
+                and src.shape[2:] == value.shape[2:]:
+            if src.shape[1] != 3:
+                continue   # an input convolution of other channels (e.g. a hinted model's image + hint maps): kept
             src = adapt_input_conv(value.shape[1], src)
         if src is not None and src.shape == value.shape:
             matched[key] = src
