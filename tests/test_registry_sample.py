@@ -119,3 +119,25 @@ def test_a_refused_pair_is_one_error_line_through_train(tmp_path, capsys):
     assert err.startswith("error: model.name: smp:deeplabv3plus/vgg11: deeplabv3plus dilates its encoder to output "
                           "stride 16 and smp's VGGEncoder does not support dilation") and "; try " in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name,size,message", [
+    ("smp:pan/resnet18", 64, "data.image_size: 64 is below 128, the smallest input smp:pan/resnet18 takes; use 128"),
+    ("smp:dpt/tu-vit_tiny_patch16_224", 256, "data.image_size: 256: smp:dpt/tu-vit_tiny_patch16_224 takes only "
+     "224x224 inputs (timm's fixed input size; model.options.img_size changes it, dynamic_img_size: true lifts it "
+     "(ViT)); use 224"),
+    ("smp:pan/resnet18", 128, None),
+])
+def test_training_checks_the_image_size_the_registry_gives(tmp_path, name, size, message):
+    from engine.config import ConfigError, load_config
+    from engine.trainer import check_image_size
+
+    (tmp_path / "exp.yaml").write_text(f"task: segmentation\ndata: {{root: x/train, image_size: {size}}}\n"
+                                       f"model: {{name: '{name}'}}\n")
+    cfg = load_config(tmp_path / "exp.yaml", {})
+    if message is None:
+        check_image_size(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_image_size(cfg)
+    assert str(err.value) == message
