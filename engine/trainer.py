@@ -28,10 +28,10 @@ from engine.device import amp_dtype, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
-from models import create_model, input_multiple
+from models import create_model, input_size
 from models.output_prior import set_output_prior
 from models.weights import load_local_weights
-from tasks.base import MIN_IMAGE_SIZE, Task
+from tasks.base import Task
 from tasks.registry import get_task_class
 
 EpochCallback = Callable[[int, dict], None]
@@ -69,15 +69,11 @@ def collate(items: list[dict]) -> dict:
 
 
 def check_image_size(cfg: Config) -> None:
-    """``data.image_size`` must be a multiple of what the model's input needs (an smp architecture that needs
-    it: its encoder's output stride); a ConfigError names the key and the valid sizes either side."""
-    multiple = input_multiple(cfg.model.name, cfg.task, cfg.model.options)
-    size = cfg.data.image_size
-    if size % multiple:
-        below = size // multiple * multiple
-        sizes = [s for s in (below, below + multiple) if s >= max(multiple, MIN_IMAGE_SIZE)]
-        raise ConfigError(f"data.image_size: {size} is not a multiple of {multiple} ({cfg.model.name} needs its "
-                          f"input divisible by {multiple}); use {' or '.join(map(str, sizes))}")
+    """``data.image_size`` must be a size the model takes (``models.input_size``: a multiple of its encoder's output
+    stride, a minimum, or one fixed size); a ConfigError names the key and the valid sizes nearest to it."""
+    problem = input_size(cfg.model.name, cfg.task, cfg.model.options).problem(cfg.data.image_size, cfg.model.name)
+    if problem:
+        raise ConfigError(f"data.image_size: {problem}")
 
 
 def build_model(cfg: Config, task: Task) -> nn.Module:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import UnknownModelError, input_multiple, register_family, resolve
+from models.registry import InputSize, UnknownModelError, input_size, register_family, resolve
 from models.weights import load_local_weights
 
 FAMILY = "hint"
@@ -63,14 +63,14 @@ def list_names() -> list[str]:
     return ["hint:<any keypoint model>, e.g. hint:smp:unet/resnet18, hint:shsnet:unet"]
 
 
-def inner_input_multiple(rest: str, options: dict) -> int:
+def inner_input_size(rest: str, options: dict) -> InputSize:
     """The inner model's requirement (the hint options are not the inner model's)."""
     options.pop("leaky_relu", None)
-    return input_multiple(rest, "keypoints", options)
+    return input_size(rest, "keypoints", options)
 
 
 @register_family(FAMILY, tasks=("keypoints",), list_names=list_names, validate=validate,
-                 input_multiple=inner_input_multiple, examples=("hint:smp:unet/resnet18", "hint:shsnet:unet"))
+                 input_size=inner_input_size, examples=("hint:smp:unet/resnet18", "hint:shsnet:unet"))
 def build_hinted(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                  leaky_relu: float | None = None, **options) -> nn.Module:
     """Interactive keypoints: image + one hint map per landmark in, heatmaps out (any keypoint model inside)."""

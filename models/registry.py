@@ -18,6 +18,42 @@ class UnknownModelError(ValueError):
     """A model name that no family can build; the message lists close matches."""
 
 
+@dataclass(frozen=True)
+class InputSize:
+    """The square input sizes a model takes: multiples of ``multiple``, at least ``minimum``, or only ``fixed``.
+
+    ``note`` says how to lift a fixed size (e.g. an option), for the error message.
+    """
+
+    multiple: int = 1
+    minimum: int = 1
+    fixed: int | None = None
+    note: str = ""
+
+    def problem(self, size: int, model: str) -> str | None:
+        """Why ``size`` does not fit (None: it fits), with the nearest sizes that do."""
+        if self.fixed is not None:
+            if size == self.fixed:
+                return None
+            return (f"{size}: {model} takes only {self.fixed}x{self.fixed} inputs"
+                    + (f" ({self.note})" if self.note else "") + f"; use {self.fixed}")
+        if size % self.multiple:
+            below = size // self.multiple * self.multiple
+            sizes = [s for s in (below, below + self.multiple) if s >= max(self.multiple, self.minimum)]
+            return (f"{size} is not a multiple of {self.multiple} ({model} needs its input divisible by "
+                    f"{self.multiple}); use {' or '.join(map(str, sizes))}")
+        if size < self.minimum:
+            return f"{size} is below {self.minimum}, the smallest input {model} takes; use {self.minimum}"
+        return None
+
+    def smallest(self, at_least: int = 1) -> int:
+        """The smallest valid size that is at least ``at_least``."""
+        if self.fixed is not None:
+            return self.fixed
+        low = max(self.minimum, at_least)
+        return -(-low // self.multiple) * self.multiple
+
+
 @dataclass
 class ModelFamily:
     """A registered family: its builder, the tasks it serves and how to enumerate its names."""
@@ -30,7 +66,7 @@ class ModelFamily:
     validate: Callable[[str], None] | None
     description: str = ""
     examples: tuple[str, ...] = field(default_factory=tuple)
-    input_multiple: Callable[[str, dict], int] | None = None
+    input_size: Callable[[str, dict], InputSize] | None = None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -39,12 +75,12 @@ _FAMILIES: dict[str, ModelFamily] = {}
 def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "external"] = "torch",
                     list_names: Callable[[], Iterable[str]] | None = None,
                     validate: Callable[[str], None] | None = None, examples: Iterable[str] = (),
-                    input_multiple: Callable[[str, dict], int] | None = None) -> Callable:
+                    input_size: Callable[[str, dict], InputSize] | None = None) -> Callable:
     """Decorator: register ``builder(rest, *, task, num_outputs, in_channels, **options)`` under ``name``.
 
     ``validate(rest)`` raises :class:`UnknownModelError` for a bad ``rest`` (with close matches);
-    ``list_names()`` yields the full names for ``--list-models``; ``input_multiple(rest, options)`` is the
-    number the input's height and width must be multiples of (absent: any size).
+    ``list_names()`` yields the full names for ``--list-models``; ``input_size(rest, options)`` is the
+    :class:`InputSize` the model takes (absent: any size).
     """
     tasks = tuple(tasks)
     for t in tasks:
@@ -58,7 +94,7 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
             name=name, builder=builder, tasks=tasks, kind=kind,
             list_names=list_names or (lambda: ()), validate=validate,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else "",
-            examples=tuple(examples), input_multiple=input_multiple,
+            examples=tuple(examples), input_size=input_size,
         )
         return builder
 
@@ -103,10 +139,10 @@ def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1
     return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
 
 
-def input_multiple(name: str, task: str | None = None, options: dict | None = None) -> int:
-    """The number the height and width of the model's input must be multiples of (1: any size)."""
+def input_size(name: str, task: str | None = None, options: dict | None = None) -> InputSize:
+    """The input sizes the model takes (``options``: its ``model.options``, which may change them)."""
     family, rest = resolve(name, task)
-    return family.input_multiple(rest, dict(options or {})) if family.input_multiple else 1
+    return family.input_size(rest, dict(options or {})) if family.input_size else InputSize()
 
 
 def is_external(name: str) -> bool:

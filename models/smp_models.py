@@ -5,14 +5,13 @@ The output has ``num_outputs`` channels: 29 class logits for segmentation, K hea
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
-from models.registry import UnknownModelError, close_matches, register_family
+import models.smp_compat as smp_compat
+from models.registry import InputSize, UnknownModelError, close_matches, register_family
 from models.weights import load_local_weights
 
 
@@ -35,6 +34,7 @@ def parse(rest: str) -> tuple[str, str]:
 
 
 def validate(rest: str) -> None:
+    """A known architecture and encoder that smp can build together (:mod:`models.smp_compat`)."""
     arch, encoder = parse(rest)
     if arch not in architectures():
         raise UnknownModelError(f"unknown smp architecture {arch!r}; valid: {', '.join(architectures())}"
@@ -42,6 +42,9 @@ def validate(rest: str) -> None:
     if encoder not in encoders():
         raise UnknownModelError(f"unknown encoder {encoder!r} for smp:{arch}" + _did_you_mean(encoder, encoders())
                                 + "  (smp encoders, or any timm model as 'tu-<name>')")
+    why = smp_compat.problem(arch, encoder)
+    if why:
+        raise UnknownModelError(f"smp:{arch}/{encoder}: {why}; try {', '.join(smp_compat.suggest(arch, encoder))}")
 
 
 def _did_you_mean(word: str, names: list[str]) -> str:
@@ -50,29 +53,19 @@ def _did_you_mean(word: str, names: list[str]) -> str:
 
 
 def list_names() -> list[str]:
-    smp_encoders = smp.encoders.get_encoder_names()
-    return [f"smp:{a}/{e}" for a in architectures() for e in smp_encoders] + [
-        f"smp:{a}/tu-<any timm model>" for a in architectures()]
+    """Every smp pair that builds, and one line per architecture for its ``tu-`` (timm) encoders."""
+    names = [f"smp:{a}/{e}" for a in architectures() for e in smp_compat.valid_encoders(a)]
+    return names + [f"smp:{a}/tu-<timm ViT, e.g. {smp_compat.DPT_EXAMPLES[0][3:]}>" if a == "dpt"
+                    else f"smp:{a}/tu-<timm CNN or hierarchical transformer, e.g. convnext_atto>" for a in architectures()]
 
 
-def input_multiple(rest: str, options: dict) -> int:
-    """The encoder's output stride where the architecture needs the input divisible by it, else 1."""
-    return _input_multiple(rest, json.dumps(options, sort_keys=True, default=str))
-
-
-@lru_cache(maxsize=64)
-def _input_multiple(rest: str, options_json: str) -> int:
-    arch, encoder = parse(rest)
-    try:
-        with torch.device("meta"):   # the structure only: no memory, no weights
-            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, **json.loads(options_json))
-    except (TypeError, ValueError, KeyError, RuntimeError):
-        return 1   # options this architecture rejects: the real build reports them
-    return int(model.encoder.output_stride) if getattr(model, "requires_divisible_input_shape", True) else 1
+def input_size(rest: str, options: dict) -> InputSize:
+    """The input sizes the pair takes with these ``model.options``."""
+    return smp_compat.input_size(*parse(rest), options)
 
 
 @register_family("smp", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
-                 input_multiple=input_multiple, examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
+                 input_size=input_size, examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
                            "smp:segformer/mit_b0", "smp:fpn/tu-convnext_nano"))
 def build_smp(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
               **kwargs) -> nn.Module:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-from models.registry import UnknownModelError, register_family
+import models.smp_compat as smp_compat
+from models.registry import InputSize, UnknownModelError, register_family
 from models.smp_models import encoders, list_names as smp_names
 from models.weights import load_local_weights
 
@@ -27,8 +28,13 @@ class UNet3Plus(nn.Module):
                  depth: int = 5) -> None:
         super().__init__()
         self.encoder = get_encoder(encoder_name, in_channels=in_channels, depth=depth, weights=None)
-        chans = list(self.encoder.out_channels)[1:]  # strides 2, 4, ..., 2**depth
+        # Stages with features: strides 2, 4, ..., 2**depth less the empty placeholders smp gives encoders that
+        # start at stride 4 (MiT, and timm transformers and ConvNeXt as tu-: 0 channels at stride 2).
+        self.stages = [i for i, c in enumerate(self.encoder.out_channels) if i > 0 and c > 0]
+        chans = [self.encoder.out_channels[i] for i in self.stages]
         n = len(chans)
+        if n < 2:
+            raise ValueError(f"custom:unet3plus/{encoder_name}: the encoder gives {n} feature stage(s); UNet 3+ needs 2 or more")
         self.n = n
         fused = cat_channels * n
         self.branches = nn.ModuleList()
@@ -42,7 +48,8 @@ class UNet3Plus(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        feats = self.encoder(x)[1:]
+        out = self.encoder(x)
+        feats = [out[i] for i in self.stages]
         dec: dict[int, torch.Tensor] = {self.n - 1: feats[-1]}
         for level in range(self.n - 2, -1, -1):
             target = feats[level].shape[-2:]
@@ -64,6 +71,15 @@ def validate(rest: str) -> None:
         raise UnknownModelError(f"custom model {rest!r}: expected 'custom:unet3plus/<encoder>', e.g. custom:unet3plus/resnet34")
     if encoder not in encoders():
         raise UnknownModelError(f"unknown encoder {encoder!r} for custom:unet3plus")
+    why = smp_compat.problem("unet", encoder)   # the same encoder build as smp's U-Net (depth 5)
+    if why:
+        raise UnknownModelError(f"custom:{rest}: {why}; try {', '.join(smp_compat.suggest('unet', encoder))}")
+
+
+def input_size(rest: str, options: dict) -> InputSize:
+    """Any size (every stage is resized to its target), except a timm encoder's fixed input size."""
+    fixed = smp_compat.fixed_size(rest.partition("/")[2], {})
+    return InputSize(fixed=fixed, note="timm's fixed input size" if fixed else "")
 
 
 def list_names() -> list[str]:
@@ -71,6 +87,7 @@ def list_names() -> list[str]:
 
 
 @register_family("custom", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
+                 input_size=input_size,
                  examples=("custom:unet3plus/resnet34", "custom:unet3plus/tu-efficientnet_b0"))
 def build_unet3plus(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                     cat_channels: int = 32, **kwargs) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
 from tasks.formats.tensors import read_tensors
@@ -36,7 +37,9 @@ def load_local_weights(model: nn.Module, path: str | None, *, encoder_attr: str 
 
     Accepts a plain state dict, a dict with ``model`` / ``state_dict`` (our checkpoints, timm/smp
     exports). Keys that match the whole model load strictly; otherwise they load into
-    ``model.<encoder_attr>`` with classifier heads ignored. A missing file names the path to put it at.
+    ``model.<encoder_attr>`` (:func:`match_encoder`: a plain timm state dict fits smp's ``tu-`` encoders,
+    classifier heads are ignored, an RGB first convolution is adapted to the model's input channels).
+    A missing file names the path to put it at; a file that leaves encoder tensors unmatched is refused.
     """
     if not path:
         return
@@ -49,13 +52,51 @@ def load_local_weights(model: nn.Module, path: str | None, *, encoder_attr: str 
     target = getattr(model, encoder_attr, None)
     if target is None:
         raise ValueError(f"{file}: keys do not match the model and it has no '{encoder_attr}' to load into")
-    enc_own = target.state_dict()
     prefix = f"{encoder_attr}."
     enc_state = {k.removeprefix(prefix): v for k, v in state.items()}
-    usable = {k: v for k, v in enc_state.items() if k in enc_own and v.shape == enc_own[k].shape}
-    if len(usable) < max(1, len(enc_own) // 2):
-        raise ValueError(f"{file}: only {len(usable)} of {len(enc_own)} encoder tensors match this architecture; "
-                         "wrong weights file for this encoder?")
-    if "conv1.weight" in enc_own and "conv1.weight" in enc_state and enc_state["conv1.weight"].shape[1] != enc_own["conv1.weight"].shape[1]:
-        usable["conv1.weight"] = enc_state["conv1.weight"].sum(1, keepdim=True).expand_as(enc_own["conv1.weight"]) / enc_own["conv1.weight"].shape[1]
-    target.load_state_dict(usable, strict=False)
+    # nn.Module's own loader: the keys are the encoder's already, and some smp encoders override load_state_dict
+    # with another signature (MiT) or key renaming (tu- encoders of deprecated timm- names)
+    nn.Module.load_state_dict(target, match_encoder(enc_state, target.state_dict(), str(file)), strict=False)
+
+
+def _plain(key: str) -> str:
+    """A key with timm's feature-wrapper differences removed: no leading ``model.`` (smp's ``tu-`` encoders
+    wrap the timm model as ``model``; timm's getter wrappers once more), and ``_`` for ``.`` (timm's
+    ``features_only`` flattens ``stages.0`` into ``stages_0``)."""
+    while key.startswith("model."):
+        key = key[len("model."):]
+    return key.replace(".", "_")
+
+
+def match_encoder(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` for every key of the encoder's state dict ``own`` (keys as in ``own``).
+
+    A key matches itself, else the key with timm's wrapper differences removed (:func:`_plain`). A convolution
+    that differs only in its input channels is the input layer: from 3 channels (RGB) it is adapted to the
+    encoder's (timm's ``adapt_input_conv``), from others it keeps its initial values.
+    Raises ValueError naming how many tensors match and one that does not, unless all do (BatchNorm's
+    ``num_batches_tracked`` counters excepted).
+    """
+    plain: dict[str, str | None] = {}
+    for key in state:
+        plain[_plain(key)] = None if _plain(key) in plain else key   # an ambiguous plain key matches nothing
+    matched: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    for key, value in own.items():
+        src = state.get(key) if key in state else state.get(plain.get(_plain(key)) or "")
+        if src is not None and src.shape != value.shape and src.ndim == 4 and src.shape[0] == value.shape[0] \
+                and src.shape[2:] == value.shape[2:]:
+            if src.shape[1] != 3:
+                continue   # an input convolution of other channels (e.g. a hinted model's image + hint maps): kept
+            src = adapt_input_conv(value.shape[1], src)
+        if src is not None and src.shape == value.shape:
+            matched[key] = src
+        elif not key.endswith("num_batches_tracked"):
+            missing.append(key)
+    if missing:
+        needed = sum(not k.endswith("num_batches_tracked") for k in own)
+        example = missing[0]
+        raise ValueError(f"{source}: only {needed - len(missing)} of {needed} encoder tensors match this architecture "
+                         f"(e.g. no tensor of shape {tuple(own[example].shape)} for '{example}'; the file has "
+                         f"{len(state)} tensors, e.g. '{next(iter(state), '')}'); wrong weights file for this encoder?")
+    return matched

@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError
 from torch import nn
 
-from models.registry import UnknownModelError, close_matches, register_family
+from models.registry import InputSize, UnknownModelError, close_matches, register_family
 from models.weights import read_state_dict
 from tasks.base import Section
 from tasks.formats.tensors import PickledFileError
@@ -289,7 +289,7 @@ class YoloModel:
 
 
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
-                 input_multiple=lambda rest, options: 32,
+                 input_size=lambda rest, options: InputSize(multiple=32),
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))
 def build_yolo(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                **options: Any) -> YoloModel:
