@@ -220,6 +220,9 @@ def test_two_stage_inference_end_to_end(tiny_run, phantom, tmp_path):
         # the 128 px image at 1/2^k, never coarser than stage 1 (64 px)
         assert f["probs"].shape in ((29, 128, 128), (29, 64, 64)) and f["probs"].dtype == np.uint8
     assert infer(["--ckpt", str(cfg.run_dir / "best.pt"), "-o", str(tmp_path / "one.csv")]) == 2
+    assert infer(["--ckpt", str(tiny_run / "best.pt"), "--stage1", str(cfg.run_dir / "best.pt"),
+                  "-o", str(tmp_path / "swapped.csv")]) == 2
+    assert not (tmp_path / "swapped.csv").exists()
     ens = tmp_path / "ens.yaml"
     ens.write_text(yaml.safe_dump({"task": "segmentation", "method": "weighted", "out_dir": str(tmp_path / "ens"),
                                    "members": [{"name": "a", "run": str(tiny_run)}, {"name": "roi", "run": str(cfg.run_dir)}],
