@@ -9,6 +9,7 @@ reported. ``--section.key=value`` overrides are applied last. Faults end as one 
   python inference.py -c runs/segmentation/<run>/config.yaml --ckpt runs/segmentation/<run>/best.pt --tta -o submissions/a.csv
   python inference.py --ckpt runs/segmentation/<run>/best.pt --split val --save-probs     # validation predictions for fitting
   python inference.py --ckpt runs/segmentation/<run>/best.pt --sliding-window --tta        # tiles at the original resolution
+  python inference.py --ckpt runs/segmentation/<roi-run>/best.pt --stage1 runs/segmentation/<run>/best.pt  # two-stage wrist ROI
   python inference.py --ensemble configs/ensembles/seg_soft.yaml --tta -o submissions/ens.csv  # members on the fly
   python inference.py --ensemble configs/ensembles/seg_weighted.yaml --from-cache              # from <run>/preds/test
   python inference.py --ensemble configs/ensembles/kp_hard.yaml --tta                           # any task: keypoints, boneage
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
@@ -29,6 +31,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help="run config (default: config.yaml beside the checkpoint)")
     parser.add_argument("--ckpt", help="checkpoint (best.pt / last.pt of a run)")
+    parser.add_argument("--stage1", metavar="CKPT",
+                        help="two-stage wrist ROI: --ckpt is the stage-2 (data.roi) run, this the stage-1 checkpoint")
     parser.add_argument("--ensemble", metavar="YAML", help="ensemble config (configs/ensembles/*.yaml) instead of --ckpt")
     parser.add_argument("--from-cache", action="store_true",
                         help="--ensemble: fuse the members' cached predictions (<run>/preds/<split>/) instead of running them")
@@ -85,9 +89,9 @@ def run_config(args: argparse.Namespace, rest: list[str], ckpt):
 def _infer(argv: list[str]) -> int:
     args, rest = parse_args(argv)
     if args.ensemble:
-        if args.ckpt or args.config or rest or args.save_probs or args.sliding_window:
-            print("inference.py: --ensemble takes no --ckpt, -c, --save-probs, --sliding-window or overrides (members "
-                  "are run folders; each predicts as its config.yaml's inference section says)", file=sys.stderr)
+        if args.ckpt or args.config or rest or args.save_probs or args.sliding_window or args.stage1:
+            print("inference.py: --ensemble takes no --ckpt, -c, --stage1, --save-probs, --sliding-window or overrides "
+                  "(members are run folders; each predicts as its config.yaml's inference section says)", file=sys.stderr)
             return 2
         stats = run_ensemble(args)
         print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
@@ -104,8 +108,12 @@ def _infer(argv: list[str]) -> int:
     ckpt = open_checkpoint(args.ckpt)  # read once: its config here, its weights in the predictor
     cfg = run_config(args, rest, ckpt)
     out = args.out or f"submissions/{ckpt.path.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    stats = predictor_for(cfg.task, ckpt)(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
-                                     device=args.device, workers=args.workers)
+    predict = predictor_for(cfg.task, ckpt)
+    if args.stage1:
+        from engine.roi_predictor import predict_two_stage
+        predict = partial(predict_two_stage, stage1=args.stage1)
+    stats = predict(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
+                    device=args.device, workers=args.workers)
     print(f"wrote {stats['csv']}: {stats['images']} images in {stats['seconds']:.1f}s ({stats['images_per_s']:.2f} img/s)")
     return 0
 

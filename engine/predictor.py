@@ -201,6 +201,9 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
+    if cfg.data.roi is not None:
+        raise ValueError(f"{ckpt}: a stage-2 wrist-ROI run (data.roi) predicts crops of its stage 1's box: "
+                         "give --stage1 <stage-1 run>/best.pt (engine.roi_predictor)")
     samples = split_samples(cfg, split)
     views = views_from_config(cfg.inference.tta, enabled=tta)
     amp = amp_dtype(cfg.train.amp, dev)

@@ -416,6 +416,11 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     from engine.tta import tta_predict, views_from_config
     from tasks.formats.images import resize_grey
 
+    for m in members:
+        if any(getattr(cfg.data, "roi", None) is not None for cfg in m.cfgs):
+            raise ConfigError(f"member {m.label}: a stage-2 wrist-ROI run predicts only with its stage 1; write its "
+                              f"two-stage maps with `python inference.py --ckpt {m.run_dirs[0] / m.checkpoint} "
+                              "--stage1 <stage-1 run>/best.pt --split <split> --save-probs` and fuse with --from-cache")
     models = [[load_model(ckpt, device, cfg) for ckpt, cfg in zip(m.checkpoints, m.cfgs)] for m in members]
     views = [[views_from_config(ens.member_tta(cfg), enabled=tta) for cfg in m.cfgs] for m in members]
 

@@ -21,6 +21,8 @@ from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
+from tasks.roi import RoiConfig
+from tasks.roi_dataset import RoiDataset, box_dice
 from tasks.registry import TASKS
 
 
@@ -29,6 +31,7 @@ class SegmentationData(DataBase):
     test_root: str | None = "data/phantom/handbones/test"
     val_at_train_size: bool = False
     cache_dir: str | None = None
+    roi: RoiConfig | None = None   # set: a stage-2 wrist-ROI run (crops at image_size; tasks.roi)
 
 
 def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:
@@ -154,7 +157,8 @@ class SegmentationTask(Task):
 
     @property
     def num_outputs(self) -> int:
-        return len(self.classes)
+        roi = self.cfg.data.roi
+        return len(roi.classes) if roi is not None else len(self.classes)
 
     def datasets(self) -> tuple[HandboneDataset, HandboneDataset]:
         data = self.cfg.data
@@ -165,6 +169,10 @@ class SegmentationTask(Task):
         train_idx, val_idx = split_folds(samples, data.n_folds, data.fold)
         cache = SampleCache(data.cache_dir, enabled=data.cache)
         aug = build_augment(self.cfg.augment)
+        if data.roi is not None:
+            return (RoiDataset([samples[i] for i in train_idx], data.image_size, data.roi, aug, cache,
+                               self.cfg.train.seed, jitter=True),
+                    RoiDataset([samples[i] for i in val_idx], data.image_size, data.roi, None, cache))
         train = HandboneDataset([samples[i] for i in train_idx], data.image_size, aug, cache, self.cfg.train.seed)
         val = HandboneDataset([samples[i] for i in val_idx], data.image_size, None, cache)
         return train, val
@@ -175,9 +183,12 @@ class SegmentationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: HandboneDataset, device: torch.device,
                  autocast=None, batch_size: int = 4) -> dict:
-        """Dice per class: predicted at the training size, scored at the original size (or the training size)."""
+        """Dice per class: predicted at the training size, scored at the original size (or the training size);
+        a stage-2 ROI run: its classes inside the ground-truth box at the original resolution."""
         model.eval()
         dices, losses = [], []
+        roi = self.cfg.data.roi
+        thresholds = self.thresholds[roi.class_indices] if roi is not None else self.thresholds
         at_train_size = self.cfg.data.val_at_train_size
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -189,6 +200,10 @@ class SegmentationTask(Task):
             losses.append(float(self.criterion(logits, masks)) * len(items))
             probs = logits.sigmoid().cpu().numpy()
             for k, it in enumerate(items):
+                if roi is not None:
+                    box, target = dataset.box_targets(start + k)
+                    dices.append(box_dice(probs[k], box, target, thresholds))
+                    continue
                 if at_train_size:
                     pred = probs_to_masks(probs[k], probs.shape[-2:], self.thresholds)
                     target = it["masks"].numpy()
@@ -198,8 +213,9 @@ class SegmentationTask(Task):
                     target = read_masks(dataset.samples[start + k].label_path, h, w)
                 dices.append(dice_per_class(pred, target))
         per_class = np.mean(dices, axis=0)
+        names = roi.classes if roi is not None else self.classes
         return {
             "score": float(per_class.mean()),
             "loss": float(sum(losses) / max(1, len(dataset))),
-            "per_item": {c: float(v) for c, v in zip(self.classes, per_class)},
+            "per_item": {c: float(v) for c, v in zip(names, per_class)},
         }
