@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import train
-    from ensembles.select import find_candidates, library_config, select_segmentation, selection_report
-    from tools.phantom import generate
+    from ensembles.select import find_candidates, library_config, select_ensemble, selection_report
+    from phantom import generate
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ensemble_selection_"))
     data = work / "phantom"
@@ -98,17 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     train_s = time.perf_counter() - t0
     seg_runs = runs / "segmentation"
-    record = select_segmentation(seg_runs, name="selected", progress=False)
+    record = select_ensemble(seg_runs, name="selected", progress=False)
     print(selection_report(record))
-    candidates, _ = find_candidates(seg_runs)
+    _, candidates, _ = find_candidates(seg_runs)
     out = work / "test"
     out.mkdir(exist_ok=True)
     gt = hb / "test_gt"
     results = {}
     for k, c in enumerate(candidates):
-        single = library_config(candidates, seg_runs, f"single_{c.label}", [int(j == k) for j in range(len(candidates))])
+        single = library_config("segmentation", candidates, seg_runs, f"single_{c.label}", [int(j == k) for j in range(len(candidates))])
         results[c.label] = test_dice(single, out, gt)
-    results["average of all"] = test_dice(library_config(candidates, seg_runs, "average"), out, gt)
+    results["average of all"] = test_dice(library_config("segmentation", candidates, seg_runs, "average"), out, gt)
     selected = yaml.safe_load(Path(record["yaml"]).read_text())
     selected["name"] = "selection"
     results["selection"] = test_dice(selected, out, gt)
