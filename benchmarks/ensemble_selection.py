@@ -33,7 +33,8 @@ import yaml
 
 import engine  # noqa: F401  (offline environment first)
 
-# name, model, lr: two decoders, two encoders, two learning rates (all at 64 px)
+IMAGE_SIZE = 64  # every configuration's training size
+# name, model, lr: two decoders, two encoders, two learning rates
 LIBRARY = [
     ("fpn_r10t", "smp:fpn/tu-resnet10t", 5e-3),
     ("unet_r10t", "smp:unet/tu-resnet10t", 5e-3),
@@ -44,7 +45,7 @@ LIBRARY = [
 def write_config(path: Path, data: Path, runs: Path, name: str, model: str, lr: float, args) -> Path:
     path.write_text(yaml.safe_dump({
         "task": "segmentation", "name": name,
-        "data": {"root": str(data / "train"), "test_root": str(data / "test"), "image_size": 64,
+        "data": {"root": str(data / "train"), "test_root": str(data / "test"), "image_size": IMAGE_SIZE,
                  "n_folds": args.folds, "cache_dir": str(runs.parent / "cache")},
         "model": {"name": model},
         "loss": {"weights": {"bce": 1.0, "dice": 1.0}},
@@ -78,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the figures here (e.g. benchmarks/results/ensemble_selection.json)")
     args = parser.parse_args(argv)
 
     import train
+    from ensembles.fit import write_json
     from ensembles.select import find_candidates, library_config, select_ensemble, selection_report
     from phantom import generate
 
@@ -127,9 +130,27 @@ def main(argv: list[str] | None = None) -> int:
         cf = record["cross_fitted"]
         print(f"cross-fitted validation: selection {cf['selection']:.4f}, best single {cf['best_single']:.4f}, "
               f"average {cf['average']:.4f}")
-    print(f"test: selection - best single (by validation, {best_val}) = {results['selection'] - results[best_val]:+.4f}; "
-          f"selection - best single on test ({best_test}) = {results['selection'] - results[best_test]:+.4f}; "
-          f"selection - average = {results['selection'] - results['average of all']:+.4f}")
+    deltas = {"selection_minus_best_single_by_val": results["selection"] - results[best_val],
+              "selection_minus_best_single_on_test": results["selection"] - results[best_test],
+              "selection_minus_average": results["selection"] - results["average of all"]}
+    print(f"test: selection - best single (by validation, {best_val}) = "
+          f"{deltas['selection_minus_best_single_by_val']:+.4f}; selection - best single on test ({best_test}) = "
+          f"{deltas['selection_minus_best_single_on_test']:+.4f}; selection - average = "
+          f"{deltas['selection_minus_average']:+.4f}")
+    if args.json:
+        write_json(args.json, {
+            "command": "python benchmarks/ensemble_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "phantom": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed},
+            "library": [{"name": n, "model": m, "lr": lr} for n, m, lr in LIBRARY], "image_size": IMAGE_SIZE,
+            "folds": args.folds, "epochs": args.epochs, "train_seconds": round(train_s),
+            "validation": "out-of-fold predictions of the training images", "test": "phantom handbones/test",
+            "val_dice": {**record["singles"], "average of all": record["average"],
+                         "selection": record["val"]["in_sample"]},
+            "cross_fitted_val_dice": record["cross_fitted"], "selection": {"weights": record["weights"],
+                                                                           "history": record["history"]},
+            "best_single_by_val": best_val, "best_single_on_test": best_test,
+            "test_dice": {k: round(v, 6) for k, v in results.items()},
+            "deltas": {k: round(v, 6) for k, v in deltas.items()}})
     return 0
 
 

@@ -21,15 +21,21 @@ held out. :attr:`Selection.cross_fitted` holds the held-out means for the select
 single member (also chosen on the other groups) and for the plain average of all members (nothing
 fitted): the honest comparison. The benchmark (benchmarks/ensemble_selection.py) scores test images.
 
-Segmentation adapter (:func:`select_segmentation`): candidates are the finished runs of
-``runs/segmentation`` whose ``preds/val`` caches are complete, grouped by configuration — the folds
-of one configuration (``<name>-f0``, ``<name>-f1``, ... with configs equal but for ``data.fold``) form
-one candidate whose validation predictions are out-of-fold over all its folds and whose test
-prediction is the mean of its fold models (``runs: [...]`` in the ensemble YAML). Selection runs on
-the validation images every candidate covers (all training images when every candidate has all
-folds; one fold's images when some were trained on that fold only). Score: mean over images of the
-mean over classes of Dice (empty/empty = 1) of the fused uint8 probabilities thresholded as the
-ensemble will threshold them, at the caches' size capped at ``fit_size``.
+The library (:func:`select_ensemble`, every task): candidates are the finished runs of one task's folder
+(``runs/segmentation``, ``runs/keypoints``, ``runs/boneage``) whose out-of-fold validation cache
+(``preds/val``, written by ``train.py --folds all``) holds all their validation images, grouped by
+configuration — the folds of one configuration (``<name>-f0``, ``<name>-f1``, ... with configs equal but
+for ``data.fold``) form one candidate whose validation predictions are out-of-fold over all its folds and
+whose test prediction is the mean of its fold models (``runs: [...]`` in the ensemble YAML). Selection runs
+on the validation images every candidate covers. Each task (:data:`TASKS`) gives a score and a fusion, the
+same weighted fusion its ensemble runner applies to the written YAML (``method: weighted``):
+
+- segmentation: mean over images of the mean over classes of Dice (empty/empty = 1) of the weighted mean of
+  the uint8 probability caches, thresholded as the ensemble will threshold it, at the caches' size capped
+  at ``fit_size``; streamed one image at a time; higher is better;
+- keypoints: MRE (px, original image) of the weighted mean of the members' points
+  (:func:`ensembles.keypoints.fuse_points`); lower is better;
+- bone age: MAE (months) of the weighted mean age (:func:`ensembles.values.fuse_values`); lower is better.
 """
 from __future__ import annotations
 
