@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patience", type=int, default=0, help="selection: additions allowed past the best ensemble")
     parser.add_argument("--json", help="also write the figures here (e.g. benchmarks/results/ensemble_selection.json)")
     args = parser.parse_args(argv)
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     train_s = time.perf_counter() - t0
     seg_runs = runs / "segmentation"
-    record = select_ensemble(seg_runs, name="selected", progress=False)
+    record = select_ensemble(seg_runs, name="selected", patience=args.patience, progress=False)
     print(selection_report(record))
     _, candidates, _ = find_candidates(seg_runs)
     out = work / "test"
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/ensemble_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "phantom": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed},
             "library": [{"name": n, "model": m, "lr": lr} for n, m, lr in LIBRARY], "image_size": IMAGE_SIZE,
-            "folds": args.folds, "epochs": args.epochs, "train_seconds": round(train_s),
+            "folds": args.folds, "epochs": args.epochs, "patience": args.patience, "train_seconds": round(train_s),
             "validation": "out-of-fold predictions of the training images", "test": "phantom handbones/test",
             "val_dice": {**record["singles"], "average of all": record["average"],
                          "selection": record["val"]["in_sample"]},

@@ -114,6 +114,14 @@ class _Path:
     held_sum: float | None = None  # summed score of the current ensemble on the held-out fold
     history: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    best: tuple[np.ndarray, float, float | None, int] | None = None  # counts, score, held_sum, steps of the best
+    since_best: int = 0  # additions since the best ensemble
+
+    def keep_if_best(self, sign: float, tol: float) -> None:
+        """Remember the current ensemble when it beats the best so far by more than ``tol``."""
+        if self.score is not None and (self.best is None or sign * (self.score - self.best[1]) > tol):
+            self.best = (self.counts.copy(), self.score, self.held_sum, self.steps)
+            self.since_best = 0
 
 
 @dataclass
@@ -143,11 +151,15 @@ class Selection:
 
 
 def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Score, groups: Sequence[str], *,
-                  mode: str = "max", max_steps: int = 20, init: int = 0, tol: float = 1e-6, folds: int = 5,
+                  mode: str = "max", max_steps: int = 20, init: int = 0, patience: int = 0, tol: float = 1e-6,
+                  folds: int = 5,
                   seed: int = 0, chunk_elements: int = 1 << 22, fuse: Fuse = mean_fuse,
                   progress: Callable[[str], None] | None = None) -> Selection:
     """Caruana's greedy forward selection with replacement; see the module docstring.
 
+    ``patience``: additions allowed past the best ensemble before stopping (Caruana's fixed number of steps,
+    ``patience >= max_steps``); the best ensemble of the path (the shortest on ties) is returned, so a
+    step that does not improve (e.g. a second copy of the best member) can lead to a mix that does (2:1).
     ``items()``: a fresh iterator over ``(preds (M, ...), target)`` per call (one call per step).
     ``fuse(preds, weights (G, M))``: the task's weighted fusion (default: the weighted mean).
     ``score(fused (G, ...), target)``: ``(G,)`` or ``(G, n)`` scores; higher is better with ``mode="max"``,
@@ -158,8 +170,9 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if n_members < 1:
         raise ValueError("greedy_select: no members to select from")
-    if max_steps < 1 or not 0 <= init <= max_steps:
-        raise ValueError(f"greedy_select: need max_steps >= 1 and 0 <= init <= max_steps (got {max_steps}, {init})")
+    if max_steps < 1 or not 0 <= init <= max_steps or patience < 0:
+        raise ValueError(f"greedy_select: need max_steps >= 1, 0 <= init <= max_steps and patience >= 0 (got "
+                         f"{max_steps}, {init}, {patience})")
     init = min(init, n_members)
     sign = 1.0 if mode == "max" else -1.0
     notes: list[str] = []
@@ -212,6 +225,7 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
                 row = sums[index[tuple(int(v) for v in p.counts)]]
                 p.score = float(row[train].sum() / n_train)
                 p.held_sum = float(row[p.held]) if p.held is not None else None
+                p.keep_if_best(sign, tol)
             if p.steps >= max_steps:
                 p.stopped = "max steps"
                 continue
@@ -221,9 +235,11 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
                 chosen = list(np.argsort(-sign * gain, kind="stable")[:init])
             else:
                 chosen = [int(np.argmax(sign * gain))]
-                if p.score is not None and sign * (gain[chosen[0]] - p.score) <= tol:
-                    p.stopped = "no improvement"
-                    continue
+                if p.best is not None and sign * (gain[chosen[0]] - p.best[1]) <= tol:
+                    if p.since_best >= patience:
+                        p.stopped = "no improvement"
+                        continue
+                    p.since_best += 1
             for m in chosen:
                 p.counts[m] += 1
                 p.steps += 1
@@ -232,6 +248,7 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
             if len(chosen) == 1:
                 p.score = float(gain[chosen[0]])
                 p.held_sum = float(rows[chosen[0], p.held]) if p.held is not None else None
+                p.keep_if_best(sign, tol)
                 if p.steps >= max_steps:
                     p.stopped = "max steps"
             else:
@@ -248,12 +265,13 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
             train = np.arange(n_folds) != f
             gain = single_sums[:, train].sum(1) / per_fold_n[train].sum()
             best_single_held += float(single_sums[int(np.argmax(sign * gain)), f])
-        cross = {"selection": sum(p.held_sum for p in paths[1:]) / n_all,
+        cross = {"selection": sum(p.best[2] for p in paths[1:]) / n_all,
                  "best_single": best_single_held / n_all, "average": average}
-    return Selection(counts=main.counts.copy(), score=float(main.score), singles=singles, average=average,
-                     history=main.history, stopped=main.stopped or "max steps", n_items=len(fold_of),
+    counts, best_score, _, best_steps = main.best
+    return Selection(counts=counts, score=float(best_score), singles=singles, average=average,
+                     history=main.history[:best_steps], stopped=main.stopped or "max steps", n_items=len(fold_of),
                      n_folds=n_folds, mode=mode, cross_fitted=cross,
-                     fold_counts=[p.counts.tolist() for p in paths[1:]], notes=notes)
+                     fold_counts=[p.best[0].tolist() for p in paths[1:]], notes=notes)
 
 
 # ---------------------------------------------------------------- per-task scores and fusions
@@ -523,7 +541,7 @@ def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, n
 
 
 def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
-                    folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+                    patience: int = 0, folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
                     out: str | Path | None = None, progress: bool = True) -> dict:
     """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
     write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
@@ -544,7 +562,8 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     members = resolve_members(library)
     problem = spec.problem(library, members, options)
     result = greedy_select(problem.items, len(members), problem.score, problem.groups, mode=task_cls.mode,
-                           max_steps=max_steps, init=init, folds=folds, seed=seed, fuse=problem.fuse)
+                           max_steps=max_steps, init=init, patience=patience, folds=folds, seed=seed,
+                           fuse=problem.fuse)
     labels = [c.label for c in candidates]
     chosen = library_config(task, candidates, runs_dir, name, result.counts, extra)
     ens = EnsembleConfig.model_validate(chosen)
@@ -555,7 +574,7 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
         "task": task, "metric": task_cls.metric, "mode": task_cls.mode, "metric_label": spec.label,
         "runs_dir": str(runs_dir), "candidates": {c.label: [str(r) for r in c.runs] for c in candidates},
         "folds_of": {c.label: c.folds for c in candidates},
-        "images": result.n_items, "cross_fitting_folds": result.n_folds,
+        "images": result.n_items, "cross_fitting_folds": result.n_folds, "patience": patience,
         **({"threshold": threshold, "fit_size": fit_size} if task == "segmentation" else {}),
         "counts": dict(zip(labels, result.counts.tolist())),
         "weights": {labels[k]: round(float(w), 6) for k, w in enumerate(result.weights) if w > 0},
@@ -600,7 +619,8 @@ def selection_report(record: dict) -> str:
     lines.append(f"greedy steps (member added -> ensemble {metric}):")
     for h in record["history"]:
         lines.append(f"  {h['step']:>3}  +{h['member']:<26} " + (f"{h['score']:.4f}" if h["score"] is not None else "init"))
-    lines.append(f"stopped: {record['stopped']}")
+    lines.append(f"stopped: {record['stopped']}" + (f" (patience {record['patience']}: the best ensemble along the path "
+                                                    f"is kept)" if record["patience"] else ""))
     lines.append("selected: " + ", ".join(f"{k}={w:.3f}" for k, w in record["weights"].items()))
     lines.append(f"validation {metric} of the selection (in sample, optimistic): {record['val']['in_sample']:.4f}")
     if record["cross_fitted"]:
