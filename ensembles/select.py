@@ -152,8 +152,7 @@ class Selection:
 
 def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Score, groups: Sequence[str], *,
                   mode: str = "max", max_steps: int = 20, init: int = 0, patience: int = 0, tol: float = 1e-6,
-                  folds: int = 5,
-                  seed: int = 0, chunk_elements: int = 1 << 22, fuse: Fuse = mean_fuse,
+                  folds: int = 5, seed: int = 0, chunk_elements: int = 1 << 22, fuse: Fuse = mean_fuse,
                   progress: Callable[[str], None] | None = None) -> Selection:
     """Caruana's greedy forward selection with replacement; see the module docstring.
 
