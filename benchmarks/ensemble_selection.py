@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Does greedy ensemble selection (Caruana) beat the best single run and the plain average ON TEST?
 
-  python benchmarks/ensemble_selection.py                     # phantom 40 train / 16 test at 128 px, 3 configs x 2 folds
-  python benchmarks/ensemble_selection.py --workdir /tmp/sel --epochs 12 --n-train 40 --n-test 16
+  python benchmarks/ensemble_selection.py                     # phantom 40 train / 16 test at 128 px, 4 configs x 2 folds
+  python benchmarks/ensemble_selection.py --workdir /tmp/sel --epochs 20 --n-train 64 --n-test 24 --json out.json
+
+A rerun with the same ``--workdir`` reuses the data and every finished fold (``train.py --resume``).
 
 Steps, all in this process with the harness's own functions:
 
@@ -34,22 +36,24 @@ import yaml
 import engine  # noqa: F401  (offline environment first)
 
 IMAGE_SIZE = 64  # every configuration's training size
-# name, model, lr: two decoders, two encoders, two learning rates
+# name, model, lr, training seed (added to --seed): two decoders, two encoders, two learning rates, and a
+# second seed of one configuration (members of equal quality that differ only by chance)
 LIBRARY = [
-    ("fpn_r10t", "smp:fpn/tu-resnet10t", 5e-3),
-    ("unet_r10t", "smp:unet/tu-resnet10t", 5e-3),
-    ("unet_r18", "smp:unet/resnet18", 2e-3),
+    ("fpn_r10t", "smp:fpn/tu-resnet10t", 5e-3, 0),
+    ("unet_r10t", "smp:unet/tu-resnet10t", 5e-3, 0),
+    ("unet_r10t_s1", "smp:unet/tu-resnet10t", 5e-3, 1),
+    ("unet_r18", "smp:unet/resnet18", 2e-3, 0),
 ]
 
 
-def write_config(path: Path, data: Path, runs: Path, name: str, model: str, lr: float, args) -> Path:
+def write_config(path: Path, data: Path, runs: Path, name: str, model: str, lr: float, seed: int, args) -> Path:
     path.write_text(yaml.safe_dump({
         "task": "segmentation", "name": name,
         "data": {"root": str(data / "train"), "test_root": str(data / "test"), "image_size": IMAGE_SIZE,
                  "n_folds": args.folds, "cache_dir": str(runs.parent / "cache")},
         "model": {"name": model},
         "loss": {"weights": {"bce": 1.0, "dice": 1.0}},
-        "train": {"epochs": args.epochs, "batch_size": 4, "lr": lr, "warmup_epochs": 1, "seed": args.seed,
+        "train": {"epochs": args.epochs, "batch_size": 4, "lr": lr, "warmup_epochs": 1, "seed": args.seed + seed,
                   "val_every": 4},
         "augment": {"rotate": 10, "scale": 0.1},
         "logging": {"out_dir": str(runs), "progress": False}}))
@@ -95,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     hb = data / "handbones"
     runs = work / "runs"
     t0 = time.perf_counter()
-    for name, model, lr in LIBRARY:
-        cfg = write_config(work / f"{name}.yaml", hb, runs, name, model, lr, args)
+    for name, model, lr, seed in LIBRARY:
+        cfg = write_config(work / f"{name}.yaml", hb, runs, name, model, lr, seed, args)
         resume = ["--resume"] if (runs / "segmentation" / f"{name}-f0").is_dir() else []
         if train.main(["-c", str(cfg), "--folds", "all", *resume]) != 0:
             return 2
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, {
             "command": "python benchmarks/ensemble_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "phantom": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed},
-            "library": [{"name": n, "model": m, "lr": lr} for n, m, lr in LIBRARY], "image_size": IMAGE_SIZE,
+            "library": [{"name": n, "model": m, "lr": lr, "seed": args.seed + sd} for n, m, lr, sd in LIBRARY], "image_size": IMAGE_SIZE,
             "folds": args.folds, "epochs": args.epochs, "patience": args.patience, "train_seconds": round(train_s),
             "validation": "out-of-fold predictions of the training images", "test": "phantom handbones/test",
             "val_dice": {**record["singles"], "average of all": record["average"],
