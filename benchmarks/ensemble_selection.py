@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="threshold of the fused probabilities, for the selection and every ensemble scored")
     parser.add_argument("--patience", type=int, default=0, help="selection: additions allowed past the best ensemble")
     parser.add_argument("--json", help="also write the figures here (e.g. benchmarks/results/ensemble_selection.json)")
     args = parser.parse_args(argv)
@@ -106,17 +108,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     train_s = time.perf_counter() - t0
     seg_runs = runs / "segmentation"
-    record = select_ensemble(seg_runs, name="selected", patience=args.patience, progress=False)
+    record = select_ensemble(seg_runs, name="selected", patience=args.patience, threshold=args.threshold,
+                             progress=False)
     print(selection_report(record))
     _, candidates, _ = find_candidates(seg_runs)
     out = work / "test"
     out.mkdir(exist_ok=True)
+    thresholds = {"thresholds": args.threshold}
     gt = hb / "test_gt"
     results = {}
     for k, c in enumerate(candidates):
-        single = library_config("segmentation", candidates, seg_runs, f"single_{c.label}", [int(j == k) for j in range(len(candidates))])
+        single = library_config("segmentation", candidates, seg_runs, f"single_{c.label}",
+                                [int(j == k) for j in range(len(candidates))], thresholds)
         results[c.label] = test_dice(single, out, gt)
-    results["average of all"] = test_dice(library_config("segmentation", candidates, seg_runs, "average"), out, gt)
+    average = library_config("segmentation", candidates, seg_runs, "average", extra=thresholds)
+    results["average of all"] = test_dice(average, out, gt)
     selected = yaml.safe_load(Path(record["yaml"]).read_text())
     selected["name"] = "selection"
     results["selection"] = test_dice(selected, out, gt)
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/ensemble_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "phantom": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed},
             "library": [{"name": n, "model": m, "lr": lr, "seed": args.seed + sd} for n, m, lr, sd in LIBRARY], "image_size": IMAGE_SIZE,
-            "folds": args.folds, "epochs": args.epochs, "patience": args.patience, "train_seconds": round(train_s),
+            "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
+            "threshold": args.threshold, "train_seconds": round(train_s),
             "validation": "out-of-fold predictions of the training images", "test": "phantom handbones/test",
             "val_dice": {**record["singles"], "average of all": record["average"],
                          "selection": record["val"]["in_sample"]},

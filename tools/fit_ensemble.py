@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", help="--select: YAML to write (default <RUNS_DIR>/<name>/selection.yaml)")
     parser.add_argument("--max-steps", type=int, default=20, help="--select: additions at most")
     parser.add_argument("--init", type=int, default=0, help="--select: start from the N best runs (0: empty)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="--select, segmentation: the threshold of the "
+                        "fused probabilities the ensembles are scored at (and the YAML's thresholds)")
     parser.add_argument("--patience", type=int, default=0, help="--select: additions allowed past the best ensemble "
                         "before stopping; the best one is kept (0: stop at the first addition that does not improve)")
     args = parser.parse_args(argv)
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         from ensembles.select import select_ensemble, selection_report
 
         record = select_ensemble(args.select, name=args.name, out=args.out, max_steps=args.max_steps,
-                                     init=args.init, patience=args.patience, progress=not args.quiet)
+                                     init=args.init, patience=args.patience, threshold=args.threshold,
+                                     progress=not args.quiet)
         print(selection_report(record))
         return 0
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
