@@ -215,6 +215,8 @@ def test_select_writes_a_yaml_that_inference_runs(fold_library, phantom, tmp_pat
     assert inference.main(["--ensemble", str(runs / "selected" / "selection.yaml"), "-o", str(csv)]) == 0
     rows = dict(iter_images(csv))
     assert len(rows) == 8 and all(len(r) == 29 for r in rows.values())
-    # the ensemble folder itself is not a candidate of a second selection
-    assert fit_ensemble.main(["--select", str(runs), "--quiet", "--name", "again"]) == 0
+    # the ensemble folder itself is not a candidate of a second selection; --threshold reaches score and YAML
+    assert fit_ensemble.main(["--select", str(runs), "--quiet", "--name", "again", "--threshold", "0.3"]) == 0
     assert "candidates (2)" in capsys.readouterr().out
+    again = json.loads((runs / "again" / "selection.json").read_text())
+    assert again["threshold"] == 0.3 and load_ensemble_config(runs / "again" / "selection.yaml").thresholds == 0.3
