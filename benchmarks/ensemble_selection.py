@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Does greedy ensemble selection (Caruana) beat the best single run and the plain average ON TEST?
 
-  python benchmarks/ensemble_selection.py                     # phantom 40 train / 16 test at 128 px, 3 configs x 2 folds
-  python benchmarks/ensemble_selection.py --workdir /tmp/sel --epochs 12 --n-train 40 --n-test 16
+  python benchmarks/ensemble_selection.py                     # phantom 40 train / 16 test at 128 px, 4 configs x 2 folds
+  python benchmarks/ensemble_selection.py --workdir /tmp/sel --epochs 20 --n-train 64 --n-test 24 --json out.json
+
+A rerun with the same ``--workdir`` reuses the data and every finished fold (``train.py --resume``).
 
 Steps, all in this process with the harness's own functions:
 
@@ -33,22 +35,25 @@ import yaml
 
 import engine  # noqa: F401  (offline environment first)
 
-# name, model, lr: two decoders, two encoders, two learning rates (all at 64 px)
+IMAGE_SIZE = 64  # every configuration's training size
+# name, model, lr, training seed (added to --seed): two decoders, two encoders, two learning rates, and a
+# second seed of one configuration (members of equal quality that differ only by chance)
 LIBRARY = [
-    ("fpn_r10t", "smp:fpn/tu-resnet10t", 5e-3),
-    ("unet_r10t", "smp:unet/tu-resnet10t", 5e-3),
-    ("unet_r18", "smp:unet/resnet18", 2e-3),
+    ("fpn_r10t", "smp:fpn/tu-resnet10t", 5e-3, 0),
+    ("unet_r10t", "smp:unet/tu-resnet10t", 5e-3, 0),
+    ("unet_r10t_s1", "smp:unet/tu-resnet10t", 5e-3, 1),
+    ("unet_r18", "smp:unet/resnet18", 2e-3, 0),
 ]
 
 
-def write_config(path: Path, data: Path, runs: Path, name: str, model: str, lr: float, args) -> Path:
+def write_config(path: Path, data: Path, runs: Path, name: str, model: str, lr: float, seed: int, args) -> Path:
     path.write_text(yaml.safe_dump({
         "task": "segmentation", "name": name,
-        "data": {"root": str(data / "train"), "test_root": str(data / "test"), "image_size": 64,
+        "data": {"root": str(data / "train"), "test_root": str(data / "test"), "image_size": IMAGE_SIZE,
                  "n_folds": args.folds, "cache_dir": str(runs.parent / "cache")},
         "model": {"name": model},
         "loss": {"weights": {"bce": 1.0, "dice": 1.0}},
-        "train": {"epochs": args.epochs, "batch_size": 4, "lr": lr, "warmup_epochs": 1, "seed": args.seed,
+        "train": {"epochs": args.epochs, "batch_size": 4, "lr": lr, "warmup_epochs": 1, "seed": args.seed + seed,
                   "val_every": 4},
         "augment": {"rotate": 10, "scale": 0.1},
         "logging": {"out_dir": str(runs), "progress": False}}))
@@ -78,11 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="threshold of the fused probabilities, for the selection and every ensemble scored")
+    parser.add_argument("--patience", type=int, default=0, help="selection: additions allowed past the best ensemble")
+    parser.add_argument("--json", help="also write the figures here (e.g. benchmarks/results/ensemble_selection.json)")
     args = parser.parse_args(argv)
 
     import train
-    from ensembles.select import find_candidates, library_config, select_segmentation, selection_report
-    from tools.phantom import generate
+    from ensembles.fit import write_json
+    from ensembles.select import find_candidates, library_config, select_ensemble, selection_report
+    from phantom import generate
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ensemble_selection_"))
     data = work / "phantom"
@@ -91,24 +101,28 @@ def main(argv: list[str] | None = None) -> int:
     hb = data / "handbones"
     runs = work / "runs"
     t0 = time.perf_counter()
-    for name, model, lr in LIBRARY:
-        cfg = write_config(work / f"{name}.yaml", hb, runs, name, model, lr, args)
+    for name, model, lr, seed in LIBRARY:
+        cfg = write_config(work / f"{name}.yaml", hb, runs, name, model, lr, seed, args)
         resume = ["--resume"] if (runs / "segmentation" / f"{name}-f0").is_dir() else []
         if train.main(["-c", str(cfg), "--folds", "all", *resume]) != 0:
             return 2
     train_s = time.perf_counter() - t0
     seg_runs = runs / "segmentation"
-    record = select_segmentation(seg_runs, name="selected", progress=False)
+    record = select_ensemble(seg_runs, name="selected", patience=args.patience, threshold=args.threshold,
+                             progress=False)
     print(selection_report(record))
-    candidates, _ = find_candidates(seg_runs)
+    _, candidates, _ = find_candidates(seg_runs)
     out = work / "test"
     out.mkdir(exist_ok=True)
+    thresholds = {"thresholds": args.threshold}
     gt = hb / "test_gt"
     results = {}
     for k, c in enumerate(candidates):
-        single = library_config(candidates, seg_runs, f"single_{c.label}", [int(j == k) for j in range(len(candidates))])
+        single = library_config("segmentation", candidates, seg_runs, f"single_{c.label}",
+                                [int(j == k) for j in range(len(candidates))], thresholds)
         results[c.label] = test_dice(single, out, gt)
-    results["average of all"] = test_dice(library_config(candidates, seg_runs, "average"), out, gt)
+    average = library_config("segmentation", candidates, seg_runs, "average", extra=thresholds)
+    results["average of all"] = test_dice(average, out, gt)
     selected = yaml.safe_load(Path(record["yaml"]).read_text())
     selected["name"] = "selection"
     results["selection"] = test_dice(selected, out, gt)
@@ -127,9 +141,28 @@ def main(argv: list[str] | None = None) -> int:
         cf = record["cross_fitted"]
         print(f"cross-fitted validation: selection {cf['selection']:.4f}, best single {cf['best_single']:.4f}, "
               f"average {cf['average']:.4f}")
-    print(f"test: selection - best single (by validation, {best_val}) = {results['selection'] - results[best_val]:+.4f}; "
-          f"selection - best single on test ({best_test}) = {results['selection'] - results[best_test]:+.4f}; "
-          f"selection - average = {results['selection'] - results['average of all']:+.4f}")
+    deltas = {"selection_minus_best_single_by_val": results["selection"] - results[best_val],
+              "selection_minus_best_single_on_test": results["selection"] - results[best_test],
+              "selection_minus_average": results["selection"] - results["average of all"]}
+    print(f"test: selection - best single (by validation, {best_val}) = "
+          f"{deltas['selection_minus_best_single_by_val']:+.4f}; selection - best single on test ({best_test}) = "
+          f"{deltas['selection_minus_best_single_on_test']:+.4f}; selection - average = "
+          f"{deltas['selection_minus_average']:+.4f}")
+    if args.json:
+        write_json(args.json, {
+            "command": "python benchmarks/ensemble_selection.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "phantom": {"n_train": args.n_train, "n_test": args.n_test, "size": args.size, "seed": args.seed},
+            "library": [{"name": n, "model": m, "lr": lr, "seed": args.seed + sd} for n, m, lr, sd in LIBRARY], "image_size": IMAGE_SIZE,
+            "folds": args.folds, "epochs": args.epochs, "patience": args.patience,
+            "threshold": args.threshold, "train_seconds": round(train_s),
+            "validation": "out-of-fold predictions of the training images", "test": "phantom handbones/test",
+            "val_dice": {**record["singles"], "average of all": record["average"],
+                         "selection": record["val"]["in_sample"]},
+            "cross_fitted_val_dice": record["cross_fitted"], "selection": {"weights": record["weights"],
+                                                                           "history": record["history"]},
+            "best_single_by_val": best_val, "best_single_on_test": best_test,
+            "test_dice": {k: round(v, 6) for k, v in results.items()},
+            "deltas": {k: round(v, 6) for k, v in deltas.items()}})
     return 0
 
 

@@ -69,11 +69,22 @@ def fit_ensemble(ens: EnsembleConfig, progress: bool = True) -> dict:
     """Fit member weights minimising the validation MAE (months) on the members' ``preds/val/boneage.csv``;
     writes fit.json and the run folder; returns the fit record."""
     members = resolve_members(ens)
+    ids, preds, truth = validation_ages(ens, members)
+    return fit_values(ens, members, preds, truth, absolute_errors, groups=ids, channels=CHANNELS,
+                      metric="mae_months", describe=lambda w: describe(ens, members, w))
+
+
+def absolute_errors(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Absolute error (months) of every age: the MAE before the mean."""
+    return np.abs(fused - truth)
+
+
+def validation_ages(ens: EnsembleConfig, members: Sequence[Member]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Validation ids, the members' out-of-fold ages ``(M, N)`` from their ``preds/val/boneage.csv`` and the
+    true ages ``(N,)`` (months)."""
     ids, preds = member_predictions(ens, members, "val", SOURCE, from_cache=True)
     truth = {s.id: s.age for cfg in members[0].cfgs for s in BoneAgeTask(cfg).split()[1]}
     missing = [i for i in ids if i not in truth]
     if missing:
         raise FormatError(f"member {members[0].label}: validation id {missing[0]} is not in its validation fold")
-    return fit_values(ens, members, preds, np.array([truth[i] for i in ids]),
-                      lambda fused, target: np.abs(fused - target), groups=ids, channels=CHANNELS,
-                      metric="mae_months", describe=lambda w: describe(ens, members, w))
+    return ids, preds, np.array([truth[i] for i in ids], np.float64)

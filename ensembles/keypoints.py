@@ -176,11 +176,17 @@ def fit_ensemble(ens: EnsembleConfig, progress: bool = True) -> dict:
     members' ``preds/val/keypoints.npz``; writes fit.json and the run folder; returns the fit record."""
     members = resolve_members(ens)
     lmset = landmark_set(members)
+    names, preds, truth = validation_points(ens, members)
+    return fit_values(ens, members, preds, truth, radial_errors, groups=[group_of(n) for n in names],
+                      channels=lmset.names, metric="mre_px", describe=lambda w: describe(ens, members, w, lmset))
+
+
+def validation_points(ens: EnsembleConfig, members: Sequence[Member]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Validation image names, the members' out-of-fold coordinates ``(M, N, K, 2)`` from their
+    ``preds/val/keypoints.npz`` and the true coordinates ``(N, K, 2)`` (original pixels)."""
     names, preds = member_predictions(ens, members, "val", SOURCE, from_cache=True)
     truth = {s.name: s.coords for cfg in members[0].cfgs for s in KeypointTask(cfg).samples("val")}
     missing = [n for n in names if n not in truth]
     if missing:
         raise FormatError(f"member {members[0].label}: validation image {missing[0]} has no label")
-    return fit_values(ens, members, preds, np.stack([truth[n] for n in names]), radial_errors,
-                      groups=[group_of(n) for n in names], channels=lmset.names, metric="mre_px",
-                      describe=lambda w: describe(ens, members, w, lmset))
+    return names, preds, np.stack([truth[n] for n in names]).astype(np.float64)

@@ -21,15 +21,21 @@ held out. :attr:`Selection.cross_fitted` holds the held-out means for the select
 single member (also chosen on the other groups) and for the plain average of all members (nothing
 fitted): the honest comparison. The benchmark (benchmarks/ensemble_selection.py) scores test images.
 
-Segmentation adapter (:func:`select_segmentation`): candidates are the finished runs of
-``runs/segmentation`` whose ``preds/val`` caches are complete, grouped by configuration — the folds
-of one configuration (``<name>-f0``, ``<name>-f1``, ... with configs equal but for ``data.fold``) form
-one candidate whose validation predictions are out-of-fold over all its folds and whose test
-prediction is the mean of its fold models (``runs: [...]`` in the ensemble YAML). Selection runs on
-the validation images every candidate covers (all training images when every candidate has all
-folds; one fold's images when some were trained on that fold only). Score: mean over images of the
-mean over classes of Dice (empty/empty = 1) of the fused uint8 probabilities thresholded as the
-ensemble will threshold them, at the caches' size capped at ``fit_size``.
+The library (:func:`select_ensemble`, every task): candidates are the finished runs of one task's folder
+(``runs/segmentation``, ``runs/keypoints``, ``runs/boneage``) whose out-of-fold validation cache
+(``preds/val``, written by ``train.py --folds all``) holds all their validation images, grouped by
+configuration — the folds of one configuration (``<name>-f0``, ``<name>-f1``, ... with configs equal but
+for ``data.fold``) form one candidate whose validation predictions are out-of-fold over all its folds and
+whose test prediction is the mean of its fold models (``runs: [...]`` in the ensemble YAML). Selection runs
+on the validation images every candidate covers. Each task (:data:`TASKS`) gives a score and a fusion, the
+same weighted fusion its ensemble runner applies to the written YAML (``method: weighted``):
+
+- segmentation: mean over images of the mean over classes of Dice (empty/empty = 1) of the weighted mean of
+  the uint8 probability caches, thresholded as the ensemble will threshold it, at the caches' size capped
+  at ``fit_size``; streamed one image at a time; higher is better;
+- keypoints: MRE (px, original image) of the weighted mean of the members' points
+  (:func:`ensembles.keypoints.fuse_points`); lower is better;
+- bone age: MAE (months) of the weighted mean age (:func:`ensembles.values.fuse_values`); lower is better.
 """
 from __future__ import annotations
 
@@ -47,33 +53,41 @@ from ensembles.fit import patient_folds, validation_items, write_json
 Item = tuple[np.ndarray, Any]
 # score(fused (G, ...), target) -> (G,) or (G, n): one score per weight vector (per sample of a batch item)
 Score = Callable[[np.ndarray, Any], np.ndarray]
+# fuse(preds (M, ...), weights (G, M), rows normalised) -> (G, ...): the ensembles the task's runner would predict
+Fuse = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def mean_fuse(preds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(M, ...)`` member predictions, ``(G, M)`` normalised weights -> ``(G, ...)`` weighted means (float32), all
+    weight vectors in one matrix product: the ``weighted`` segmentation ensemble's mean of probabilities."""
+    flat = np.asarray(preds, np.float32).reshape(len(preds), -1)
+    return (np.asarray(weights, np.float32) @ flat).reshape((len(weights),) + np.shape(preds)[1:])
 
 
 def score_weights(items: Iterable[Item], weights: np.ndarray, score: Score, fold_of: np.ndarray, n_folds: int,
-                  chunk_elements: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
-    """Summed scores ``(U, F)`` of the weighted means with ``weights`` ``(U, M)`` (rows normalised here), per
-    fold of the scored samples (``fold_of``: fold of each sample, in the order ``score`` returns them), and the
-    number of samples per fold ``(F,)``. One pass over ``items``; fused maps are made ``chunk_elements`` at a time.
+                  chunk_elements: int = 1 << 22, fuse: Fuse = mean_fuse) -> tuple[np.ndarray, np.ndarray]:
+    """Summed scores ``(U, F)`` of the ensembles ``fuse(preds, weights)`` with ``weights`` ``(U, M)`` (rows
+    normalised here), per fold of the scored samples (``fold_of``: fold of each sample, in the order ``score``
+    returns them), and the number of samples per fold ``(F,)``. One pass over ``items``; ensembles are fused
+    for about ``chunk_elements`` predicted values at a time.
     """
     w_all = np.asarray(weights, np.float64)
     totals = w_all.sum(1, keepdims=True)
     if (totals <= 0).any() or (w_all < 0).any():
         raise ValueError("score_weights: every weight vector needs non-negative weights with a positive sum")
-    w_all = (w_all / totals).astype(np.float32)
+    w_all = w_all / totals
     sums = np.zeros((len(w_all), n_folds), np.float64)
     counts = np.zeros(n_folds, np.int64)
     pos = 0
     for preds, target in items:
-        preds = np.asarray(preds, np.float32)
+        preds = np.asarray(preds)
         if preds.shape[0] != w_all.shape[1]:
             raise ValueError(f"score_weights: predictions of {preds.shape[0]} members for weights of {w_all.shape[1]}")
-        flat = preds.reshape(preds.shape[0], -1)
-        step = max(1, chunk_elements // max(1, flat.shape[1]))
+        step = max(1, chunk_elements // max(1, preds[0].size))
         parts = []
         for start in range(0, len(w_all), step):
             w = w_all[start:start + step]
-            fused = (w @ flat).reshape((len(w),) + preds.shape[1:])
-            parts.append(np.asarray(score(fused, target), np.float64).reshape(len(w), -1))
+            parts.append(np.asarray(score(fuse(preds, w), target), np.float64).reshape(len(w), -1))
         scores = np.concatenate(parts)
         n = scores.shape[1]
         folds = fold_of[pos:pos + n]
@@ -100,6 +114,14 @@ class _Path:
     held_sum: float | None = None  # summed score of the current ensemble on the held-out fold
     history: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    best: tuple[np.ndarray, float, float | None, int] | None = None  # counts, score, held_sum, steps of the best
+    since_best: int = 0  # additions since the best ensemble
+
+    def keep_if_best(self, sign: float, tol: float) -> None:
+        """Remember the current ensemble when it beats the best so far by more than ``tol``."""
+        if self.score is not None and (self.best is None or sign * (self.score - self.best[1]) > tol):
+            self.best = (self.counts.copy(), self.score, self.held_sum, self.steps)
+            self.since_best = 0
 
 
 @dataclass
@@ -129,12 +151,16 @@ class Selection:
 
 
 def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Score, groups: Sequence[str], *,
-                  mode: str = "max", max_steps: int = 20, init: int = 0, tol: float = 1e-6, folds: int = 5,
-                  seed: int = 0, chunk_elements: int = 1 << 22,
+                  mode: str = "max", max_steps: int = 20, init: int = 0, patience: int = 0, tol: float = 1e-6,
+                  folds: int = 5, seed: int = 0, chunk_elements: int = 1 << 22, fuse: Fuse = mean_fuse,
                   progress: Callable[[str], None] | None = None) -> Selection:
     """Caruana's greedy forward selection with replacement; see the module docstring.
 
+    ``patience``: additions allowed past the best ensemble before stopping (Caruana's fixed number of steps,
+    ``patience >= max_steps``); the best ensemble of the path (the shortest on ties) is returned, so a
+    step that does not improve (e.g. a second copy of the best member) can lead to a mix that does (2:1).
     ``items()``: a fresh iterator over ``(preds (M, ...), target)`` per call (one call per step).
+    ``fuse(preds, weights (G, M))``: the task's weighted fusion (default: the weighted mean).
     ``score(fused (G, ...), target)``: ``(G,)`` or ``(G, n)`` scores; higher is better with ``mode="max"``,
     lower with ``"min"``. ``groups``: the group (patient) of every scored sample, in order — cross-fitting
     folds keep a group together; ``folds`` < 2 or fewer than 2 groups: no cross-fitting.
@@ -143,8 +169,9 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if n_members < 1:
         raise ValueError("greedy_select: no members to select from")
-    if max_steps < 1 or not 0 <= init <= max_steps:
-        raise ValueError(f"greedy_select: need max_steps >= 1 and 0 <= init <= max_steps (got {max_steps}, {init})")
+    if max_steps < 1 or not 0 <= init <= max_steps or patience < 0:
+        raise ValueError(f"greedy_select: need max_steps >= 1, 0 <= init <= max_steps and patience >= 0 (got "
+                         f"{max_steps}, {init}, {patience})")
     init = min(init, n_members)
     sign = 1.0 if mode == "max" else -1.0
     notes: list[str] = []
@@ -180,7 +207,7 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
                 for m in range(n_members):
                     need(p.counts + eye[m])
         table = np.array(list(index), np.int64)
-        sums, per_fold = score_weights(items(), table, score, fold_of, n_folds, chunk_elements)
+        sums, per_fold = score_weights(items(), table, score, fold_of, n_folds, chunk_elements, fuse)
         n_all = int(per_fold.sum())
         if n_all == 0:
             raise ValueError("greedy_select: no validation samples")
@@ -197,6 +224,7 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
                 row = sums[index[tuple(int(v) for v in p.counts)]]
                 p.score = float(row[train].sum() / n_train)
                 p.held_sum = float(row[p.held]) if p.held is not None else None
+                p.keep_if_best(sign, tol)
             if p.steps >= max_steps:
                 p.stopped = "max steps"
                 continue
@@ -206,9 +234,11 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
                 chosen = list(np.argsort(-sign * gain, kind="stable")[:init])
             else:
                 chosen = [int(np.argmax(sign * gain))]
-                if p.score is not None and sign * (gain[chosen[0]] - p.score) <= tol:
-                    p.stopped = "no improvement"
-                    continue
+                if p.best is not None and sign * (gain[chosen[0]] - p.best[1]) <= tol:
+                    if p.since_best >= patience:
+                        p.stopped = "no improvement"
+                        continue
+                    p.since_best += 1
             for m in chosen:
                 p.counts[m] += 1
                 p.steps += 1
@@ -217,6 +247,7 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
             if len(chosen) == 1:
                 p.score = float(gain[chosen[0]])
                 p.held_sum = float(rows[chosen[0], p.held]) if p.held is not None else None
+                p.keep_if_best(sign, tol)
                 if p.steps >= max_steps:
                     p.stopped = "max steps"
             else:
@@ -233,15 +264,16 @@ def greedy_select(items: Callable[[], Iterable[Item]], n_members: int, score: Sc
             train = np.arange(n_folds) != f
             gain = single_sums[:, train].sum(1) / per_fold_n[train].sum()
             best_single_held += float(single_sums[int(np.argmax(sign * gain)), f])
-        cross = {"selection": sum(p.held_sum for p in paths[1:]) / n_all,
+        cross = {"selection": sum(p.best[2] for p in paths[1:]) / n_all,
                  "best_single": best_single_held / n_all, "average": average}
-    return Selection(counts=main.counts.copy(), score=float(main.score), singles=singles, average=average,
-                     history=main.history, stopped=main.stopped or "max steps", n_items=len(fold_of),
+    counts, best_score, _, best_steps = main.best
+    return Selection(counts=counts, score=float(best_score), singles=singles, average=average,
+                     history=main.history[:best_steps], stopped=main.stopped or "max steps", n_items=len(fold_of),
                      n_folds=n_folds, mode=mode, cross_fitted=cross,
-                     fold_counts=[p.counts.tolist() for p in paths[1:]], notes=notes)
+                     fold_counts=[p.best[0].tolist() for p in paths[1:]], notes=notes)
 
 
-# ---------------------------------------------------------------- segmentation adapter
+# ---------------------------------------------------------------- per-task scores and fusions
 
 def dice_score(thresholds: np.ndarray) -> Score:
     """Score of fused probabilities ``(G, C, P)`` against a ``(C, P)`` mask: mean over classes of Dice of
@@ -259,6 +291,28 @@ def dice_score(thresholds: np.ndarray) -> Score:
     return score
 
 
+def mean_radial_error(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per image, the mean over landmarks of the radial error (px) of fused points ``(G, N, K, 2)`` against
+    ``(N, K, 2)``: ``(G, N)``, whose mean is the MRE."""
+    from tasks.keypoints import radial_errors
+
+    return radial_errors(fused, np.broadcast_to(truth, fused.shape)).mean(-1)
+
+
+def age_errors(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Absolute errors (months) of fused ages ``(G, N)`` against ``(N,)``: ``(G, N)``, whose mean is the MAE."""
+    from ensembles.boneage import absolute_errors
+
+    return absolute_errors(fused, truth[None])
+
+
+def fuse_each(fuse_one: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fuse:
+    """A :data:`Fuse` from a task's own weighted fusion of ``(M, N, ...)`` values with ``(M,)`` weights."""
+    return lambda preds, weights: np.stack([fuse_one(preds, w) for w in weights])
+
+
+# ---------------------------------------------------------------- the library: finished runs and their caches
+
 @dataclass
 class Candidate:
     """One configuration of the library: its finished fold runs (complete ``preds/val`` caches)."""
@@ -268,16 +322,156 @@ class Candidate:
     folds: list[int]
 
 
+@dataclass
+class Problem:
+    """A library's validation set, as :func:`greedy_select` reads it, and how the task fuses and reports."""
+
+    items: Callable[[], Iterable[Item]]
+    groups: list[str]  # the patient (cross-fitting group) of every scored sample
+    score: Score
+    fuse: Fuse = mean_fuse
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TaskSelection:
+    """What selection needs from one task: a run's validation images and those in its cache, the extra keys of
+    the ensemble YAML, the validation problem of a library and the ``ensemble`` entry of the summary."""
+
+    label: str  # the metric in reports
+    cache: str  # the run's out-of-fold cache, as reports name it
+    val_names: Callable[[Any], set[str]]  # run config -> its validation images
+    cached_names: Callable[[Path], set[str]]  # <run>/preds/val -> the images its cache holds (empty: none)
+    yaml: Callable[[dict], dict]  # options -> extra keys of the ensemble YAML
+    problem: Callable[[Any, list, dict], Problem]  # (library config, members, options)
+    describe: Callable[[Any, list], dict]  # (ensemble config, members) -> summary "ensemble" entry
+
+
+def _segmentation_val(cfg) -> set[str]:
+    from engine.predictor import split_samples
+
+    return {s.name for s in split_samples(cfg, "val")}
+
+
+def _segmentation_cached(folder: Path) -> set[str]:
+    return {p.name[:-4] for p in folder.glob("*.npz")}
+
+
+def _segmentation_problem(library, members: list, options: dict) -> Problem:
+    from tqdm import tqdm
+
+    from ensembles.runner import check_cache, ensemble_samples
+    from tasks.formats.handbones import CLASSES
+
+    samples, notes = _caught(lambda: ensemble_samples(library, members, "val"))
+    unlabelled = [s.name for s in samples if s.label_path is None]
+    if unlabelled:
+        raise ValueError(f"{library.members[0].run_dirs[0].parent}: validation image {unlabelled[0]} has no label file")
+    check_cache(members, samples, "val")
+
+    def items() -> Iterable[Item]:
+        bar = tqdm(samples, desc="select", disable=not options["progress"], dynamic_ncols=True, leave=False)
+        return ((maps, gt) for maps, gt, _ in validation_items(members, bar, options["fit_size"]))
+
+    return Problem(items, [s.patient for s in samples], dice_score(np.full(len(CLASSES), options["threshold"])),
+                   notes=notes)
+
+
+def _segmentation_describe(ens, members: list) -> dict:
+    from ensembles.runner import Fuser
+
+    return Fuser(ens, members).describe()
+
+
+def _keypoints_val(cfg) -> set[str]:
+    from tasks.keypoints import KeypointTask
+
+    return {s.name for s in KeypointTask(cfg).samples("val")}
+
+
+def _keypoints_cached(folder: Path) -> set[str]:
+    from engine.predict_keypoints import load_cache
+
+    return set(load_cache(folder / "keypoints.npz")[0]) if (folder / "keypoints.npz").is_file() else set()
+
+
+def _keypoints_problem(library, members: list, options: dict) -> Problem:
+    from ensembles.keypoints import fuse_points, landmark_set, validation_points
+    from tasks.keypoints import group_of
+
+    landmark_set(members)  # one landmark set across the library
+    (names, preds, truth), notes = _caught(lambda: validation_points(library, members))
+    return Problem(lambda: iter([(preds, truth)]), [group_of(n) for n in names], mean_radial_error,
+                   fuse_each(lambda p, w: fuse_points(p, "weighted", w)), notes)
+
+
+def _keypoints_describe(ens, members: list) -> dict:
+    from ensembles.keypoints import describe, landmark_set
+    from ensembles.values import ensemble_weights
+
+    lmset = landmark_set(members)
+    return describe(ens, members, ensemble_weights(ens, members, lmset.names), lmset)
+
+
+def _boneage_val(cfg) -> set[str]:
+    from tasks.boneage import BoneAgeTask
+
+    return {s.id for s in BoneAgeTask(cfg).split()[1]}
+
+
+def _boneage_cached(folder: Path) -> set[str]:
+    from engine.predict_boneage import CACHE_FILE
+    from tasks.boneage import read_submission
+
+    path = folder / CACHE_FILE
+    return {str(i) for i in read_submission(path)["id"]} if path.is_file() else set()
+
+
+def _boneage_problem(library, members: list, options: dict) -> Problem:
+    from ensembles.boneage import validation_ages
+    from ensembles.values import fuse_values
+
+    (ids, preds, truth), notes = _caught(lambda: validation_ages(library, members))
+    return Problem(lambda: iter([(preds, truth)]), list(ids), age_errors,
+                   fuse_each(lambda p, w: fuse_values(p, "weighted", w)), notes)
+
+
+def _boneage_describe(ens, members: list) -> dict:
+    from ensembles.boneage import CHANNELS, describe
+    from ensembles.values import ensemble_weights
+
+    return describe(ens, members, ensemble_weights(ens, members, CHANNELS))
+
+
+def _caught(read: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """``read()`` and the warnings it gave (members covering different validation images), as report notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = read()
+    return value, [str(w.message) for w in caught]
+
+
+TASKS: dict[str, TaskSelection] = {
+    "segmentation": TaskSelection("Dice", "preds/val/<image>.npz", _segmentation_val, _segmentation_cached,
+                                  lambda o: {"thresholds": o["threshold"]}, _segmentation_problem,
+                                  _segmentation_describe),
+    "keypoints": TaskSelection("MRE (px)", "preds/val/keypoints.npz", _keypoints_val, _keypoints_cached,
+                               lambda o: {}, _keypoints_problem, _keypoints_describe),
+    "boneage": TaskSelection("MAE (months)", "preds/val/boneage.csv", _boneage_val, _boneage_cached,
+                             lambda o: {}, _boneage_problem, _boneage_describe),
+}
+
+
 def _fold_base(run_dir: Path, fold: int) -> str:
     return re.sub(rf"-f{fold}$", "", run_dir.name)
 
 
-def find_candidates(runs_dir: str | Path, task: str = "segmentation") -> tuple[list[Candidate], list[str]]:
-    """Finished runs of ``runs_dir`` with a complete validation cache, grouped by configuration; and notes on
-    the folders left out (unfinished, no cache, an ensemble). Runs named ``<base>-f<fold>`` whose configs
-    differ only in ``data.fold`` (and runtime keys) are one candidate; otherwise each run is its own."""
+def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[str]]:
+    """The task of the finished runs of ``runs_dir``, those runs with a complete out-of-fold validation cache
+    grouped by configuration, and notes on the runs left out (unfinished, no or an incomplete cache). Runs
+    named ``<base>-f<fold>`` whose configs differ only in ``data.fold`` (and runtime keys) are one candidate;
+    otherwise each run is its own. Ensemble folders are skipped; finished runs of several tasks are an error."""
     from engine.config import load_config
-    from engine.predictor import split_samples
     from engine.run_folder import RESUME_FREE_KEYS, differing_keys
     from engine.summary import read_summary
 
@@ -285,7 +479,7 @@ def find_candidates(runs_dir: str | Path, task: str = "segmentation") -> tuple[l
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no such runs folder")
     notes: list[str] = []
-    found: dict[str, list[tuple[Path, Any]]] = {}
+    finished: list[tuple[Path, Any]] = []
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         summary = read_summary(run)
         if summary.get("kind") not in (None, "run") or not (run / "config.yaml").is_file():
@@ -293,17 +487,31 @@ def find_candidates(runs_dir: str | Path, task: str = "segmentation") -> tuple[l
         if not summary or not (run / "best.pt").is_file():
             notes.append(f"{run.name}: not finished (no summary.json or best.pt), left out")
             continue
-        cfg = load_config(run / "config.yaml")
-        if cfg.task != task:
-            continue
-        expected = {s.name for s in split_samples(cfg, "val")}
+        finished.append((run, load_config(run / "config.yaml")))
+    hint = "train with `python train.py -c CONFIG --folds all`, which writes the out-of-fold predictions"
+    if not finished:
+        raise ValueError(f"{runs_dir}: no finished run (summary.json and best.pt) to select from; {hint}")
+    tasks = sorted({cfg.task for _, cfg in finished})
+    if len(tasks) > 1:
+        example = {t: next(r.name for r, c in finished if c.task == t) for t in tasks}
+        raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {r}' for t, r in example.items())}"
+                         f"); select from one task's folder, e.g. runs/{tasks[0]}")
+    task = tasks[0]
+    spec = TASKS[task]
+    found: dict[str, list[tuple[Path, Any]]] = {}
+    for run, cfg in finished:
+        expected = spec.val_names(cfg)
         folder = run / "preds" / "val"
-        have = {p.name[:-4] for p in folder.glob("*.npz")} if folder.is_dir() else set()
+        have = spec.cached_names(folder) if folder.is_dir() else set()
         if not expected <= have:
-            notes.append(f"{run.name}: preds/val lacks {len(expected - have)} of {len(expected)} validation images, left "
-                         f"out (write it with `python inference.py --ckpt {run / 'best.pt'} --split val --save-probs`)")
+            lacking = f"lacks {len(expected - have)} of {len(expected)} validation images" if have else "does not exist"
+            notes.append(f"{run.name}: {spec.cache} {lacking}, left out (write it with `python inference.py --ckpt "
+                         f"{run / 'best.pt'} --split val --save-probs`)")
             continue
         found.setdefault(_fold_base(run, cfg.data.fold), []).append((run, cfg))
+    if not found:
+        raise ValueError(f"{runs_dir}: none of its {len(finished)} finished {task} runs has out-of-fold predictions "
+                         f"({spec.cache}) of all its validation images; {hint}")
     candidates = []
     ignore = set(RESUME_FREE_KEYS) | {"data.fold", "logging.run_name"}
     for base, runs in found.items():
@@ -313,71 +521,60 @@ def find_candidates(runs_dir: str | Path, task: str = "segmentation") -> tuple[l
         else:
             notes.append(f"{base}: its fold runs differ in more than data.fold; each run is its own candidate")
             candidates += [Candidate(r.name, [r], [c.data.fold]) for r, c in runs]
-    if not candidates:
-        raise ValueError(f"{runs_dir}: no finished {task} run with a complete validation cache (preds/val); train "
-                         f"with `python train.py -c CONFIG --folds all`, which writes it"
-                         + ("".join(f"\n  {n}" for n in notes)))
-    return candidates, notes
+    return task, candidates, notes
 
 
-def library_config(candidates: Sequence[Candidate], runs_dir: Path, name: str, counts: np.ndarray | None = None,
-                   thresholds: float = 0.5) -> dict:
+def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, name: str,
+                   counts: Sequence[int] | None = None, extra: dict | None = None) -> dict:
     """The ensemble YAML's mapping: ``weighted`` over the candidates (those with ``counts`` > 0: weights =
-    counts / total), out_dir such that the ensemble's folder is ``<runs_dir>/<name>``."""
+    counts / total; all, equally, without ``counts``), out_dir such that its folder is ``<runs_dir>/<name>``;
+    ``extra``: the task's further keys (segmentation: ``thresholds``)."""
     keep = [k for k in range(len(candidates)) if counts is None or counts[k] > 0]
     total = None if counts is None else float(np.sum(counts))
     return {
-        "task": "segmentation", "method": "weighted", "name": name, "out_dir": str(runs_dir.parent),
+        "task": task, "method": "weighted", "name": name, "out_dir": str(runs_dir.parent),
         "members": [{"name": candidates[k].label, "runs": [str(r) for r in candidates[k].runs]} for k in keep],
         "weights": [1.0] * len(keep) if counts is None else [round(float(counts[k]) / total, 6) for k in keep],
-        "thresholds": thresholds,
+        **(extra or {}),
     }
 
 
-def select_segmentation(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
-                        folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
-                        out: str | Path | None = None, progress: bool = True) -> dict:
-    """Select an ensemble from every finished segmentation run of ``runs_dir`` (see the module docstring);
-    write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and
-    the ensemble's summary.json. Returns the record (scores, members, weights, paths)."""
+def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
+                    patience: int = 0, folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+                    out: str | Path | None = None, progress: bool = True) -> dict:
+    """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
+    write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
+    ensemble's summary.json. ``fit_size`` and ``threshold``: segmentation only. Returns the record."""
     import yaml
-    from tqdm import tqdm
 
     from ensembles.config import EnsembleConfig
-    from ensembles.runner import Fuser, check_cache, ensemble_samples, resolve_members, write_ensemble_summary
+    from ensembles.runner import resolve_members, write_ensemble_summary
     from tasks.formats.atomic import write_text
-    from tasks.formats.handbones import CLASSES
+    from tasks.registry import get_task_class
 
     runs_dir = Path(runs_dir)
-    candidates, notes = find_candidates(runs_dir)
-    library = EnsembleConfig.model_validate(library_config(candidates, runs_dir, name, thresholds=threshold))
+    task, candidates, notes = find_candidates(runs_dir)
+    spec, task_cls = TASKS[task], get_task_class(task)
+    options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}
+    extra = spec.yaml(options)
+    library = EnsembleConfig.model_validate(library_config(task, candidates, runs_dir, name, extra=extra))
     members = resolve_members(library)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        samples = ensemble_samples(library, members, "val")
-    notes += [str(w.message) for w in caught]
-    unlabelled = [s.name for s in samples if s.label_path is None]
-    if unlabelled:
-        raise ValueError(f"{runs_dir}: validation image {unlabelled[0]} has no label file")
-    check_cache(members, samples, "val")
-
-    def items() -> Iterable[Item]:
-        bar = tqdm(samples, desc="select", disable=not progress, dynamic_ncols=True, leave=False)
-        return ((maps, gt) for maps, gt, _ in validation_items(members, bar, fit_size))
-
-    thresholds = np.full(len(CLASSES), threshold)
-    result = greedy_select(items, len(members), dice_score(thresholds), [s.patient for s in samples],
-                           max_steps=max_steps, init=init, folds=folds, seed=seed)
+    problem = spec.problem(library, members, options)
+    result = greedy_select(problem.items, len(members), problem.score, problem.groups, mode=task_cls.mode,
+                           max_steps=max_steps, init=init, patience=patience, folds=folds, seed=seed,
+                           fuse=problem.fuse)
     labels = [c.label for c in candidates]
-    chosen = library_config(candidates, runs_dir, name, result.counts, threshold)
+    chosen = library_config(task, candidates, runs_dir, name, result.counts, extra)
     ens = EnsembleConfig.model_validate(chosen)
     yaml_path = Path(out) if out else ens.run_dir / "selection.yaml"
     val = {"score": round(result.cross_fitted["selection"] if result.cross_fitted else result.score, 6),
            "in_sample": round(result.score, 6), "guard": "cross-fitting" if result.cross_fitted else None}
     record = {
+        "task": task, "metric": task_cls.metric, "mode": task_cls.mode, "metric_label": spec.label,
         "runs_dir": str(runs_dir), "candidates": {c.label: [str(r) for r in c.runs] for c in candidates},
         "folds_of": {c.label: c.folds for c in candidates},
-        "images": result.n_items, "cross_fitting_folds": result.n_folds, "threshold": threshold, "fit_size": fit_size,
+        "images": result.n_items, "cross_fitting_folds": result.n_folds, "patience": patience,
+        **({"threshold": threshold, "fit_size": fit_size} if task == "segmentation" else {}),
         "counts": dict(zip(labels, result.counts.tolist())),
         "weights": {labels[k]: round(float(w), 6) for k, w in enumerate(result.weights) if w > 0},
         "history": [{**h, "member": labels[h["member"]]} for h in result.history], "stopped": result.stopped,
@@ -385,12 +582,13 @@ def select_segmentation(runs_dir: str | Path, *, name: str = "selected", max_ste
         "best_single": labels[result.best_single], "average": round(result.average, 6),
         "cross_fitted": {k: round(v, 6) for k, v in result.cross_fitted.items()} if result.cross_fitted else None,
         "fold_selections": [dict(zip(labels, c)) for c in result.fold_counts],
-        "notes": notes + result.notes, "yaml": str(yaml_path),
+        "notes": notes + problem.notes + result.notes, "yaml": str(yaml_path),
     }
     header = (f"# Selected by tools/fit_ensemble.py --select {runs_dir}: greedy forward selection with replacement\n"
               f"# (Caruana et al. 2004) on out-of-fold validation predictions of {result.n_items} images.\n"
-              f"# validation Dice: selection {result.score:.4f} (in sample), best single {labels[result.best_single]} "
-              f"{result.singles[result.best_single]:.4f}, average of all {result.average:.4f}\n")
+              f"# validation {spec.label}: selection {result.score:.4f} (in sample), best single "
+              f"{labels[result.best_single]} {result.singles[result.best_single]:.4f}, average of all "
+              f"{result.average:.4f}\n")
     if result.cross_fitted:
         cf = result.cross_fitted
         header += (f"# cross-fitted over patients (held out): selection {cf['selection']:.4f}, best single "
@@ -399,25 +597,31 @@ def select_segmentation(runs_dir: str | Path, *, name: str = "selected", max_ste
     write_text(yaml_path, header + yaml.safe_dump(chosen, sort_keys=False))
     write_json(yaml_path.parent / "selection.json", record)
     chosen_members = [m for m, c in zip(members, result.counts) if c > 0]
-    write_ensemble_summary(ens, chosen_members, Fuser(ens, chosen_members).describe(), val=val)
+    write_ensemble_summary(ens, chosen_members, spec.describe(ens, chosen_members), val=val)
     return record
 
 
 def selection_report(record: dict) -> str:
-    """Human-readable report of :func:`select_segmentation`."""
-    lines = [f"candidates ({len(record['candidates'])}): " + ", ".join(
+    """Human-readable report of :func:`select_ensemble`."""
+    metric = record["metric_label"]
+    better = "higher" if record["mode"] == "max" else "lower"
+    images = f"validation images: {record['images']} (out-of-fold)"
+    if "threshold" in record:
+        images += f", threshold {record['threshold']}"
+    lines = [f"task: {record['task']}; {metric}, {better} is better",
+             f"candidates ({len(record['candidates'])}): " + ", ".join(
                  f"{k} (folds {','.join(map(str, record['folds_of'][k]))})" for k in record["candidates"]),
-             f"validation images: {record['images']} (out-of-fold), threshold {record['threshold']}",
-             "each candidate alone (validation Dice):"]
+             images, f"each candidate alone (validation {metric}):"]
     for label, value in record["singles"].items():
         lines.append(f"  {label:<28} {value:.4f}")
     lines.append(f"average of all candidates: {record['average']:.4f}")
-    lines.append("greedy steps (member added -> ensemble Dice):")
+    lines.append(f"greedy steps (member added -> ensemble {metric}):")
     for h in record["history"]:
         lines.append(f"  {h['step']:>3}  +{h['member']:<26} " + (f"{h['score']:.4f}" if h["score"] is not None else "init"))
-    lines.append(f"stopped: {record['stopped']}")
+    lines.append(f"stopped: {record['stopped']}" + (f" (patience {record['patience']}: the best ensemble along the path "
+                                                    f"is kept)" if record["patience"] else ""))
     lines.append("selected: " + ", ".join(f"{k}={w:.3f}" for k, w in record["weights"].items()))
-    lines.append(f"validation Dice of the selection (in sample, optimistic): {record['val']['in_sample']:.4f}")
+    lines.append(f"validation {metric} of the selection (in sample, optimistic): {record['val']['in_sample']:.4f}")
     if record["cross_fitted"]:
         cf = record["cross_fitted"]
         lines.append(f"cross-fitted (selected without the held-out patients): selection {cf['selection']:.4f}, "

@@ -59,6 +59,25 @@ def test_selection_stops_after_max_steps_and_sorted_init():
     assert init.counts.tolist() == [2, 1, 0] and init.history[0]["score"] is None
 
 
+def test_patience_reaches_mixes_a_plain_greedy_stop_misses():
+    """Biases +1 and -3: A alone errs 1, A+B (1:1) errs 1 too, so the plain greedy stops at A; one more
+    step (a second A, no better) opens 2:1 (1/3) and 3:1 (exact), which the path returns."""
+    rng = np.random.default_rng(2)
+    y = rng.normal(100, 20, 40)
+    preds = np.stack([y + 1, y - 3])
+    groups = [f"ID{i // 2:03d}" for i in range(40)]
+    plain = greedy_select(lambda: iter([(preds, y)]), 2, _mae, groups, mode="min", folds=0)
+    assert plain.counts.tolist() == [1, 0] and plain.score == pytest.approx(1.0)
+    sel = greedy_select(lambda: iter([(preds, y)]), 2, _mae, groups, mode="min", folds=2, patience=1)
+    assert sel.counts.tolist() == [3, 1] and sel.score == pytest.approx(0.0, abs=1e-4)
+    assert [h["member"] for h in sel.history] == [0, 0, 1, 0] and sel.stopped == "no improvement"
+    assert sel.cross_fitted["selection"] == pytest.approx(0.0, abs=1e-4)
+    assert all(c == [3, 1] for c in sel.fold_counts)
+    # a path that never improves past its best returns the best prefix, not its last state
+    capped = greedy_select(lambda: iter([(preds, y)]), 2, _mae, groups, mode="min", folds=0, patience=1, max_steps=2)
+    assert capped.counts.tolist() == [1, 0] and capped.stopped == "max steps" and len(capped.history) == 1
+
+
 def test_streamed_scores_equal_direct_computation():
     rng = np.random.default_rng(1)
     per_item = [(rng.random((3, 2, 50)).astype(np.float32), rng.random((2, 50)) < 0.4) for _ in range(6)]
@@ -196,6 +215,8 @@ def test_select_writes_a_yaml_that_inference_runs(fold_library, phantom, tmp_pat
     assert inference.main(["--ensemble", str(runs / "selected" / "selection.yaml"), "-o", str(csv)]) == 0
     rows = dict(iter_images(csv))
     assert len(rows) == 8 and all(len(r) == 29 for r in rows.values())
-    # the ensemble folder itself is not a candidate of a second selection
-    assert fit_ensemble.main(["--select", str(runs), "--quiet", "--name", "again"]) == 0
+    # the ensemble folder itself is not a candidate of a second selection; --threshold reaches score and YAML
+    assert fit_ensemble.main(["--select", str(runs), "--quiet", "--name", "again", "--threshold", "0.3"]) == 0
     assert "candidates (2)" in capsys.readouterr().out
+    again = json.loads((runs / "again" / "selection.json").read_text())
+    assert again["threshold"] == 0.3 and load_ensemble_config(runs / "again" / "selection.yaml").thresholds == 0.3

@@ -4,6 +4,7 @@
   python inference.py --ckpt runs/<task>/<run>/best.pt --split val --save-probs   # once per member run
   python tools/fit_ensemble.py configs/ensembles/seg_weighted.yaml
   python tools/fit_ensemble.py --select runs/segmentation        # choose members + weights (Caruana), write the YAML
+  python tools/fit_ensemble.py --select runs/keypoints           # (any task: runs/keypoints, runs/boneage)
 
 Every task: segmentation fits weights (per member or per class) and per-class thresholds (maximising
 Dice), keypoints member or per-landmark weights of the coordinate mean (minimising the radial error,
@@ -15,6 +16,10 @@ labels of the training set, fits what the config marks ``fit`` (``weights: fit``
 chooses between the defaults and the fitted variants by cross-fitting over patients (see
 ensembles/fit.py), and writes ``<out_dir>/<task>/<name>/fit.json`` and the ensemble's summary.json.
 Prints the fitted values and the validation score before and after (in sample and cross-fitted).
+
+``--select RUNS_DIR`` chooses the members and their weights from every finished run of one task's folder by
+greedy forward selection with replacement on the runs' out-of-fold validation predictions (Dice for
+segmentation, MRE for keypoints, MAE for bone age; ensembles/select.py) and writes the ensemble YAML.
 """
 from __future__ import annotations
 
@@ -66,12 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", help="runs folder (default: the config's out_dir)")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--select", metavar="RUNS_DIR", help="instead of a config: choose the ensemble from every finished "
-                        "run of RUNS_DIR (runs/segmentation) by greedy selection with replacement on out-of-fold "
+                        "run of RUNS_DIR (runs/segmentation, runs/keypoints, runs/boneage) by greedy selection with replacement on out-of-fold "
                         "validation predictions (ensembles/select.py) and write its YAML")
     parser.add_argument("--name", default="selected", help="--select: ensemble name (folder <RUNS_DIR>/<name>/)")
     parser.add_argument("-o", "--out", help="--select: YAML to write (default <RUNS_DIR>/<name>/selection.yaml)")
     parser.add_argument("--max-steps", type=int, default=20, help="--select: additions at most")
     parser.add_argument("--init", type=int, default=0, help="--select: start from the N best runs (0: empty)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="--select, segmentation: the threshold of the "
+                        "fused probabilities the ensembles are scored at (and the YAML's thresholds)")
+    parser.add_argument("--patience", type=int, default=0, help="--select: additions allowed past the best ensemble "
+                        "before stopping; the best one is kept (0: stop at the first addition that does not improve)")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.select):
         parser.error("give an ensemble config or --select RUNS_DIR")
@@ -79,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     from ensembles.plugins import ensemble_fitter
 
     if args.select:
-        from ensembles.select import select_segmentation, selection_report
+        from ensembles.select import select_ensemble, selection_report
 
-        record = select_segmentation(args.select, name=args.name, out=args.out, max_steps=args.max_steps,
-                                     init=args.init, progress=not args.quiet)
+        record = select_ensemble(args.select, name=args.name, out=args.out, max_steps=args.max_steps,
+                                     init=args.init, patience=args.patience, threshold=args.threshold,
+                                     progress=not args.quiet)
         print(selection_report(record))
         return 0
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
