@@ -33,7 +33,8 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    # None: the task's own default (Task.default_loss: bce + dice, kl, l1), filled in when the config is validated.
+    weights: dict[str, Annotated[float, Field(ge=0)]] | None = None
     focal_gamma: float = Field(2.0, ge=0)
     tversky_alpha: float = Field(0.3, ge=0)
     tversky_beta: float = Field(0.7, ge=0)
@@ -132,6 +133,8 @@ class Config(Section):
             check_thresholds(self.inference.threshold, get_task_class(self.task).classes)
         except ValueError as err:
             raise ValueError(f"inference.threshold: {err}") from None
+        if self.loss.weights is None:
+            self.loss.weights = dict(get_task_class(self.task).default_loss)
         if self.inference.sliding_window and self.task != "segmentation":
             raise ValueError(f"inference.sliding_window: tiles are for segmentation, not {self.task}")
         return self

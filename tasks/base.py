@@ -88,6 +88,8 @@ class Task(ABC):
     mode: ClassVar[Literal["max", "min"]]
     # One sigmoid per output channel (multilabel): the trainer starts the output bias at model.output_prior.
     sigmoid_outputs: ClassVar[bool] = False
+    # loss.weights when the config has none.
+    default_loss: ClassVar[dict[str, float]]
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -168,6 +168,7 @@ class BoneAgeTask(Task):
     Data = BoneAgeData
     metric = "mae_months"
     mode = "min"
+    default_loss = {"l1": 1.0}
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

@@ -167,6 +167,7 @@ class KeypointTask(Task):
     Data = KeypointData
     metric = "mre_px"
     mode = "min"
+    default_loss = {"kl": 1.0}
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

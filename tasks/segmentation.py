@@ -147,6 +147,7 @@ class SegmentationTask(Task):
     metric = "dice"
     mode = "max"
     sigmoid_outputs = True
+    default_loss = {"bce": 1.0, "dice": 1.0}
     classes: tuple[str, ...] = CLASSES
 
     def __init__(self, cfg) -> None:

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from engine.config import ConfigError, load_config, parse_overrides, save_config
+from engine.config import ConfigError, build_config, load_config, parse_overrides, save_config
+from tasks.registry import get_task_class
 
 BASE = {"task": "segmentation", "data": {"root": "x/train"}, "model": {"name": "smp:unet/resnet18"}}
 
@@ -69,3 +70,15 @@ def test_task_specific_data_keys_survive_overrides_and_saving(tmp_path):
     assert cfg.data.val_at_train_size is True and cfg.data.cache_dir == "c"
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml").data.val_at_train_size is True
+
+
+@pytest.mark.parametrize("task,data,expected", [
+    ("segmentation", {}, {"bce": 1.0, "dice": 1.0}),
+    ("keypoints", {}, {"kl": 1.0}),
+    ("boneage", {}, {"l1": 1.0}),
+])
+def test_config_without_loss_gets_its_tasks_default(tmp_path, task, data, expected):
+    """A keypoint or bone-age config without a loss section used to get segmentation's bce + dice."""
+    cfg = build_config({"task": task, "data": {"root": str(tmp_path), "image_size": 64, **data}})
+    assert cfg.loss.weights == expected
+    get_task_class(task)(cfg)   # the task's loss accepts it
