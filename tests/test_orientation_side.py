@@ -120,3 +120,12 @@ def test_classifier_learns_on_tiny_phantoms(tmp_path):
     image = held_out[0][1]
     assert np.allclose(loaded.probabilities(image), model.probabilities(image), atol=1e-6)
     assert loaded(image) == model(image)
+
+
+def test_eval_cli_learned_method_needs_a_model(tmp_path, capsys):
+    from tools.orientation_eval import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--method", "learned"])
+    assert exit_.value.code == 2
+    assert "--method learned needs --model CKPT" in capsys.readouterr().err
