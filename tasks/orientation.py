@@ -273,9 +273,7 @@ def dihedral_orientation(orientation: Orientation, quarters: int, mirror: bool) 
 
 def dihedral_label(label: int, quarters: int, mirror: bool) -> int:
     """:func:`dihedral_orientation` on SHS_NET class numbers."""
-    out = dihedral_orientation(Orientation.from_label(label), quarters, mirror).label
-    assert out is not None
-    return out
+    return int(dihedral_orientation(Orientation.from_label(label), quarters, mirror).label)  # type: ignore[arg-type]
 
 
 DIHEDRAL = tuple((k, m) for k in range(4) for m in (False, True))
