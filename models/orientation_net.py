@@ -19,7 +19,7 @@ from tasks.orientation import DIHEDRAL, DIHEDRAL_LABELS, SIDES, Orientation, dih
 
 DEFAULT_ARCH = "resnet10t"
 DEFAULT_WIDTH = 16
-DEFAULT_SIZE = 64
+DEFAULT_SIZE = 96
 
 
 def build_orientation_net(arch: str = DEFAULT_ARCH, width: int | None = DEFAULT_WIDTH) -> nn.Module:
