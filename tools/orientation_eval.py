@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation by image of all methods")
     parser.add_argument("--cv-dir", help="keep each fold's classifier here; a rerun resumes at the first missing fold")
     parser.add_argument("--train", metavar="OUT", help="train a classifier on the folder and phantoms, save it")
-    parser.add_argument("--phantoms", type=int, default=60, help="phantom patients for training (3 films each)")
+    parser.add_argument("--phantoms", type=int, default=40, help="phantom patients for training (3 films each)")
     parser.add_argument("--steps", type=int, default=OrientationTrainConfig.steps, help="training steps")
     parser.add_argument("--size", type=int, default=OrientationTrainConfig.size, help="classifier input size (px)")
     parser.add_argument("--json", help="write the result (accuracies, confusion, errors) to this file")
