@@ -38,7 +38,7 @@ class OrientationTrainConfig:
     arch: str = DEFAULT_ARCH
     width: int | None = DEFAULT_WIDTH
     size: int = DEFAULT_SIZE
-    steps: int = 240
+    steps: int = 480
     batch: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
