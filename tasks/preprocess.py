@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from tasks.base import Section
 from tasks.handmask import components, downscale, grow, hand_mask, minmax, palm
-from tasks.orientation import apply_orientation, detect_orientation
+from tasks.orientation import OrientationClassifier, apply_orientation, detect_orientation
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), pixels
 ROI_NAMES = ("carpus", "mcp", "middle_finger", "thumb")
@@ -265,10 +265,14 @@ class Preprocessed:
 
 
 class Preprocess:
-    """The configured chain of steps; ``Preprocess(cfg)(image)`` returns the processed uint8 image."""
+    """The configured chain of steps; ``Preprocess(cfg)(image)`` returns the processed uint8 image.
+    ``classifier`` (e.g. a loaded ``models.orientation_net.LearnedOrientation``) is asked for the side
+    when the hands and the burnt-in marker leave it open; an uncertain side is never mirrored."""
 
-    def __init__(self, cfg: PreprocessConfig | dict | None = None) -> None:
+    def __init__(self, cfg: PreprocessConfig | dict | None = None, classifier: OrientationClassifier | None = None
+                 ) -> None:
         self.cfg = cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.model_validate(cfg or {})
+        self.classifier = classifier
 
     @property
     def tag(self) -> str:
@@ -291,7 +295,7 @@ class Preprocess:
         orientation = None
         thumb_right = True
         if c.orientation != "off":
-            orientation = detect_orientation(image)
+            orientation = detect_orientation(image, classifier=self.classifier)
             image = apply_orientation(image, orientation, mirror_to_left=c.orientation == "rotate_mirror")
             thumb_right = orientation.side != "right" or c.orientation == "rotate_mirror"
         h, w = image.shape

@@ -36,27 +36,29 @@ def test_apply_orientation_mirrors_right_hands_only_when_asked():
 
 
 def test_accuracy_on_the_shared_real_set(real_data):
-    """The 68 SHS_NET orientation images: rotation >= 95 %, side >= 90 % (README: 98.5 % / 98.5 %)."""
-    from tools.orientation_eval import evaluate, labelled_folder
+    """The 68 SHS_NET orientation images (the heuristic's thresholds were tuned on them): rotation >= 95 %,
+    side >= 90 %, an undecided side reported as uncertain."""
+    from tasks.orientation import evaluate, labelled_folder
 
     result = evaluate(labelled_folder(real_data / "shs_net_orientation"))
     assert result["images"] == 68
     assert result["rotation_acc"] >= 0.95
     assert result["side_acc"] >= 0.90
-    assert np.asarray(result["confusion"]).sum() == 68
+    assert np.asarray(result["confusion"]).sum() + result["uncertain"] == 68
+    assert result["uncertain"] <= 5 and all(e["pred"] is not None or e["side_source"] == "none" for e in result["errors"])
 
 
 def test_predictions_follow_rotations_and_mirrors_of_real_images(real_data):
     """Rotating or mirroring an image changes the detected rotation exactly as it changes the true one,
-    and the side whenever the detector is confident (an undecided thumb defaults to a left hand)."""
-    from tools.orientation_eval import dihedral, labelled_folder
+    and the side whenever the detector decides it."""
+    from tasks.orientation import dihedral, labelled_folder
 
     items = [it for it in labelled_folder(real_data / "shs_net_orientation") if it[0] in
              ("train_img5", "train_img1", "train_img13", "train_img4")]   # two hands, left, right, left turned
     preds = [(truth, detect_orientation(image)) for _, image, truth in dihedral(iter(items))]
     assert len(preds) == 32
     assert all(p.rotation == t.rotation for t, p in preds)
-    assert all(p.side == t.side for t, p in preds if p.confident)
+    assert all(p.side == t.side for t, p in preds if p.side != "uncertain")
     assert sum(p.label == t.label for t, p in preds) >= 28
 
 
