@@ -63,12 +63,12 @@ def write_table(path: Path, rows: list[dict]) -> None:
 
 def preprocess_folder(source: str | Path, output: str | Path, cfg: PreprocessConfig, *, recursive: bool = False,
                       size: int | None = None, sheet: str | Path | None = None, sheet_tile: int = 160,
-                      sheet_columns: int = 10) -> FolderResult:
+                      sheet_columns: int = 10, classifier=None) -> FolderResult:
     """Run the steps of ``cfg`` on every image of ``source`` and write the PNGs (letterboxed to ``size`` x
     ``size`` when given), ``preprocess.csv`` and, with ``sheet``, a contact sheet of the outputs."""
     source, out_dir = Path(source), Path(output)
     files = list_images(source, recursive)
-    pre = Preprocess(cfg)
+    pre = Preprocess(cfg, classifier=classifier)
     result, tiles = FolderResult(), []
     t0 = time.perf_counter()
     for path in files:

@@ -120,6 +120,24 @@ def test_classifier_learns_on_tiny_phantoms(tmp_path):
     image = held_out[0][1]
     assert np.allclose(loaded.probabilities(image), model.probabilities(image), atol=1e-6)
     assert loaded(image) == model(image)
+    # tools/preprocess.py --orientation-model: the classifier decides the side the hands leave open
+    import csv
+
+    from tasks.formats.images import write_png
+    from tools.preprocess import main as preprocess_main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "thumbless.png", _hand_without_thumb())
+    assert preprocess_main([str(folder), str(tmp_path / "out"), "--orientation", "rotate_mirror",
+                            "--orientation-model", str(tmp_path / "orient.pt")]) == 0
+    row = next(csv.DictReader(open(tmp_path / "out" / "preprocess.csv")))
+    assert row["side"] == detect_orientation(_hand_without_thumb(), classifier=loaded).side
+    from engine.cli import run_main
+
+    assert run_main(preprocess_main, [str(folder), str(tmp_path / "out2"), "--orientation-model",
+                                      str(folder / "thumbless.png")]) == 2
+    assert not (tmp_path / "out2").exists()
 
 
 def test_eval_cli_learned_method_needs_a_model(tmp_path, capsys):

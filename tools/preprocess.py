@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="take the steps from a bone-age config's data.preprocess")
     p.add_argument("--recursive", action="store_true", help="also images in sub-folders (output keeps the tree)")
     p.add_argument("--orientation", choices=("off", "rotate", "rotate_mirror"), default=None)
+    p.add_argument("--orientation-model", metavar="PT",
+                   help="learned orientation classifier (tools/orientation_eval.py --train PT) that decides the "
+                        "side where the hands and the burnt-in marker leave it uncertain")
     p.add_argument("--remove-background", action="store_true")
     p.add_argument("--crop-to-hand", action="store_true")
     p.add_argument("--crop-margin", type=float, default=None)
@@ -77,8 +80,14 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
+    classifier = None
+    if args.orientation_model:
+        from engine.orientation_learner import load_orientation
+
+        classifier = load_orientation(args.orientation_model)
     result = preprocess_folder(args.input, args.output, cfg, recursive=args.recursive, size=args.size,
-                               sheet=args.contact_sheet, sheet_tile=args.sheet_tile, sheet_columns=args.sheet_columns)
+                               sheet=args.contact_sheet, sheet_tile=args.sheet_tile, sheet_columns=args.sheet_columns,
+                               classifier=classifier)
     for message in result.skipped:
         print(f"skipped: {message}", file=sys.stderr)
     n, seconds = len(result.rows), result.seconds
