@@ -114,8 +114,3 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict:
         """Validation: ``{"score": float, "per_item": {name: float}, "loss": float, ...}``."""
 
-    def better(self, a: float, b: float | None) -> bool:
-        """Is score ``a`` better than ``b`` (None: nothing yet)?"""
-        if b is None:
-            return True
-        return a > b if self.mode == "max" else a < b
