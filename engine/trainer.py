@@ -276,6 +276,8 @@ class Trainer:
                         save_checkpoint(self.run_dir / "best.pt", self._payload(epoch, metrics, full=False))
                 else:
                     self.bad_epochs += 1
+                if cfg.train.select_ema:
+                    row["val/ema_score"] = self.selector.smoothed
                 patience = cfg.train.early_stop_patience
                 if patience and self.bad_epochs >= patience:
                     stop = True
@@ -283,6 +285,8 @@ class Trainer:
             if self.is_main:
                 save_checkpoint(self.run_dir / "last.pt", self._payload(epoch, metrics or {}, full=True))
                 score = f"{metrics['score']:.4f}" if metrics else "-"
+                if metrics and cfg.train.select_ema:
+                    score += f" (EMA {self.selector.smoothed:.4f})"
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train/loss {train_loss:.4f}  "
                            f"val/{self.task.metric} {score}  ({self.train_time:.0f}s)")
             try:
