@@ -121,7 +121,10 @@ def run_folds(cfgs: Sequence[Config], train_one: TrainOne, resume: bool = False,
             log(f"fold {cfg.data.fold}: {'resuming' if plan.action == 'resume' else 'training'} {cfg.run_dir}")
             summary = train_one(cfg, plan.action == "resume", overwrite)
         if is_main_process():
-            if not (plan.action == "skip" and summary.get("oof")):
+            if not (cfg.run_dir / "best.pt").is_file():
+                log(f"fold {cfg.data.fold}: no epoch passed the checkpoint rule ({summary.get('selected_by')}): "
+                    "no best.pt, no validation metrics, no out-of-fold predictions")
+            elif not (plan.action == "skip" and summary.get("oof")):
                 predict_out_of_fold(cfg)
                 summary = read_summary(cfg.run_dir)
             rows.append({"fold": cfg.data.fold, "run": str(cfg.run_dir), "action": plan.action,

@@ -95,3 +95,24 @@ def test_boneage_evaluate_reports_spread_and_the_training_mean_baseline(phantom)
     train_mean = sum(s.age for s in train_set.samples) / len(train_set)
     assert metrics["pred_spread"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["baseline_mae"] == pytest.approx(sum(abs(a - train_mean) for a in ages) / len(ages))
+
+
+def test_a_fold_without_an_eligible_epoch_is_reported_not_fatal(phantom, tmp_path):
+    """No epoch passed the rule (no best.pt): the fold is listed without metrics and the next fold still runs."""
+    from engine.folds import cv_report, run_folds
+
+    cfgs = [load_config(ROOT / "configs" / "boneage" / "phantom_cpu_resnet10t.yaml",
+                        [f"--data.root={phantom / 'boneage'}", f"--data.fold={f}", f"--logging.out_dir={tmp_path}"])
+            for f in (0, 1)]
+    trained, messages = [], []
+
+    def train_one(cfg, resume, overwrite):
+        trained.append(cfg.data.fold)
+        cfg.run_dir.mkdir(parents=True)
+        return {"metric": "mae_months", "selected_by": "only epochs whose prediction sd is at least 0.2"}
+
+    rows = run_folds(cfgs, train_one, log=messages.append)
+    assert trained == [0, 1] and [r["score"] for r in rows] == [None, None] and rows[0]["val"] == {}
+    assert "no epoch passed the checkpoint rule" in messages[1]
+    assert rows[0]["images"]["val"] and not set(rows[0]["images"]["val"]) & set(rows[0]["images"]["train"])
+    assert "fold" in cv_report(rows)
