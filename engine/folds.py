@@ -140,13 +140,13 @@ def numeric_metrics(val: dict) -> dict[str, float]:
             if k != "loss" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def cv_summary(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Each metric's mean and sample sd (``nan`` for one fold) over the folds that report it."""
+def cv_summary(rows: Sequence[dict]) -> dict[str, dict[str, float | None]]:
+    """Each metric's mean and sample sd (None for one fold) over the folds that report it."""
     keys = dict.fromkeys(k for r in rows for k in r.get("val") or {})
     out = {}
     for key in keys:
         values = np.array([r["val"][key] for r in rows if key in (r.get("val") or {})], np.float64)
-        out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
                     "folds": len(values)}
     return out
 
@@ -185,5 +185,6 @@ def cv_report(rows: Sequence[dict]) -> str:
             lines.append(f"{r['fold']:>4}  " + "  ".join(f"{(r.get('val') or {}).get(k, float('nan')):>12.4f}"
                                                          for k in extra))
         lines.append(f"{'mean':>4}  " + "  ".join(f"{summary[k]['mean']:>12.4f}" for k in extra))
-        lines.append(f"{'sd':>4}  " + "  ".join(f"{summary[k]['sd']:>12.4f}" for k in extra))
+        lines.append(f"{'sd':>4}  " + "  ".join(f"{summary[k]['sd']:>12.4f}" if summary[k]["sd"] is not None
+                                                 else f"{'-':>12}" for k in extra))
     return "\n".join(lines)

@@ -45,4 +45,4 @@ def test_two_fold_real_shs_fine_tune_reports_per_fold_and_mean_sd(real_data, tmp
 
 def test_cv_summary_of_one_fold_has_no_spread():
     summary = cv_summary([{"val": {"score": 3.0, "baseline_mae": 5.0}}])
-    assert summary["score"]["mean"] == 3.0 and math.isnan(summary["score"]["sd"]) and summary["score"]["folds"] == 1
+    assert summary["score"] == {"mean": 3.0, "sd": None, "folds": 1}
