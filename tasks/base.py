@@ -86,6 +86,7 @@ class Task(ABC):
     classes: ClassVar[tuple[str, ...]] = ()
     metric: ClassVar[str]
     mode: ClassVar[Literal["max", "min"]]
+    regression: ClassVar[bool] = False  # evaluate reports ``pred_spread`` (``train.select_min_spread`` reads it)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

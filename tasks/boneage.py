@@ -166,6 +166,7 @@ class BoneAgeTask(Task):
     Data = BoneAgeData
     metric = "mae_months"
     mode = "min"
+    regression = True
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)

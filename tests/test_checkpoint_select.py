@@ -116,3 +116,13 @@ def test_a_fold_without_an_eligible_epoch_is_reported_not_fatal(phantom, tmp_pat
     assert "no epoch passed the checkpoint rule" in messages[1]
     assert rows[0]["images"]["val"] and not set(rows[0]["images"]["val"]) & set(rows[0]["images"]["train"])
     assert "fold" in cv_report(rows)
+
+
+def test_spread_rule_for_a_task_without_spread_is_refused_before_the_run_folder(tmp_path):
+    from engine.trainer import Trainer
+
+    cfg = load_config(ROOT / "configs" / "keypoints" / "real_shs15_finetune.yaml",
+                      ["--train.select_min_spread=0.2", f"--logging.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="only for regression"):
+        Trainer(cfg)
+    assert not any(tmp_path.iterdir())
