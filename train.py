@@ -2,7 +2,8 @@
 """Train one run: ``python train.py -c configs/segmentation/unet_r34.yaml --train.lr=3e-4 --data.fold=1``.
 
 ``--folds all`` (or ``--folds 0,2``) trains every fold of the config, one run folder each, writes each
-fold's out-of-fold predictions and prints the cross-validated mean ± sd (engine/folds.py).
+fold's out-of-fold predictions, prints every validation metric per fold with its cross-validated mean ± sd
+and writes them with each fold's train/val images to ``<out_dir>/<task>/<name>-cv.json`` (engine/folds.py).
 
 Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
 config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
@@ -91,7 +92,7 @@ def _train(argv: list[str]) -> int:
         val = summary.get("val") or {}
         print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
         return 0
-    from engine.folds import cv_report, is_main_process, parse_folds, run_folds
+    from engine.folds import cv_report, is_main_process, parse_folds, run_folds, write_cv
 
     if "fold" in overrides.get("data", {}):
         raise ConfigError("--data.fold: give either --folds or --data.fold, not both")
@@ -100,6 +101,7 @@ def _train(argv: list[str]) -> int:
     rows = run_folds(cfgs, train_one, resume=args.resume, overwrite=args.overwrite)
     if is_main_process():
         print(cv_report(rows))
+        print(f"cross-validation: {write_cv(cfgs[0], rows)}")
     return 0
 
 

@@ -52,7 +52,9 @@ class TrainConfig(Section):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
     ema: float | None = Field(None, gt=0, lt=1)         # decay of the weight average; None: no EMA
-    early_stop_patience: int | None = Field(None, ge=1)
+    early_stop_patience: int | None = Field(None, ge=1)  # validations without a new best.pt
+    select_ema: float | None = Field(None, ge=0, lt=1)   # best.pt by an EMA of the val score (engine/checkpoint_select.py)
+    select_min_spread: float | None = Field(None, gt=0, lt=1)  # regression: best.pt never a (near-)constant predictor
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"

@@ -9,9 +9,15 @@ first one trains: a fold whose folder holds a run is refused unless ``--resume``
 skipped, a started one resumed from ``last.pt``, both only with the saved config) or ``--overwrite``.
 A fold counts as done when its summary.json records the out-of-fold cache (``oof``); a finished fold
 whose cache was not completed (killed while predicting) gets its predictions on ``--resume``.
+
+The report (:func:`cv_report`, printed) and ``<out_dir>/<task>/<name>-cv.json`` (:func:`write_cv`) give
+every fold's validation metrics of its ``best.pt`` (MRE px/mm and SDR for keypoints; MAE and the
+training-mean baseline MAE for bone age) and their mean ± sample sd over the folds, with the images each
+fold trained and validated on.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ import numpy as np
 from engine.config import Config, ConfigError
 from engine.run_folder import check_run_folder, holds_run
 from engine.summary import read_summary, record_summary
+from tasks.formats.atomic import write_text
 
 TrainOne = Callable[[Config, bool, bool], dict]  # (cfg, resume, overwrite) -> summary
 
@@ -89,10 +96,20 @@ def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool |
     return stats
 
 
+def fold_images(cfg: Config) -> dict[str, list[str]]:
+    """The image files of the fold's ``train`` and ``val`` splits, as the task splits them."""
+    from tasks.registry import get_task_class
+
+    train_set, val_set = get_task_class(cfg.task)(cfg).datasets()
+    return {"train": [str(s.image_path) for s in train_set.samples],
+            "val": [str(s.image_path) for s in val_set.samples]}
+
+
 def run_folds(cfgs: Sequence[Config], train_one: TrainOne, resume: bool = False, overwrite: bool = False,
               log: Callable[[str], None] = print) -> list[dict]:
     """Train (or resume, or skip) each fold, then write its out-of-fold predictions; returns one row per fold:
-    ``{"fold", "run", "action", "metric", "score", "best_epoch", "oof_images"}``."""
+    ``{"fold", "run", "action", "metric", "score", "best_epoch", "oof_images", "val", "images"}`` (``val``:
+    the numeric validation metrics of best.pt; ``images``: :func:`fold_images`)."""
     plans = plan_folds(cfgs, resume, overwrite)
     rows = []
     for plan in plans:
@@ -104,13 +121,44 @@ def run_folds(cfgs: Sequence[Config], train_one: TrainOne, resume: bool = False,
             log(f"fold {cfg.data.fold}: {'resuming' if plan.action == 'resume' else 'training'} {cfg.run_dir}")
             summary = train_one(cfg, plan.action == "resume", overwrite)
         if is_main_process():
-            if not (plan.action == "skip" and summary.get("oof")):
+            if not (cfg.run_dir / "best.pt").is_file():
+                log(f"fold {cfg.data.fold}: no epoch passed the checkpoint rule ({summary.get('selected_by')}): "
+                    "no best.pt, no validation metrics, no out-of-fold predictions")
+            elif not (plan.action == "skip" and summary.get("oof")):
                 predict_out_of_fold(cfg)
                 summary = read_summary(cfg.run_dir)
             rows.append({"fold": cfg.data.fold, "run": str(cfg.run_dir), "action": plan.action,
                          "metric": summary.get("metric"), "score": (summary.get("val") or {}).get("score"),
-                         "best_epoch": summary.get("best_epoch"), "oof_images": (summary.get("oof") or {}).get("images")})
+                         "best_epoch": summary.get("best_epoch"), "oof_images": (summary.get("oof") or {}).get("images"),
+                         "val": numeric_metrics(summary.get("val") or {}), "images": fold_images(cfg)})
     return rows
+
+
+def numeric_metrics(val: dict) -> dict[str, float]:
+    """The scalar validation metrics (``score`` and the task's extras; not the loss or per-item tables)."""
+    return {k: float(v) for k, v in val.items()
+            if k != "loss" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def cv_summary(rows: Sequence[dict]) -> dict[str, dict[str, float | None]]:
+    """Each metric's mean and sample sd (None for one fold) over the folds that report it."""
+    keys = dict.fromkeys(k for r in rows for k in r.get("val") or {})
+    out = {}
+    for key in keys:
+        values = np.array([r["val"][key] for r in rows if key in (r.get("val") or {})], np.float64)
+        out[key] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                    "folds": len(values)}
+    return out
+
+
+def write_cv(cfg: Config, rows: Sequence[dict]) -> Path:
+    """``<out_dir>/<task>/<name>-cv.json``: the folds (metrics, best epoch, train and val images) and the
+    mean ± sd of each metric; returns its path."""
+    path = cfg.run_dir.parent / f"{cfg.run_name.removesuffix(f'-f{cfg.data.fold}')}-cv.json"
+    doc = {"task": cfg.task, "metric": next((r["metric"] for r in rows if r["metric"]), None),
+           "folds": list(rows), "summary": cv_summary(rows)}
+    write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
 
 
 def cv_report(rows: Sequence[dict]) -> str:
@@ -129,4 +177,14 @@ def cv_report(rows: Sequence[dict]) -> str:
                      f"(mean ± sd, {len(scores)} folds)")
     elif len(scores) == 1:
         lines.append(f"val/{metric} of fold {folds}: {scores[0]:.4f} (one fold: no spread)")
+    summary = cv_summary(rows)
+    extra = [k for k in summary if k != "score"]
+    if extra:
+        lines.append(f"{'fold':>4}  " + "  ".join(f"{k:>12}" for k in extra))
+        for r in rows:
+            lines.append(f"{r['fold']:>4}  " + "  ".join(f"{(r.get('val') or {}).get(k, float('nan')):>12.4f}"
+                                                         for k in extra))
+        lines.append(f"{'mean':>4}  " + "  ".join(f"{summary[k]['mean']:>12.4f}" for k in extra))
+        lines.append(f"{'sd':>4}  " + "  ".join(f"{summary[k]['sd']:>12.4f}" if summary[k]["sd"] is not None
+                                                 else f"{'-':>12}" for k in extra))
     return "\n".join(lines)

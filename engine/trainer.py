@@ -1,7 +1,8 @@
 """One training loop for every torch model and task.
 
 AdamW, linear warmup + cosine decay per optimiser step, AMP (bf16/fp16) and channels_last on CUDA,
-gradient accumulation and clipping, optional EMA, early stopping, ``best.pt``/``last.pt`` every epoch,
+gradient accumulation and clipping, optional EMA, early stopping, ``best.pt`` (the epoch the rule of
+:mod:`engine.checkpoint_select` picks) and ``last.pt`` every epoch,
 exact ``resume`` (model, optimiser, scheduler, scaler, EMA, RNG states and the data order), tqdm with
 images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes).
 """
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
 from engine.device import amp_dtype, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
@@ -98,6 +100,9 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
                  overwrite: bool = False) -> None:
         check_image_size(cfg)  # before the data is listed or the run folder touched
+        if cfg.train.select_min_spread and not get_task_class(cfg.task).regression:
+            raise ConfigError(f"train.select_min_spread: only for regression (bone age); task {cfg.task!r} "
+                              "reports no prediction spread")
         self.cfg = cfg
         self.callbacks = callbacks or []
         check_run_folder(cfg, resume, overwrite)
@@ -136,8 +141,7 @@ class Trainer:
             lr_lambda(total, 0, cfg.train.min_lr_ratio))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.start_epoch = 0
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
+        self.selector = CheckpointSelector(self.task.mode, cfg.train.select_ema, cfg.train.select_min_spread)
         self.bad_epochs = 0
         self.train_time = 0.0
         self.images_seen = 0
@@ -182,7 +186,8 @@ class Trainer:
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.start_epoch = ckpt["epoch"] + 1
-        self.best_score, self.best_epoch = ckpt["best_score"], ckpt["best_epoch"]
+        self.selector.load_state_dict(ckpt.get("select") or {  # a last.pt written before the selection rules
+            "smoothed": ckpt["best_score"], "best": ckpt["best_score"], "best_epoch": ckpt["best_epoch"]})
         self.bad_epochs, self.train_time = ckpt["bad_epochs"], ckpt["train_time"]
         self.images_seen = ckpt["images_seen"]
         self.best_val = ckpt.get("best_val")
@@ -208,7 +213,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(),
-                "best_score": self.best_score, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "select": self.selector.state_dict(), "bad_epochs": self.bad_epochs,
                 "train_time": self.train_time, "images_seen": self.images_seen, "best_val": self.best_val,
             })
         return payload
@@ -279,13 +284,15 @@ class Trainer:
                             f"val/{self.task.metric}": metrics["score"]})
                 row.update({f"val/{k}": v for k, v in metrics.items() if k not in ("score", "loss", "per_item")
                             and isinstance(v, (int, float))})
-                if self.task.better(metrics["score"], self.best_score):
-                    self.best_score, self.best_epoch, self.bad_epochs = metrics["score"], epoch, 0
+                if self.selector.update(epoch, metrics):
+                    self.bad_epochs = 0
                     self.best_val = metrics
                     if self.is_main:
                         save_checkpoint(self.run_dir / "best.pt", self._payload(epoch, metrics, full=False))
                 else:
                     self.bad_epochs += 1
+                if cfg.train.select_ema:
+                    row["val/ema_score"] = self.selector.smoothed
                 patience = cfg.train.early_stop_patience
                 if patience and self.bad_epochs >= patience:
                     stop = True
@@ -293,6 +300,8 @@ class Trainer:
             if self.is_main:
                 save_checkpoint(self.run_dir / "last.pt", self._payload(epoch, metrics or {}, full=True))
                 score = f"{metrics['score']:.4f}" if metrics else "-"
+                if metrics and cfg.train.select_ema:
+                    score += f" (EMA {self.selector.smoothed:.4f})"
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train/loss {train_loss:.4f}  "
                            f"val/{self.task.metric} {score}  ({self.train_time:.0f}s)")
             try:
@@ -317,7 +326,8 @@ class Trainer:
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
-            metric=self.task.metric, mode=self.task.mode, best_epoch=self.best_epoch,
+            metric=self.task.metric, mode=self.task.mode, best_epoch=self.selector.best_epoch,
+            selected_by=self.selector.rule,
             val={"score": best.get("score"), "per_item": best.get("per_item"),
                  **{k: v for k, v in best.items() if k not in ("score", "per_item")}} if best else None,
         )

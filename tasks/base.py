@@ -90,6 +90,7 @@ class Task(ABC):
     sigmoid_outputs: ClassVar[bool] = False
     # loss.weights when the config has none.
     default_loss: ClassVar[dict[str, float]]
+    regression: ClassVar[bool] = False  # evaluate reports ``pred_spread`` (``train.select_min_spread`` reads it)
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -118,8 +119,3 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict:
         """Validation: ``{"score": float, "per_item": {name: float}, "loss": float, ...}``."""
 
-    def better(self, a: float, b: float | None) -> bool:
-        """Is score ``a`` better than ``b`` (None: nothing yet)?"""
-        if b is None:
-            return True
-        return a > b if self.mode == "max" else a < b

@@ -169,6 +169,7 @@ class BoneAgeTask(Task):
     metric = "mae_months"
     mode = "min"
     default_loss = {"l1": 1.0}
+    regression = True
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -239,11 +240,17 @@ class BoneAgeTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: BoneAgeDataset, device: torch.device, autocast=None,
                  batch_size: int = 4) -> dict:
-        """MAE months (``score``), loss (normalised units, as in training), RMSE, within 12 months, by sex and age band."""
+        """MAE months (``score``), loss (normalised units, as in training), RMSE, within 12 months, by sex and age band;
+        ``baseline_mae``: the MAE of always answering the training fold's mean age, the bar a model must clear;
+        ``pred_spread``: sd of the predictions over sd of the ages (0: a constant predictor), which
+        ``train.select_min_spread`` reads."""
         pred = self.predict(model, dataset, device, autocast, batch_size)
         age = np.array([s.age for s in dataset.samples])
         male = np.array([s.male for s in dataset.samples])
         d = self.cfg.data
         loss = self.criterion(torch.as_tensor((pred - d.target_mean) / d.target_std),
                               torch.as_tensor((age - d.target_mean) / d.target_std))
-        return {**age_metrics(pred, age, male), "loss": float(loss)}
+        train_mean = float(np.mean([s.age for s in self.split()[0]]))
+        spread = float(pred.std() / age.std()) if age.std() > 0 else float("nan")
+        return {**age_metrics(pred, age, male), "loss": float(loss),
+                "baseline_mae": float(np.abs(age - train_mean).mean()), "pred_spread": spread}
