@@ -34,7 +34,7 @@ phantom: venv
 demo: phantom
 	@for m in $(DEMO_MODELS); do \
 		test -f $(SEG)/$$m-f0/summary.json || $(PY) train.py -c configs/segmentation/$$m.yaml || exit 1; \
-		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --save-probs || exit 1; \
+		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --tta --save-probs || exit 1; \
 		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --tta --save-probs -o submissions/$$m.csv || exit 1; \
 		$(PY) tools/score.py submissions/$$m.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$m-f0 --quiet || exit 1; \
 	done
