@@ -23,7 +23,7 @@ from engine.checkpoint import load_model_state, open_checkpoint
 from engine.cli import Output
 from engine.config import Config, build_config
 from engine.sliding_window import MODE_RESIZE, SlidingWindowSource
-from engine.tta import View, tta_predict
+from engine.tta import View, tta_predict, views_name
 from models import create_model
 from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import HandboneSample, list_samples
@@ -126,19 +126,21 @@ class ProbabilitySource:
 
 
 def _postprocess(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray,
-                 cache: Output | None, mode: str = MODE_RESIZE) -> tuple[str, list[str]]:
+                 cache: Output | None, mode: str = MODE_RESIZE, tta: str = "identity") -> tuple[str, list[str]]:
     if cache is not None:
-        cache(save_probs, cache.path / f"{name}.npz", probs, size, mode)
+        cache(save_probs, cache.path / f"{name}.npz", probs, size, mode, tta)
     masks = probs_to_masks(probs, size, thresholds)
     return name, [encode(m) for m in masks]
 
 
-def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int], mode: str = MODE_RESIZE) -> None:
+def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int], mode: str = MODE_RESIZE,
+               tta: str = "identity") -> None:
     """Prediction cache entry: uint8-quantised probabilities (p*255) + original size + how they were made
-    (``mode``: ``resize``, at the model size; ``sliding_window``, at the original size)."""
+    (``mode``: ``resize``, at the model size; ``sliding_window``, at the original size; ``tta``: the views
+    averaged, :func:`engine.tta.views_name`)."""
     q = probs if probs.dtype == np.uint8 else np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
     with atomic_write(path, "wb") as f:
-        np.savez(f, probs=q, orig_size=np.asarray(size, np.int64), mode=np.asarray(mode))
+        np.savez(f, probs=q, orig_size=np.asarray(size, np.int64), mode=np.asarray(mode), tta=np.asarray(tta))
 
 
 def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -164,7 +166,7 @@ def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray
                               f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
             probs = source(image)
             pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache,
-                                       getattr(source, "mode", MODE_RESIZE)))
+                                       getattr(source, "mode", MODE_RESIZE), views_name(getattr(source, "views", []))))
             while len(pending) > 2 * max(1, workers):
                 yield pending.popleft().result()
         while pending:

@@ -85,6 +85,12 @@ class View:
         return y
 
 
+
+def views_name(views: Sequence[View]) -> str:
+    """How a prediction averaged its views, e.g. ``identity,hflip``: recorded in the prediction cache, so a
+    fit on validation maps made one way is not silently applied to test maps made another way."""
+    return ",".join(v.name for v in views) or "identity"
+
 def views_from_config(tta, enabled: bool = True) -> list[View]:
     """Views from ``inference.tta`` (hflip, vflip, scales); identity only when TTA is off."""
     if not enabled:

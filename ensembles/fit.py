@@ -375,7 +375,8 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from ensembles.config import threshold_vector, weight_table
-    from ensembles.runner import Fuser, check_cache, ensemble_samples, resolve_members, write_ensemble_summary
+    from ensembles.runner import (Fuser, check_cache, ensemble_samples, resolve_members, warn_tta_mismatch,
+                                  write_ensemble_summary)
     from ensembles.weighted import normalize_weights
     from tasks.formats.handbones import CLASSES
 
@@ -388,6 +389,7 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     if missing:
         raise ValueError(f"{ens.run_name}: validation image {missing[0]} has no label file")
     check_cache(members, samples, "val")
+    warn_tta_mismatch(members)
     labels = [m.label for m in members]
     defaults = np.full(len(CLASSES), 0.5) if ens.thresholds == "fit" else \
         threshold_vector(ens, CLASSES).astype(np.float64)

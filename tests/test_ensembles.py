@@ -763,3 +763,33 @@ def test_boneage_ensembles_end_to_end(phantom, tmp_path):
     assert {"baa-f0", "bab-f0", "ba_mean", "ba_median", "ba_fit"} <= set(rows)
     assert rows["ba_fit"]["kind"] == "ensemble" and float(rows["ba_fit"]["val_score"]) == pytest.approx(fit["val"]["score"])
     assert rows["ba_mean"]["images_per_s_tta"] != ""
+
+
+def test_fit_warns_when_validation_and_test_caches_used_other_tta_views(tmp_path, capsys):
+    """Weights and thresholds fitted on plain validation maps do not carry over to hflip-averaged test maps
+    (the demo's fitted ensemble lost to its best member that way): the cache records its views and the fit
+    and the from-cache ensemble name the member whose two caches differ."""
+    from engine.predictor import save_probs
+    from ensembles.fit import fit_ensemble
+    from ensembles.runner import cache_tta, resolve_members, warn_tta_mismatch
+
+    runs = _labelled_runs(tmp_path, {"good": [0, 1], "noise": [0, 1]})
+    for label, tta in (("good", "identity,hflip"), ("noise", "identity")):
+        for run in runs[label]:
+            save_probs(run / "preds" / "test" / "x.png.npz", np.zeros((29, 4, 4), np.float32), (4, 4), tta=tta)
+    assert cache_tta(runs["good"][0], "test") == "identity,hflip"
+    assert cache_tta(runs["good"][0], "val") == "identity"
+    assert cache_tta(runs["good"][0], "missing") is None
+    ens = EnsembleConfig.model_validate({
+        "task": "segmentation", "method": "weighted", "name": "fitted", "weights": "fit", "thresholds": "fit",
+        "members": [{"name": k, "runs": [str(r) for r in v]} for k, v in runs.items()],
+        "out_dir": str(tmp_path / "out"), "fit": {"folds": 2, "per_class": False}})
+    fit_ensemble(ens, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning: member good:") == 2 and "member noise" not in err
+    assert "--split val --tta --save-probs" in err
+    for run in runs["good"]:   # the validation maps written again the test maps' way: no warning
+        for path in (run / "preds" / "val").glob("*.npz"):
+            with np.load(path) as f:
+                save_probs(path, f["probs"], tuple(f["orig_size"]), tta="identity,hflip")
+    assert warn_tta_mismatch(resolve_members(ens)) == []
