@@ -255,8 +255,17 @@ def _param_formatter():
     return FuncFormatter(lambda v, _: T.fmt_params(v) if v > 0 else "0")
 
 
+def speed_column(part: pd.DataFrame) -> tuple[str, str]:
+    """The speed to plot: without TTA where any run has that figure, else with TTA (a run predicted only
+    with TTA, as the demo's are, records no plain speed); never the two mixed on one axis."""
+    if part["images_per_s"].notna().any():
+        return "images_per_s", "inference images/s (no TTA)"
+    return "images_per_s_tta", "inference images/s (with TTA)"
+
+
 def plot_pareto_speed(part: pd.DataFrame):
-    fig = _scatter(part, "images_per_s", "max", "inference images/s (no TTA)", True)
+    column, label = speed_column(part)
+    fig = _scatter(part, column, "max", label, True)
     if not isinstance(fig, str):
         fig.axes[0].set_title("score vs inference speed (front: best score for its speed)")
     return fig

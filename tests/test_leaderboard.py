@@ -496,3 +496,23 @@ def test_html_report_plots_the_click_curves_of_interactive_runs(tmp_path):
     ax = fig.axes[0]
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[9.0, 5.0, 3.0], [9.0, 7.5, 6.5]]
     assert H.click_figure({}).startswith("no run has an MRE-vs-clicks curve")
+
+
+def test_speed_plot_uses_tta_speed_only_where_no_run_has_a_plain_one():
+    """The demo predicts both splits with TTA, so its runs record only images_per_s_tta: the speed plot
+    takes that column then, and the plain one whenever any run has it (never both on one axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from leaderboard.html import plot_pareto_speed, speed_column
+
+    part = pd.DataFrame({"name": ["a", "b"], "kind": ["run", "run"], "family": ["smp", "smp"],
+                         "model": ["smp:unet/resnet18", "smp:fpn/resnet18"],
+                         "images_per_s": [None, None], "images_per_s_tta": [5.0, 9.0], "test_score": [0.7, 0.6],
+                         "val_score": [0.7, 0.6], "metric": ["dice", "dice"], "mode": ["max", "max"]})
+    assert speed_column(part) == ("images_per_s_tta", "inference images/s (with TTA)")
+    fig = plot_pareto_speed(part)
+    assert not isinstance(fig, str) and fig.axes[0].get_xlabel() == "inference images/s (with TTA)"
+    part.loc[0, "images_per_s"] = 12.0
+    assert speed_column(part)[0] == "images_per_s"
+    assert speed_column(part.assign(images_per_s_tta=None, images_per_s=None))[0] == "images_per_s_tta"
