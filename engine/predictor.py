@@ -194,11 +194,8 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
-    from engine.summary import record_summary
     from engine.device import amp_dtype, pick_device
     from engine.tta import views_from_config
-    from tasks.formats.images import image_size
-    from tasks.segmentation import resolve_thresholds
 
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)
@@ -214,17 +211,31 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
                                      cfg.inference.batch_size, amp)
     else:
         source = ProbabilitySource([member], views, dev, amp=amp)
-    thresholds = resolve_thresholds(cfg.inference.threshold)
-    rows = predict_rows(samples, source, thresholds, workers or cfg.inference.post_workers,
-                        prediction_cache(save_probs_dir, ckpt, split), progress,
+    key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
+    key += "_sliding_window" if cfg.inference.sliding_window else ""  # not the whole-image speed the leaderboard shows
+    return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
+                             workers=workers, progress=progress, speed_key=key)
+
+
+def write_predictions(cfg: Config, ckpt: str | os.PathLike, samples: list[HandboneSample],
+                      source: Callable[[np.ndarray], np.ndarray], *, out_csv: str | Path, split: str,
+                      save_probs_dir: str | Path | None, workers: int | None, progress: bool, speed_key: str,
+                      **summary: str) -> dict:
+    """The submission CSV (and cache) of ``source`` over ``samples`` at the run's thresholds; records the speed
+    under ``speed_key`` (and ``summary``) in the run's summary.json. Returns ``{"images", "seconds",
+    "images_per_s", "csv"}``."""
+    from engine.summary import record_summary
+    from tasks.formats.images import image_size
+    from tasks.segmentation import resolve_thresholds
+
+    rows = predict_rows(samples, source, resolve_thresholds(cfg.inference.threshold),
+                        workers or cfg.inference.post_workers, prediction_cache(save_probs_dir, ckpt, split), progress,
                         expected_size=image_size(samples[0].image_path))
     n, seconds = timed(lambda: write_submission(rows, out_csv))
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
     run_dir = Path(ckpt).parent
     if (run_dir / "summary.json").is_file():  # inference speed, whichever split was predicted
-        key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
-        key += "_sliding_window" if cfg.inference.sliding_window else ""  # not the whole-image speed the leaderboard shows
-        record_summary(run_dir, speed={key: stats["images_per_s"]})
+        record_summary(run_dir, speed={speed_key: stats["images_per_s"]}, **summary)
     return stats
 
 

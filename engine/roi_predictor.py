@@ -24,10 +24,8 @@ import numpy as np
 import torch
 
 from engine.config import Config
-from engine.predictor import (LoadedModel, ProbabilitySource, load_model, prediction_cache, predict_rows,
-                              split_samples, timed, write_submission)
+from engine.predictor import LoadedModel, ProbabilitySource, load_model, split_samples, write_predictions
 from engine.tta import View, tta_predict
-from tasks.formats.handbones import CLASSES
 from tasks.roi import Box, RoiConfig, box_from_probs, crop, paste, scale_box
 from tasks.segmentation import resolve_thresholds
 
@@ -108,9 +106,7 @@ def predict_two_stage(cfg: Config | None, ckpt: str | Path, *, stage1: str | Pat
     """Predict stage 1 + the stage-2 run ``ckpt``; returns ``{"images", "seconds", "images_per_s", "csv"}``.
     The stage-2 run's config says where the images are and the thresholds of the final map."""
     from engine.device import amp_dtype, pick_device
-    from engine.summary import record_summary
     from engine.tta import views_from_config
-    from tasks.formats.images import image_size
 
     dev = pick_device(device)
     second = load_model(ckpt, dev, cfg)
@@ -123,14 +119,7 @@ def predict_two_stage(cfg: Config | None, ckpt: str | Path, *, stage1: str | Pat
     views = views_from_config(cfg.inference.tta, enabled=tta)
     source = TwoStageSource(source1, resolve_thresholds(first.cfg.inference.threshold), second, views, dev,
                             amp=amp_dtype(cfg.train.amp, dev))
-    thresholds = resolve_thresholds(cfg.inference.threshold, CLASSES)
-    rows = predict_rows(samples, source, thresholds, workers or cfg.inference.post_workers,
-                        prediction_cache(save_probs_dir, ckpt, split), progress,
-                        expected_size=image_size(samples[0].image_path))
-    n, seconds = timed(lambda: write_submission(rows, out_csv))
-    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
-    run_dir = Path(ckpt).parent
-    if (run_dir / "summary.json").is_file():
-        key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
-        record_summary(run_dir, speed={key: stats["images_per_s"]}, stage1=str(Path(stage1).parent))
-    return stats
+    return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
+                             workers=workers, progress=progress,
+                             speed_key="images_per_s_tta" if tta and len(views) > 1 else "images_per_s",
+                             stage1=str(Path(stage1).parent))
