@@ -137,6 +137,9 @@ class Config(Section):
             raise ValueError(f"inference.threshold: {err}") from None
         if self.loss.weights is None:
             self.loss.weights = dict(get_task_class(self.task).default_loss)
+        if self.train.select_min_spread and not get_task_class(self.task).regression:
+            raise ValueError(f"train.select_min_spread: only for regression (bone age); task {self.task!r} "
+                             "reports no prediction spread")
         if self.inference.sliding_window and self.task != "segmentation":
             raise ValueError(f"inference.sliding_window: tiles are for segmentation, not {self.task}")
         return self

@@ -100,9 +100,6 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
                  overwrite: bool = False) -> None:
         check_image_size(cfg)  # before the data is listed or the run folder touched
-        if cfg.train.select_min_spread and not get_task_class(cfg.task).regression:
-            raise ConfigError(f"train.select_min_spread: only for regression (bone age); task {cfg.task!r} "
-                              "reports no prediction spread")
         self.cfg = cfg
         self.callbacks = callbacks or []
         check_run_folder(cfg, resume, overwrite)
