@@ -301,10 +301,17 @@ def _marker(img: np.ndarray, side: str, pose: Pose, soft: np.ndarray, rng: np.ra
     img += alpha * float(rng.uniform(0.85, 1.0))
 
 
-def render(hand: A.Hand, size: int, rng: np.random.Generator, side: str = "L") -> HandPhantom:
-    """Render ``hand`` as a ``size`` x ``size`` radiograph with labels (side 'L' or 'R' = mirrored)."""
+def render(hand: A.Hand, size: int, rng: np.random.Generator, side: str = "L", film: float = 0.0) -> HandPhantom:
+    """Render ``hand`` as a ``size`` x ``size`` radiograph with labels (side 'L' or 'R' = mirrored).
+
+    ``film``: the chance that the image looks like a scanned film (the Digital Hand Atlas, older sets):
+    a grey base lifts the background to 15-40% of white, where digital radiographs keep it near black.
+    At 0 no random number is drawn for it, so images are the same as before the option existed.
+    """
     if side not in ("L", "R"):
         raise ValueError(f"side must be 'L' or 'R', got {side!r}")
+    if not 0.0 <= film <= 1.0:
+        raise ValueError(f"film: {film} is not a chance (0 to 1)")
     pose = choose_pose(hand, size, rng, side)
     polygons = _class_polygons(hand, pose)
 
@@ -352,6 +359,9 @@ def render(hand: A.Hand, size: int, rng: np.random.Generator, side: str = "L") -
         img = np.where(region, 0.3 * img + lvl, img)
     _marker(img, side, pose, soft, rng)
     img = np.clip(img, 0, 1)
+    if film > 0 and rng.random() < film:
+        base = rng.uniform(0.15, 0.40)
+        img = base + (1.0 - base) * img
     out = np.zeros((size, size), np.uint8)
     out[y0:y1 + 1, x0:x1 + 1] = (img[y0:y1 + 1, x0:x1 + 1] * 255 + 0.5).astype(np.uint8)
 

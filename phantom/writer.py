@@ -93,12 +93,12 @@ def _render_job(args) -> dict:
     import cv2
 
     cv2.setNumThreads(1)
-    job, out, size, seed = args
+    job, out, size, seed, film = args
     out = Path(out)
     patient = patient_for(seed, job["g"])
     rng = np.random.default_rng([seed, job["g"], 1 + job["k"]])
     hand = A.build_hand(patient, rng)
-    ph = render(hand, size, rng, job["side"])
+    ph = render(hand, size, rng, job["side"], film)
     split = job["split"]
     png = out / "handbones" / split / "DCM" / job["patient"] / f"{job['stem']}.png"
     write_png(png, ph.image)
@@ -113,10 +113,11 @@ def _render_job(args) -> dict:
 
 
 def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0, workers: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, film: float = 0.0) -> dict:
     """Render ``n_train + n_test`` hands (two per patient) into ``out_dir`` in all three layouts.
 
-    Returns a summary dict (counts, paths). ``workers`` defaults to ``min(cpu_count, 4)``.
+    Returns a summary dict (counts, paths). ``workers`` defaults to ``min(cpu_count, 4)``. ``film``: the
+    share of images with a scanned film's grey background (see :func:`phantom.render.render`).
     """
     from tasks.formats.dha import write_all, write_spacing
     from tasks.formats.shs import write_coords
@@ -125,6 +126,8 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
         raise ValueError(f"n_train={n_train}, n_test={n_test}: image counts are >= 0 and not both 0")
     if size < 32:
         raise ValueError(f"size {size} too small (at least 32 px)")
+    if not 0.0 <= film <= 1.0:
+        raise ValueError(f"film: {film} is not a share of the images (0 to 1)")
     if workers is not None and workers < 0:
         raise ValueError(f"workers={workers}: a number of processes is >= 0 (0: the default)")
     out = Path(out_dir)
@@ -134,7 +137,7 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
             shutil.rmtree(out / sub)
     jobs = plan(n_train, n_test, seed)
     workers = workers or min(os.cpu_count() or 1, 4)
-    args = [(j, str(out), size, seed) for j in jobs]
+    args = [(j, str(out), size, seed, film) for j in jobs]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -186,7 +189,7 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     write_spacing(jd / "spacing.csv", {r["id"]: r["spacing"] for r in results})
     write_text(jd / "split.csv", _csv_text(["img_id", "split"], [[f"{j['id']}.png", j["split"]] for j in jobs]))
 
-    summary = dict(generator="phantom", version=1, seed=seed, size=size, n_train=n_train, n_test=n_test,
+    summary = dict(generator="phantom", version=1, seed=seed, size=size, film=film, n_train=n_train, n_test=n_test,
                    patients=len(seen), classes=list(A.CLASSES), shs15=list(A.SHS15_NAMES),
                    dha37=list(A.DHA37_NAMES))
     write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")

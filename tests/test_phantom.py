@@ -170,3 +170,21 @@ def test_sizes_and_sides():
     right = render_hand(2, 128, age_months=150, side="R")
     assert left.keypoints["TIP1"][0] > left.keypoints["TIP5"][0]
     assert right.keypoints["TIP1"][0] < right.keypoints["TIP5"][0]
+
+
+def test_film_lifts_the_background_and_leaves_the_rest():
+    """``film=1``: a grey background like the scanned Digital Hand Atlas films; the labels do not move."""
+    import pytest
+
+    digital = render_hand(7, 128, age_months=150)
+    again = render_hand(7, 128, age_months=150, film=0.0)
+    assert np.array_equal(digital.image, again.image)            # film=0 draws nothing: same image as ever
+    film = render_hand(7, 128, age_months=150, film=1.0)
+    background = digital.masks.max(0) == 0
+    outside = background & (digital.image < 30)                 # away from soft tissue and markers
+    assert outside.sum() > 500
+    assert np.median(digital.image[outside]) < 20
+    assert 0.15 * 255 - 2 <= np.median(film.image[outside]) <= 0.45 * 255
+    assert film.keypoints == digital.keypoints and film.polygons.keys() == digital.polygons.keys()
+    with pytest.raises(ValueError, match="film"):
+        render_hand(7, 64, film=1.5)

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=40, help="test images (two per patient)")
     ap.add_argument("--size", type=int, default=512, help="image side in pixels (2048 = competition)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--film", type=float, default=0.0,
+                    help="share of images that look like scanned film, with a grey background as in the Digital "
+                         "Hand Atlas (0-1; default 0: digital radiographs, black background)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: min(cpu_count, 4))")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     summary = generate(args.out, args.n_train, args.n_test, size=args.size, seed=args.seed,
-                       workers=args.workers, progress=not args.quiet)
+                       workers=args.workers, progress=not args.quiet, film=args.film)
     if not args.quiet:
         print(f"wrote {args.n_train} train + {args.n_test} test images ({summary['patients']} patients, "
               f"{args.size}px) to {args.out} in {time.time() - t0:.1f}s")
