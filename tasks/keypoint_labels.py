@@ -175,6 +175,21 @@ def check_inside(path: Path, sample: KeypointSample, lmset: LandmarkSet, height:
                           f"outside the {width}x{height} image ({int(off.sum())} points off the image)")
 
 
+def rows_without_images(root: str | os.PathLike, lmset: LandmarkSet, *, labels: str | None = None,
+                        label_format: LabelFormat = "auto", images: str = "images") -> np.ndarray:
+    """``(M, K, 2)`` coordinates of the label rows whose image is not in ``root/images`` (DHA's ``all.csv``
+    holds the whole atlas: 901 more hands than the shared images); ``(0, K, 2)`` when there are none."""
+    root = Path(root)
+    image_dir = root / images
+    names = {stem(p.name) for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if image_dir.is_dir() else set()
+    label_path = root / (labels or lmset.label_file)
+    if not label_path.exists():
+        return np.zeros((0, len(lmset), 2))
+    ids, coords = read_labels(label_path, lmset, label_format, image_dir)
+    keep = [k for k, i in enumerate(ids) if stem(i) not in names]
+    return coords[keep].reshape(len(keep), len(lmset), 2)
+
+
 def list_keypoint_samples(root: str | os.PathLike, lmset: LandmarkSet, *, labels: str | None = None,
                           label_format: LabelFormat = "auto", images: str = "images",
                           spacing: str | None = "spacing.csv", split_file: str | None = "split.csv",

@@ -29,19 +29,30 @@ from torch import nn
 from tqdm import tqdm
 
 from tasks.augment import SeededDataset, build_augment
-from tasks.base import DataBase, Task
+from tasks.base import DataBase, Section, Task
 from tasks.cache import SampleCache
 from tasks.formats.folds import group_folds
 from tasks.formats.images import image_size, read_grey
 from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
 from tasks.interactive import ClickSettings, simulate_clicks
-from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, stem
+from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, rows_without_images, stem
 from tasks.keypoint_labels import write_wide as write_wide  # re-exported: engine.predict_keypoints writes through it
 from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.metrics import keypoint_metrics
 from tasks.metrics import radial_errors as radial_errors  # re-exported: engine.predict_keypoints fits weights with it
 from tasks.registry import TASKS
+from tasks.shape_prior import ShapeModel
+
+
+class ShapePriorSettings(Section):
+    """``data.shape_prior``: replace grossly wrong landmarks by a point distribution model's estimate
+    (:mod:`tasks.shape_prior`), fitted on the training fold's labels when a model is trained or loaded."""
+
+    enabled: bool = False
+    modes: int = Field(8, ge=0)              # principal modes of the shape model (at most training shapes - 1)
+    factor: float = Field(5.0, gt=1)         # outlier: farther than factor x the point's training scatter
+    rows_without_images: bool = True         # also fit on label rows whose image is absent (DHA all.csv: the atlas)
 
 
 class KeypointData(DataBase):
@@ -63,6 +74,7 @@ class KeypointData(DataBase):
     sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
     cache_dir: str | None = None
     clicks: ClickSettings = Field(default_factory=ClickSettings)
+    shape_prior: ShapePriorSettings = Field(default_factory=ShapePriorSettings)
 
     @field_validator("decode_blur", mode="before")
     @classmethod
@@ -176,6 +188,28 @@ class KeypointTask(Task):
         if self.lmset.flip_pairs and cfg.augment.vflip > 0:
             raise ValueError(f"augment.vflip: landmark set {self.lmset.name} has left/right pairs but no "
                              "top/bottom correspondence; a vertical flip would mislabel it")
+        self._shape_model: ShapeModel | None = None
+
+    def shape_model(self) -> ShapeModel | None:
+        """The fitted ``data.shape_prior`` model (None when off): the training fold's labels, plus the label
+        rows without an image when asked. Fitted once, on first use; it needs ``data.root`` at hand."""
+        settings = self.cfg.data.shape_prior
+        if not settings.enabled:
+            return None
+        if self._shape_model is None:
+            d = self.cfg.data
+            try:
+                shapes = [s.coords for s in self.samples("train")]
+                if settings.rows_without_images:
+                    shapes += list(rows_without_images(d.root, self.lmset, labels=d.labels,
+                                                       label_format=d.label_format, images=d.images))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"data.shape_prior: fits on the training labels in {d.root}: {err}") from None
+            if len(shapes) < 3:
+                raise ValueError(f"data.shape_prior: needs at least 3 training shapes, {d.root} fold {d.fold} "
+                                 f"has {len(shapes)}")
+            self._shape_model = ShapeModel.fit(np.stack(shapes), settings.modes)
+        return self._shape_model
 
     @property
     def num_outputs(self) -> int:
@@ -249,12 +283,16 @@ class KeypointTask(Task):
 
     def decode(self, heatmaps: torch.Tensor, input_size: int, letterboxes: Sequence[Letterbox]) -> tuple[np.ndarray, np.ndarray]:
         """Activated ``(B, K, h, w)`` heatmaps of ``input_size``² inputs → ORIGINAL-frame ``(B, K, 2)``
-        coordinates and ``(B, K)`` confidences. A peak on the letterbox padding is clamped onto the
-        image (a point off the image is wrong by construction)."""
+        coordinates and ``(B, K)`` confidences. With ``data.shape_prior`` gross outliers are replaced by the
+        shape model's estimate first. A point on the letterbox padding is clamped onto the image (a point
+        off the image is wrong by construction)."""
         h, w = heatmaps.shape[-2:]
         uv, conf = decode_heatmaps(heatmaps, self.cfg.data.decode, self.decode_blur(input_size / w))
         xy = heatmap_to_input(uv, input_size / w, input_size / h).cpu().numpy()
         out = np.stack([lb.inverse(p) for lb, p in zip(letterboxes, xy)])
+        shape = self.shape_model()
+        if shape is not None:
+            out, _ = shape.correct_all(out, self.cfg.data.shape_prior.factor)
         for lb, p in zip(letterboxes, out):
             np.clip(p[:, 0], 0, lb.width - 1, out=p[:, 0])
             np.clip(p[:, 1], 0, lb.height - 1, out=p[:, 1])

@@ -94,3 +94,40 @@ def test_finetune_predict_score_on_real_hands(real_data, tmp_path, capsys, confi
     assert ("mre_mm" in result) == (lmset is DHA37)
     assert score.main([str(out), "--gt", str(root), "--quiet"]) == 0
     assert f"mre_px {result['score']:.4f}" in capsys.readouterr().out
+
+
+def test_shape_prior_puts_a_lost_thumb_tip_back_on_a_real_atlas_hand(real_data):
+    """DHA fold 0 with ``data.shape_prior``: the model fits on the 4 training hands plus the 901 atlas rows
+    without an image (never the 2 validation hands); decoding heatmaps whose thumb-tip peak sits on the
+    wrong side of the hand returns a thumb tip near the truth and every other point where its peak is."""
+    import torch
+
+    root = real_data / "dha_hand_landmarks37"
+    cfg = load_config(ROOT / "configs" / "keypoints" / "real_dha37_finetune.yaml",
+                      [f"--data.root={root}", f"--data.test_root={root}", "--data.fold=0"])
+    task = KeypointTask(cfg)
+    model = task.shape_model()
+    assert model.n_shapes == 4 + 901 and model.modes.shape == (8, 74)
+    val = task.samples("val")[0]
+    h, w = image_size(val.image_path)
+    lb = Letterbox.fit(h, w, 256)
+    true_in = lb.forward(val.coords)                          # input-frame (256 px) points
+    peaks = true_in.copy()
+    tip = DHA37.names.index("TIP1")
+    peaks[tip] = [20.0, 240.0]                                # the thumb tip "found" at the far corner
+    yy, xx = np.mgrid[0:256, 0:256]
+    maps = np.exp(-((xx[None] - peaks[:, 0, None, None]) ** 2 + (yy[None] - peaks[:, 1, None, None]) ** 2) / 8.0)
+    maps /= maps.sum((1, 2), keepdims=True)
+    xy, _ = task.decode(torch.from_numpy(maps[None]).float(), 256, [lb])
+    err_mm = np.linalg.norm(xy[0] - val.coords, axis=1) * val.spacing_mm
+    wrong_mm = np.linalg.norm(lb.inverse(peaks)[tip] - val.coords[tip]) * val.spacing_mm
+    assert wrong_mm > 100 and err_mm[tip] < 25
+    others = np.arange(37) != tip
+    assert err_mm[others].max() < 1.0                         # the other peaks decode where they are
+    off = load_config(ROOT / "configs" / "keypoints" / "real_dha37_finetune.yaml",
+                      [f"--data.root={root}", f"--data.test_root={root}", "--data.shape_prior.enabled=false"])
+    assert KeypointTask(off).shape_model() is None
+    gone = load_config(ROOT / "configs" / "keypoints" / "real_dha37_finetune.yaml",
+                       [f"--data.root={root / 'missing'}", f"--data.test_root={root}"])
+    with pytest.raises(ValueError, match="data.shape_prior: fits on the training labels"):
+        KeypointTask(gone).shape_model()
