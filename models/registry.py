@@ -18,6 +18,10 @@ class UnknownModelError(ValueError):
     """A model name that no family can build; the message lists close matches."""
 
 
+class ModelOptionsError(ValueError):
+    """``model.options`` that the model's builder does not take (an unknown or doubled keyword)."""
+
+
 @dataclass(frozen=True)
 class InputSize:
     """The square input sizes a model takes: multiples of ``multiple``, at least ``minimum``, or only ``fixed``.
@@ -136,7 +140,15 @@ def resolve(name: str, task: str | None = None) -> tuple[ModelFamily, str]:
 def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1, **options):
     """Build a model by registry name. ``options`` go to the family builder (e.g. ``weights`` path)."""
     family, rest = resolve(name, task)
-    return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
+    try:
+        return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
+    except TypeError as err:
+        # Builders pass options on to smp / timm / torch constructors, so an option one of them does not take
+        # surfaces as a TypeError about a keyword; any other TypeError is a bug and keeps its traceback.
+        if "keyword argument" not in str(err):
+            raise
+        given = {k: v for k, v in options.items() if v is not None}
+        raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err}") from err
 
 
 def input_size(name: str, task: str | None = None, options: dict | None = None) -> InputSize:

@@ -158,6 +158,19 @@ def test_train_py_ends_a_bad_value_with_one_line_and_exit_2(tmp_path, override, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_option_the_model_does_not_take_is_one_line_and_leaves_no_run_folder(tmp_path, phantom):
+    raw = {"task": "keypoints", "data": {"root": str(phantom / "joints"), "landmarks": "shs15", "image_size": 64},
+           "model": {"name": "smp:unet/resnet18", "options": {"depth": 4}},
+           "train": {"epochs": 1}, "logging": {"out_dir": str(tmp_path / "runs"), "progress": False}}
+    proc = subprocess.run([sys.executable, "train.py", "-c", str(write_config(tmp_path, raw))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: model.options: smp:unet/resnet18 cannot be built with {'depth': 4}: segmentation_models_pytorch."
+        "encoders.get_encoder() got multiple values for keyword argument 'depth'"]
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------------------------------ readers
 
 def test_a_repeated_bone_annotation_names_the_file_and_label(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import models
-from models import UnknownModelError, create_model
+from models import ModelOptionsError, UnknownModelError, create_model
 
 
 def test_any_smp_arch_encoder_pair_builds():
@@ -18,6 +18,20 @@ def test_unknown_names_list_close_matches():
         create_model("smp:unet/resnet33", task="segmentation", num_outputs=29)
     with pytest.raises(UnknownModelError, match="families: .*smp"):
         create_model("smq:unet/resnet34", task="segmentation", num_outputs=29)
+
+
+@pytest.mark.parametrize("name, task, options, says", [
+    ("smp:unet/resnet18", "keypoints", {"base_channels": 16, "depth": 4}, "multiple values for keyword argument 'depth'"),
+    ("shsnet:unet", "keypoints", {"base_chanels": 16}, "unexpected keyword argument 'base_chanels'"),
+    ("timm:resnet18", "boneage", {"drop_rat": 0.1}, "unexpected keyword argument 'drop_rat'"),
+])
+def test_options_a_model_does_not_take_are_one_error_naming_the_key(name, task, options, says):
+    # e.g. a shsnet:unet config switched to an smp model with its options left in place
+    with pytest.raises(ModelOptionsError) as err:
+        create_model(name, task=task, num_outputs=3, in_channels=1, weights=None, **options)
+    message = str(err.value)
+    assert message.startswith(f"model.options: {name} cannot be built with {options}: "), message
+    assert says in message, message
 
 
 def test_listing_filters_by_task():
