@@ -244,9 +244,12 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, key by key: a mapping changes only the keys it names (``--loss.weights.dice=0.5``
+    keeps ``bce``), except an empty one, which replaces (``--model.options={}`` clears the options, so a
+    config's ``shsnet:unet`` options do not follow it to ``--model.name=smp:unet/resnet18``)."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -148,7 +148,8 @@ def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1
         if "keyword argument" not in str(err):
             raise
         given = {k: v for k, v in options.items() if v is not None}
-        raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err}") from err
+        raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err} "
+                                "(--model.options={} clears them)") from err
 
 
 def input_size(name: str, task: str | None = None, options: dict | None = None) -> InputSize:

@@ -167,7 +167,7 @@ def test_an_option_the_model_does_not_take_is_one_line_and_leaves_no_run_folder(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: model.options: smp:unet/resnet18 cannot be built with {'depth': 4}: segmentation_models_pytorch."
-        "encoders.get_encoder() got multiple values for keyword argument 'depth'"]
+        "encoders.get_encoder() got multiple values for keyword argument 'depth' (--model.options={} clears them)"]
     assert not (tmp_path / "runs").exists()
 
 

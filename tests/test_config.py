@@ -24,6 +24,14 @@ def test_overrides_in_wandb_agent_form(tmp_path):
     assert cfg.name == "exp" and cfg.run_name == "exp-f2"
 
 
+def test_an_empty_mapping_override_clears_the_section(tmp_path):
+    raw = dict(BASE, task="keypoints", model={"name": "shsnet:unet", "options": {"base_channels": 16, "depth": 4}})
+    kept = load_config(write(tmp_path, raw), ["--model.options.depth=3"])
+    assert kept.model.options == {"base_channels": 16, "depth": 3}
+    cleared = load_config(write(tmp_path, raw), ["--model.name=smp:unet/resnet18", "--model.options={}"])
+    assert cleared.model.name == "smp:unet/resnet18" and cleared.model.options == {}
+
+
 def test_unknown_key_names_nearest(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'; did you mean 'train.lr'"):
         load_config(write(tmp_path, BASE), ["--train.lrr=0.1"])
