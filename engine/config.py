@@ -232,6 +232,8 @@ def parse_overrides(args: list[str]) -> dict:
             value = args[i + 1]
             i += 1
         parsed = parse_value(value)
+        if isinstance(parsed, dict):
+            parsed = Replacement(parsed)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -243,14 +245,24 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+class Replacement(dict):
+    """A mapping given as a command-line value (``--model.options={}``): it replaces the key, where a tree of
+    dotted keys (``--loss.weights.dice=0.5``) changes only the keys it names."""
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
-    """``extra`` over ``base``, key by key: a mapping changes only the keys it names (``--loss.weights.dice=0.5``
-    keeps ``bce``), except an empty one, which replaces (``--model.options={}`` clears the options, so a
-    config's ``shsnet:unet`` options do not follow it to ``--model.name=smp:unet/resnet18``)."""
+    """``extra`` over ``base``, key by key: nested mappings merge (``--loss.weights.dice=0.5`` keeps ``bce``),
+    a :class:`Replacement` replaces (``--model.name=smp:unet/resnet18 --model.options={}`` drops the options
+    of the config's ``shsnet:unet``), and later keys under a replacement extend it."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
+        current = merged.get(key)
+        if isinstance(value, Replacement):
+            merged[key] = Replacement(value)
+        elif isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = deep_merge(current, value)
+            if isinstance(current, Replacement):
+                merged[key] = Replacement(merged[key])
         else:
             merged[key] = value
     return merged

@@ -30,7 +30,7 @@ from engine.device import amp_dtype, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
-from models import create_model, input_size
+from models import ModelOptionsError, create_model, input_size
 from models.output_prior import set_output_prior
 from models.weights import load_local_weights
 from tasks.base import Task
@@ -85,8 +85,12 @@ def build_model(cfg: Config, task: Task) -> nn.Module:
     encoder-only weights (ImageNet) leave the prior in place.
     """
     prior = cfg.model.output_prior if task.sigmoid_outputs else None
-    model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=task.in_channels,
-                         weights=None if prior else cfg.model.weights, **cfg.model.options)
+    try:
+        model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs,
+                             in_channels=task.in_channels, weights=None if prior else cfg.model.weights,
+                             **cfg.model.options)
+    except ModelOptionsError as err:  # at training, unlike inference, the options are the user's to change
+        raise ModelOptionsError(f"{err} (--model.options={{}} clears them)") from err
     if prior:
         set_output_prior(model, task.num_outputs, prior)
         load_local_weights(model, cfg.model.weights)

@@ -8,6 +8,7 @@ files except an explicit local weights file.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
@@ -144,12 +145,12 @@ def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1
         return family.builder(rest, task=task, num_outputs=num_outputs, in_channels=in_channels, **options)
     except TypeError as err:
         # Builders pass options on to smp / timm / torch constructors, so an option one of them does not take
-        # surfaces as a TypeError about a keyword; any other TypeError is a bug and keeps its traceback.
-        if "keyword argument" not in str(err):
+        # surfaces as a TypeError naming that keyword; any other TypeError is a bug and keeps its traceback.
+        keyword = re.search(r"keyword argument '(\w+)'", str(err))
+        if keyword is None or keyword.group(1) not in options or keyword.group(1) == "weights":
             raise
-        given = {k: v for k, v in options.items() if v is not None}
-        raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err} "
-                                "(--model.options={} clears them)") from err
+        given = {k: v for k, v in options.items() if k != "weights"}
+        raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err}") from err
 
 
 def input_size(name: str, task: str | None = None, options: dict | None = None) -> InputSize:

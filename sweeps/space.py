@@ -566,12 +566,15 @@ def format_arg(key: str, value: Any) -> str:
 
 
 def nest(dotted: dict[str, Any]) -> dict:
-    """``{"train.lr": 1e-3}`` → ``{"train": {"lr": 1e-3}}``."""
+    """``{"train.lr": 1e-3}`` → ``{"train": {"lr": 1e-3}}``; a mapping value replaces its key, as it does
+    on the command line that a W&B agent writes (``engine.config.Replacement``)."""
+    from engine.config import Replacement
+
     out: dict = {}
     for key, value in dotted.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        node[parts[-1]] = Replacement(value) if isinstance(value, dict) else value
     return out

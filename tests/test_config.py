@@ -24,12 +24,17 @@ def test_overrides_in_wandb_agent_form(tmp_path):
     assert cfg.name == "exp" and cfg.run_name == "exp-f2"
 
 
-def test_an_empty_mapping_override_clears_the_section(tmp_path):
+def test_a_mapping_override_replaces_its_key_and_dotted_keys_change_one(tmp_path):
     raw = dict(BASE, task="keypoints", model={"name": "shsnet:unet", "options": {"base_channels": 16, "depth": 4}})
     kept = load_config(write(tmp_path, raw), ["--model.options.depth=3"])
     assert kept.model.options == {"base_channels": 16, "depth": 3}
     cleared = load_config(write(tmp_path, raw), ["--model.name=smp:unet/resnet18", "--model.options={}"])
     assert cleared.model.name == "smp:unet/resnet18" and cleared.model.options == {}
+    # a mapping value replaces its key; dotted keys after it extend the replacement, before it are dropped
+    after = load_config(write(tmp_path, raw), ["--model.options={}", "--model.options.decoder_attention_type=scse"])
+    assert after.model.options == {"decoder_attention_type": "scse"}
+    before = load_config(write(tmp_path, raw), ["--model.options.depth=3", "--model.options={out_stride: 2}"])
+    assert before.model.options == {"out_stride": 2}
 
 
 def test_unknown_key_names_nearest(tmp_path):

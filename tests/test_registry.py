@@ -28,10 +28,24 @@ def test_unknown_names_list_close_matches():
 def test_options_a_model_does_not_take_are_one_error_naming_the_key(name, task, options, says):
     # e.g. a shsnet:unet config switched to an smp model with its options left in place
     with pytest.raises(ModelOptionsError) as err:
-        create_model(name, task=task, num_outputs=3, in_channels=1, weights=None, **options)
+        create_model(name, task=task, num_outputs=3, in_channels=1, weights="runs/x/best.pt", **options)
     message = str(err.value)
     assert message.startswith(f"model.options: {name} cannot be built with {options}: "), message
     assert says in message, message
+
+
+def test_a_keyword_error_that_is_not_about_an_option_keeps_its_traceback(monkeypatch):
+    def helper(size):
+        return size
+
+    def broken_builder(rest, **kwargs):
+        return helper(size=1, typo=True)   # a builder's own bug: a TypeError naming 'typo', not an option
+
+    monkeypatch.setitem(models.registry._FAMILIES, "broken", models.registry.ModelFamily(
+        name="broken", builder=broken_builder, tasks=("keypoints",), kind="torch", list_names=tuple, validate=None))
+    with pytest.raises(TypeError, match="typo") as err:
+        create_model("broken:x", task="keypoints", num_outputs=3, depth=4)
+    assert not isinstance(err.value, ModelOptionsError)
 
 
 def test_listing_filters_by_task():
