@@ -12,7 +12,7 @@ and in-plane rotation, so images of any size and pose share one model).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class ShapeModel:
         sd = sing[:m] / np.sqrt(max(len(shapes) - 1, 1))
         keep = sd > 1e-12
         model = cls(mean, vt[:m][keep], sd[keep], np.zeros(len(mean)), len(shapes))
-        return cls(mean, model.modes, model.sd, model._scatter(aligned), len(shapes))
+        return replace(model, scatter=model._scatter(aligned))   # the scatter needs the fitted modes
 
     def _scatter(self, aligned: np.ndarray, max_shapes: int = 100) -> np.ndarray:
         """RMS distance of each point of (up to ``max_shapes``) training shapes to its estimate from the others."""
@@ -118,9 +118,9 @@ class ShapeModel:
         A point is an outlier when its distance to the shape fitted on the current inliers exceeds
         ``factor`` times the larger of the training shapes' own scatter at that point (a thumb tip varies
         more than a wrist point) and the median distance of this prediction (a hand unlike the training
-        shapes moves every point), so small disagreements never move a point. Iterated until the inliers stop changing; when
-        fewer than ``min_inliers`` of the points would remain, nothing is replaced (the prediction is
-        too far from any hand for the shape to be trusted).
+        shapes moves every point), so small disagreements never move a point. Iterated until the inliers
+        stop changing; when fewer than ``min_inliers`` of the points would remain, nothing is replaced
+        (the prediction is too far from any hand for the shape to be trusted).
         """
         points = np.asarray(points, np.float64)
         if points.shape != self.mean.shape:

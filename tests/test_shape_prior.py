@@ -11,8 +11,7 @@ def _hands(n: int, seed: int = 0) -> np.ndarray:
     """``(n, 12, 2)`` toy hands: a base shape bent by two modes, then scaled, rotated and moved."""
     rng = np.random.default_rng(seed)
     base = np.array([[x, y] for x in (0.0, 1.0, 2.0, 3.0) for y in (0.0, 2.0, 4.0)])
-    spread = np.array([[x - 1.5, 0.0] for x in (0.0, 1.0, 2.0, 3.0) for _ in range(3)]) * np.array([1.0, 0.0])
-    spread[:, 1] = np.repeat([0.5, 0.0, 0.0, -0.5], 3)
+    spread = np.array([[x - 1.5, y] for x, y in zip((0.0, 1.0, 2.0, 3.0), (0.5, 0.0, 0.0, -0.5)) for _ in range(3)])
     length = np.zeros_like(base)
     length[:, 1] = base[:, 1] / 4
     out = []

@@ -1,4 +1,4 @@
-"""Every config the repository ships loads, names a model the registry builds for its task, and every
+"""Every config the repository ships loads and names a model the registry serves for its task, and every
 ensemble config parses: a typo in a recipe fails here, not minutes into a user's run."""
 from __future__ import annotations
 
