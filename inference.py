@@ -51,17 +51,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def run_ensemble(args: argparse.Namespace) -> dict:
-    """Predict an ensemble YAML with its task's registered runner (:mod:`ensembles.registry`)."""
+    """Predict an ensemble YAML (:func:`ensembles.api.predict_ensemble`)."""
+    from ensembles.api import predict_ensemble
     from ensembles.config import load_ensemble_config
-    from ensembles.plugins import ensemble_runner
 
     ens = load_ensemble_config(args.ensemble)
-    try:
-        runner = ensemble_runner(ens.task)
-    except ValueError as err:
-        raise ValueError(f"{args.ensemble}: {err}") from None
     out = args.out or f"submissions/{ens.run_name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    return runner(ens, out_csv=out, split=args.split, tta=args.tta, from_cache=args.from_cache, device=args.device,
+    return predict_ensemble(ens, out_csv=out, split=args.split, tta=args.tta, from_cache=args.from_cache, device=args.device,
                   workers=args.workers)
 
 
@@ -103,14 +99,14 @@ def _infer(argv: list[str]) -> int:
         print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
     from engine.checkpoint import open_checkpoint
-    from engine.task_predictors import predictor_for  # here: --help and --ensemble need no single-run predictor
+    from engine.predictor import predict_run as predict  # here: --help and --ensemble need no single-run predictor
 
     ckpt = open_checkpoint(args.ckpt)  # read once: its config here, its weights in the predictor
     cfg = run_config(args, rest, ckpt)
     out = args.out or f"submissions/{ckpt.path.parent.name}{'-tta' if args.tta else ''}{'-val' if args.split == 'val' else ''}.csv"
-    predict = predictor_for(cfg.task, ckpt)
     if args.stage1:
         from engine.roi_predictor import predict_two_stage
+
         predict = partial(predict_two_stage, stage1=args.stage1)
     stats = predict(cfg, ckpt, out_csv=out, split=args.split, tta=args.tta, save_probs_dir=args.save_probs,
                     device=args.device, workers=args.workers)

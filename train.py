@@ -57,13 +57,12 @@ def external_learner(cfg):
     """
     import models
     from engine.yolo_learner import YoloLearner
-    from tasks.registry import get_task_class
 
     learners = {"yolo": YoloLearner}  # the training loop of each external model family
     family, _ = models.resolve(cfg.model.name, cfg.task)
     if family.name not in learners:
         raise ConfigError(f"model.name: no learner for the external model family {family.name!r}")
-    model = models.create_model(cfg.model.name, task=cfg.task, num_outputs=get_task_class(cfg.task)(cfg).num_outputs,
+    model = models.create_model(cfg.model.name, task=cfg.task, num_outputs=cfg.spec.task_class()(cfg).num_outputs,
                                 weights=cfg.model.weights, **cfg.model.options)
     return learners[family.name](model)
 

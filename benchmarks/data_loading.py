@@ -17,7 +17,7 @@ from common import bone_masks
 import engine  # noqa: F401
 from tasks.cache import SampleCache
 from tasks.formats.handbones import CLASSES, list_samples, mask_to_polygons, write_polygons
-from tasks.segmentation import HandboneDataset
+from tasks.segmentation.task import HandboneDataset
 
 
 def make_dataset(root: Path, n: int, size: int) -> None:

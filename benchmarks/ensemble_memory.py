@@ -56,7 +56,7 @@ def names(n: int) -> list[str]:
 
 def prepare_cache(workdir: Path, n_images: int, n_members: int, cache_size: int, size: int) -> list[Path]:
     """Run folders whose ``preds/test`` hold ``n_images`` entries (hard links to ``N_DISTINCT`` files)."""
-    from engine.predictor import save_probs
+    from tasks.segmentation.cache import save_probs
 
     runs = []
     for m in range(n_members):
@@ -98,7 +98,8 @@ def child(path: str, n_images: int, n_members: int, size: int, cache_size: int, 
     if path != "csv":
         from engine.predictor import write_submission
         from ensembles.config import EnsembleConfig
-        from ensembles.runner import Fuser, Member, cache_rows, live_rows
+        from ensembles.runner import Fuser, cache_rows, live_rows
+        from ensembles.members import Member
         from tasks.formats.handbones import HandboneSample
 
         members = [Member(f"m{m}", [workdir / f"cache{n_images}" / f"m{m}"], [], "best.pt",

@@ -362,11 +362,11 @@ class Rehearsal:
     def run_infer(self, deadline: float, out: dict[str, Any]) -> None:
         from engine.predictor import ProbabilitySource, load_model, predict_rows, write_submission
         from engine.device import amp_dtype
-        from engine.tta import views_from_config
+        from tasks.tta import views_from_config
         from tasks.formats.handbones import list_samples
         from tasks.formats.images import read_grey
         from tasks.rle import encode_many
-        from tasks.segmentation import probs_to_masks, resolve_thresholds
+        from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
 
         loaded = load_model(self.member("unet-amp"), self.device)
         cfg = loaded.cfg

@@ -29,11 +29,11 @@ import torch
 from engine.config import load_config
 from engine.predictor import LoadedModel, ProbabilitySource, predict_rows, write_submission
 from engine.device import amp_dtype, pick_device
-from engine.tta import views_from_config
+from tasks.tta import views_from_config
 from models import create_model
 from tasks.formats.handbones import list_samples
 from tasks.formats.images import read_grey
-from tasks.segmentation import resolve_thresholds
+from tasks.segmentation.masks import resolve_thresholds
 
 
 def make_images(root: Path, n: int, size: int) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
 
-from tasks.boneage import BoneAgeDataset, list_samples
+from tasks.boneage.task import BoneAgeDataset
+from tasks.boneage.samples import list_samples
 from tasks.cache import SampleCache
 from tasks.formats.images import read_grey
 from tasks.preprocess import Preprocess

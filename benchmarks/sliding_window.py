@@ -28,9 +28,9 @@ def child(args: argparse.Namespace) -> dict:
     from engine.device import pick_device
     from engine.predictor import LoadedModel, ProbabilitySource
     from engine.sliding_window import SlidingWindowSource, tile_grid
-    from engine.tta import View
+    from tasks.tta import View
     from models import create_model
-    from tasks.segmentation import probs_to_masks, resolve_thresholds
+    from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
 
     torch.manual_seed(0)
     device = pick_device("auto")

@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ensemble_memory import member_maps, names
-    from engine.predictor import save_probs, write_submission
+    from tasks.segmentation.cache import save_probs
+    from engine.predictor import write_submission
     from ensembles.config import EnsembleConfig
-    from ensembles.runner import Fuser, Member, cache_rows
+    from ensembles.runner import Fuser, cache_rows
+    from ensembles.members import Member
     from tasks.formats.handbones import HandboneSample
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ens_tp_"))

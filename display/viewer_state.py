@@ -267,13 +267,13 @@ def split_images(cfg, split: str) -> dict[str, HandboneSample]:
     """A segmentation run's images of ``split`` by name, with their label files where known: the validation
     fold's from ``data.root``; the test images' from ``test_gt/outputs_json`` beside ``data.test_root`` when it
     exists (the phantom's and ``tools/score.py``'s layout)."""
-    from engine.predictor import split_samples
+    from tasks.segmentation.samples import split_samples
 
     if split == "test" and cfg.data.test_root:
         gt = Path(cfg.data.test_root).parent / "test_gt" / "outputs_json"
         if gt.is_dir():
             return {s.name: s for s in list_samples(cfg.data.test_root, labels=gt)}
-    return {s.name: s for s in split_samples(cfg, split)}
+    return {s.name: s for s in split_samples(cfg.data, split)}
 
 
 @dataclass(frozen=True)
@@ -288,9 +288,9 @@ def segmentation_panel(run_dir: Path, split: str, sample: HandboneSample, side: 
     """The cached probabilities of ``sample`` thresholded with the run's ``inference.threshold`` at the
     original size (as ``inference.py`` does), drawn with ``display.overlay.overlay``; Dice against its label."""
     from engine.config import load_config
-    from ensembles.runner import cache_path, load_cached
+    from tasks.segmentation.cache import cache_path, load_cached
     from tasks.metrics import dice_per_class
-    from tasks.segmentation import probs_to_masks, resolve_thresholds
+    from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
 
     cfg = load_config(run_dir / "config.yaml")
     probs, size = load_cached(cache_path(run_dir, split, sample.name), run_dir.name)

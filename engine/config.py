@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from tasks.base import DataBase, Section, Threshold, check_thresholds
+from tasks.schema import DataBase, Section, Threshold, check_thresholds
 from tasks.formats.atomic import write_text
-from tasks.registry import TASK_NAMES, get_task_class
+from tasks.spec import MODE_RESIZE, MODE_SLIDING, TaskSpec, task_names, task_spec
 
 
 class ConfigError(ValueError):
@@ -81,6 +81,7 @@ class AugmentConfig(Section):
 class TTAConfig(Section):
     hflip: bool = True
     vflip: bool = False
+    rot90: bool = False               # also the three quarter turns of every view (orientation: the dihedral views)
     scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0])
 
 
@@ -110,7 +111,7 @@ class LoggingConfig(Section):
 
 
 class Config(Section):
-    task: Literal[TASK_NAMES]  # type: ignore[valid-type]
+    task: str
     data: DataBase
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -120,29 +121,48 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     name: str | None = None
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        task_spec(value)
+        return value
+
     @field_validator("data", mode="before")
     @classmethod
     def _task_data(cls, value: Any, info) -> Any:
         task = info.data.get("task")
         if task is None or not isinstance(value, dict):
             return value
-        return get_task_class(task).Data.model_validate(value)
+        return task_spec(task).data.model_validate(value)
 
     @model_validator(mode="after")
-    def _task_thresholds(self) -> "Config":
-        """Threshold class names are the task's (the model's input-size needs: ``engine.trainer.check_image_size``)."""
+    def _task_checks(self) -> "Config":
+        """What depends on the task's spec: threshold class names, the default loss, regression-only and
+        map-only settings (the model's input-size needs: ``engine.trainer.check_image_size``)."""
+        spec = self.spec
         try:
-            check_thresholds(self.inference.threshold, get_task_class(self.task).classes)
+            check_thresholds(self.inference.threshold, spec.classes)
         except ValueError as err:
             raise ValueError(f"inference.threshold: {err}") from None
         if self.loss.weights is None:
-            self.loss.weights = dict(get_task_class(self.task).default_loss)
-        if self.train.select_min_spread and not get_task_class(self.task).regression:
-            raise ValueError(f"train.select_min_spread: only for regression (bone age); task {self.task!r} "
+            self.loss.weights = dict(spec.default_loss)
+        if self.train.select_min_spread and not spec.regression:
+            raise ValueError(f"train.select_min_spread: only for regression tasks; task {self.task!r} "
                              "reports no prediction spread")
-        if self.inference.sliding_window and self.task != "segmentation":
-            raise ValueError(f"inference.sliding_window: tiles are for segmentation, not {self.task}")
+        if self.inference.sliding_window and "sliding_window" not in spec.modes:
+            raise ValueError(f"inference.sliding_window: tiles are for tasks with dense maps, not {self.task}")
         return self
+
+    @property
+    def spec(self) -> TaskSpec:
+        """Everything the task of this config declares (:mod:`tasks.spec`)."""
+        return task_spec(self.task)
+
+    @property
+    def prediction_mode(self) -> str:
+        """How the run predicts (and so what a dense task's prediction cache holds): the whole image resized
+        to ``data.image_size``, or tiles at the original size (``inference.sliding_window``)."""
+        return MODE_SLIDING if self.inference.sliding_window else MODE_RESIZE
 
     @property
     def run_name(self) -> str:
@@ -170,8 +190,8 @@ def _fields_at(path: list[str], task: str | None) -> list[str]:
     keys, ``["data", "clicks"]`` → that sub-section's keys; ``[]`` where ``path`` is not a section."""
     cls: type | None = Config
     for depth, name in enumerate(path):
-        if depth == 0 and name == "data" and task in TASK_NAMES:
-            cls = get_task_class(task).Data
+        if depth == 0 and name == "data" and task in task_names():
+            cls = task_spec(task).data
             continue
         field = cls.model_fields.get(name) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
         cls = field.annotation if field is not None else None
@@ -273,9 +293,9 @@ def build_config(raw: dict, source: str = "config") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config is a YAML mapping of sections")
     if "task" not in raw:
-        raise ConfigError(f"{source}: missing 'task' (one of: {', '.join(TASK_NAMES)})")
+        raise ConfigError(f"{source}: missing 'task' (one of: {', '.join(task_names())})")
     try:
-        get_task_class(raw["task"])
+        task_spec(raw["task"])
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:

@@ -82,13 +82,13 @@ def is_main_process() -> bool:
 
 def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool | None = None) -> dict:
     """Predict the run's validation fold into its prediction cache and record it in summary.json (``oof``)."""
-    from engine.task_predictors import predictor_for
+    from engine.predictor import predict_run
 
     run_dir = cfg.run_dir
     ckpt = run_dir / "best.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: the run has no best.pt (it never validated); nothing to predict")
-    stats = predictor_for(cfg.task, ckpt)(
+    stats = predict_run(
         cfg, ckpt, out_csv=run_dir / "preds" / "val.csv", split="val", tta=False, save_probs_dir="auto",
         device=device or cfg.train.device, workers=None, progress=cfg.logging.progress if progress is None else progress)
     record_summary(run_dir, oof={"split": "val", "images": stats["images"], "cache": "preds/val",
@@ -98,9 +98,8 @@ def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool |
 
 def fold_images(cfg: Config) -> dict[str, list[str]]:
     """The image files of the fold's ``train`` and ``val`` splits, as the task splits them."""
-    from tasks.registry import get_task_class
 
-    train_set, val_set = get_task_class(cfg.task)(cfg).datasets()
+    train_set, val_set = cfg.spec.task_class()(cfg).datasets()
     return {"train": [str(s.image_path) for s in train_set.samples],
             "val": [str(s.image_path) for s in val_set.samples]}
 

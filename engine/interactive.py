@@ -23,12 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.predict_keypoints import autocast_factory, split_dataset, tta_heatmaps
-from engine.predictor import LoadedModel, load_model
-from engine.tta import View, views_from_config
+from engine.predictor import LoadedModel, Predictor, load_model
 from tasks.formats.atomic import atomic_write
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
-from tasks.keypoints import KeypointDataset, KeypointTask
+from tasks.keypoints.task import KeypointDataset, KeypointTask
+from tasks.tta import View, views_from_config
 
 HINTLESS_NOTE = "the model takes no hints: model revision only pins the clicked points"
 
@@ -76,24 +75,20 @@ class InteractiveRun:
         hints, clicked = np.asarray(hints, np.float64), np.asarray(clicked, bool)
         if hints.shape != (len(indices), k, 2) or clicked.shape != (len(indices), k):
             raise ValueError(f"hints {hints.shape} / clicked {clicked.shape} do not match {len(indices)} images x {k} points")
-        model = self.member.model.eval()
-        autocast = autocast_factory(self.device, self.member.cfg)
+        predictor = Predictor(self.member, self.views, self.device)
         size = self.dataset.size
         out = []
-        batch = self.member.cfg.inference.batch_size
-        for start in range(0, len(indices), batch):
-            idx = indices[start:start + batch]
-            images = torch.stack([self.dataset[i]["image"] for i in idx]).to(self.device)
+        batch_size = self.member.cfg.inference.batch_size
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            batch = {"image": torch.stack([self.dataset[i]["image"] for i in idx]).to(self.device)}
             boxes = [self.dataset.letterbox(i) for i in idx]
-            maps = None
             if self.takes_hints:
                 xy = np.stack([lb.forward(h) for lb, h in zip(boxes, hints[start:start + len(idx)])])
-                maps = render_hints(torch.from_numpy(xy).to(self.device),
-                                    torch.from_numpy(clicked[start:start + len(idx)]).to(self.device),
-                                    size, size, self.hint_sigma)
-            with autocast() if autocast else torch.autocast(self.device.type, enabled=False):
-                heatmaps = tta_heatmaps(model, images, self.views, self.task.activate, self.task.lmset.flip_perm, maps)
-            coords, _ = self.task.decode(heatmaps.float(), size, boxes)
+                batch["hints"] = render_hints(torch.from_numpy(xy).to(self.device),
+                                              torch.from_numpy(clicked[start:start + len(idx)]).to(self.device),
+                                              size, size, self.hint_sigma)
+            coords, _ = self.task.decode(predictor.forward(batch), size, boxes)
             out.append(coords)
         return pin(np.concatenate(out), hints, clicked)
 
@@ -109,11 +104,12 @@ def open_run(ckpt: str | os.PathLike, split: str = "val", *, tta: bool = False, 
 
     dev = pick_device(device)
     member = load_model(ckpt, dev)
-    if member.cfg.task != "keypoints":
-        raise ValueError(f"{ckpt}: a {member.cfg.task} run; interactive refinement needs a keypoint run")
-    task = KeypointTask(member.cfg)
+    if not member.cfg.spec.clicks:
+        raise ValueError(f"{ckpt}: a {member.cfg.task} run; interactive refinement needs a task of points "
+                         "(keypoints)")
+    task = member.task
     views = views_from_config(member.cfg.inference.tta, enabled=tta)
-    return InteractiveRun(member, task, split_dataset(task, split), dev, views)
+    return InteractiveRun(member, task, task.dataset(task.samples(split)), dev, views)
 
 
 def curve_table(curve: ClickCurve) -> pd.DataFrame:

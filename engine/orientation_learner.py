@@ -26,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from models.orientation_net import (DEFAULT_ARCH, DEFAULT_SIZE, DEFAULT_WIDTH, LearnedOrientation,
                                     build_orientation_net, network_input, to_tensor)
-from tasks.orientation import DIHEDRAL, DIHEDRAL_LABELS, Item, Orientation, detect_orientation, dihedral_view, evaluate
+from tasks.orientation.heuristic import DIHEDRAL, DIHEDRAL_LABELS, Item, Orientation, detect_orientation, dihedral_view, evaluate
 
 CHECKPOINT_KIND = "orientation_classifier"
 

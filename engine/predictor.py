@@ -1,51 +1,50 @@
-"""Segmentation inference: model(s) + TTA on the device, post-processing in worker threads.
+"""The one predictor: images → a task's output, for every task and mode.
 
-The device loop only produces probabilities at the model size; upsampling to the original size,
-thresholding and RLE run in a thread pool while the next image is on the device. At most
-``2 x workers`` images are in flight, so memory does not grow with the number of test images.
+:class:`Predictor` runs one trained run (:class:`LoadedModel`) under TTA views: per batch of the task's
+inputs (:meth:`tasks.base.Task.batches`) and per view, ``model(*task.model_inputs(batch, view))``, mapped back
+by :meth:`~tasks.base.Task.invert` and made probabilities (or values) by :meth:`~tasks.base.Task.activate`,
+averaged over the views, in the run's precision (:func:`engine.device.autocast`). Modes: the whole image
+resized to the run's input size, or — where the task's spec allows it and the run's
+``inference.sliding_window`` asks — overlapping tiles at the original resolution (:mod:`engine.sliding_window`);
+the two-stage wrist ROI (:mod:`engine.roi_predictor`) chains two predictors; an ensemble runs one per member.
+
+:func:`predict_run` is the whole of ``inference.py --ckpt``: the samples of a split, the predictor, the task's
+writer (submission CSV and prediction cache), the speed recorded in the run's summary.json.
 """
 from __future__ import annotations
 
 import os
 import time
-import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from engine.checkpoint import load_model_state, open_checkpoint
 from engine.cli import Output
 from engine.config import Config, build_config
-from engine.sliding_window import MODE_RESIZE, SlidingWindowSource
-from engine.tta import View, tta_predict, views_name
+from engine.device import amp_dtype, autocast, pick_device
+from engine.sliding_window import sliding_window_predict
 from models import create_model
-from tasks.formats.atomic import atomic_write
-from tasks.formats.handbones import HandboneSample, list_samples
-from tasks.formats.images import read_grey, resize_grey
-from tasks.registry import Registry, get_task_class
-from tasks.rle import encode
-from tasks.segmentation import probs_to_masks, split_folds
-from tasks.submission import AtomicCSVWriter
-
-
-# Task -> ``predict_run(cfg, ckpt, *, out_csv, split, tta, save_probs_dir, device, workers, progress)``, which
-# predicts one trained run and returns {"images", "seconds", "images_per_s", "csv"}.
-PREDICTORS = Registry("predictor")
+from tasks.base import Task
+from tasks.spec import MODE_SLIDING
+from tasks.tta import View, views_from_config
 
 
 @dataclass
 class LoadedModel:
-    """A trained member: its torch module, resolved config and where it came from."""
+    """A trained run ready to predict: its torch module, resolved config, task and where it came from."""
 
     model: torch.nn.Module
     cfg: Config
     source: Path
+    task: Task = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task = self.cfg.spec.task_class()(self.cfg)
 
     @property
     def image_size(self) -> int:
@@ -70,7 +69,7 @@ def load_model(ckpt: str | os.PathLike, device: torch.device, cfg: Config | None
         cfg = build_config(state["config"], str(ckpt_path))
     elif cfg.model.name != state["model_name"]:
         raise ValueError(f"{ckpt_path}: checkpoint holds {state['model_name']!r} but the config asks for {cfg.model.name!r}")
-    task = get_task_class(cfg.task)(cfg)
+    task = cfg.spec.task_class()(cfg)
     if state["num_outputs"] != task.num_outputs:
         raise ValueError(f"{ckpt_path}: checkpoint has {state['num_outputs']} output channels, task "
                          f"{cfg.task} needs {task.num_outputs}")
@@ -83,160 +82,122 @@ def load_model(ckpt: str | os.PathLike, device: torch.device, cfg: Config | None
     return LoadedModel(model.to(device).eval(), cfg, ckpt_path)
 
 
-def split_samples(cfg: Config, split: str) -> list[HandboneSample]:
-    """Images to predict: the test folder (``data.test_root``) or the run's validation fold."""
-    if split == "test":
-        if not cfg.data.test_root:
-            raise ValueError("data.test_root is not set: nothing to predict for --split test")
-        return list_samples(cfg.data.test_root, labels=None)
-    samples = list_samples(cfg.data.root)
-    _, val_idx = split_folds(samples, cfg.data.n_folds, cfg.data.fold)
-    return [samples[i] for i in val_idx]
+class Predictor:
+    """One run under TTA ``views`` on ``device``: a batch of the task's inputs → the mean over the views of its
+    activated outputs in the frame of the plain input (whole images, or tiles stitched at the original size)."""
 
-
-class ProbabilitySource:
-    """Mean sigmoid probabilities of one or more members (each with its own input size) under TTA views."""
-
-    mode = MODE_RESIZE  # whole image resized to the model size (engine.sliding_window: tiles at the original size)
-
-    def __init__(self, members: list[LoadedModel], views: list[View], device: torch.device,
-                 weights: np.ndarray | None = None, amp: torch.dtype | None = None) -> None:
-        self.members = members
-        self.views = views
-        self.device = device
-        self.amp = amp
-        if weights is None:
-            weights = np.ones((len(members), 1), np.float32)
-        self.weights = np.asarray(weights, np.float32).reshape(len(members), -1)
-        self.out_size = max(m.image_size for m in members)
+    def __init__(self, member: LoadedModel, views: Sequence[View], device: torch.device) -> None:
+        if not views:
+            raise ValueError("a predictor needs at least one TTA view")
+        self.member, self.task, self.views, self.device = member, member.task, list(views), device
+        self.amp = amp_dtype(member.cfg.train.amp, device)
+        self.mode = member.cfg.prediction_mode
+        inference = member.cfg.inference
+        self.batch_size = 1 if self.mode == MODE_SLIDING else inference.batch_size
+        self.input_size: int | None = None if self.mode == MODE_SLIDING else member.image_size
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``(C, s, s)`` float32 probabilities at the largest member size for one uint8 image."""
-        total = None
-        for m, w in zip(self.members, self.weights):
-            x = torch.from_numpy(resize_grey(image, m.image_size, m.image_size)).float().div_(255)[None, None]
-            x = x.to(self.device)
-            ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
-            with ctx:
-                prob = tta_predict(m.model, x, self.views, out_size=(self.out_size, self.out_size))[0]
-            prob = prob.float() * torch.as_tensor(w, device=prob.device).view(-1, 1, 1)
-            total = prob if total is None else total + prob
-        return (total / torch.as_tensor(self.weights.sum(0), device=total.device).view(-1, 1, 1)).cpu().numpy()
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Mean over the views of ``activate(invert(model(view of batch)))``, float32, in the run's precision."""
+        with autocast(self.device, self.amp):
+            return view_mean(self.member.model, self.task, batch, self.views)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """The task's output for ``batch`` (on the device): whole inputs, or one image in tiles of the run's input
+        size (``inference.tile_overlap``; the views apply per tile)."""
+        if self.mode != MODE_SLIDING:
+            return self.forward(batch)
+        inference = self.member.cfg.inference
+        with autocast(self.device, self.amp):
+            probs = sliding_window_predict(lambda tiles: self.forward({**batch, "image": tiles}), batch["image"],
+                                           self.member.image_size, inference.tile_overlap, inference.batch_size)
+        return probs[None]
+
+    def inputs(self, samples: Sequence[Any], progress: bool = False) -> Iterator[dict]:
+        """The task's input batches of ``samples`` at this run's input size, tensors on the device."""
+        bar = tqdm(total=len(samples), desc="predict", disable=not progress, dynamic_ncols=True)
+        for batch in self.task.batches(samples, self.input_size, self.batch_size):
+            yield to_device(batch, self.device)
+            bar.update(len(batch["samples"]))
+        bar.close()
+
+    def batches(self, samples: Sequence[Any], progress: bool = False) -> Iterator[tuple[dict, torch.Tensor]]:
+        """``(batch, outputs)`` over ``samples``: the task's inputs and this run's outputs for them."""
+        for batch in self.inputs(samples, progress):
+            yield batch, self(batch)
 
 
-def _postprocess(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray,
-                 cache: Output | None, mode: str = MODE_RESIZE, tta: str = "identity") -> tuple[str, list[str]]:
-    if cache is not None:
-        cache(save_probs, cache.path / f"{name}.npz", probs, size, mode, tta)
-    masks = probs_to_masks(probs, size, thresholds)
-    return name, [encode(m) for m in masks]
+def view_mean(model: Callable[..., torch.Tensor], task: Any, batch: dict, views: Sequence[View]) -> torch.Tensor:
+    """The TTA step of every prediction: per view, the model's output on the view of ``batch``
+    (``task.model_inputs``), mapped back to the plain input's frame (``task.invert``) and activated
+    (``task.activate``: probabilities, not logits, are averaged); the mean over ``views``."""
+    total = None
+    for view in views:
+        y = task.activate(task.invert(model(*task.model_inputs(batch, view)).float(), view, batch))
+        total = y if total is None else total + y
+    return total / len(views)
 
 
-def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int], mode: str = MODE_RESIZE,
-               tta: str = "identity") -> None:
-    """Prediction cache entry: uint8-quantised probabilities (p*255) + original size + how they were made
-    (``mode``: ``resize``, at the model size; ``sliding_window``, at the original size; ``tta``: the views
-    averaged, :func:`engine.tta.views_name`)."""
-    q = probs if probs.dtype == np.uint8 else np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
-    with atomic_write(path, "wb") as f:
-        np.savez(f, probs=q, orig_size=np.asarray(size, np.int64), mode=np.asarray(mode), tta=np.asarray(tta))
+def to_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its tensors on ``device`` (the rest as is)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    with np.load(path) as f:
-        probs, size = f["probs"], tuple(int(v) for v in f["orig_size"])
-    return probs, size
+def check_mode(cfg: Config, where: object) -> None:
+    """Refuse a prediction mode the task's spec does not have (sliding window on a task without maps)."""
+    if cfg.prediction_mode not in cfg.spec.modes:
+        raise ValueError(f"{where}: inference.sliding_window: tiles are for tasks with dense maps, not {cfg.task}")
 
 
-def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray], np.ndarray],
-                 thresholds: np.ndarray, workers: int = 2, cache: Output | None = None,
-                 progress: bool = True, expected_size: tuple[int, int] | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield ``(image_name, rles)`` in input order; post-processing overlaps the next forward pass.
+def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test",
+                tta: bool = False, save_probs_dir: str | Path | None = None, device: str = "auto",
+                workers: int | None = None, progress: bool = True,
+                make_predictor: Callable[[LoadedModel, torch.device], Any] | None = None, **summary: Any) -> dict:
+    """Predict one trained run (any task) into ``out_csv``; returns ``{"images", "seconds", "images_per_s", "csv"}``.
 
-    ``cache`` (:func:`prediction_cache`): the folder the probabilities of each image are also saved in.
-    """
-    samples = list(samples)
-    pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for s in tqdm(samples, desc="predict", disable=not progress, dynamic_ncols=True):
-            image = read_grey(s.image_path)
-            if expected_size and image.shape != expected_size:
-                warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
-                              f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
-            probs = source(image)
-            pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache,
-                                       getattr(source, "mode", MODE_RESIZE), views_name(getattr(source, "views", []))))
-            while len(pending) > 2 * max(1, workers):
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def write_submission(rows: Iterable[tuple[str, list[str]]], out_csv: str | Path) -> int:
-    """Stream rows into an atomic CSV; returns the number of images written."""
-    n = 0
-    with AtomicCSVWriter(out_csv) as writer:
-        for name, rles in rows:
-            writer.write_image(name, rles)
-            n += 1
-    return n
-
-
-def timed(fn: Callable[[], int]) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    n = fn()
-    return n, time.perf_counter() - t0
-
-
-@PREDICTORS.register("segmentation")
-def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test", tta: bool = False,
-                save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
-                progress: bool = True) -> dict:
-    """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
-    from engine.device import amp_dtype, pick_device
-    from engine.tta import views_from_config
-
+    ``save_probs_dir``: also write the prediction cache (``"auto"``: ``<run>/preds/<split>/``).
+    ``make_predictor(member, device)``: another predictor than the run's own :class:`Predictor` (the two-stage
+    ROI, :func:`engine.roi_predictor.predict_two_stage`). The speed (and ``summary``) is recorded in the run's
+    summary.json (``images_per_s``, ``_tta`` with several views, ``_sliding_window`` for tiles)."""
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
-    if cfg.data.roi is not None:
-        raise ValueError(f"{ckpt}: a stage-2 wrist-ROI run (data.roi) predicts crops of its stage 1's box: "
-                         "give --stage1 <stage-1 run>/best.pt (engine.roi_predictor)")
-    samples = split_samples(cfg, split)
+    check_mode(cfg, ckpt)
     views = views_from_config(cfg.inference.tta, enabled=tta)
-    amp = amp_dtype(cfg.train.amp, dev)
-    if cfg.inference.sliding_window:
-        source = SlidingWindowSource(member.model, member.image_size, views, dev, cfg.inference.tile_overlap,
-                                     cfg.inference.batch_size, amp)
+    if make_predictor is not None:
+        predictor: Any = make_predictor(member, dev)
     else:
-        source = ProbabilitySource([member], views, dev, amp=amp)
-    key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
-    key += "_sliding_window" if cfg.inference.sliding_window else ""  # not the whole-image speed the leaderboard shows
-    return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
-                             workers=workers, progress=progress, speed_key=key)
-
-
-def write_predictions(cfg: Config, ckpt: str | os.PathLike, samples: list[HandboneSample],
-                      source: Callable[[np.ndarray], np.ndarray], *, out_csv: str | Path, split: str,
-                      save_probs_dir: str | Path | None, workers: int | None, progress: bool, speed_key: str,
-                      **summary: str) -> dict:
-    """The submission CSV (and cache) of ``source`` over ``samples`` at the run's thresholds; records the speed
-    under ``speed_key`` (and ``summary``) in the run's summary.json. Returns ``{"images", "seconds",
-    "images_per_s", "csv"}``."""
-    from engine.summary import record_summary
-    from tasks.formats.images import image_size
-    from tasks.segmentation import resolve_thresholds
-
-    rows = predict_rows(samples, source, resolve_thresholds(cfg.inference.threshold),
-                        workers or cfg.inference.post_workers, prediction_cache(save_probs_dir, ckpt, split), progress,
-                        expected_size=image_size(samples[0].image_path))
-    n, seconds = timed(lambda: write_submission(rows, out_csv))
-    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}
-    run_dir = Path(ckpt).parent
-    if (run_dir / "summary.json").is_file():  # inference speed, whichever split was predicted
-        record_summary(run_dir, speed={speed_key: stats["images_per_s"]}, **summary)
+        if getattr(cfg.data, "roi", None) is not None:
+            raise ValueError(f"{ckpt}: a stage-2 wrist-ROI run (data.roi) predicts crops of its stage 1's box: "
+                             "give --stage1 <stage-1 run>/best.pt (engine.roi_predictor)")
+        predictor = Predictor(member, views, dev)
+    samples = member.task.samples(split)
+    if not samples:
+        raise ValueError(f"{ckpt}: no images to predict in the {split} split")
+    cache = prediction_cache(save_probs_dir, ckpt, split)
+    t0 = time.perf_counter()
+    writer = member.task.writer(out_csv, cache, views=views, workers=workers or cfg.inference.post_workers,
+                                mode=predictor.mode)
+    with writer:
+        for batch, outputs in predictor.batches(samples, progress):
+            writer.add(batch, outputs)
+    seconds = time.perf_counter() - t0
+    n = writer.images
+    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 3),
+             "csv": str(out_csv)}
+    key = "images_per_s_tta" if len(views) > 1 else "images_per_s"
+    key += "_sliding_window" if predictor.mode == MODE_SLIDING else ""  # not the whole-image speed the leaderboard shows
+    record_speed(Path(ckpt).parent, {key: stats["images_per_s"]}, **summary)
     return stats
+
+
+def record_speed(run_dir: Path, speed: dict, **fields: Any) -> None:
+    """The inference speed (and ``fields``) in a finished run's summary.json (bookkeeping: a read-only run
+    folder only warns)."""
+    from engine.summary import record_summary
+
+    if (run_dir / "summary.json").is_file():
+        record_summary(run_dir, speed=speed, **fields)
 
 
 def prediction_cache(save_probs_dir: str | Path | None, ckpt: str | os.PathLike, split: str) -> Output | None:

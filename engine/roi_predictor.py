@@ -17,17 +17,21 @@ resolution.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from engine.config import Config
-from engine.predictor import LoadedModel, ProbabilitySource, load_model, split_samples, write_predictions
-from engine.tta import View, tta_predict
+from engine.predictor import LoadedModel, Predictor, load_model, predict_run, to_device
 from tasks.roi import Box, RoiConfig, box_from_probs, crop, paste, scale_box
-from tasks.segmentation import resolve_thresholds
+from tasks.spec import MODE_RESIZE
+from tasks.tta import views_from_config
 
 
 def map_shape(shape: tuple[int, int], box: Box, crop_size: int, stage1_size: int) -> tuple[int, int]:
@@ -45,35 +49,31 @@ def quantize(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8)
 
 
-class TwoStageSource:
-    """``image -> (29, h, w)`` uint8 probabilities: stage 1 everywhere, stage 2 pasted in the wrist box."""
+class TwoStagePredictor:
+    """A batch of one image → ``(1, 29, h, w)`` uint8 probabilities: stage 1 everywhere, stage 2 pasted in the
+    wrist box. ``stage1`` and ``stage2`` are predictors of the two runs, each under its own TTA views."""
 
-    def __init__(self, stage1: ProbabilitySource, stage1_thresholds: np.ndarray, stage2: LoadedModel,
-                 views: list[View], device: torch.device, amp: torch.dtype | None = None) -> None:
-        roi: RoiConfig = stage2.cfg.data.roi
-        self.stage1 = stage1
+    mode = MODE_RESIZE
+
+    def __init__(self, stage1: Predictor, stage2: Predictor) -> None:
+        self.stage1, self.stage2 = stage1, stage2
+        roi: RoiConfig = stage2.member.cfg.data.roi
         self.roi = roi
-        self.box_thresholds = np.asarray(stage1_thresholds, np.float32)[roi.box_indices]
-        self.stage2 = stage2
-        self.views = views
-        self.device = device
-        self.amp = amp
+        self.box_thresholds = np.asarray(stage1.task.thresholds, np.float32)[roi.box_indices]
+        self.task = stage2.task
 
-    @torch.no_grad()
     def predict_crop(self, image: np.ndarray, box: Box) -> np.ndarray:
         """Stage-2 probabilities ``(K, s, s)`` of the crop of ``image`` at ``box``."""
-        size = self.stage2.image_size
-        x = torch.from_numpy(crop(image, box, size)).float().div_(255)[None, None].to(self.device)
-        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
-        with ctx:
-            prob = tta_predict(self.stage2.model, x, self.views)[0]
-        return prob.float().cpu().numpy()
+        size = self.stage2.member.image_size
+        batch = to_device(self.task.image_batch(crop(image, box, size), None), self.stage2.device)
+        return self.stage2(batch)[0].float().cpu().numpy()
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: dict) -> np.ndarray:
+        image = batch["raw"][0]
         shape = image.shape[:2]
-        p1 = self.stage1(image)
+        p1 = self.stage1(batch)[0].float().cpu().numpy()
         box = box_from_probs(p1[self.roi.box_indices], self.box_thresholds, self.roi.margin, shape)
-        out_shape = map_shape(shape, box, self.stage2.image_size, p1.shape[-1])
+        out_shape = map_shape(shape, box, self.stage2.member.image_size, p1.shape[-1])
         out = np.empty((p1.shape[0], *out_shape), np.uint8)
         for c, prob in enumerate(p1):
             if prob.shape != out_shape:
@@ -83,15 +83,21 @@ class TwoStageSource:
         out_box = scale_box(box, shape, out_shape)
         for k, c in enumerate(self.roi.class_indices):
             paste(out[c:c + 1], p2[k:k + 1], out_box)
-        return out
+        return out[None]
+
+    def batches(self, samples: Sequence[Any], progress: bool = False) -> Iterator[tuple[dict, np.ndarray]]:
+        for batch in tqdm(self.task.batches(samples, self.stage1.member.image_size), total=len(samples),
+                          desc="predict", disable=not progress, dynamic_ncols=True):
+            batch = to_device(batch, self.stage1.device)
+            yield batch, self(batch)
 
 
 def check_stages(stage1: LoadedModel, stage2: LoadedModel, split: str) -> None:
     """Stage 2 is a ``data.roi`` run, stage 1 an ordinary segmentation run; for ``--split val`` both hold
     out the same images (else stage 1 would be scored on images it trained on)."""
-    if stage2.cfg.task != "segmentation" or stage2.cfg.data.roi is None:
+    if "roi" not in stage2.cfg.spec.modes or stage2.cfg.data.roi is None:
         raise ValueError(f"{stage2.source}: not a stage-2 wrist-ROI run (its config has no data.roi)")
-    if stage1.cfg.task != "segmentation" or stage1.cfg.data.roi is not None:
+    if stage1.cfg.task != stage2.cfg.task or stage1.cfg.data.roi is not None:
         raise ValueError(f"{stage1.source}: --stage1 needs an ordinary segmentation run (whole images, 29 classes)")
     if split == "val":
         a, b = stage1.cfg.data, stage2.cfg.data
@@ -100,26 +106,20 @@ def check_stages(stage1: LoadedModel, stage2: LoadedModel, split: str) -> None:
                              f"(stage 1: {a.root} fold {a.fold}/{a.n_folds}, stage 2: {b.root} fold {b.fold}/{b.n_folds})")
 
 
-def predict_two_stage(cfg: Config | None, ckpt: str | Path, *, stage1: str | Path, out_csv: str | Path,
+def two_stage(stage1: LoadedModel, stage2: LoadedModel, tta: bool, device: torch.device, split: str
+              ) -> TwoStagePredictor:
+    """The two-stage predictor of a stage-1 and a stage-2 run (checked), each under its own ``inference.tta``."""
+    check_stages(stage1, stage2, split)
+    return TwoStagePredictor(Predictor(stage1, views_from_config(stage1.cfg.inference.tta, enabled=tta), device),
+                             Predictor(stage2, views_from_config(stage2.cfg.inference.tta, enabled=tta), device))
+
+
+def predict_two_stage(cfg: Config | None, ckpt: str | os.PathLike, *, stage1: str | os.PathLike, out_csv: str | Path,
                       split: str = "test", tta: bool = False, save_probs_dir: str | Path | None = None,
                       device: str = "auto", workers: int | None = None, progress: bool = True) -> dict:
-    """Predict stage 1 + the stage-2 run ``ckpt``; returns ``{"images", "seconds", "images_per_s", "csv"}``.
-    The stage-2 run's config says where the images are and the thresholds of the final map."""
-    from engine.device import amp_dtype, pick_device
-    from engine.tta import views_from_config
-
-    dev = pick_device(device)
-    second = load_model(ckpt, dev, cfg)
-    first = load_model(stage1, dev)
-    check_stages(first, second, split)
-    cfg = second.cfg
-    samples = split_samples(cfg, split)
-    source1 = ProbabilitySource([first], views_from_config(first.cfg.inference.tta, enabled=tta), dev,
-                                amp=amp_dtype(first.cfg.train.amp, dev))
-    views = views_from_config(cfg.inference.tta, enabled=tta)
-    source = TwoStageSource(source1, resolve_thresholds(first.cfg.inference.threshold), second, views, dev,
-                            amp=amp_dtype(cfg.train.amp, dev))
-    return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
-                             workers=workers, progress=progress,
-                             speed_key="images_per_s_tta" if tta and len(views) > 1 else "images_per_s",
-                             stage1=str(Path(stage1).parent))
+    """Predict stage 1 + the stage-2 run ``ckpt`` (``inference.py --stage1``) like any run; returns images,
+    seconds, images/s and the CSV. The stage-2 run's config says where the images are and the thresholds of the
+    final map; its summary.json records the stage 1 it was predicted with."""
+    return predict_run(cfg, ckpt, out_csv=out_csv, split=split, tta=tta, save_probs_dir=save_probs_dir, device=device,
+                       workers=workers, progress=progress, stage1=str(Path(stage1).parent),
+                       make_predictor=lambda member, dev: two_stage(load_model(stage1, dev), member, tta, dev, split))

@@ -17,12 +17,14 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from torch.utils.data import Dataset
-
-from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.config import Config, load_config, save_config
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from engine.checkpoint import Checkpoint
 
 # Files whose presence makes a folder a run (started or finished).
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl")
@@ -92,7 +94,7 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
                              "--logging.run_name=NAME, or replace it with --overwrite")
 
 
-def check_dataset(datasets: Sequence[Dataset], workers: int = 0) -> int:
+def check_dataset(datasets: Sequence["Dataset"], workers: int = 0) -> int:
     """Load every sample of ``datasets`` once; the first bad one raises its reader's error. Returns the count.
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
@@ -124,10 +126,8 @@ def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
 def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
     """All three steps for a learner that trains in its own loop (e.g. ultralytics YOLO): check the
     folder, check every sample of the configured fold, then create the folder."""
-    from tasks.registry import get_task_class
-
     check_run_folder(cfg, resume, overwrite)
-    check_dataset(get_task_class(cfg.task)(cfg).datasets(), workers=max(1, cfg.data.num_workers))
+    check_dataset(cfg.spec.task_class()(cfg).datasets(), workers=max(1, cfg.data.num_workers))
     return open_run_folder(cfg, resume, overwrite)
 
 
@@ -189,16 +189,20 @@ def checkpoint_config(ckpt: str | os.PathLike, config_path: str | Path | None = 
                       overrides: dict[str, Any] | None = None) -> tuple[Config, list[str]]:
     """:func:`inference_config` of the checkpoint ``ckpt``: a file (read with ``weights_only=True``) or a
     :class:`engine.checkpoint.Checkpoint` already read, which the model is then built from without a second read."""
+    from engine.checkpoint import open_checkpoint
+
     ckpt = open_checkpoint(ckpt)
     return inference_config(ckpt.config, ckpt.path, config_path, overrides)
 
 
-def member_config(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[Config, Checkpoint | None]:
+def member_config(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[Config, "Checkpoint | None"]:
     """A trained run's config for prediction and its checkpoint, read once (None without one): the
     checkpoint's config where ``<run_dir>/<checkpoint>`` exists (its config.yaml then supplies data
     locations, and a disagreement is warned about), else the run's config.yaml (e.g. an ensemble fused from
     cached predictions alone)."""
     import warnings
+
+    from engine.checkpoint import open_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / checkpoint).is_file():

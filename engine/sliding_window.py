@@ -10,31 +10,27 @@ probabilities are weighted by a Gaussian importance map (sigma = tile / 8, floor
 float32 at the original size; the result is the weighted mean. Tiles go through the model in batches
 of ``batch_size``.
 
-TTA is applied per tile (:func:`engine.tta.tta_predict` on each batch of tiles): a flip of a tile is
+TTA is applied per tile (the predictor's mean over its views, on each batch of tiles): a flip of a tile is
 undone exactly on that tile, a scale view resizes the tile and maps its output back to the tile, so
 the geometry of the stitched map is that of the image, whatever the views. (Flipping the whole image
 instead would give the same tiles' union only when the tile grid is symmetric; per tile it always is.)
 
 Peak memory, one image at a time: the accumulator ``4 * C * H * W`` bytes plus the weight sum
 ``4 * H * W`` (29 x 2048 x 2048: 486 MB + 17 MB) on the device, and one batch of tile outputs
-(``batch_size * views * C * tile² * 4`` bytes). :class:`SlidingWindowSource` hands the caller uint8
-probabilities (``p * 255``, the prediction cache's form, 121 MB for that image), so images waiting for
-post-processing hold a quarter of the float map.
+(``batch_size * views * C * tile² * 4`` bytes). The segmentation writer keeps such a map as uint8
+``p * 255`` (the prediction cache's form, 121 MB for that image) while it waits for post-processing.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.tta import View, tta_predict
 
 GAUSSIAN_FLOOR = 1e-3  # smallest importance relative to the tile centre (nnU-Net floors at its smallest value)
-MODE_RESIZE = "resize"
-MODE_SLIDING = "sliding_window"
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -75,11 +71,11 @@ def _pad_to(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, int, int]:
 
 
 @torch.no_grad()
-def sliding_window_predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
-                           overlap: float = 0.5, views: Sequence[View] = (View(),), batch_size: int = 4,
-                           sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """``(C, H, W)`` float32 probabilities of ``x`` (``(1, 1, H, W)`` input on the model's device), stitched
-    from Gaussian-weighted tiles of ``tile`` px under the TTA ``views`` (per tile, see the module docstring)."""
+def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
+                           overlap: float = 0.5, batch_size: int = 4, sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """``(C, H, W)`` float32 probabilities of ``x`` (``(1, channels, H, W)`` input on the model's device), stitched
+    from Gaussian-weighted tiles of ``tile`` px; ``predict(tiles)`` gives ``(B, C, tile, tile)`` probabilities of
+    a batch of tiles (the predictor's TTA mean, so views apply per tile: see the module docstring)."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"sliding_window_predict takes one image (1, channels, H, W), got {tuple(x.shape)}")
     height, width = x.shape[-2:]
@@ -92,7 +88,7 @@ def sliding_window_predict(model: Callable[[torch.Tensor], torch.Tensor], x: tor
     for start in range(0, len(corners), max(1, batch_size)):
         batch = corners[start:start + batch_size]
         tiles = torch.cat([padded[..., y:y + tile, x0:x0 + tile] for y, x0 in batch])
-        probs = tta_predict(model, tiles, views).float()
+        probs = predict(tiles).float()
         if acc is None:
             acc = torch.zeros((probs.shape[1], ph, pw), dtype=torch.float32, device=x.device)
         for (y, x0), p in zip(batch, probs):
@@ -100,26 +96,3 @@ def sliding_window_predict(model: Callable[[torch.Tensor], torch.Tensor], x: tor
             weight[y:y + tile, x0:x0 + tile] += importance
     acc /= weight
     return acc[:, top:top + height, left:left + width]
-
-
-def quantize(probs: torch.Tensor) -> np.ndarray:
-    """Float probabilities → uint8 ``round(p * 255)`` on the host (the prediction cache's form)."""
-    return probs.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
-
-
-class SlidingWindowSource:
-    """uint8 ``(C, H, W)`` probabilities (``p * 255``) of one model at each image's original size, for
-    :func:`engine.predictor.predict_rows` (the counterpart of ``ProbabilitySource``'s whole-image resizing)."""
-
-    mode = MODE_SLIDING
-
-    def __init__(self, model: torch.nn.Module, tile: int, views: Sequence[View], device: torch.device,
-                 overlap: float = 0.5, batch_size: int = 4, amp: torch.dtype | None = None) -> None:
-        self.model, self.tile, self.views, self.device = model, tile, list(views), device
-        self.overlap, self.batch_size, self.amp = overlap, batch_size, amp
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        x = torch.tensor(image, device=self.device).float().div_(255)[None, None]  # a copy: images may be read-only
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            probs = sliding_window_predict(self.model, x, self.tile, self.overlap, self.views, self.batch_size)
-        return quantize(probs)

@@ -26,7 +26,7 @@ from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
-from engine.device import amp_dtype, pick_device
+from engine.device import amp_dtype, autocast, autocast_factory, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
@@ -34,7 +34,6 @@ from models import ModelOptionsError, create_model, input_size
 from models.output_prior import set_output_prior
 from models.weights import load_local_weights
 from tasks.base import Task
-from tasks.registry import get_task_class
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -84,7 +83,7 @@ def build_model(cfg: Config, task: Task) -> nn.Module:
     The prior goes in first so that a whole-model weights file (a fine-tune) keeps its own head, while
     encoder-only weights (ImageNet) leave the prior in place.
     """
-    prior = cfg.model.output_prior if task.sigmoid_outputs else None
+    prior = cfg.model.output_prior if cfg.spec.sigmoid_outputs else None
     try:
         model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs,
                              in_channels=task.in_channels, weights=None if prior else cfg.model.weights,
@@ -112,7 +111,7 @@ class Trainer:
         seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
         self.device = pick_device(cfg.train.device, self.local_rank)
         self.amp = amp_dtype(cfg.train.amp, self.device)
-        self.task = get_task_class(cfg.task)(cfg)
+        self.task = cfg.spec.task_class()(cfg)
         self.train_set, self.val_set = self.task.datasets()
         self._check_data()
         self.run_dir = cfg.run_dir
@@ -142,7 +141,7 @@ class Trainer:
             lr_lambda(total, 0, cfg.train.min_lr_ratio))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.start_epoch = 0
-        self.selector = CheckpointSelector(self.task.mode, cfg.train.select_ema, cfg.train.select_min_spread)
+        self.selector = CheckpointSelector(cfg.spec.mode, cfg.train.select_ema, cfg.train.select_min_spread)
         self.bad_epochs = 0
         self.train_time = 0.0
         self.images_seen = 0
@@ -169,11 +168,6 @@ class Trainer:
             raise fault
         if verdict is not None:
             raise ValueError(verdict)
-
-    def autocast(self):
-        if self.amp is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -239,7 +233,7 @@ class Trainer:
             last_of_group = (step + 1) % cfg.train.accumulate == 0 or step + 1 == self.steps_per_epoch
             sync = nullcontext() if last_of_group or self.world == 1 else self.net.no_sync()
             with sync:
-                with self.autocast():
+                with autocast(self.device, self.amp):
                     output = self.task.forward(self.net, batch)
                 loss = self.task.loss(output, batch)
                 if not torch.isfinite(loss):
@@ -277,12 +271,12 @@ class Trainer:
             metrics = None
             if validate and self.is_main:
                 eval_model = self.ema.module if self.ema is not None else self.model
-                metrics = self.task.evaluate(eval_model, self.val_set, self.device, autocast=self.autocast,
+                metrics = self.task.evaluate(eval_model, self.val_set, self.device, autocast=autocast_factory(self.device, self.amp),
                                              batch_size=cfg.inference.batch_size)
             metrics = distributed.broadcast_object(metrics)
             if metrics is not None:
                 row.update({"val/loss": metrics.get("loss"), "val/score": metrics["score"],
-                            f"val/{self.task.metric}": metrics["score"]})
+                            f"val/{cfg.spec.metric}": metrics["score"]})
                 row.update({f"val/{k}": v for k, v in metrics.items() if k not in ("score", "loss", "per_item")
                             and isinstance(v, (int, float))})
                 if self.selector.update(epoch, metrics):
@@ -304,7 +298,7 @@ class Trainer:
                 if metrics and cfg.train.select_ema:
                     score += f" (EMA {self.selector.smoothed:.4f})"
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}  train/loss {train_loss:.4f}  "
-                           f"val/{self.task.metric} {score}  ({self.train_time:.0f}s)")
+                           f"val/{cfg.spec.metric} {score}  ({self.train_time:.0f}s)")
             try:
                 for callback in self.callbacks:
                     callback(epoch, row)
@@ -327,7 +321,7 @@ class Trainer:
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
-            metric=self.task.metric, mode=self.task.mode, best_epoch=self.selector.best_epoch,
+            metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=self.selector.best_epoch,
             selected_by=self.selector.rule,
             val={"score": best.get("score"), "per_item": best.get("per_item"),
                  **{k: v for k, v in best.items() if k not in ("score", "per_item")}} if best else None,

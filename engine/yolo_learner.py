@@ -39,7 +39,6 @@ from models.weights import load_local_weights
 from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
 from tasks.formats.tensors import read_tensors
 from tasks.formats.yolo import yolo_dataset
-from tasks.registry import get_task_class
 
 provide_yolo_fonts()  # ultralytics' check_font() must find Arial.ttf offline when it plots
 
@@ -124,7 +123,7 @@ def _trainer_class() -> type:
             config_path = self.run_dir / "config.yaml"
             self.harness = build_config(yaml.safe_load(config_path.read_text()), str(config_path))
             self.options = parse_options(self.harness.model.options)
-            self.task = get_task_class(self.harness.task)(self.harness)
+            self.task = self.harness.spec.task_class()(self.harness)
             self.val_set = self.task.datasets()[1]
             self.logger: RunLogger | None = None
             self.val_time = 0.0
@@ -254,7 +253,7 @@ class YoloLearner:
         best = read_tensors(best_path, "checkpoint")
         device = torch_device(cfg.train.device)
         module = self.model.load(best, str(best_path)).to(device)
-        task = get_task_class(cfg.task)(cfg)
+        task = cfg.spec.task_class()(cfg)
         train_set, val_set = task.datasets()
         val = task.evaluate(module, val_set, device, batch_size=cfg.inference.batch_size)
         save_checkpoint(best_path, {**best, "metrics": val})
@@ -269,7 +268,7 @@ class YoloLearner:
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=sum(p.numel() for p in module.parameters()),
             train_time_s=train_time, train_images_per_s=round(images / train_time, 2) if train_time else None,
-            metric=task.metric, mode=task.mode, best_epoch=best_epoch,
+            metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=best_epoch,
             val={"score": val["score"], "per_item": val["per_item"], "loss": val["loss"]},
         )
         write_summary(run_dir, summary)

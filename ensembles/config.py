@@ -3,8 +3,8 @@ thresholds (segmentation) or vote radius (keypoints), fitting.
 
 ```yaml
 task: segmentation
-method: weighted                 # segmentation: soft | hard | weighted; keypoints: soft | mean | median |
-                                 # weighted | hard; boneage: mean | median | weighted
+method: weighted                 # the task's spec lists its methods (segmentation: soft | hard | weighted;
+                                 # keypoints: soft | mean | median | weighted | hard; boneage: mean | median | weighted)
 members:                         # run folders: <run>/best.pt, <run>/config.yaml, <run>/preds/<split>/
   - run: runs/segmentation/demo_unet-f0
   - {name: fpn, run: runs/segmentation/demo_fpn-f0}
@@ -40,15 +40,8 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.config import Config, ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
-from tasks.base import Section, Threshold, check_thresholds
-from tasks.registry import TASK_NAMES, get_task_class
-
-# Named groups of segmentation classes usable as keys of ``class_weights``.
-CLASS_GROUPS: dict[str, tuple[str, ...]] = {
-    "fingers": tuple(f"finger-{i}" for i in range(1, 20)),
-    "wrist": ("Trapezium", "Trapezoid", "Capitate", "Hamate", "Scaphoid", "Lunate", "Triquetrum", "Pisiform"),
-    "forearm": ("Radius", "Ulna"),
-}
+from tasks.schema import Section, Threshold, check_thresholds
+from tasks.spec import TaskSpec, task_spec
 
 
 class MemberConfig(Section):
@@ -101,16 +94,8 @@ class FitConfig(Section):
         return value
 
 
-# The methods each task's ensemble runner implements.
-TASK_METHODS: dict[str, tuple[str, ...]] = {
-    "segmentation": ("soft", "hard", "weighted"),
-    "keypoints": ("soft", "mean", "median", "weighted", "hard"),
-    "boneage": ("mean", "median", "weighted"),
-}
-
-
 class EnsembleConfig(Section):
-    task: Literal[TASK_NAMES]  # type: ignore[valid-type]
+    task: str
     method: Literal["soft", "hard", "weighted", "mean", "median"]
     members: list[MemberConfig]
     name: str | None = None
@@ -138,6 +123,12 @@ class EnsembleConfig(Section):
             raise ValueError(f"member names must be unique, {dup} repeats; give each a 'name'")
         return members
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        task_spec(value)
+        return value
+
     @field_validator("thresholds")
     @classmethod
     def _thresholds(cls, value: Threshold | Literal["fit"]) -> Threshold | Literal["fit"]:
@@ -146,14 +137,15 @@ class EnsembleConfig(Section):
     @model_validator(mode="after")
     def _method_options(self) -> "EnsembleConfig":
         n = len(self.members)
-        if self.method not in TASK_METHODS[self.task]:
-            raise ValueError(f"method {self.method!r} is not one for {self.task}; valid: "
-                             f"{', '.join(TASK_METHODS[self.task])}")
-        if self.task != "segmentation":
+        spec = self.spec
+        if self.method not in spec.fusion:
+            raise ValueError(f"method {self.method!r} is not one for {self.task}; valid: {', '.join(spec.fusion)}")
+        if not spec.thresholded:
             if "thresholds" in self.model_fields_set or any(m.threshold is not None for m in self.members):
-                raise ValueError(f"thresholds are for segmentation; a {self.task} ensemble has nothing to threshold")
-        if self.postprocess and self.task != "segmentation":
-            raise ValueError(f"postprocess is for segmentation masks; a {self.task} ensemble has none")
+                raise ValueError(f"thresholds are for tasks of thresholded masks; a {self.task} ensemble has nothing "
+                                 "to threshold")
+        if self.postprocess and not spec.postprocess:
+            raise ValueError(f"postprocess is for masks; a {self.task} ensemble has none")
         if self.postprocess == "fit" and self.method == "hard":
             raise ValueError("postprocess: fit is fitted with the soft/weighted fit (tools/fit_ensemble.py); "
                              "give a hard vote its operations per class")
@@ -161,15 +153,16 @@ class EnsembleConfig(Section):
             from tasks.postprocess import check_postprocess
 
             try:
-                check_postprocess(self.postprocess, get_task_class(self.task).classes)
+                check_postprocess(self.postprocess, spec.classes)
             except ValueError as err:
                 raise ValueError(f"postprocess: {err}") from None
-        if (self.task, self.method) == ("keypoints", "hard"):
+        unit = getattr(spec.ensemble_side(), "radius_unit", None)
+        if self.method == "hard" and unit is not None:
             if self.radius is None:
-                raise ValueError("keypoints method 'hard' needs 'radius': the distance (original-image pixels) "
-                                 "within which members agree on a point")
+                raise ValueError(f"{self.task} method 'hard' needs 'radius': the distance ({unit} of the original "
+                                 "image) within which members agree on a point")
         elif self.radius is not None:
-            raise ValueError("radius is for keypoints method 'hard'")
+            raise ValueError("radius is for method 'hard' of a task whose members vote on points (keypoints)")
         if self.method != "hard" and self.min_votes is not None:
             raise ValueError(f"min_votes is for method 'hard', not {self.method!r}")
         if self.method == "hard" and self.min_votes is not None and not 1 <= self.min_votes <= n:
@@ -182,7 +175,7 @@ class EnsembleConfig(Section):
         if self.method == "hard" and self.thresholds == "fit":
             raise ValueError("method 'hard' thresholds each member with its own thresholds; 'fit' is for soft/weighted")
         labels = [m.label for m in self.members]
-        classes = get_task_class(self.task).classes if self.task == "segmentation" else ()
+        classes = spec.classes if spec.thresholded else ()
         for where, value in [("thresholds", self.thresholds)] + [(f"members.{m.label}.threshold", m.threshold)
                                                                  for m in self.members]:
             if classes and value is not None and value != "fit":
@@ -214,6 +207,10 @@ class EnsembleConfig(Section):
     @property
     def labels(self) -> list[str]:
         return [m.label for m in self.members]
+
+    @property
+    def spec(self) -> TaskSpec:
+        return task_spec(self.task)
 
     @property
     def run_name(self) -> str:
@@ -272,13 +269,15 @@ def _fields_at(loc: Sequence) -> list[str]:
     return list(model.model_fields)
 
 
-def expand_classes(key: str, classes: Sequence[str], where: str = "class_weights") -> list[int]:
-    """Indices of a class name or a group name (``wrist``, ``fingers``, ``forearm``)."""
+def expand_classes(key: str, classes: Sequence[str], groups: dict[str, tuple[str, ...]] | None = None,
+                   where: str = "class_weights") -> list[int]:
+    """Indices of a class name or of a named group of them (segmentation: ``wrist``, ``fingers``, ``forearm``)."""
+    groups = groups or {}
     if key in classes:
         return [list(classes).index(key)]
-    if key in CLASS_GROUPS and all(c in classes for c in CLASS_GROUPS[key]):
-        return [list(classes).index(c) for c in CLASS_GROUPS[key]]
-    options = list(classes) + [g for g in CLASS_GROUPS if all(c in classes for c in CLASS_GROUPS[g])]
+    if key in groups and all(c in classes for c in groups[key]):
+        return [list(classes).index(c) for c in groups[key]]
+    options = list(classes) + [g for g in groups if all(c in classes for c in groups[g])]
     near = difflib.get_close_matches(key, options, n=1)
     raise ConfigError(f"{where}: unknown class or group {key!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
 
@@ -315,7 +314,7 @@ def weight_table(ens: EnsembleConfig, classes: Sequence[str]) -> np.ndarray:
         table = np.ones((n, c))
     for key, row in ens.class_weights.items():
         column = np.array([row.get(m, 0.0) for m in labels], np.float64)
-        for idx in expand_classes(key, classes):
+        for idx in expand_classes(key, classes, getattr(ens.spec.ensemble_side(), "class_groups", None)):
             table[:, idx] = column
     return table
 
@@ -336,9 +335,7 @@ def threshold_vector(ens: EnsembleConfig, classes: Sequence[str]) -> np.ndarray:
     value = ens.thresholds
     if value == "fit":
         value = read_fit(ens)["thresholds"]
-    from tasks.segmentation import resolve_thresholds
-
     try:
-        return resolve_thresholds(value, classes)
+        return ens.spec.ensemble_side().thresholds(value, classes)
     except ValueError as err:
         raise ConfigError(f"ensemble thresholds: {err}") from None

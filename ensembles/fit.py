@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensembles.crossfit import patient_folds
-from ensembles.registry import ENSEMBLE_FITTERS
 from tasks.formats.atomic import write_text
 
 BINS = 100  # threshold resolution 1 / BINS
@@ -351,9 +350,9 @@ def validation_items(members, samples, fit_size: int | None) -> Iterator[tuple[n
 
     Maps and masks are brought to the largest member's cache size, capped at ``fit_size`` on the long side.
     """
-    from tasks.formats.handbones import read_masks
     from ensembles.runner import member_maps_from_cache
 
+    side = members[0].cfgs[0].spec.ensemble_side()
     for s in samples:
         maps, (height, width) = member_maps_from_cache(members, s.name, "val")
         h, w = max((m.shape[-2:] for m in maps), key=lambda x: x[0] * x[1])
@@ -361,29 +360,28 @@ def validation_items(members, samples, fit_size: int | None) -> Iterator[tuple[n
             scale = fit_size / max(h, w)
             h, w = max(1, round(h * scale)), max(1, round(w * scale))
         stack = np.stack([np.stack([_resize_to(m[c], (h, w)) for c in range(m.shape[0])]) for m in maps])
-        masks = read_masks(s.label_path, height, width)
+        masks = side.truth(s, (height, width))
         gt = np.stack([_resize_to(m.astype(np.float32), (h, w)) >= 0.5 for m in masks])
-        yield stack.reshape(len(maps), stack.shape[1], -1), gt.reshape(gt.shape[0], -1), s.patient
+        yield stack.reshape(len(maps), stack.shape[1], -1), gt.reshape(gt.shape[0], -1), side.group(s)
 
 
-@ENSEMBLE_FITTERS.register("segmentation")
 def fit_ensemble(ens, progress: bool = True) -> dict:
-    """Fit the ensemble ``ens`` on its members' validation caches; write ``fit.json`` and the run's summary.
-
-    Returns the fit record (see :func:`fit_to_dict`).
+    """Fit the maps ensemble ``ens`` (weights per member or class, thresholds, post-processing) on its members'
+    validation caches; write ``fit.json`` and the run's summary. Returns the fit record (:func:`fit_to_dict`).
     """
     from tqdm import tqdm
 
     from ensembles.config import threshold_vector, weight_table
-    from ensembles.runner import (Fuser, check_cache, ensemble_samples, resolve_members, warn_tta_mismatch,
-                                  write_ensemble_summary)
+    from ensembles.members import resolve_members, write_ensemble_summary
+    from ensembles.runner import Fuser, check_cache, ensemble_samples, warn_tta_mismatch
     from ensembles.weighted import normalize_weights
-    from tasks.formats.handbones import CLASSES
 
+    classes = ens.spec.classes
+    side = ens.spec.ensemble_side()
     if ens.method == "hard":
         raise ValueError(f"{ens.run_name}: method 'hard' has nothing to fit (each member keeps its thresholds; "
                          f"choose min_votes); use soft or weighted")
-    members = resolve_members(ens)
+    members = resolve_members(ens, need_models=False)
     samples = ensemble_samples(ens, members, "val")
     missing = [s.name for s in samples if s.label_path is None]
     if missing:
@@ -391,22 +389,22 @@ def fit_ensemble(ens, progress: bool = True) -> dict:
     check_cache(members, samples, "val")
     warn_tta_mismatch(members)
     labels = [m.label for m in members]
-    defaults = np.full(len(CLASSES), 0.5) if ens.thresholds == "fit" else \
-        threshold_vector(ens, CLASSES).astype(np.float64)
+    defaults = np.full(len(classes), 0.5) if ens.thresholds == "fit" else \
+        threshold_vector(ens, classes).astype(np.float64)
     search_weights = ens.method == "weighted" and ens.weights == "fit"
     fixed = None
     if ens.method == "weighted" and not search_weights:
-        fixed = normalize_weights(weight_table(ens, CLASSES), len(members), len(CLASSES), members=labels,
-                                  channels=CLASSES, where=f"{ens.run_name}: weights")
-        fixed = np.broadcast_to(fixed, (len(members), len(CLASSES)))
+        fixed = normalize_weights(weight_table(ens, classes), len(members), len(classes), members=labels,
+                                  channels=classes, where=f"{ens.run_name}: weights")
+        fixed = np.broadcast_to(fixed, (len(members), len(classes)))
     items = validation_items(members, tqdm(samples, desc="fit", disable=not progress, dynamic_ncols=True),
                              ens.fit.fit_size)
-    result = fit_maps(items, len(members), len(CLASSES), method=ens.method, search_weights=search_weights,
+    result = fit_maps(items, len(members), len(classes), method=ens.method, search_weights=search_weights,
                       per_class=ens.fit.per_class, fit_thresholds=ens.thresholds == "fit",
                       default_thresholds=defaults, folds=ens.fit.folds, grid_step=ens.fit.grid_step,
                       max_candidates=ens.fit.max_candidates, threshold_range=ens.fit.threshold_range,
-                      seed=ens.fit.seed, groups=[s.patient for s in samples], fixed_weights=fixed)
-    record = fit_to_dict(result, labels, CLASSES, fit_size=ens.fit.fit_size,
+                      seed=ens.fit.seed, groups=[side.group(s) for s in samples], fixed_weights=fixed)
+    record = fit_to_dict(result, labels, classes, fit_size=ens.fit.fit_size,
                          weights_fitted=bool(search_weights), thresholds_fitted=ens.thresholds == "fit")
     write_json(ens.fit_path, record)
     if ens.postprocess == "fit":  # on the masks the fitted weights and thresholds give (read back from fit.json)
@@ -423,16 +421,16 @@ def fit_ensemble_postprocess(ens, members, samples, progress: bool = True):
 
     from ensembles.postprocess import fit_postprocess
     from ensembles.runner import Fuser, member_maps_from_cache
-    from tasks.formats.handbones import CLASSES, read_masks
 
+    side, classes = ens.spec.ensemble_side(), ens.spec.classes
     fuser = Fuser(ens, members, postprocess={})
 
     def items():
         for s in tqdm(samples, desc="fit post-processing", disable=not progress, dynamic_ncols=True):
             maps, size = member_maps_from_cache(members, s.name, "val")
             row_max = [m.max(axis=2) for m in maps]
-            crops = [fuser.fuse_mask(maps, c, size, row_max) for c in range(len(CLASSES))]
-            yield crops, read_masks(s.label_path, *size).astype(bool), s.patient
+            crops = [fuser.fuse_mask(maps, c, size, row_max) for c in range(len(classes))]
+            yield crops, side.truth(s, size).astype(bool), side.group(s)
 
-    return fit_postprocess(items(), CLASSES, folds=ens.fit.folds, seed=ens.fit.seed)
+    return fit_postprocess(items(), classes, folds=ens.fit.folds, seed=ens.fit.seed)
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from ensembles.weighted import TIE_EPS, member_names, normalize_weights, weighted_median
 from tasks.formats import FormatError
-from tasks.formats.handbones import CLASSES
 from tasks.formats.submissions import check_same_ids
 from tasks.rle import parse_runs
 from tasks.submission import HEADER, AtomicCSVWriter
@@ -222,7 +221,7 @@ class IndexedCSV:
     checks them (29 rows in canonical class order). Memory: one offset and one line number per image.
     """
 
-    def __init__(self, path: str | os.PathLike, classes: Sequence[str] = CLASSES) -> None:
+    def __init__(self, path: str | os.PathLike, classes: Sequence[str]) -> None:
         self.path = Path(path)
         self.classes = tuple(classes)
         self.offsets: dict[str, int] = {}
@@ -279,13 +278,13 @@ class IndexedCSV:
         self.file.close()
 
 
-def aligned_csvs(paths: Sequence[str | os.PathLike], order: Sequence[str] | None = None
+def aligned_csvs(paths: Sequence[str | os.PathLike], classes: Sequence[str], order: Sequence[str] | None = None
                  ) -> tuple[list[IndexedCSV], list[str]]:
     """Index every CSV and check they cover the same images; the image order is ``order`` or the first CSV's."""
     csvs: list[IndexedCSV] = []
     try:
         for p in paths:
-            csvs.append(IndexedCSV(p))
+            csvs.append(IndexedCSV(p, classes))
         names = list(order) if order is not None else list(csvs[0].offsets)
         for c in csvs:
             check_same_ids(c.path, c.offsets, names)
@@ -299,8 +298,9 @@ def aligned_csvs(paths: Sequence[str | os.PathLike], order: Sequence[str] | None
 def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method: str = "hard", *,
               min_votes: int | None = None, weights: Sequence[float] | np.ndarray | None = None,
               threshold: float = 0.5, sizes: Callable[[str], tuple[int, int]] | None = None,
-              order: Sequence[str] | None = None) -> int:
-    """Fuse segmentation submissions image by image into ``out`` (atomic); returns the number of images.
+              order: Sequence[str] | None = None, classes: Sequence[str]) -> int:
+    """Fuse ``image_name,class,rle`` submissions image by image into ``out`` (atomic); returns the number of
+    images. ``classes``: the task's classes, in the order of each image's rows.
 
     ``hard``: at least ``min_votes`` (default majority) masks; ``soft``: mean of the masks > ``threshold``
     (the same as ``votes_for_threshold(threshold, M)`` votes); ``weighted``: normalised ``weights``
@@ -314,8 +314,8 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
         raise ValueError("fusing needs at least two submissions")
     labels = [str(p) for p in paths]
     if method == "weighted":
-        table = normalize_weights(weights, len(paths), len(CLASSES), members=labels, channels=CLASSES)
-        table = np.broadcast_to(table, (len(paths), len(CLASSES)))
+        table = normalize_weights(weights, len(paths), len(classes), members=labels, channels=classes)
+        table = np.broadcast_to(table, (len(paths), len(classes)))
     elif weights is not None:
         raise ValueError(f"weights are for method 'weighted', not {method!r}")
     if method == "soft":
@@ -333,7 +333,7 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
             raise ValueError(f"{out}: with {alone} one submission alone puts pixels in the output, so an "
                              "out-of-bounds RLE would reach it unchecked; give the image sizes "
                              "(tools/fuse.py --images or --size)")
-    csvs, names = aligned_csvs(paths, order)
+    csvs, names = aligned_csvs(paths, classes, order)
     try:
         with AtomicCSVWriter(out) as writer:
             for name in names:
@@ -343,7 +343,7 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
                     h, w = sizes(name)
                     n_pixels = h * w
                 fused = []
-                for k, cls in enumerate(CLASSES):
+                for k, cls in enumerate(classes):
                     rles = [m[k] for m in per_member]
                     rows = [c.where(name, k) for c in csvs]
                     if method == "weighted":
@@ -351,7 +351,7 @@ def fuse_csvs(paths: Sequence[str | os.PathLike], out: str | os.PathLike, method
                                                         where=f"{name} {cls}"))
                     else:
                         fused.append(vote_rles(rles, min_votes, n_pixels, members=rows, where=f"{name} {cls}"))
-                writer.write_image(name, fused)
+                writer.write_image(name, fused, tuple(classes))
     finally:
         for c in csvs:
             c.close()

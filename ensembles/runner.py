@@ -1,6 +1,6 @@
-"""Segmentation ensembles end to end: members on the fly (models loaded once) or from the prediction cache;
-and what every task's ensemble shares: its members (:func:`resolve_members`) and its run folder
-(:func:`write_ensemble_summary`).
+"""Ensembles of dense maps (segmentation) end to end: members on the fly (models loaded once) or from the
+prediction cache; the task's ensemble side (``tasks/<task>/ensemble.py``, ``output = "maps"``) gives its
+images, classes, thresholds, truth and cache.
 
 Per image, each member gives ``(C, h_m, w_m)`` probabilities at its own size (a member with several
 fold runs: the mean of its fold models on the test set, the out-of-fold model on the validation set),
@@ -10,98 +10,42 @@ size, thresholded, RLE-encoded — and only on the crop where the class can be f
 outside every member's above-threshold box can pass; see ``ensembles.soft.find_region``). It runs in
 a thread pool while the next image is read or predicted. At most ``2 x workers`` images are in
 flight, fewer when their maps would exceed ``max_in_flight_mb``, so peak memory does not depend on
-the number of images.
+the number of images. Fusing from the cache imports no torch.
 """
 from __future__ import annotations
 
+import sys
 import time
 import warnings
-import sys
-import zipfile
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engine.checkpoint import Checkpoint
-from engine.config import Config, ConfigError
-from engine.run_folder import member_config
-from engine.sliding_window import MODE_RESIZE, MODE_SLIDING
-from ensembles.config import EnsembleConfig, postprocess_spec, read_fit, threshold_vector, weight_table
+from engine.config import ConfigError
+from ensembles.config import EnsembleConfig, postprocess_spec, threshold_vector, weight_table
 from ensembles.hard import region_runs, resolve_min_votes, runs_to_rle
-from ensembles.registry import ENSEMBLE_RUNNERS
+from ensembles.members import Member, record_ensemble, resolve_members, timed_stats
 from ensembles.soft import check_maps, crop_channel, find_region, largest_size, pow2_ratio
 from ensembles.weighted import TIE_EPS, check_finite, normalize_weights
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_text
-from tasks.formats.handbones import CLASSES, HandboneSample, list_samples
 from tasks.postprocess import apply_ops, class_ops
-from tasks.registry import get_task_class
-from tasks.segmentation import resolve_thresholds
+from tasks.submission import AtomicCSVWriter
 
 
-@dataclass
-class Member:
-    """A resolved member: its label, run folders, their configs and its own thresholds (segmentation hard
-    votes; None for the other tasks)."""
-
-    label: str
-    run_dirs: list[Path]
-    cfgs: list[Config]
-    checkpoint: str
-    thresholds: np.ndarray | None
-    sources: dict[str, list[int]] = field(default_factory=dict)  # image name -> indices of the runs predicting it
-    # per run: its checkpoint as read for its config (built into a model without a second read), or the file
-    # where the run has none (fused from its prediction cache; a model load then names the missing file)
-    checkpoints: list[Checkpoint | Path] = field(default_factory=list)
-
-    @property
-    def image_size(self) -> int:
-        return max(c.data.image_size for c in self.cfgs)
-
-
-def resolve_members(ens: EnsembleConfig) -> list[Member]:
-    """Read each member's run configs; check task and data agree (errors name the member and run).
-
-    Keypoint and bone-age members read their test images from the ensemble's ``test_root`` when it is set.
-    """
-    members = []
-    for spec in ens.members:
-        cfgs, checkpoints = [], []
-        for run in spec.run_dirs:
-            if not (run / "config.yaml").is_file():
-                raise ConfigError(f"member {spec.label}: {run} is not a run folder (no config.yaml)")
-            cfg, ckpt = member_config(run, spec.checkpoint)
-            checkpoints.append(run / spec.checkpoint if ckpt is None else ckpt)
-            if cfg.task != ens.task:
-                raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
-            if ens.test_root is not None and ens.task != "segmentation":
-                cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"test_root": ens.test_root})})
-            cfgs.append(cfg)
-        own = spec.threshold if spec.threshold is not None else cfgs[0].inference.threshold
-        thresholds = resolve_thresholds(own) if ens.task == "segmentation" else None
-        members.append(Member(spec.label, spec.run_dirs, cfgs, spec.checkpoint, thresholds, checkpoints=checkpoints))
-    roots = {(m.label, str(c.data.root)) for m in members for c in m.cfgs}
-    if len({r for _, r in roots}) > 1:
-        detail = ", ".join(f"{label}: {root}" for label, root in sorted(roots))
-        raise ConfigError(f"ensemble {ens.run_name}: members were trained on different data ({detail})")
-    return members
-
-
-def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> list[HandboneSample]:
+def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> list[Any]:
     """Images of ``split`` every member predicts, and for each member which of its runs predict each one.
 
     test: every run predicts every image (``test_root`` of the ensemble, else the members', which must
     agree). val: each run predicts its validation fold; a member's folds must not overlap; the
     ensemble covers the images every member has (out-of-fold when a member lists all its folds).
     """
-    from engine.predictor import split_samples
-
+    side = ens.spec.ensemble_side()
     if split == "test":
         roots = {str(c.data.test_root) for m in members for c in m.cfgs}
         root = ens.test_root
@@ -110,15 +54,15 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
                 raise ConfigError(f"ensemble {ens.run_name}: members name different (or no) test roots "
                                   f"{sorted(roots)}; set test_root in the ensemble config")
             root = roots.pop()
-        samples = list_samples(root, labels=None)
+        samples = side.test_samples(root)
         for m in members:
             m.sources = {s.name: list(range(len(m.run_dirs))) for s in samples}
         return samples
-    by_name: dict[str, HandboneSample] = {}
+    by_name: dict[str, Any] = {}
     for m in members:
         m.sources = {}
         for r, cfg in enumerate(m.cfgs):
-            for s in split_samples(cfg, "val"):
+            for s in side.samples(cfg, "val"):
                 if s.name in m.sources:
                     raise ConfigError(f"member {m.label}: image {s.name} is in the validation fold of both "
                                       f"{m.run_dirs[m.sources[s.name][0]]} and {m.run_dirs[r]} (same fold twice?)")
@@ -133,15 +77,16 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
         sizes = ", ".join(f"{m.label}: {len(m.sources)}" for m in members)
         warnings.warn(f"ensemble {ens.run_name}: validation images differ between members ({sizes}); using the "
                       f"{len(common)} they share", stacklevel=2)
-    return [s for s in sorted(by_name.values(), key=lambda s: (s.patient, s.name)) if s.name in common]
+    return [s for s in sorted(by_name.values(), key=lambda s: (side.group(s), s.name)) if s.name in common]
 
 
 class Fuser:
     """One image's member maps → RLE per class, one class at a time (soft, weighted or hard), each class's
     mask post-processed (``postprocess``, default: the ensemble's) before it is encoded."""
 
-    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] = CLASSES,
-                 postprocess: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, ens: EnsembleConfig, members: list[Member], postprocess: dict[str, list[str]] | None = None
+                 ) -> None:
+        classes = ens.spec.classes
         self.method = ens.method
         self.postprocess = postprocess_spec(ens) if postprocess is None else postprocess
         self.ops = class_ops(self.postprocess, classes)
@@ -222,90 +167,6 @@ class Fuser:
         return out
 
 
-def predict_mode(cfg: Config) -> str:
-    """How a run predicts (and so what its prediction cache must hold): whole-image resizing or sliding window."""
-    return MODE_SLIDING if cfg.inference.sliding_window else MODE_RESIZE
-
-
-def cache_path(run_dir: Path, split: str, name: str) -> Path:
-    return run_dir / "preds" / split / f"{name}.npz"
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an uncompressed ``.npz`` (what ``np.savez`` writes), read straight from their offsets.
-
-    Large arrays are memory-mapped, small ones read: no ``zipfile`` CRC pass and no copies (the cache
-    is written atomically by this harness, and a short file still fails); a compressed archive goes
-    through ``np.load``.
-    """
-    out = {}
-    size = Path(path).stat().st_size
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        for info in archive.infolist():
-            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            if info.compress_type != zipfile.ZIP_STORED:
-                with np.load(path) as f:
-                    return {k: f[k] for k in f.files}
-            raw.seek(info.header_offset)
-            local = raw.read(30)
-            if local[:4] != b"PK\x03\x04":
-                raise ValueError(f"bad local header for {info.filename}")
-            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-            raw.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(raw)
-            shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
-            count = int(np.prod(shape))
-            start = raw.tell()
-            if start + count * dtype.itemsize > size:
-                raise ValueError(f"{info.filename} is truncated")
-            if count * dtype.itemsize < 1 << 16:
-                out[key] = np.fromfile(raw, dtype=dtype, count=count).reshape(shape, order="F" if fortran else "C")
-            else:  # mapped: read once, by whatever touches it first (no copy into this process)
-                out[key] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape,
-                                     order="F" if fortran else "C")
-    return out
-
-
-def load_cached(path: Path, where: str, mode: str | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """A cache entry (``probs`` uint8 or float ``(C, h, w)``, ``orig_size``), checked; errors name ``where``, the file.
-
-    ``mode``: how the member predicts now (``resize`` or ``sliding_window``, see :func:`predict_mode`); an
-    entry made the other way is refused (an entry without a mode was made by whole-image resizing).
-    """
-    try:
-        arrays = read_npz(path)
-        probs, size = arrays["probs"], tuple(int(v) for v in arrays["orig_size"])
-        made = str(arrays["mode"][()]) if "mode" in arrays else MODE_RESIZE
-    except FileNotFoundError:
-        raise FormatError(f"{where}: cached prediction {path} is missing") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise FormatError(f"{where}: {path} is not a prediction cache entry ({err})") from None
-    if mode is not None and made != mode:
-        raise FormatError(f"{where}: {path} was predicted with {made}, the run's config asks for {mode} "
-                          f"(inference.sliding_window); write the cache again with `inference.py --save-probs`")
-    if probs.ndim != 3:
-        raise FormatError(f"{where}: {path} holds probs of shape {probs.shape}, expected (classes, h, w)")
-    if probs.dtype != np.uint8:
-        try:
-            check_finite(probs, f"{where}: {path}")
-        except ValueError as err:
-            raise FormatError(str(err)) from None
-    return probs, size
-
-
-def cache_tta(run_dir: Path, split: str) -> str | None:
-    """The TTA views of a run's cached ``split`` predictions (its first entry); None where there is no entry or
-    the cache was written before it recorded them."""
-    folder = run_dir / "preds" / split
-    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
-        try:
-            arrays = read_npz(path)
-        except (OSError, ValueError, zipfile.BadZipFile):
-            return None
-        return str(arrays["tta"][()]) if "tta" in arrays else None
-    return None
-
-
 def warn_tta_mismatch(members: list[Member]) -> list[str]:
     """Warn (stderr, ``warning:``) for every member run whose validation cache, which weights and thresholds
     are fitted on, was predicted with other TTA views than its test cache, which they are applied to.
@@ -315,6 +176,7 @@ def warn_tta_mismatch(members: list[Member]) -> list[str]:
     (0.794). Returns the messages."""
     notes = []
     for m in members:
+        cache_tta = m.cfgs[0].spec.ensemble_side().cache_tta
         for run in m.run_dirs:
             val, test = cache_tta(run, "val"), cache_tta(run, "test")
             if val and test and val != test:
@@ -327,7 +189,7 @@ def warn_tta_mismatch(members: list[Member]) -> list[str]:
     return notes
 
 
-def check_cache(members: list[Member], samples: list[HandboneSample], split: str) -> None:
+def check_cache(members: list[Member], samples: list[Any], split: str) -> None:
     """Every (member run, image) has a cache entry, and a run's cache holds no image outside the set."""
     wanted = {s.name for s in samples}
     for m in members:
@@ -351,11 +213,12 @@ def member_maps_from_cache(members: list[Member], name: str, split: str) -> tupl
     """Each member's cached map for one image (fold runs averaged), and the original size (must agree)."""
     maps, size = [], None
     for m in members:
+        side = m.cfgs[0].spec.ensemble_side()
         runs = m.sources[name]
         parts = []
         for r in runs:
-            probs, orig = load_cached(cache_path(m.run_dirs[r], split, name), f"member {m.label}",
-                                      predict_mode(m.cfgs[r]))
+            probs, orig = side.load_cached(side.cache_path(m.run_dirs[r], split, name), f"member {m.label}",
+                                           m.cfgs[r].prediction_mode)
             if size is None:
                 size = orig
             elif orig != size:
@@ -403,7 +266,7 @@ def in_flight(budget_mb: float, image_bytes: int, workers: int) -> int:
     return max(0, min(2 * max(1, workers), int(budget_mb * 2**20 // max(1, image_bytes)) - 1))
 
 
-def cache_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, split: str, workers: int,
+def cache_rows(members: list[Member], samples: list[Any], fuser: Fuser, split: str, workers: int,
                progress: bool = True, budget_mb: float = 1024) -> Iterator[tuple[str, list[str]]]:
     """Rows fused from the prediction cache; reading and fusing run in the pool.
 
@@ -412,7 +275,8 @@ def cache_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuse
     """
     check_cache(members, samples, split)
     if samples:
-        first = sum(cache_path(m.run_dirs[r], split, samples[0].name).stat().st_size
+        side = members[0].cfgs[0].spec.ensemble_side()
+        first = sum(side.cache_path(m.run_dirs[r], split, samples[0].name).stat().st_size
                     for m in members for r in m.sources[samples[0].name])
         workers = max(1, min(workers, int(budget_mb * 2**20 // max(1, first))))
 
@@ -441,53 +305,35 @@ MemberPredict = Callable[[int, int, np.ndarray], np.ndarray]
 
 def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device) -> MemberPredict:
     """``predict(member, run, image) -> (C, h, w)`` float probabilities; every model is loaded once here and
-    predicts under its TTA views (:meth:`EnsembleConfig.member_tta`), on the whole image resized to its
-    input size or, where its run's ``inference.sliding_window`` says so, in tiles at the original size."""
-    import torch
-
-    from engine.predictor import load_model
-    from engine.device import amp_dtype
-    from engine.sliding_window import sliding_window_predict
-    from engine.tta import tta_predict, views_from_config
-    from tasks.formats.images import resize_grey
+    predicts with the one predictor (``engine.predictor.Predictor``) under its TTA views
+    (:meth:`EnsembleConfig.member_tta`): the whole image resized to its input size or, where its run's
+    ``inference.sliding_window`` says so, in tiles at the original size."""
+    from engine.predictor import Predictor, load_model, to_device
+    from tasks.tta import views_from_config
 
     for m in members:
         if any(getattr(cfg.data, "roi", None) is not None for cfg in m.cfgs):
             raise ConfigError(f"member {m.label}: a stage-2 wrist-ROI run predicts only with its stage 1; write its "
                               f"two-stage maps with `python inference.py --ckpt {m.run_dirs[0] / m.checkpoint} "
                               "--stage1 <stage-1 run>/best.pt --split <split> --save-probs` and fuse with --from-cache")
-    models = [[load_model(ckpt, device, cfg) for ckpt, cfg in zip(m.checkpoints, m.cfgs)] for m in members]
-    views = [[views_from_config(ens.member_tta(cfg), enabled=tta) for cfg in m.cfgs] for m in members]
+    predictors = [[Predictor(load_model(ckpt, device, cfg), views_from_config(ens.member_tta(cfg), enabled=tta), device)
+                   for ckpt, cfg in zip(m.checkpoints, m.cfgs)] for m in members]
 
-    @torch.no_grad()
     def predict(member: int, run: int, image: np.ndarray) -> np.ndarray:
-        loaded = models[member][run]
-        size = loaded.image_size
-        amp = amp_dtype(loaded.cfg.train.amp, device)
-        sliding = loaded.cfg.inference.sliding_window
-        if not sliding:
-            image = resize_grey(image, size, size)
-        x = torch.tensor(image, device=device).float().div_(255)[None, None]  # a copy: images may be read-only
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            if sliding:
-                probs = sliding_window_predict(loaded.model, x, size, loaded.cfg.inference.tile_overlap,
-                                               views[member][run], loaded.cfg.inference.batch_size)
-            else:
-                probs = tta_predict(loaded.model, x, views[member][run])[0]
-            return probs.float().cpu().numpy()
+        predictor = predictors[member][run]
+        batch = to_device(predictor.task.image_batch(image, predictor.input_size), device)
+        return predictor(batch)[0].float().cpu().numpy()
 
     return predict
 
 
-def live_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser, predict: MemberPredict,
+def live_rows(members: list[Member], samples: list[Any], fuser: Fuser, predict: MemberPredict,
               workers: int, progress: bool = True, read: Callable[[Path], np.ndarray] | None = None,
               budget_mb: float = 1024) -> Iterator[tuple[str, list[str]]]:
     """Rows predicted on the fly: each image through each member (its fold runs averaged), quantised, fused
     in the pool while the next image is predicted. The images in flight are bounded so that their maps
     fit ``budget_mb`` (sized from the first image; 0 in flight: fused inline)."""
-    from tasks.formats.images import read_grey
-
-    read = read or read_grey
+    read = read or members[0].cfgs[0].spec.ensemble_side().read_image
     bound = {"n": 2 * max(1, workers)}
 
     def member_mean(k: int, name: str, image: np.ndarray) -> np.ndarray:
@@ -515,15 +361,21 @@ def live_rows(members: list[Member], samples: list[HandboneSample], fuser: Fuser
     return stream(jobs(), workers, lambda: bound["n"])
 
 
-@ENSEMBLE_RUNNERS.register("segmentation")
+def write_rows(rows: Iterator[tuple[str, list[str]]], out_csv: str | Path, classes: tuple[str, ...]) -> int:
+    """Stream ``(image_name, rles)`` rows into an atomic ``image_name,class,rle`` CSV; returns the images written."""
+    n = 0
+    with AtomicCSVWriter(out_csv) as writer:
+        for name, rles in rows:
+            writer.write_image(name, rles, classes)
+            n += 1
+    return n
+
+
 def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "test", tta: bool = False,
                      from_cache: bool = False, device: str = "auto", workers: int | None = None,
                      progress: bool = True) -> dict:
     """Write the ensemble's submission CSV (atomic) and its run folder's summary.json; returns stats."""
-    from engine.predictor import write_submission
-    from engine.device import pick_device
-
-    members = resolve_members(ens)
+    members = resolve_members(ens, need_models=not from_cache)
     samples = ensemble_samples(ens, members, split)
     fuser = Fuser(ens, members)
     workers = workers or ens.workers
@@ -535,55 +387,14 @@ def predict_ensemble(ens: EnsembleConfig, *, out_csv: str | Path, split: str = "
             warn_tta_mismatch(members)
         rows = cache_rows(members, samples, fuser, split, workers, progress, ens.max_in_flight_mb)
     else:
+        from engine.device import pick_device
+
         predict = model_predict(members, ens, tta, pick_device(device))
         rows = live_rows(members, samples, fuser, predict, workers, progress, budget_mb=ens.max_in_flight_mb)
     t0 = time.perf_counter()
-    n = write_submission(rows, out_csv)
-    seconds = time.perf_counter() - t0
-    stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / max(seconds, 1e-9), 3),
-             "csv": str(out_csv)}
+    n = write_rows(rows, out_csv, ens.spec.classes)
+    stats = timed_stats(n, time.perf_counter() - t0, out_csv)
     if split == "test":
         record_ensemble(ens, members, fuser.describe(), tta=tta, from_cache=from_cache,
                         images_per_s=stats["images_per_s"])
     return stats
-
-
-def record_ensemble(ens: EnsembleConfig, members: list[Member], describe: dict, *, tta: bool, from_cache: bool,
-                    images_per_s: float) -> None:
-    """After a test-set prediction: the ensemble's run folder (bookkeeping: a read-only folder warns, the
-    submission stands); the speed only when the members ran (a fusion of caches measures no model)."""
-    from engine.cli import Output
-
-    speed = None if from_cache else {"images_per_s_tta" if tta else "images_per_s": images_per_s}
-    Output(ens.run_dir, required=False)(write_ensemble_summary, ens, members, describe, speed=speed)
-
-
-def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], describe: dict, speed: dict | None = None,
-                           val: dict | None = None) -> dict:
-    """The ensemble's run folder (any task): summary.json (members, method, weights, thresholds, validation
-    score; ``describe`` says how it fuses) + its config; the task's metric and mode come from its Task."""
-    import yaml
-
-    from engine.summary import base_summary, read_summary, update_summary, write_summary
-
-    run_dir = ens.run_dir
-    task = get_task_class(ens.task)
-    if not read_summary(run_dir):
-        write_summary(run_dir, base_summary(
-            name=ens.run_name, task=ens.task, kind="ensemble", model=f"ensemble:{ens.method}", family="ensemble",
-            arch=ens.method, config_id=ens.run_name, image_size=max(m.image_size for m in members),
-            metric=task.metric, mode=task.mode, val={"score": None}))
-    fields: dict = {"members": [m.label for m in members], "ensemble": describe,
-                    "member_runs": {m.label: [str(r) for r in m.run_dirs] for m in members}}
-    if val is None and ens.fit_path.is_file():
-        try:
-            val = read_fit(ens).get("val")
-        except ConfigError:
-            val = None
-    if val is not None:
-        fields["val"] = val
-    if speed:
-        fields["speed"] = speed
-    summary = update_summary(run_dir, **fields)
-    write_text(run_dir / "ensemble.yaml", yaml.safe_dump(ens.model_dump(mode="json"), sort_keys=False))
-    return summary

@@ -27,15 +27,14 @@ The library (:func:`select_ensemble`, every task): candidates are the finished r
 configuration — the folds of one configuration (``<name>-f0``, ``<name>-f1``, ... with configs equal but
 for ``data.fold``) form one candidate whose validation predictions are out-of-fold over all its folds and
 whose test prediction is the mean of its fold models (``runs: [...]`` in the ensemble YAML). Selection runs
-on the validation images every candidate covers. Each task (:data:`TASKS`) gives a score and a fusion, the
-same weighted fusion its ensemble runner applies to the written YAML (``method: weighted``):
+on the validation images every candidate covers. Each kind of task output (:data:`KINDS`) gives a score and a
+fusion, the same weighted fusion its ensemble runner applies to the written YAML (``method: weighted``):
 
-- segmentation: mean over images of the mean over classes of Dice (empty/empty = 1) of the weighted mean of
-  the uint8 probability caches, thresholded as the ensemble will threshold it, at the caches' size capped
-  at ``fit_size``; streamed one image at a time; higher is better;
-- keypoints: MRE (px, original image) of the weighted mean of the members' points
-  (:func:`ensembles.keypoints.fuse_points`); lower is better;
-- bone age: MAE (months) of the weighted mean age (:func:`ensembles.values.fuse_values`); lower is better.
+- maps (segmentation): mean over images of the mean over classes of Dice (empty/empty = 1) of the weighted
+  mean of the uint8 probability caches, thresholded as the ensemble will threshold it, at the caches' size
+  capped at ``fit_size``; streamed one image at a time; higher is better;
+- values (keypoints, bone age, ...): the task's per-image error (MRE px of the points, MAE months of the age)
+  of the weighted mean of the members' values (:func:`ensembles.values.fuse_values`); lower is better.
 """
 from __future__ import annotations
 
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ensembles.fit import patient_folds, validation_items, write_json
+from tasks.spec import task_spec
 
 Item = tuple[np.ndarray, Any]
 # score(fused (G, ...), target) -> (G,) or (G, n): one score per weight vector (per sample of a batch item)
@@ -291,19 +291,14 @@ def dice_score(thresholds: np.ndarray) -> Score:
     return score
 
 
-def mean_radial_error(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per image, the mean over landmarks of the radial error (px) of fused points ``(G, N, K, 2)`` against
-    ``(N, K, 2)``: ``(G, N)``, whose mean is the MRE."""
-    from tasks.keypoints import radial_errors
+def mean_error(errors: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Score:
+    """Score of fused values ``(G, N, ...)`` against ``(N, ...)``: per image, the mean of the task's per-item
+    ``errors`` (radial errors of its points, the absolute error of its age): ``(G, N)``, whose mean is the
+    task's metric (MRE, MAE)."""
+    def score(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(errors(f, truth), np.float64).reshape(len(truth), -1).mean(-1) for f in fused])
 
-    return radial_errors(fused, np.broadcast_to(truth, fused.shape)).mean(-1)
-
-
-def age_errors(fused: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Absolute errors (months) of fused ages ``(G, N)`` against ``(N,)``: ``(G, N)``, whose mean is the MAE."""
-    from ensembles.boneage import absolute_errors
-
-    return absolute_errors(fused, truth[None])
+    return score
 
 
 def fuse_each(fuse_one: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fuse:
@@ -334,35 +329,25 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class TaskSelection:
-    """What selection needs from one task: a run's validation images and those in its cache, the extra keys of
-    the ensemble YAML, the validation problem of a library and the ``ensemble`` entry of the summary."""
+class KindSelection:
+    """What selection needs for one kind of task output (maps, values): the validation images a run's cache
+    must hold and those it holds, the extra keys of the ensemble YAML, the validation problem of a library and
+    the ``ensemble`` entry of the summary. The task's ensemble side supplies everything task-specific."""
 
-    label: str  # the metric in reports
-    cache: str  # the run's out-of-fold cache, as reports name it
+    cache: Callable[[Any], str]  # side -> the run's out-of-fold cache, as reports name it
     val_names: Callable[[Any], set[str]]  # run config -> its validation images
-    cached_names: Callable[[Path], set[str]]  # <run>/preds/val -> the images its cache holds (empty: none)
+    cached_names: Callable[[Any, Path], set[str]]  # (run config, <run>/preds/val) -> the images its cache holds
     yaml: Callable[[dict], dict]  # options -> extra keys of the ensemble YAML
     problem: Callable[[Any, list, dict], Problem]  # (library config, members, options)
     describe: Callable[[Any, list], dict]  # (ensemble config, members) -> summary "ensemble" entry
 
 
-def _segmentation_val(cfg) -> set[str]:
-    from engine.predictor import split_samples
-
-    return {s.name for s in split_samples(cfg, "val")}
-
-
-def _segmentation_cached(folder: Path) -> set[str]:
-    return {p.name[:-4] for p in folder.glob("*.npz")}
-
-
-def _segmentation_problem(library, members: list, options: dict) -> Problem:
+def _maps_problem(library, members: list, options: dict) -> Problem:
     from tqdm import tqdm
 
     from ensembles.runner import check_cache, ensemble_samples
-    from tasks.formats.handbones import CLASSES
 
+    side = library.spec.ensemble_side()
     samples, notes = _caught(lambda: ensemble_samples(library, members, "val"))
     unlabelled = [s.name for s in samples if s.label_path is None]
     if unlabelled:
@@ -373,74 +358,37 @@ def _segmentation_problem(library, members: list, options: dict) -> Problem:
         bar = tqdm(samples, desc="select", disable=not options["progress"], dynamic_ncols=True, leave=False)
         return ((maps, gt) for maps, gt, _ in validation_items(members, bar, options["fit_size"]))
 
-    return Problem(items, [s.patient for s in samples], dice_score(np.full(len(CLASSES), options["threshold"])),
-                   notes=notes)
+    return Problem(items, [side.group(s) for s in samples],
+                   dice_score(np.full(len(library.spec.classes), options["threshold"])), notes=notes)
 
 
-def _segmentation_describe(ens, members: list) -> dict:
+def _maps_describe(ens, members: list) -> dict:
     from ensembles.runner import Fuser
 
     return Fuser(ens, members).describe()
 
 
-def _keypoints_val(cfg) -> set[str]:
-    from tasks.keypoints import KeypointTask
-
-    return {s.name for s in KeypointTask(cfg).samples("val")}
-
-
-def _keypoints_cached(folder: Path) -> set[str]:
-    from engine.predict_keypoints import load_cache
-
-    return set(load_cache(folder / "keypoints.npz")[0]) if (folder / "keypoints.npz").is_file() else set()
+def _values_cached(cfg, folder: Path) -> set[str]:
+    side = cfg.spec.ensemble_side()
+    path = folder / side.cache_file
+    return set(side.read_cache(path, cfg, str(folder.parent.parent))[0]) if path.is_file() else set()
 
 
-def _keypoints_problem(library, members: list, options: dict) -> Problem:
-    from ensembles.keypoints import fuse_points, landmark_set, validation_points
-    from tasks.keypoints import group_of
+def _values_problem(library, members: list, options: dict) -> Problem:
+    from ensembles.values import channels_of, fuse_values, validation_values
 
-    landmark_set(members)  # one landmark set across the library
-    (names, preds, truth), notes = _caught(lambda: validation_points(library, members))
-    return Problem(lambda: iter([(preds, truth)]), [group_of(n) for n in names], mean_radial_error,
-                   fuse_each(lambda p, w: fuse_points(p, "weighted", w)), notes)
-
-
-def _keypoints_describe(ens, members: list) -> dict:
-    from ensembles.keypoints import describe, landmark_set
-    from ensembles.values import ensemble_weights
-
-    lmset = landmark_set(members)
-    return describe(ens, members, ensemble_weights(ens, members, lmset.names), lmset)
+    side = library.spec.ensemble_side()
+    channels_of(library, members)  # one set of channels (landmarks) across the library
+    (names, preds, truth), notes = _caught(lambda: validation_values(library, members))
+    return Problem(lambda: iter([(preds, truth)]), [side.group(n) for n in names], mean_error(side.errors),
+                   fuse_each(lambda p, w: fuse_values(p, "weighted", w, side.channel_axis)), notes)
 
 
-def _boneage_val(cfg) -> set[str]:
-    from tasks.boneage import BoneAgeTask
+def _values_describe(ens, members: list) -> dict:
+    from ensembles.values import channels_of, describe, ensemble_weights
 
-    return {s.id for s in BoneAgeTask(cfg).split()[1]}
-
-
-def _boneage_cached(folder: Path) -> set[str]:
-    from engine.predict_boneage import CACHE_FILE
-    from tasks.boneage import read_submission
-
-    path = folder / CACHE_FILE
-    return {str(i) for i in read_submission(path)["id"]} if path.is_file() else set()
-
-
-def _boneage_problem(library, members: list, options: dict) -> Problem:
-    from ensembles.boneage import validation_ages
-    from ensembles.values import fuse_values
-
-    (ids, preds, truth), notes = _caught(lambda: validation_ages(library, members))
-    return Problem(lambda: iter([(preds, truth)]), list(ids), age_errors,
-                   fuse_each(lambda p, w: fuse_values(p, "weighted", w)), notes)
-
-
-def _boneage_describe(ens, members: list) -> dict:
-    from ensembles.boneage import CHANNELS, describe
-    from ensembles.values import ensemble_weights
-
-    return describe(ens, members, ensemble_weights(ens, members, CHANNELS))
+    channels = channels_of(ens, members)
+    return describe(ens, members, ensemble_weights(ens, members, channels), channels)
 
 
 def _caught(read: Callable[[], Any]) -> tuple[Any, list[str]]:
@@ -451,14 +399,14 @@ def _caught(read: Callable[[], Any]) -> tuple[Any, list[str]]:
     return value, [str(w.message) for w in caught]
 
 
-TASKS: dict[str, TaskSelection] = {
-    "segmentation": TaskSelection("Dice", "preds/val/<image>.npz", _segmentation_val, _segmentation_cached,
-                                  lambda o: {"thresholds": o["threshold"]}, _segmentation_problem,
-                                  _segmentation_describe),
-    "keypoints": TaskSelection("MRE (px)", "preds/val/keypoints.npz", _keypoints_val, _keypoints_cached,
-                               lambda o: {}, _keypoints_problem, _keypoints_describe),
-    "boneage": TaskSelection("MAE (months)", "preds/val/boneage.csv", _boneage_val, _boneage_cached,
-                             lambda o: {}, _boneage_problem, _boneage_describe),
+KINDS: dict[str, KindSelection] = {
+    "maps": KindSelection(lambda side: "preds/val/<image>.npz",
+                          lambda cfg: {s.name for s in cfg.spec.ensemble_side().samples(cfg, "val")},
+                          lambda cfg, folder: {p.name[:-4] for p in folder.glob("*.npz")},
+                          lambda o: {"thresholds": o["threshold"]}, _maps_problem, _maps_describe),
+    "values": KindSelection(lambda side: f"preds/val/{side.cache_file}",
+                            lambda cfg: set(cfg.spec.ensemble_side().truth(cfg)),
+                            _values_cached, lambda o: {}, _values_problem, _values_describe),
 }
 
 
@@ -497,21 +445,22 @@ def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[st
         raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {r}' for t, r in example.items())}"
                          f"); select from one task's folder, e.g. runs/{tasks[0]}")
     task = tasks[0]
-    spec = TASKS[task]
+    side = task_spec(task).ensemble_side()
+    kind = KINDS[side.output]
     found: dict[str, list[tuple[Path, Any]]] = {}
     for run, cfg in finished:
-        expected = spec.val_names(cfg)
+        expected = kind.val_names(cfg)
         folder = run / "preds" / "val"
-        have = spec.cached_names(folder) if folder.is_dir() else set()
+        have = kind.cached_names(cfg, folder) if folder.is_dir() else set()
         if not expected <= have:
             lacking = f"lacks {len(expected - have)} of {len(expected)} validation images" if have else "does not exist"
-            notes.append(f"{run.name}: {spec.cache} {lacking}, left out (write it with `python inference.py --ckpt "
+            notes.append(f"{run.name}: {kind.cache(side)} {lacking}, left out (write it with `python inference.py --ckpt "
                          f"{run / 'best.pt'} --split val --save-probs`)")
             continue
         found.setdefault(_fold_base(run, cfg.data.fold), []).append((run, cfg))
     if not found:
         raise ValueError(f"{runs_dir}: none of its {len(finished)} finished {task} runs has out-of-fold predictions "
-                         f"({spec.cache}) of all its validation images; {hint}")
+                         f"({kind.cache(side)}) of all its validation images; {hint}")
     candidates = []
     ignore = set(RESUME_FREE_KEYS) | {"data.fold", "logging.run_name"}
     for base, runs in found.items():
@@ -548,17 +497,17 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     import yaml
 
     from ensembles.config import EnsembleConfig
-    from ensembles.runner import resolve_members, write_ensemble_summary
+    from ensembles.members import resolve_members, write_ensemble_summary
     from tasks.formats.atomic import write_text
-    from tasks.registry import get_task_class
 
     runs_dir = Path(runs_dir)
     task, candidates, notes = find_candidates(runs_dir)
-    spec, task_cls = TASKS[task], get_task_class(task)
+    task_cls = task_spec(task)
+    spec = KINDS[task_cls.ensemble_side().output]
     options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}
     extra = spec.yaml(options)
     library = EnsembleConfig.model_validate(library_config(task, candidates, runs_dir, name, extra=extra))
-    members = resolve_members(library)
+    members = resolve_members(library, need_models=False)
     problem = spec.problem(library, members, options)
     result = greedy_select(problem.items, len(members), problem.score, problem.groups, mode=task_cls.mode,
                            max_steps=max_steps, init=init, patience=patience, folds=folds, seed=seed,
@@ -570,11 +519,11 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     val = {"score": round(result.cross_fitted["selection"] if result.cross_fitted else result.score, 6),
            "in_sample": round(result.score, 6), "guard": "cross-fitting" if result.cross_fitted else None}
     record = {
-        "task": task, "metric": task_cls.metric, "mode": task_cls.mode, "metric_label": spec.label,
+        "task": task, "metric": task_cls.metric, "mode": task_cls.mode, "metric_label": task_cls.metric_label,
         "runs_dir": str(runs_dir), "candidates": {c.label: [str(r) for r in c.runs] for c in candidates},
         "folds_of": {c.label: c.folds for c in candidates},
         "images": result.n_items, "cross_fitting_folds": result.n_folds, "patience": patience,
-        **({"threshold": threshold, "fit_size": fit_size} if task == "segmentation" else {}),
+        **({"threshold": threshold, "fit_size": fit_size} if task_cls.thresholded else {}),
         "counts": dict(zip(labels, result.counts.tolist())),
         "weights": {labels[k]: round(float(w), 6) for k, w in enumerate(result.weights) if w > 0},
         "history": [{**h, "member": labels[h["member"]]} for h in result.history], "stopped": result.stopped,
@@ -586,7 +535,7 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     }
     header = (f"# Selected by tools/fit_ensemble.py --select {runs_dir}: greedy forward selection with replacement\n"
               f"# (Caruana et al. 2004) on out-of-fold validation predictions of {result.n_items} images.\n"
-              f"# validation {spec.label}: selection {result.score:.4f} (in sample), best single "
+              f"# validation {task_cls.metric_label}: selection {result.score:.4f} (in sample), best single "
               f"{labels[result.best_single]} {result.singles[result.best_single]:.4f}, average of all "
               f"{result.average:.4f}\n")
     if result.cross_fitted:

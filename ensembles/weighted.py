@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tasks.formats.tables import check_finite
+
 # A fused value equal to the threshold (within TIE_EPS) is background: ``fused > t`` exactly as the
 # single-model ``p > t``, robust to float rounding of weights such as 1/3 + 1/3 == 2/3.
 TIE_EPS = 1e-9
@@ -73,13 +75,6 @@ def normalize_weights(weights: Sequence[float] | np.ndarray | None, n_members: i
         what = "all weights are zero" if w.shape[1] == 1 else f"all weights of {channel_names[c]} are zero"
         raise ValueError(f"{where}: {what}; at least one member needs a positive weight")
     return w / totals
-
-
-def check_finite(pred: np.ndarray, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` when a prediction holds NaN or infinity."""
-    if pred.dtype.kind == "f" and not np.isfinite(pred).all():
-        n_bad = int((~np.isfinite(pred)).sum())
-        raise ValueError(f"{where}: {n_bad} NaN/infinite values in the prediction")
 
 
 def _stack(preds: Sequence[np.ndarray | float], members: Sequence[str] | None) -> np.ndarray:

@@ -55,16 +55,22 @@ def _split_model(model: str):
     return family, arch, encoder or None
 
 
-def _item_difficulty(task: str, items: list[str], rng) -> np.ndarray:
-    if task == "segmentation":  # wrist bones (small, overlapping) are the hard classes
-        base = np.array([0.012 if not it.startswith("finger") else 0.0 for it in items])
-        base += np.array([0.03 if it in ("Trapezoid", "Pisiform", "Triquetrum") else 0.0 for it in items])
-        base += np.array([0.01 if it in ("finger-1", "finger-4", "finger-8", "finger-12", "finger-16") else 0.0
-                          for it in items])
-        return base + rng.normal(0, 0.003, len(items))
-    if task == "keypoints":
-        return np.array([1.35 if it.startswith("W") else 0.95 if it.startswith("MCP") else 0.8 for it in items])
-    return np.array([0.7, 1.0, 1.05, 1.15, 0.9])
+def _class_difficulty(items: list[str], rng) -> np.ndarray:
+    """Segmentation: the wrist bones (small, overlapping) are the hard classes."""
+    base = np.array([0.012 if not it.startswith("finger") else 0.0 for it in items])
+    base += np.array([0.03 if it in ("Trapezoid", "Pisiform", "Triquetrum") else 0.0 for it in items])
+    base += np.array([0.01 if it in ("finger-1", "finger-4", "finger-8", "finger-12", "finger-16") else 0.0
+                      for it in items])
+    return base + rng.normal(0, 0.003, len(items))
+
+
+# How hard each item of a task is in the fake runs (per-item scores spread around the run's score by this).
+DIFFICULTY = {
+    "segmentation": _class_difficulty,
+    "keypoints": lambda items, rng: np.array([1.35 if it.startswith("W") else 0.95 if it.startswith("MCP") else 0.8
+                                              for it in items]),
+    "boneage": lambda items, rng: np.array([0.7, 1.0, 1.05, 1.15, 0.9]),
+}
 
 
 def _write(path: Path, obj) -> None:
@@ -98,7 +104,7 @@ def make_fake_runs(root: str | Path, seed: int = 0, n_folds: int = 2, tasks=("se
     made = []
     for task in tasks:
         metric, mode, items, configs = TASKS[task]
-        diff = _item_difficulty(task, items, rng)
+        diff = DIFFICULTY[task](items, rng)
         best_runs = []
         for ci, (cid, model, params, size, epochs, base, sec_ep, ips) in enumerate(configs):
             family, arch, encoder = _split_model(model)

@@ -396,13 +396,24 @@ def plot_sweep(trials: pd.DataFrame):
     return fig
 
 
+def per_item_plot(task: str) -> tuple[str, Any]:
+    """The title and plot of a task's per-item breakdown: a heatmap of the runs x classes of a task of many
+    named classes (segmentation), bars otherwise; titled by what the task's spec says an item is."""
+    from tasks.spec import task_spec
+
+    try:
+        spec = task_spec(task)
+    except ValueError:  # a summary of a task this checkout does not have
+        return f"{task}: score per item", plot_item_bars
+    what, value = spec.per_item
+    return f"{task}: {value} per {what}", plot_heatmap if len(spec.classes) > 12 else plot_item_bars
+
+
 def task_plots(task: str, part: pd.DataFrame) -> list[Plot]:
     """The four plots of one task, drawn from its rows in rank order (best first)."""
     s = slug(task)
     part = T.rank_runs(part)
-    per_item = ((f"{task}: per-class score", plot_heatmap) if task == "segmentation" else
-                (f"{task}: error per landmark" if task == "keypoints" else
-                 f"{task}: error per age band" if task == "boneage" else f"{task}: score per item", plot_item_bars))
+    per_item = per_item_plot(task)
     return [
         _draw(f"plot-{s}-per-item", per_item[0], per_item[1], part),
         _draw(f"plot-{s}-pareto-params", f"{task}: score vs parameters", plot_pareto_params, part),

@@ -1,5 +1,5 @@
 """The learned orientation classifier: a small timm CNN that reads the 12 SHS_NET classes (rotation x
-side, :mod:`tasks.orientation`) off a whole radiograph at low resolution.
+side, :mod:`tasks.orientation.heuristic`) off a whole radiograph at low resolution.
 
 The image is resized to ``size x size`` (each axis on its own: a quarter turn and resizing commute, so
 the dihedral views of the small input are exactly those of the image) and scaled to [-2, 2]. At
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tasks.formats.images import resize_grey
-from tasks.orientation import DIHEDRAL, DIHEDRAL_LABELS, SIDES, Orientation, dihedral_view
+from tasks.orientation.heuristic import DIHEDRAL, DIHEDRAL_LABELS, SIDES, Orientation, dihedral_view
 
 DEFAULT_ARCH = "resnet10t"
 DEFAULT_WIDTH = 16

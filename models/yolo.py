@@ -34,7 +34,7 @@ from torch import nn
 
 from models.registry import InputSize, UnknownModelError, close_matches, register_family
 from models.weights import read_state_dict
-from tasks.base import Section
+from tasks.schema import Section
 from tasks.formats.tensors import PickledFileError
 
 # Ultralytics arguments set from the harness config; model.options.train_args may not repeat them.

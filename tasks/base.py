@@ -1,96 +1,65 @@
-"""What every task provides to the engine, and the strict base for config sections."""
+"""The torch side of a task: what the trainer and the one predictor (:mod:`engine.predictor`) call.
+
+Training: :meth:`Task.datasets`, :meth:`Task.forward`, :meth:`Task.loss`, :meth:`Task.evaluate`.
+
+Prediction, one image or batch at a time, whatever the mode (a run, an ensemble member, TTA views,
+sliding-window tiles, an ROI crop):
+
+1. :meth:`Task.samples` — the images of a split (each has a ``name``: its row in the CSV and the cache);
+2. :meth:`Task.batches` — the model inputs of a list of samples at a model's input size, as dicts of
+   tensors plus whatever the decoding needs (original sizes, letterboxes);
+3. per TTA view: ``model(*task.model_inputs(batch, view))``, then :meth:`Task.invert` maps the output
+   back to the frame of the un-augmented input and :meth:`Task.activate` makes it probabilities (maps,
+   heatmaps, class probabilities) or values (normalised ages); the views are averaged there;
+4. :meth:`Task.writer` — decodes those outputs (masks, points, ages, labels) and writes the submission
+   CSV and the prediction cache.
+
+What the task is (metric, classes, losses, schema) is its :class:`tasks.spec.TaskSpec`, ``Task.spec``.
+"""
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
-
-class Section(BaseModel):
-    """A config section: unknown keys are errors (the loader names the nearest valid key); no value is NaN
-    or infinite."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from tasks.spec import MODE_RESIZE, TaskSpec
+from tasks.tta import View
 
 
-# Smallest training/input size. What a model needs beyond it (a multiple of its encoder's stride) is checked
-# when training starts (``engine.trainer.check_image_size``); runs that only hold cached predictions go this small.
-MIN_IMAGE_SIZE = 8
+def precision(autocast: Callable[[], AbstractContextManager] | None) -> AbstractContextManager:
+    """The context a forward pass runs in: ``autocast()`` (the engine's mixed precision for the run's device,
+    ``engine.device.autocast``) or full precision when none is given."""
+    return autocast() if autocast is not None else nullcontext()
 
 
-class DataBase(Section):
-    """Data keys every task shares; each task extends it with its own (``Task.Data``)."""
+class PredictionWriter(AbstractContextManager):
+    """Takes the averaged outputs of every batch (:meth:`add`) and, on a clean exit, has written the
+    submission CSV (atomic; none when ``out_csv`` is None) and, when asked, the prediction cache. ``images``
+    counts the images taken. A task whose predictions are values per image (points, ages, class
+    probabilities) also gives them back: :meth:`result`, what its ensembles fuse."""
 
-    root: str
-    test_root: str | None = None
-    image_size: int = Field(256, ge=MIN_IMAGE_SIZE)
-    n_folds: int = Field(5, ge=2)       # a validation fold needs at least two folds (scikit-learn's K-fold too)
-    fold: int = Field(0, ge=0)
-    cache: bool = True
-    num_workers: int = Field(0, ge=0)
+    images: int = 0
 
-    @field_validator("fold")
-    @classmethod
-    def _fold_in_range(cls, fold: int, info: ValidationInfo) -> int:
-        n_folds = info.data.get("n_folds")
-        if n_folds is not None and fold >= n_folds:
-            raise ValueError(f"fold {fold} does not exist with data.n_folds={n_folds} (folds are 0..{n_folds - 1})")
-        return fold
+    @abstractmethod
+    def add(self, batch: dict, outputs: torch.Tensor) -> None:
+        """Decode and keep (or stream out) one batch of averaged, activated outputs."""
 
-
-Threshold = float | list[float] | dict[str, float]
-
-
-def check_thresholds(value: float | Sequence[float] | Mapping[str, float], classes: Sequence[str] = ()) -> None:
-    """A threshold setting: one float, one per class (a list in class order) or ``{class: t}``; every value
-    lies in (0, 1). With ``classes`` known, a list has one value per class and a dict names only classes.
-    A fault is a ValueError saying what is wrong."""
-    if isinstance(value, Mapping):
-        values = list(value.values())
-    elif isinstance(value, (int, float)):
-        values = [value]
-    else:
-        values = list(value)
-    bad = [v for v in values if not 0 < float(v) < 1]
-    if bad:
-        raise ValueError(f"threshold {float(bad[0]):g} is outside (0, 1)")
-    if not classes:
-        return
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(classes))
-        if unknown:
-            near = difflib.get_close_matches(unknown[0], list(classes), n=1)
-            raise ValueError(f"threshold for unknown class {unknown[0]!r}" + (f"; did you mean {near[0]!r}?" if near else "")
-                             + f" ({len(classes)} classes: {classes[0]} ... {classes[-1]})")
-    elif len(values) != len(classes) and not isinstance(value, (int, float)):
-        raise ValueError(f"{len(values)} thresholds for {len(classes)} classes (give one per class, in class order, "
-                         "a single number, or {class: threshold})")
+    def result(self) -> tuple[list[str], Any]:
+        """The image names and the values taken so far (tasks of values per image)."""
+        raise NotImplementedError(f"{type(self).__name__} streams its rows; it keeps no values")
 
 
 class Task(ABC):
-    """One object per task: datasets, targets, loss, metrics, decoding and submissions.
+    """One object per task and config: datasets, targets, loss and metrics for the trainer, and the
+    prediction hooks (see the module docstring)."""
 
-    The trainer only calls :meth:`datasets`, :meth:`forward`, :meth:`loss` and :meth:`evaluate`;
-    ``metric``/``mode`` say what "better" means for early stopping and the leaderboard.
-    """
-
-    name: ClassVar[str]
-    Data: ClassVar[type[DataBase]] = DataBase
-    # Named output classes that a threshold setting may name (empty: the task has none).
-    classes: ClassVar[tuple[str, ...]] = ()
-    metric: ClassVar[str]
-    mode: ClassVar[Literal["max", "min"]]
-    # One sigmoid per output channel (multilabel): the trainer starts the output bias at model.output_prior.
-    sigmoid_outputs: ClassVar[bool] = False
-    # loss.weights when the config has none.
-    default_loss: ClassVar[dict[str, float]]
-    regression: ClassVar[bool] = False  # evaluate reports ``pred_spread`` (``train.select_min_spread`` reads it)
+    spec: ClassVar[TaskSpec]
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -104,18 +73,57 @@ class Task(ABC):
     def in_channels(self) -> int:
         return 1
 
+    # ------------------------------------------------------------------------------------------ training
+
     @abstractmethod
     def datasets(self) -> tuple[Dataset, Dataset]:
         """Training and validation datasets of the configured fold."""
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["image"])
+        return model(*self.model_inputs(batch))
 
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         """Scalar training loss."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device) -> dict:
+    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, autocast=None,
+                 batch_size: int = 4) -> dict:
         """Validation: ``{"score": float, "per_item": {name: float}, "loss": float, ...}``."""
 
+    # ---------------------------------------------------------------------------------------- prediction
+
+    @abstractmethod
+    def samples(self, split: str) -> list[Any]:
+        """The images of ``split``: ``train``/``val`` (the configured fold of ``data.root``) or ``test``."""
+
+    @abstractmethod
+    def batches(self, samples: Sequence[Any], size: int, batch_size: int) -> Iterator[dict]:
+        """Model inputs of ``samples`` at input ``size``, ``batch_size`` at a time: dicts with ``image``
+        ``(B, C, S, S)``, the task's other inputs, and ``samples`` (the samples of the batch)."""
+
+    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
+        """The model's positional inputs for ``batch`` under ``view`` (the image only, by default)."""
+        return (view.apply(batch["image"]),)
+
+    def activate(self, output: torch.Tensor) -> torch.Tensor:
+        """Raw model output → what views and members average (probabilities; identity by default)."""
+        return output
+
+    def invert(self, output: torch.Tensor, view: View, batch: dict) -> torch.Tensor:
+        """The output of ``view`` of ``batch`` in the frame of the un-augmented input (identity by default:
+        an output that does not depend on where things are in the image)."""
+        return output
+
+    @property
+    def frame(self) -> tuple:
+        """What the outputs of two runs must share to be averaged before decoding (an ensemble's ``soft``
+        method): the input size, by default."""
+        return (self.cfg.data.image_size,)
+
+    @abstractmethod
+    def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
+               mode: str = MODE_RESIZE) -> PredictionWriter:
+        """The writer of this task's submission CSV and prediction cache (``cache``: an ``engine.cli.Output``
+        for the cache folder, or None); ``mode`` says how the outputs were made (a dense task's cache records it),
+        ``workers`` how many threads may decode (a task without post-processing ignores it)."""

@@ -2,7 +2,7 @@
 
 Computed on a downscaled copy (long side ``work_size``) and scaled back, so it costs the same on a
 2080 px RSNA image as on a 768 px one. The preprocessing pipeline (:mod:`tasks.preprocess`: crop to
-the hand, background removal, ROI crops) and the orientation detector (:mod:`tasks.orientation`) both
+the hand, background removal, ROI crops) and the orientation detector (:mod:`tasks.orientation.heuristic`) both
 build on it. Images are ``(H, W)`` uint8, masks ``(H, W)`` bool.
 """
 from __future__ import annotations

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DecodeMethod = Literal["dark", "softargmax", "argmax"]
+from tasks.keypoints import DecodeMethod
+
 Activation = Literal["sigmoid", "softmax"]
 
 

@@ -18,20 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
-
-from tasks.base import Section
 from tasks.heatmaps import render_gaussians
-
-
-class ClickSettings(Section):
-    """``data.clicks``: how training simulates the user of a hinted model (``hint:`` models only)."""
-
-    train_clicks: int = Field(3, ge=0)        # up to this many simulated corrections before the loss pass (uniform 0..N)
-    worst_of: int = Field(10, ge=1)           # each correction picks one of the N worst points at random (1: the worst)
-    initial_hints: int = Field(0, ge=0)       # up to this many random true points given as hints before the first pass
-    hint_sigma: float | None = Field(None, gt=0)  # Gaussian of a hint in input pixels (None: data.sigma)
-    eval_clicks: int = Field(10, ge=0)        # clicks of the evaluation protocol (tools/interactive_eval.py)
+from tasks.keypoints import ClickSettings
 
 
 def render_hints(xy: torch.Tensor, clicked: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The steps follow the RSNA 2017 bone-age pipelines: min-max (percentile) normalisation, CLAHE,
 a hand mask (threshold + largest contour(s) + closing; :mod:`tasks.handmask`), background removal and
-a crop to the hand with a margin, orientation normalisation (:mod:`tasks.orientation`), and crops of the regions that
+a crop to the hand with a margin, orientation normalisation (:mod:`tasks.orientation.heuristic`), and crops of the regions that
 carry the maturity signal (carpus, MCP joints, middle finger, thumb) tiled 2x2.
 
 Every step works on ``(H, W)`` uint8 images of any size; masks are ``(H, W)`` bool. The hand mask is
@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from tasks.base import Section
+from tasks.schema import Section
 from tasks.handmask import components, downscale, grow, hand_mask, minmax, palm
-from tasks.orientation import OrientationClassifier, apply_orientation, detect_orientation
+from tasks.orientation.heuristic import OrientationClassifier, apply_orientation, detect_orientation
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), pixels
 ROI_NAMES = ("carpus", "mcp", "middle_finger", "thumb")

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from tasks.base import Section
+from tasks.schema import Section
 from tasks.formats.handbones import CLASSES, WRIST_CLASSES
 
 Box = tuple[int, int, int, int]

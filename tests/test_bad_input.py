@@ -18,7 +18,7 @@ from tasks.formats import FormatError, rsna
 from tasks.formats.handbones import read_polygons
 from tasks.formats.images import write_png
 from tasks.keypoint_sets import get_set
-from tasks.keypoints import list_keypoint_samples
+from tasks.keypoint_labels import list_keypoint_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"task": "segmentation", "data": {"root": "x/train"}, "model": {"name": "smp:unet/resnet18"}}

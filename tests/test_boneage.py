@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from engine.config import load_config
-from tasks.boneage import BoneAgeDataset, BoneAgeTask, RegressionLoss, list_samples, split_folds
+from tasks.boneage.task import BoneAgeDataset, BoneAgeTask, RegressionLoss
+from tasks.boneage.samples import list_samples, split_folds
 from tasks.formats.rsna import read_submission
 from tasks.metrics import AGE_BANDS, age_metrics
-from tasks.scoring import score_boneage as score_submission
+from tasks.boneage.scoring import score as score_submission
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.rsna import write_predictions
@@ -189,7 +190,7 @@ def test_bad_submissions_are_rejected(tmp_path):
 
 
 def test_age_fusion_mean_median_weighted_and_alignment():
-    from ensembles.runner import Member
+    from ensembles.members import Member
     from ensembles.values import align, fuse_values
 
     preds = np.array([[10.0, 100.0], [20.0, 110.0], [60.0, 300.0]])       # (M=3, N=2) months
@@ -260,7 +261,7 @@ def test_second_epoch_reads_the_cache(tmp_path):
 
 
 def test_phantom_train_predict_score_with_and_without_tta(phantom, tmp_path):
-    from engine.predict_boneage import predict_run
+    from engine.predictor import predict_run
     from engine.trainer import train
 
     cfg = load_config(ROOT / "configs" / "boneage" / "phantom_cpu_resnet10t.yaml",
@@ -285,7 +286,7 @@ def test_phantom_train_predict_score_with_and_without_tta(phantom, tmp_path):
 
 def test_real_rsna_fine_tune_predict_and_score(real_data, tmp_path):
     """A short fine-tune on the 40 real hands, then predict and score the validation fold (end to end)."""
-    from engine.predict_boneage import predict_run
+    from engine.predictor import predict_run
     from engine.trainer import train
 
     cfg = load_config(ROOT / "configs" / "boneage" / "real_rsna_finetune.yaml",

@@ -34,11 +34,11 @@ def test_inference_of_one_run_reads_its_checkpoint_once(tiny_run, tmp_path, read
 
 def test_ensemble_member_checkpoint_is_read_once(tiny_run, tmp_path, reads):
     from ensembles.config import EnsembleConfig
-    from ensembles.plugins import ensemble_runner
+    from ensembles.api import predict_ensemble
 
     ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft", "name": "once",
                                          "out_dir": str(tmp_path / "runs"), "members": [{"runs": [str(tiny_run)]}]})
-    stats = ensemble_runner("segmentation")(ens, out_csv=tmp_path / "ens.csv", split="test", device="cpu", workers=1,
+    stats = predict_ensemble(ens, out_csv=tmp_path / "ens.csv", split="test", device="cpu", workers=1,
                                             progress=False)
     assert stats["images"] > 0
     assert reads == [(tiny_run / "best.pt").resolve()]

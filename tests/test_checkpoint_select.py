@@ -9,7 +9,7 @@ import torch
 
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import ConfigError, load_config
-from tasks.boneage import BoneAgeTask
+from tasks.boneage.task import BoneAgeTask
 
 ROOT = Path(__file__).resolve().parents[1]
 

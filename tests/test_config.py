@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from engine.config import ConfigError, build_config, load_config, parse_overrides, save_config
-from tasks.registry import get_task_class
+from tasks.spec import task_spec
 
 BASE = {"task": "segmentation", "data": {"root": "x/train"}, "model": {"name": "smp:unet/resnet18"}}
 
@@ -94,4 +94,4 @@ def test_config_without_loss_gets_its_tasks_default(tmp_path, task, data, expect
     """A keypoint or bone-age config without a loss section used to get segmentation's bce + dice."""
     cfg = build_config({"task": task, "data": {"root": str(tmp_path), "image_size": 64, **data}})
     assert cfg.loss.weights == expected
-    get_task_class(task)(cfg)   # the task's loss accepts it
+    task_spec(task).task_class()(cfg)   # the task's loss accepts it

@@ -8,7 +8,7 @@ import torch
 
 from engine.config import build_config
 from tasks.heatmaps import _blur_conv, _blur_cv2, decode_heatmaps, gaussian_blur, render_gaussians
-from tasks.keypoints import KeypointTask
+from tasks.keypoints.task import KeypointTask
 
 
 def noisy_peaks(noise: float, sigma: float = 2.0, n: int = 4, k: int = 37, size: int = 64, seed: int = 0):

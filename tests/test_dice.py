@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tasks.metrics import dice_per_class
-from tasks.segmentation import probs_to_masks, resolve_thresholds
+from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
 
 
 def test_dice_hand_computed():

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 from engine.config import ConfigError, build_config, save_config
-from engine.predictor import save_probs
+from tasks.segmentation.cache import save_probs
 from ensembles.config import EnsembleConfig, load_ensemble_config, weight_table
 from ensembles.fit import candidate_weights, fit_maps, fit_weights, patient_folds, simplex_grid
 from ensembles.hard import hard_vote, majority, resolve_min_votes, vote_maps, votes_for_threshold
-from ensembles.runner import Fuser, Member, predict_ensemble, stream
+from ensembles.runner import Fuser, predict_ensemble, stream
+from ensembles.members import Member
 from ensembles.soft import fuse_maps, soft_mean, soft_median
 from ensembles.weighted import normalize_weights, threshold, weighted_mean, weighted_median
 from tasks.formats import FormatError
@@ -500,7 +501,8 @@ def test_members_on_different_single_folds_share_no_validation_image(tmp_path):
 
 
 def test_on_the_fly_rows_equal_cached_rows_and_reject_nan(tmp_path):
-    from ensembles.runner import cache_rows, ensemble_samples, live_rows, resolve_members
+    from ensembles.runner import cache_rows, ensemble_samples, live_rows
+    from ensembles.members import resolve_members
 
     test_root, runs, names, maps = _fake_runs(tmp_path)
     ens = _ens(runs, "weighted", tmp_path, weights=[1, 2, 3])
@@ -568,7 +570,7 @@ def test_on_the_fly_member_with_fold_runs_averages_them():
 
 
 def test_read_npz_matches_np_load_for_small_large_and_compressed(tmp_path):
-    from ensembles.runner import read_npz
+    from tasks.segmentation.cache import read_npz
 
     rng = np.random.default_rng(0)
     big = (rng.random((3, 200, 150)) * 255).astype(np.uint8)  # above the memory-mapping size
@@ -588,30 +590,30 @@ def test_read_npz_matches_np_load_for_small_large_and_compressed(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 def test_keypoint_mean_of_symmetric_members_is_the_truth_and_weighted_follows_weights():
-    from ensembles.keypoints import fuse_points
+    from ensembles.values import fuse_values
 
     truth = np.array([[[30.0, 40.0], [5.5, 7.25]]])                      # (N=1, K=2, 2)
     preds = np.stack([truth + 2, truth - 2])                             # +2 px and -2 px members
-    np.testing.assert_array_equal(fuse_points(preds, "mean"), truth)
-    np.testing.assert_array_equal(fuse_points(preds, "median"), truth)
-    np.testing.assert_array_equal(fuse_points(preds, "weighted", np.array([3.0, 1.0])), truth + 1)
+    np.testing.assert_array_equal(fuse_values(preds, "mean"), truth)
+    np.testing.assert_array_equal(fuse_values(preds, "median"), truth)
+    np.testing.assert_array_equal(fuse_values(preds, "weighted", np.array([3.0, 1.0]), channel_axis=1), truth + 1)
     per_landmark = np.array([[1.0, 0.0], [0.0, 1.0]])                    # landmark 0 from member 0, 1 from 1
-    np.testing.assert_array_equal(fuse_points(preds, "weighted", per_landmark),
+    np.testing.assert_array_equal(fuse_values(preds, "weighted", per_landmark, channel_axis=1),
                                   np.stack([truth[:, 0] + 2, truth[:, 1] - 2], axis=1))
 
 
 def test_keypoint_hard_vote_keeps_agreeing_points_and_falls_back_to_the_median():
     from ensembles.hard import vote_points
-    from ensembles.keypoints import fuse_points
+    from ensembles.values import fuse_values
 
     # landmark 0: two members agree (2 px apart), one outlier; landmark 1: nobody within 4 px of anybody
     preds = np.array([[[[10.0, 10.0], [0.0, 0.0]]],
                       [[[12.0, 10.0], [10.0, 0.0]]],
                       [[[50.0, 50.0], [30.0, 0.0]]]])                    # (M=3, N=1, K=2, 2)
-    fused = fuse_points(preds, "hard", radius=4.0)                       # min_votes: majority, 2 of 3
+    fused = fuse_values(preds, "hard", radius=4.0)                       # min_votes: majority, 2 of 3
     assert fused[0, 0].tolist() == [11.0, 10.0]                          # midpoint of the agreeing pair
     assert fused[0, 1].tolist() == [10.0, 0.0]                           # median fallback
-    assert fuse_points(preds, "median")[0, 0].tolist() == [12.0, 10.0]   # the median alone is pulled
+    assert fuse_values(preds, "median")[0, 0].tolist() == [12.0, 10.0]   # the median alone is pulled
     assert vote_points(preds, 4.0, min_votes=3)[0][0, 0].tolist() == [12.0, 10.0]   # 2 < 3 votes: median
     assert np.allclose(vote_points(preds, 60.0, min_votes=3)[0][0, 0], [24.0, 70 / 3])  # all agree: their mean
     # two groups of two (4 members): the tighter group wins the tie
@@ -645,7 +647,7 @@ def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
 
     import inference
     from engine.config import load_config
-    from engine.predict_keypoints import load_cache
+    from tasks.keypoints.cache import load_cache
     from engine.trainer import train
     from ensembles.hard import vote_points
     from tasks.keypoint_labels import read_wide
@@ -714,7 +716,7 @@ def test_boneage_ensembles_end_to_end(phantom, tmp_path):
     import inference
     from engine.config import load_config
     from engine.trainer import train
-    from tasks.boneage import read_submission
+    from tasks.formats.rsna import read_submission
     from tools import fit_ensemble
 
     root = Path(__file__).resolve().parents[1]
@@ -769,9 +771,11 @@ def test_fit_warns_when_validation_and_test_caches_used_other_tta_views(tmp_path
     """Weights and thresholds fitted on plain validation maps do not carry over to hflip-averaged test maps
     (the demo's fitted ensemble lost to its best member that way): the cache records its views and the fit
     and the from-cache ensemble name the member whose two caches differ."""
-    from engine.predictor import save_probs
+    from tasks.segmentation.cache import save_probs
     from ensembles.fit import fit_ensemble
-    from ensembles.runner import cache_tta, resolve_members, warn_tta_mismatch
+    from tasks.segmentation.cache import cache_tta
+    from ensembles.members import resolve_members
+    from ensembles.runner import warn_tta_mismatch
 
     runs = _labelled_runs(tmp_path, {"good": [0, 1], "noise": [0, 1]})
     for label, tta in (("good", "identity,hflip"), ("noise", "identity")):

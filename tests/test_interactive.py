@@ -16,7 +16,9 @@ from tasks.formats import FormatError, aasce
 from tasks.formats.images import write_png
 from tasks.interactive import ClickSettings, click_curve, pick_clicks, pin, render_hints, simulate_clicks
 from tasks.keypoint_sets import AASCE68
-from tasks.keypoints import KeypointDataset, KeypointTask, group_of, list_keypoint_samples
+from tasks.keypoints.task import KeypointDataset, KeypointTask
+from tasks.keypoints.samples import group_of
+from tasks.keypoint_labels import list_keypoint_samples
 from tasks.augment import build_augment
 from tools import interactive_eval
 

@@ -12,7 +12,8 @@ from engine.trainer import train
 from tasks.formats import aasce
 from tasks.formats.images import image_size
 from tasks.keypoint_sets import AASCE68
-from tasks.keypoints import list_keypoint_samples, split_folds
+from tasks.keypoint_labels import list_keypoint_samples
+from tasks.keypoints.samples import split_folds
 from tools import interactive_eval
 
 ROOT = Path(__file__).resolve().parents[1]

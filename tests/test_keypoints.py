@@ -2,6 +2,8 @@
 MRE/SDR, readers and bad input, losses, the SHS_NET U-Net, and train → predict → score on the phantom."""
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,11 @@ from torch import nn
 
 import inference
 from engine.config import ConfigError, load_config
-from engine.predict_keypoints import load_cache, tta_heatmaps
-from ensembles.keypoints import fuse_points
+from tasks.keypoints.cache import load_cache
+from engine.predictor import view_mean
+from ensembles.values import fuse_values
 from engine.trainer import train
-from engine.tta import View
+from tasks.tta import View
 from models import UnknownModelError, create_model
 from tasks.formats import FormatError
 from tasks.formats.images import write_png
@@ -20,9 +23,9 @@ from tasks.heatmaps import (HeatmapLoss, activate, decode_heatmaps, decode_one_d
                             input_to_heatmap, render_gaussians)
 from tasks.keypoint_sets import AASCE68, DHA37, SHS15, LandmarkSet, get_set
 from tasks.keypoint_labels import list_keypoint_samples, read_labels, read_wide, write_wide
-from tasks.keypoints import KeypointDataset
+from tasks.keypoints.task import KeypointDataset, KeypointTask
 from tasks.metrics import keypoint_metrics
-from tasks.scoring import score_keypoints as score_submission
+from tasks.keypoints.scoring import score as score_submission
 from tasks.letterbox import Letterbox
 from tasks.augment import build_augment
 from tools import score
@@ -263,6 +266,17 @@ class CornerModel(nn.Module):
         return torch.logit(hm.clamp(1e-4, 1 - 1e-4))
 
 
+class Corners:
+    """The keypoint task's TTA hooks for a set of two landmarks that swap under a mirror (``flip_perm``)."""
+
+    model_inputs = KeypointTask.model_inputs
+    invert = KeypointTask.invert
+    activate = staticmethod(torch.sigmoid)
+
+    def __init__(self, flip_perm):
+        self.lmset = SimpleNamespace(flip_perm=flip_perm)
+
+
 @pytest.mark.parametrize("stride", [1, 4])
 def test_flip_tta_unflips_coordinates_and_swaps_pairs(stride):
     x = torch.zeros(1, 1, 64, 64)
@@ -270,13 +284,13 @@ def test_flip_tta_unflips_coordinates_and_swaps_pairs(stride):
     x[0, 0, 30, 50] = 1.0   # right corner at (50, 30)
     model = CornerModel(stride)
     views = [View(), View(hflip=True)]
-    with_pairs = tta_heatmaps(model, x, views, torch.sigmoid, flip_perm=[1, 0])
+    with_pairs = view_mean(model, Corners([1, 0]), {"image": x}, views)
     uv, _ = decode_heatmaps(with_pairs, "dark")
     xy = heatmap_to_input(uv, stride, stride)[0]
     assert xy.tolist() == [pytest.approx([10, 20], abs=0.05), pytest.approx([50, 30], abs=0.05)]
-    without = tta_heatmaps(model, x, views, torch.sigmoid, flip_perm=None)   # wrong for a set with pairs: peaks mix
+    without = view_mean(model, Corners(None), {"image": x}, views)   # wrong for a set with pairs: peaks mix
     assert without[0, 0].max() < 0.6 * with_pairs[0, 0].max()     # two half-height peaks instead of one
-    single = tta_heatmaps(model, x, [View(hflip=True)], torch.sigmoid, flip_perm=[1, 0])
+    single = view_mean(model, Corners([1, 0]), {"image": x}, [View(hflip=True)])
     assert torch.allclose(single, with_pairs, atol=1e-5)
 
 
@@ -285,7 +299,7 @@ def test_multiscale_tta_keeps_coordinates():
     x = render_gaussians(centres[None], 64, 64, 2.0).sum(1, keepdim=True)
     model = CornerModel(1)
     for views in ([View()], [View(), View(scale=1.5)], [View(scale=0.5), View(hflip=True, scale=1.5)]):
-        uv, _ = decode_heatmaps(tta_heatmaps(model, x, views, torch.sigmoid, flip_perm=[1, 0]), "dark")
+        uv, _ = decode_heatmaps(view_mean(model, Corners([1, 0]), {"image": x}, views), "dark")
         assert (uv[0] - centres).norm(dim=-1).max() < 0.15
 
 
@@ -377,7 +391,7 @@ def test_bad_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="sigmaa.*did you mean 'data.sigma'"):
         kp_config(tmp_path, tmp_path, data={"sigmaa": 2.0})
     cfg = kp_config(tmp_path, tmp_path, data={"landmarks": "aasce68"}, augment={"vflip": 0.5})
-    from tasks.keypoints import KeypointTask
+    from tasks.keypoints.task import KeypointTask
 
     with pytest.raises(ValueError, match="vflip.*aasce68"):
         KeypointTask(cfg)
@@ -469,8 +483,8 @@ def test_coordinate_fusion_mean_median_and_per_landmark_weights():
     preds = np.array([[[[0.0, 0.0], [10.0, 10.0]]],
                       [[[2.0, 2.0], [20.0, 20.0]]],
                       [[[9.0, 9.0], [30.0, 30.0]]]])          # (M=3, N=1, K=2, 2)
-    assert fuse_points(preds, "mean")[0].tolist() == [[pytest.approx(11 / 3)] * 2, [20.0, 20.0]]
-    assert fuse_points(preds, "median")[0].tolist() == [[2.0, 2.0], [20.0, 20.0]]
+    assert fuse_values(preds, "mean")[0].tolist() == [[pytest.approx(11 / 3)] * 2, [20.0, 20.0]]
+    assert fuse_values(preds, "median")[0].tolist() == [[2.0, 2.0], [20.0, 20.0]]
     one_hot = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # landmark 0 from member 0, landmark 1 from member 2
-    assert fuse_points(preds, "weighted", one_hot)[0].tolist() == [[0.0, 0.0], [30.0, 30.0]]
-    assert fuse_points(preds, "weighted", [1.0, 1.0, 2.0])[0, 1].tolist() == [22.5, 22.5]
+    assert fuse_values(preds, "weighted", one_hot, channel_axis=1)[0].tolist() == [[0.0, 0.0], [30.0, 30.0]]
+    assert fuse_values(preds, "weighted", [1.0, 1.0, 2.0], channel_axis=1)[0, 1].tolist() == [22.5, 22.5]

@@ -13,8 +13,8 @@ from engine.trainer import train
 from tasks.formats.images import image_size, read_grey
 from tasks.keypoint_sets import DHA37, SHS15
 from tasks.keypoint_labels import list_keypoint_samples, read_wide
-from tasks.keypoints import KeypointTask
-from tasks.scoring import score_keypoints as score_submission
+from tasks.keypoints.task import KeypointTask
+from tasks.keypoints.scoring import score as score_submission
 from tasks.letterbox import Letterbox
 from tools import score
 

@@ -6,7 +6,7 @@ import pytest
 
 from engine.cli import run_main
 from tasks.formats.images import read_grey
-from tasks.orientation import Orientation, apply_orientation, detect_orientation, rotate_quarters, rotation_for
+from tasks.orientation.heuristic import Orientation, apply_orientation, detect_orientation, rotate_quarters, rotation_for
 
 
 def test_labels_round_trip_and_follow_shs_net():
@@ -38,7 +38,7 @@ def test_apply_orientation_mirrors_right_hands_only_when_asked():
 def test_accuracy_on_the_shared_real_set(real_data):
     """The 68 SHS_NET orientation images (the heuristic's thresholds were tuned on them): rotation >= 95 %,
     side >= 90 %, an undecided side reported as uncertain."""
-    from tasks.orientation import evaluate, labelled_folder
+    from tasks.orientation.heuristic import evaluate, labelled_folder
 
     result = evaluate(labelled_folder(real_data / "shs_net_orientation"))
     assert result["images"] == 68
@@ -51,7 +51,7 @@ def test_accuracy_on_the_shared_real_set(real_data):
 def test_predictions_follow_rotations_and_mirrors_of_real_images(real_data):
     """Rotating or mirroring an image changes the detected rotation exactly as it changes the true one,
     and the side whenever the detector decides it."""
-    from tasks.orientation import dihedral, labelled_folder
+    from tasks.orientation.heuristic import dihedral, labelled_folder
 
     items = [it for it in labelled_folder(real_data / "shs_net_orientation") if it[0] in
              ("train_img5", "train_img1", "train_img13", "train_img4")]   # two hands, left, right, left turned

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.orientation import (DIHEDRAL, DIHEDRAL_LABELS, Orientation, apply_orientation, detect_orientation,
+from tasks.orientation.heuristic import (DIHEDRAL, DIHEDRAL_LABELS, Orientation, apply_orientation, detect_orientation,
                                dihedral_label, dihedral_view, evaluate, rotate_quarters)
-from tasks.orientation_marker import find_side_marker
+from tasks.orientation.marker import find_side_marker
 from tasks.preprocess import Preprocess
 
 

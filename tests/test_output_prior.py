@@ -10,7 +10,7 @@ from engine.config import build_config
 from engine.trainer import build_model
 from models import create_model
 from models.output_prior import output_layer, set_output_prior
-from tasks.registry import get_task_class
+from tasks.spec import task_spec
 
 
 def _cfg(tmp_path, **model):
@@ -27,7 +27,7 @@ def test_prior_sets_every_output_probability(name):
 
 
 def test_trainer_build_applies_prior_and_none_keeps_init(tmp_path):
-    task_cls = get_task_class("segmentation")
+    task_cls = task_spec("segmentation").task_class()
     cfg = _cfg(tmp_path)
     assert cfg.model.output_prior == 0.01
     bias = output_layer(build_model(cfg, task_cls(cfg)), 29).bias
@@ -37,7 +37,7 @@ def test_trainer_build_applies_prior_and_none_keeps_init(tmp_path):
 
 
 def test_whole_model_weights_keep_their_head(tmp_path):
-    task_cls = get_task_class("segmentation")
+    task_cls = task_spec("segmentation").task_class()
     donor = create_model("smp:unet/resnet18", task="segmentation", num_outputs=29)
     torch.nn.init.constant_(output_layer(donor, 29).bias, 1.5)
     torch.save(donor.state_dict(), tmp_path / "whole.pt")

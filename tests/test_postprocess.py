@@ -92,7 +92,7 @@ def _seg_runs(tmp_path: Path, size: int = 32):
     """A labelled training set of 4 patients (Radius and Ulna squares), 2 test images, and a 2-fold member whose
     cached probabilities are the truth plus a spurious Radius blob (validation and test alike)."""
     from engine.config import build_config, save_config
-    from engine.predictor import save_probs
+    from tasks.segmentation.cache import save_probs
     from tasks.formats.handbones import CLASSES, list_samples, read_masks, split_folds, write_polygons
     from tasks.formats.images import write_png
 

@@ -140,9 +140,9 @@ class Constant(torch.nn.Module):
 
 def two_stage(stage1_logits: list[float], roi: RoiConfig, size1: int = 32, size2: int = 32):
     from engine.config import load_config
-    from engine.predictor import LoadedModel, ProbabilitySource
-    from engine.roi_predictor import TwoStageSource
-    from engine.tta import View
+    from engine.predictor import LoadedModel, Predictor
+    from engine.roi_predictor import TwoStagePredictor
+    from tasks.tta import View
 
     base = {"task": "segmentation", "data": {"root": "x", "image_size": size1}}
     cfg1 = load_config(None, base)
@@ -150,7 +150,8 @@ def two_stage(stage1_logits: list[float], roi: RoiConfig, size1: int = 32, size2
     first = LoadedModel(Constant(stage1_logits), cfg1, "s1")
     second = LoadedModel(Constant([3.0] * len(roi.classes)), cfg2, "s2")
     cpu = torch.device("cpu")
-    return TwoStageSource(ProbabilitySource([first], [View()], cpu), np.full(29, 0.5), second, [View()], cpu)
+    predictor = TwoStagePredictor(Predictor(first, [View()], cpu), Predictor(second, [View()], cpu))
+    return lambda image: predictor(second.task.image_batch(image, size1))[0]
 
 
 def test_two_stage_pastes_roi_classes_in_the_box_and_keeps_stage1_elsewhere():

@@ -162,7 +162,7 @@ def fold_library(phantom, tmp_path_factory):
 def test_fold_launcher_trains_every_fold_with_out_of_fold_caches(fold_library, capsys):
     import train
     from engine.config import load_config
-    from engine.predictor import split_samples
+    from tasks.segmentation.samples import split_samples
 
     runs, configs, outputs = fold_library
     names = set()
@@ -171,7 +171,7 @@ def test_fold_launcher_trains_every_fold_with_out_of_fold_caches(fold_library, c
         summary = json.loads((run / "summary.json").read_text())
         assert summary["fold"] == fold and summary["val"]["score"] is not None
         cfg = load_config(run / "config.yaml")
-        expected = {s.name for s in split_samples(cfg, "val")}
+        expected = {s.name for s in split_samples(cfg.data, "val")}
         assert {p.name[:-4] for p in (run / "preds/val").glob("*.npz")} == expected
         assert summary["oof"]["images"] == len(expected) and (run / "preds/val.csv").is_file()
         names |= expected

@@ -36,8 +36,8 @@ def _run(runs: Path, raw: dict, name: str, fold: int):
 
 def _keypoint_library(phantom: Path, tmp: Path, biases: dict[str, tuple[float, float]]) -> Path:
     """One keypoint configuration per bias (px, added to every true point), both folds, caches written."""
-    from engine.predict_keypoints import save_cache
-    from tasks.keypoints import KeypointTask
+    from tasks.keypoints.cache import save_cache
+    from tasks.keypoints.task import KeypointTask
 
     raw = {"task": "keypoints", "data": {"root": str(phantom / "joints"), "landmarks": "shs15", "image_size": 64},
            "model": {"name": "shsnet:unet"}, "loss": {"weights": {"kl": 1.0}}}
@@ -53,7 +53,7 @@ def _keypoint_library(phantom: Path, tmp: Path, biases: dict[str, tuple[float, f
 
 def _boneage_library(phantom: Path, tmp: Path, biases: dict[str, float]) -> Path:
     """One bone-age configuration per bias (months), both folds, ``preds/val/boneage.csv`` written."""
-    from tasks.boneage import BoneAgeTask
+    from tasks.boneage.task import BoneAgeTask
     from tasks.formats.rsna import write_predictions
 
     raw = {"task": "boneage", "data": {"root": str(phantom / "boneage"), "image_size": 64},
@@ -97,7 +97,7 @@ def test_keypoints_selection_picks_the_exact_member(phantom, tmp_path, capsys):
 def test_keypoints_selection_pairs_opposite_biases(phantom, tmp_path, capsys):
     """+2 px and -2 px in x: each alone 2 px, together exact; a third member 1 px off in y only adds error."""
     from ensembles.config import load_ensemble_config
-    from ensembles.keypoints import predict_ensemble
+    from ensembles.api import predict_ensemble
 
     runs = _keypoint_library(phantom, tmp_path, {"minus": (-2.0, 0.0), "plus": (2.0, 0.0), "up": (0.0, -3.0)})
     record, _ = _select(runs, capsys)
@@ -110,7 +110,7 @@ def test_keypoints_selection_pairs_opposite_biases(phantom, tmp_path, capsys):
     csv = tmp_path / "val.csv"
     predict_ensemble(ens, out_csv=csv, split="val", from_cache=True, progress=False)
     from tasks.keypoint_sets import get_set
-    from tasks.keypoints import KeypointTask
+    from tasks.keypoints.task import KeypointTask
 
     cfgs = [load_config(runs / f"plus-f{f}" / "config.yaml") for f in range(FOLDS)]
     truth = {s.name: s.coords for c in cfgs for s in KeypointTask(c).samples("val")}

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.sliding_window import (GAUSSIAN_FLOOR, MODE_RESIZE, MODE_SLIDING, SlidingWindowSource,
-                                   gaussian_importance, sliding_window_predict, tile_grid, tile_starts)
-from engine.tta import View
+from engine.predictor import view_mean
+from engine.sliding_window import GAUSSIAN_FLOOR, gaussian_importance, sliding_window_predict, tile_grid, tile_starts
+from tasks.segmentation.task import SegmentationTask
+from tasks.spec import MODE_RESIZE, MODE_SLIDING
+from tasks.tta import View
 
 SIZES = [(64, 64), (150, 97), (200, 331), (40, 50), (30, 90)]  # exact, not a multiple, smaller than the tile
 
@@ -33,6 +35,14 @@ def pointwise(channels: int = 3, seed: int = 0) -> nn.Conv2d:
     return conv.eval()
 
 
+def tiled_probs(model, x, tile, overlap=0.5, views=(View(),), batch_size=4) -> torch.Tensor:
+    """Sliding-window probabilities of ``x`` with the segmentation task's TTA step per batch of tiles."""
+    task = SegmentationTask.__new__(SegmentationTask)  # its TTA hooks need no config
+    with torch.no_grad():
+        return sliding_window_predict(lambda tiles: view_mean(model, task, {"image": tiles}, views), x, tile,
+                                      overlap, batch_size)
+
+
 def ramp(h: int, w: int) -> torch.Tensor:
     """An asymmetric image: no flip maps it onto itself."""
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
@@ -46,7 +56,7 @@ def test_tiled_prediction_equals_whole_image(size, make):
     x = ramp(*size)
     with torch.no_grad():
         whole = torch.sigmoid(model(x))[0]
-    tiled = sliding_window_predict(model, x, tile=64, overlap=0.5, batch_size=3)
+    tiled = tiled_probs(model, x, tile=64, overlap=0.5, batch_size=3)
     assert tiled.shape == whole.shape == (3, *size)
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
 
@@ -87,15 +97,31 @@ def test_tta_per_tile_keeps_the_geometry_of_an_asymmetric_image():
         identity.bias.zero_()
     x = ramp(150, 97) * 4 - 2
     views = [View(), View(hflip=True), View(vflip=True), View(hflip=True, vflip=True)]
-    tiled = sliding_window_predict(identity, x, tile=64, overlap=0.5, views=views)
+    tiled = tiled_probs(identity, x, tile=64, overlap=0.5, views=views)
     torch.testing.assert_close(tiled, torch.sigmoid(x[0]), atol=1e-5, rtol=0)
-    scaled = sliding_window_predict(Constant(), x, tile=64, views=[View(), View(scale=1.5), View(hflip=True)])
+    scaled = tiled_probs(Constant(), x, tile=64, views=[View(), View(scale=1.5), View(hflip=True)])
     torch.testing.assert_close(scaled, torch.sigmoid(Constant()(x))[0].detach(), atol=1e-5, rtol=0)
 
+
+def test_the_predictor_tiles_a_sliding_window_run_at_the_original_size():
+    """A run with inference.sliding_window predicts the image at its own (non-square) size through the one
+    predictor; the writer keeps it as uint8 p * 255."""
+    from engine.config import load_config
+    from engine.predictor import LoadedModel, Predictor
+    from tasks.segmentation.task import quantize
+
+    identity = nn.Conv2d(1, 29, 1)
+    with torch.no_grad():
+        identity.weight.fill_(1.0)
+        identity.bias.zero_()
+    cfg = load_config(None, {"task": "segmentation", "data": {"root": "x", "image_size": 64},
+                             "inference": {"sliding_window": True}})
+    predictor = Predictor(LoadedModel(identity, cfg, "s"), [View(), View(hflip=True)], torch.device("cpu"))
+    assert predictor.mode == MODE_SLIDING and predictor.input_size is None
     image = np.tile(np.arange(97, dtype=np.uint8)[None] * 2, (150, 1))
-    source = SlidingWindowSource(identity, 64, views, torch.device("cpu"))
-    q = source(image)
-    assert q.dtype == np.uint8 and q.shape == (1, 150, 97) and source.mode == MODE_SLIDING
+    probs = predictor(predictor.task.image_batch(image, predictor.input_size))
+    assert probs.shape == (1, 29, 150, 97)
+    q = quantize(probs[0])
     expected = np.rint(torch.sigmoid(torch.from_numpy(image).float() / 255).numpy() * 255)
     np.testing.assert_array_equal(q[0], expected)
 
@@ -106,8 +132,8 @@ def test_bad_overlap_is_refused():
 
 
 def test_cache_records_the_mode_and_refuses_the_other(tmp_path):
-    from engine.predictor import save_probs
-    from ensembles.runner import load_cached
+    from tasks.segmentation.cache import save_probs
+    from tasks.segmentation.cache import load_cached
     from tasks.formats import FormatError
 
     p = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)

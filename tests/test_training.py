@@ -46,7 +46,7 @@ def test_loss_falls_and_beats_chance(phantom, tmp_path):
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]
-    from tasks.segmentation import SegmentationTask
+    from tasks.segmentation.task import SegmentationTask
 
     _, val = SegmentationTask(cfg).datasets()
     assert summary["val"]["score"] > max(3 * all_on_dice(val), 0.03)

@@ -1,11 +1,18 @@
-"""TTA views: exact inverses for maps and coordinates, left/right swaps, probability-space merging."""
+"""TTA views: exact inverses for maps and coordinates, left/right swaps, quarter turns, probability-space merging."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from engine.config import TTAConfig
-from engine.tta import View, tta_predict, views_from_config
+from engine.predictor import view_mean
+from tasks.segmentation.task import SegmentationTask
+from tasks.tta import View, views_from_config
+
+
+def tta_predict(model, x, views):
+    """The segmentation task's TTA step (its inputs, inverse and sigmoid need no config)."""
+    return view_mean(model, SegmentationTask.__new__(SegmentationTask), {"image": x}, views)
 
 
 @pytest.mark.parametrize("view", [View(hflip=True), View(vflip=True), View(hflip=True, vflip=True), View()])
@@ -88,14 +95,35 @@ def test_tta_merges_in_probability_space_by_default():
     expected = (torch.sigmoid(torch.tensor(-15.0)) + 2 * torch.sigmoid(torch.tensor(1.0))) / 3
     assert torch.allclose(prob, expected.expand_as(prob))
     assert prob.mean() > 0.48  # two of three views say "bone": the probability mean keeps it near 0.49
-    calls.clear()
-    logit = tta_predict(model, x, views, merge="logit")
-    assert torch.allclose(logit, torch.sigmoid(torch.tensor(-13.0 / 3)).expand_as(logit))  # the -15 outvotes both
-    with pytest.raises(ValueError, match="merge"):
-        tta_predict(model, x, views, merge="max")
+    assert prob.mean() > torch.sigmoid(torch.tensor(-13.0 / 3)) + 0.4  # the logit mean would say 0.013
 
 
 def test_tta_identity_model_returns_the_activation_of_the_input():
     x = torch.randn(1, 2, 32, 32)
     views = [View(), View(hflip=True), View(vflip=True), View(hflip=True, vflip=True)]
     assert torch.allclose(tta_predict(lambda t: t, x, views), torch.sigmoid(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("quarters", [1, 2, 3])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_quarter_turns_invert_exactly_for_maps_and_points(quarters, hflip):
+    view = View(hflip=hflip, quarters=quarters)
+    x = torch.randn(1, 2, 8, 8)
+    assert torch.equal(view.invert(view.apply(x), (8, 8)), x)
+    assert view.mirrored == hflip and view.name.startswith(f"rot{90 * quarters}")
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 2, 5] = 1.0  # the point (x=5, y=2)
+    seen = view.apply(image)[0, 0]
+    y, x_ = divmod(int(seen.flatten().argmax()), 8)
+    assert view.invert_points(torch.tensor([[float(x_), float(y)]]), (8, 8), (8, 8)).tolist() == [[5.0, 2.0]]
+
+
+def test_one_clockwise_turn_is_clockwise():
+    image = torch.zeros(1, 1, 4, 4)
+    image[0, 0, 0, 0] = 1.0  # top-left goes to top-right under a clockwise turn
+    assert View(quarters=1).apply(image)[0, 0, 0, 3] == 1.0
+
+
+def test_rot90_in_the_config_adds_the_turns_of_every_view():
+    views = views_from_config(TTAConfig(hflip=True, rot90=True))
+    assert len(views) == 8 and {v.quarters for v in views} == {0, 1, 2, 3}

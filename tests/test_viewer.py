@@ -17,7 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from engine.config import load_config, save_config
 from engine.interactive import open_run
-from engine.predictor import save_probs, split_samples
+from tasks.segmentation.cache import save_probs
+from tasks.segmentation.samples import split_samples
 from engine.trainer import train
 from leaderboard.chromium import find_chromium
 from tasks.formats.handbones import read_masks
@@ -53,7 +54,7 @@ def runs(phantom, tmp_path_factory) -> Path:
             "logging": {"out_dir": str(out / "runs"), "progress": False},
         })
         save_config(seg, seg.run_dir / "config.yaml")
-        for s in split_samples(seg, "val")[:2]:
+        for s in split_samples(seg.data, "val")[:2]:
             size = image_size(s.image_path)
             save_probs(seg.run_dir / "preds" / "val" / f"{s.name}.npz", read_masks(s.label_path, *size) * fill, size)
     return out / "runs"

@@ -28,8 +28,8 @@ from tasks.formats import yolo as yolo_format
 from tasks.formats.handbones import CLASSES, list_samples, rasterize, read_polygons, split_folds, write_polygons
 from tasks.formats.images import write_png
 from tasks.formats.tensors import PickledFileError
-from tasks.scoring import check_segmentation_csv
-from tasks.segmentation import SegmentationTask
+from tasks.segmentation.scoring import validate as check_segmentation_csv
+from tasks.segmentation.task import SegmentationTask
 from tools import convert
 
 

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.select):
         parser.error("give an ensemble config or --select RUNS_DIR")
+    from ensembles.api import fit_ensemble
     from ensembles.config import load_ensemble_config
-    from ensembles.plugins import ensemble_fitter
 
     if args.select:
         from ensembles.select import select_ensemble, selection_report
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(selection_report(record))
         return 0
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
-    record = ensemble_fitter(ens.task)(ens, progress=not args.quiet)
+    record = fit_ensemble(ens, progress=not args.quiet)
     print(report(record))
     print(f"wrote {ens.fit_path}")
     return 0

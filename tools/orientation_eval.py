@@ -31,7 +31,7 @@ from engine.orientation_learner import (METHODS, OrientationTrainConfig, cross_v
                                         save_orientation, train_orientation)
 from phantom.orientation import orientation_phantoms  # noqa: E402
 from tasks.formats.atomic import write_text  # noqa: E402
-from tasks.orientation import (SIDES, Orientation, detect_orientation, dihedral, dihedral_orientation,  # noqa: E402
+from tasks.orientation.heuristic import (SIDES, Orientation, detect_orientation, dihedral, dihedral_orientation,  # noqa: E402
                                dihedral_view, evaluate, labelled_folder)
 
 

@@ -55,7 +55,7 @@ def build_config(args: argparse.Namespace) -> PreprocessConfig:
     base: dict = {}
     if args.config:
         cfg = load_config(args.config)
-        if cfg.task != "boneage":
+        if not hasattr(cfg.data, "preprocess"):
             raise ValueError(f"{args.config}: a {cfg.task} config has no data.preprocess (bone-age configs do)")
         base = cfg.data.preprocess.model_dump()
     flags = {"remove_background": args.remove_background, "crop_to_hand": args.crop_to_hand, "minmax": args.minmax,

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(csv_path).is_file():
             raise FileNotFoundError(errno.ENOENT, "submission not found", csv_path)
 
-    from tasks.scoring import check_segmentation_csv  # after parsing: --help and usage errors skip numpy and OpenCV
+    from tasks.segmentation.scoring import validate as check_segmentation_csv  # after parsing: --help and usage errors skip numpy and OpenCV
 
     status = 0
     for csv_path in args.csv:

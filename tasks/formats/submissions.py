@@ -1,11 +1,9 @@
-"""The three submission layouts, told apart by their header, and the bone-age one read and written.
+"""Submission CSVs: a header read (each task's spec tells its own layout by it) and the bone-age layout
+``id,boneage`` (months) read and written. The segmentation layout ``image_name,class,rle`` lives in
+``tasks.submission``, the keypoint one ``image_name,<lm>_x...,<lm>_y...`` in ``tasks.formats.shs``.
 
 Standard library and numpy only: the CSV-level tools (fuse, score, validate) import this without torch
 or pandas.
-
-- segmentation: ``image_name,class,rle`` (read and written by ``tasks.submission``);
-- keypoints: ``image_name,<lm>_x...,<lm>_y...`` (``tasks.formats.shs``);
-- bone age: ``id,boneage`` (months), here.
 """
 from __future__ import annotations
 
@@ -23,21 +21,14 @@ from tasks.formats.tables import finite_numbers, format_number, new_id, read_row
 AGE_HEADER = ("id", "boneage")
 
 
-def sniff_task(csv_path: str | os.PathLike) -> str:
-    """Which task a submission belongs to, from its header."""
+def read_header(csv_path: str | os.PathLike) -> list[str]:
+    """The stripped column names of a CSV's first line (a submission's layout: ``tasks.scoring.sniff_task``)."""
     try:
         with open(csv_path, newline="") as f:
             header = next(csv.reader(f), [])
     except OSError as err:
         raise FormatError(f"{csv_path}: cannot open submission ({err.strerror or err})") from None
-    header = [h.strip() for h in header]
-    if header == ["image_name", "class", "rle"]:
-        return "segmentation"
-    if header[:2] == ["id", "boneage"]:
-        return "boneage"
-    if header and header[0] in ("image_name", "img_id", "id") and any(h.endswith("_x") for h in header):
-        return "keypoints"
-    raise FormatError(f"{csv_path}: unrecognised submission header {header[:4]}")
+    return [h.strip() for h in header]
 
 
 def read_ages(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

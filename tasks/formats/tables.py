@@ -108,3 +108,10 @@ def new_id(raw: object, where: str, line: int, first: dict[str, int]) -> str:
         raise FormatError(f"{where}: duplicate id {rid!r} (first on line {first[rid]})")
     first[rid] = line
     return rid
+
+
+def check_finite(pred: np.ndarray, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` when a prediction holds NaN or infinity."""
+    if pred.dtype.kind == "f" and not np.isfinite(pred).all():
+        n_bad = int((~np.isfinite(pred)).sum())
+        raise ValueError(f"{where}: {n_bad} NaN/infinite values in the prediction")

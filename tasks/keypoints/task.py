@@ -1,4 +1,5 @@
-"""Joint and landmark detection: Gaussian heatmaps, sub-pixel decoding, MRE/SDR in the original frame.
+"""The torch side of joint and landmark detection (:mod:`tasks.keypoints` is its spec): Gaussian heatmaps,
+sub-pixel decoding, MRE/SDR in the original frame, and the prediction hooks and writer of the one predictor.
 
 Data: a folder with ``images/`` and a label file — SHS_NET ``coord_list.csv`` (15 joints), DHA ``all.csv``
 (37 landmarks, no header), AASCE ``landmarks.csv`` + ``filenames.csv`` (68 normalised corners) or its
@@ -16,89 +17,31 @@ always measured in the ORIGINAL image frame (SHS_NET measured on its 224 grid; w
 """
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from tqdm import tqdm
 
 from tasks.augment import SeededDataset, build_augment
-from tasks.base import DataBase, Section, Task
+from tasks.base import PredictionWriter, Task, precision
 from tasks.cache import SampleCache
-from tasks.formats.folds import group_folds
 from tasks.formats.images import image_size, read_grey
-from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
-from tasks.interactive import ClickSettings, simulate_clicks
-from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, rows_without_images, stem
-from tasks.keypoint_labels import write_wide as write_wide  # re-exported: engine.predict_keypoints writes through it
+from tasks.heatmaps import HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
+from tasks.interactive import simulate_clicks
+from tasks.keypoint_labels import KeypointSample, rows_without_images, write_wide
 from tasks.keypoint_sets import LandmarkSet, get_set
+from tasks.keypoints import SPEC
+from tasks.keypoints.cache import save_cache
+from tasks.keypoints.samples import split_samples
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.metrics import keypoint_metrics
-from tasks.metrics import radial_errors as radial_errors  # re-exported: engine.predict_keypoints fits weights with it
-from tasks.registry import TASKS
 from tasks.shape_prior import ShapeModel
-
-
-class ShapePriorSettings(Section):
-    """``data.shape_prior``: replace grossly wrong landmarks by a point distribution model's estimate
-    (:mod:`tasks.shape_prior`), fitted on the training fold's labels when a model is trained or loaded."""
-
-    enabled: bool = False
-    modes: int = Field(8, ge=0)              # principal modes of the shape model (at most training shapes - 1)
-    factor: float = Field(5.0, gt=1)         # outlier: farther than factor x the point's training scatter
-    rows_without_images: bool = True         # also fit on label rows whose image is absent (DHA all.csv: the atlas)
-
-
-class KeypointData(DataBase):
-    root: str = "data/phantom/joints"
-    test_root: str | None = None
-    landmarks: str = "shs15"
-    labels: str | None = None
-    label_format: LabelFormat = "auto"
-    images: str = "images"
-    spacing: str | None = "spacing.csv"
-    split_file: str | None = "split.csv"
-    resize: ResizeMode = "letterbox"
-    sigma: float = Field(2.0, gt=0)
-    decode: DecodeMethod = "dark"
-    # DARK's modulation: Gaussian sigma (heatmap pixels) smoothing the heatmaps before the sub-pixel step.
-    # "auto": the target's own sigma at the model's output stride (sigma / stride); 0 or null: no blur.
-    decode_blur: Literal["auto"] | float | None = "auto"
-    sdr_radii_px: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
-    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
-    cache_dir: str | None = None
-    clicks: ClickSettings = Field(default_factory=ClickSettings)
-    shape_prior: ShapePriorSettings = Field(default_factory=ShapePriorSettings)
-
-    @field_validator("decode_blur", mode="before")
-    @classmethod
-    def _blur_setting(cls, value: object) -> object:
-        if value is None or value == "auto":
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError("should be 'auto' (the target's sigma), a Gaussian sigma >= 0 in heatmap pixels, "
-                             "or 0 for no blur")
-        if value < 0:
-            raise ValueError("Input should be greater than or equal to 0")
-        return float(value)
-
-
-def group_of(name: str) -> str:
-    """Fold group: the two sides of one image (``*_L``/``*_R``, as in SHS_NET) stay together, and so do
-    the views of one AASCE patient (``sunhl-1th-03-Jan-2017-165 A AP``, ``...-04-Jan-2017-165 B AP``)."""
-    s = stem(name)
-    spine = re.search(r"-(\d+) [A-Z] (AP|PA|LAT)$", s)
-    return f"patient-{spine.group(1)}" if spine else re.sub(r"_[LR]$", "", s)
-
-
-def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
-    return group_folds([group_of(s.name) for s in samples], n_folds, fold, "images (groups)")
+from tasks.spec import MODE_RESIZE
+from tasks.tta import View
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,13 +116,8 @@ class KeypointDataset(SeededDataset):
 # Task
 # --------------------------------------------------------------------------------------------------
 
-@TASKS.register("keypoints")
 class KeypointTask(Task):
-    name = "keypoints"
-    Data = KeypointData
-    metric = "mre_px"
-    mode = "min"
-    default_loss = {"kl": 1.0}
+    spec = SPEC
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -222,22 +160,9 @@ class KeypointTask(Task):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return activate(logits, self.criterion.activation)
 
-    def samples(self, split: Literal["train", "val", "test"]) -> list[KeypointSample]:
-        """The images of a split: the fold's train/val part of ``root``, or the test images
-        (``test_root``, else the ``test`` rows of ``root``'s split file)."""
-        d = self.cfg.data
-        kw = dict(labels=d.labels, label_format=d.label_format, images=d.images, spacing=d.spacing,
-                  split_file=d.split_file)
-        if split == "test":
-            if d.test_root:
-                return list_keypoint_samples(d.test_root, self.lmset, split=None, require_labels=False, **kw)
-            if not (d.split_file and (Path(d.root) / d.split_file).is_file()):
-                raise ValueError(f"data.test_root is not set and {Path(d.root) / str(d.split_file)} does not exist: "
-                                 "no test images")
-            return list_keypoint_samples(d.root, self.lmset, split="test", require_labels=False, **kw)
-        pool = list_keypoint_samples(d.root, self.lmset, split="train", **kw)
-        train_idx, val_idx = split_folds(pool, d.n_folds, d.fold)
-        return [pool[i] for i in (train_idx if split == "train" else val_idx)]
+    def samples(self, split: str) -> list[KeypointSample]:
+        """The images of a split: the fold's train/val part of ``root``, or the test images."""
+        return split_samples(self.cfg.data, self.lmset, split)
 
     def dataset(self, samples: Sequence[KeypointSample], augment=None) -> KeypointDataset:
         d = self.cfg.data
@@ -310,7 +235,7 @@ class KeypointTask(Task):
             idx = list(range(start, min(start + batch_size, len(dataset))))
             items = [dataset[i] for i in idx]
             images = torch.stack([it["image"] for it in items]).to(device)
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with precision(autocast):
                 if heatmap_fn is None:
                     logits = model(images).float()
                     heatmaps = self.activate(logits)
@@ -340,4 +265,77 @@ class KeypointTask(Task):
         out["loss"] = loss
         return out
 
+    # ---------------------------------------------------------------------------------------- prediction
 
+    def batches(self, samples: Sequence[KeypointSample], size: int, batch_size: int) -> Iterator[dict]:
+        """Letterboxed images at ``size`` (from the decode cache after the first time), ``batch_size`` at a time,
+        with each image's letterbox (the map back to its original frame)."""
+        d = self.cfg.data
+        dataset = KeypointDataset(samples, size, self.lmset, d.resize, None, SampleCache(d.cache_dir, enabled=d.cache))
+        for start in range(0, len(dataset), batch_size):
+            idx = range(start, min(start + batch_size, len(dataset)))
+            yield {"image": torch.stack([dataset[i]["image"] for i in idx]), "samples": [samples[i] for i in idx],
+                   "letterboxes": [dataset.letterbox(i) for i in idx], "size": size}
+
+    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
+        """The image under ``view``; for a hinted model (``hint:``) also the hint maps ``batch["hints"]`` under the
+        same view, their channels swapped by the set's ``flip_perm`` when it is mirrored, so a mirrored left
+        corner hints the right corner channel."""
+        x = view.apply(batch["image"])
+        hints = batch.get("hints")
+        if hints is None:
+            return (x,)
+        if view.mirrored and self.lmset.flip_perm is not None:
+            hints = hints[:, list(self.lmset.flip_perm)]
+        return x, view.apply(hints)
+
+    def invert(self, output: torch.Tensor, view: View, batch: dict) -> torch.Tensor:
+        """Heatmaps of ``view`` back in the frame of the plain input at the model's own output stride: flips
+        undone with left/right pairs swapped (the set's ``flip_perm``), a scale resized back."""
+        size = tuple(batch["image"].shape[-2:])
+        stride = view.input_size(size)[0] / output.shape[-2]
+        base = (round(size[0] / stride), round(size[1] / stride))
+        return view.invert(output, base, self.lmset.flip_perm)
+
+    @property
+    def frame(self) -> tuple:
+        """What heatmaps of two runs must share to be averaged: the input size and the resize mode."""
+        return self.cfg.data.image_size, self.cfg.data.resize
+
+    def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
+               mode: str = MODE_RESIZE) -> KeypointWriter:
+        return KeypointWriter(self, out_csv, cache)
+
+
+class KeypointWriter(PredictionWriter):
+    """Heatmaps → original-frame points (:meth:`KeypointTask.decode`, the shape prior included); on exit the wide
+    CSV and, when asked, the cache ``keypoints.npz`` (names, points, confidences, landmark set)."""
+
+    def __init__(self, task: KeypointTask, out_csv: str | Path, cache: Any | None) -> None:
+        self.task, self.out_csv, self.cache = task, out_csv, cache
+        self.names: list[str] = []
+        self.coords: list[np.ndarray] = []
+        self.confidence: list[np.ndarray] = []
+        self.images = 0
+
+    def add(self, batch: dict, outputs: torch.Tensor) -> None:
+        xy, conf = self.task.decode(outputs.float(), batch["size"], batch["letterboxes"])
+        self.names += [s.name for s in batch["samples"]]
+        self.coords.append(xy)
+        self.confidence.append(conf)
+        self.images += len(xy)
+
+    def result(self) -> tuple[list[str], np.ndarray]:
+        """Names and points ``(N, K, 2)`` (original pixels) taken so far."""
+        coords = np.concatenate(self.coords) if self.coords else np.zeros((0, self.task.num_outputs, 2))
+        return self.names, coords
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            names, coords = self.result()
+            conf = np.concatenate(self.confidence) if self.confidence else np.zeros((0, self.task.num_outputs))
+            if self.out_csv is not None:
+                write_wide(self.out_csv, names, coords, self.task.lmset)
+            if self.cache is not None:
+                self.cache(save_cache, self.cache.path, names, coords, conf, self.task.cfg.data.landmarks)
+        return False

@@ -18,7 +18,7 @@ The SHS_NET orientation phase as a classical, weight-free method on the hand mas
   touching at the fingertips).
 
 When the thumb is not found the side is never guessed: :func:`detect_orientation` asks the burnt-in
-L/R marker (:mod:`tasks.orientation_marker`), then a learned classifier when one is given (any
+L/R marker (:mod:`tasks.orientation.marker`), then a learned classifier when one is given (any
 :class:`OrientationClassifier`, e.g. ``models.orientation_net.LearnedOrientation``), and otherwise
 reports the side ``"uncertain"`` (no SHS_NET label; never mirrored by the preprocessing).
 
@@ -42,7 +42,7 @@ import pandas as pd
 from tasks.formats import FormatError
 from tasks.formats.images import read_grey
 from tasks.handmask import components, hand_mask_small, palm
-from tasks.orientation_marker import find_side_marker
+from tasks.orientation.marker import find_side_marker
 
 SIDES = ("two", "left", "right")
 Side = Literal["two", "left", "right", "uncertain"]

@@ -1,65 +1,41 @@
-"""Hand-bone segmentation: 29 overlapping classes, sigmoid per class (multilabel, never softmax).
+"""The torch side of hand-bone segmentation (:mod:`tasks.segmentation` is its spec): datasets, the multilabel
+loss, validation Dice at the original size, and the prediction hooks and writer of the one predictor.
 
-Data: the boostcamp layout (``tasks.formats.handbones``), folds grouped by patient (``IDxxx``).
-Metric: Dice per class per image at the ORIGINAL image size, empty/empty = 1, mean over images then
-over classes — the competition's definition.
+Prediction: each image is read at its original size; the model sees it resized to the input size (or, in
+sliding-window mode, tiles at the original size: ``engine.sliding_window``); per-class probabilities are
+averaged over TTA views and resized back, thresholded and RLE-encoded one class at a time in a thread pool
+while the next image is on the device (at most ``2 x workers`` images in flight).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
 from tasks.augment import SeededDataset, build_augment
-from tasks.base import DataBase, Task, check_thresholds
+from tasks.base import PredictionWriter, Task, precision
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
-from tasks.roi import RoiConfig
+from tasks.rle import encode
 from tasks.roi_dataset import RoiDataset, box_dice
-from tasks.registry import TASKS
-
-
-class SegmentationData(DataBase):
-    root: str = "data/phantom/handbones/train"
-    test_root: str | None = "data/phantom/handbones/test"
-    val_at_train_size: bool = False
-    cache_dir: str | None = None
-    roi: RoiConfig | None = None   # set: a stage-2 wrist-ROI run (crops at image_size; tasks.roi)
-
-
-def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:
-    """Per-class thresholds from a float, a list in class order, or a ``{class: t}`` dict (others 0.5).
-    Values outside (0, 1), a list of another length or an unknown class are a ValueError
-    (:func:`tasks.base.check_thresholds`)."""
-    check_thresholds(threshold, classes)
-    if isinstance(threshold, (int, float)):
-        return np.full(len(classes), float(threshold), np.float32)
-    if isinstance(threshold, dict):
-        return np.array([float(threshold.get(c, 0.5)) for c in classes], np.float32)
-    return np.asarray(threshold, np.float32)
-
-
-def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> np.ndarray:
-    """``(C, h, w)`` probabilities (float, or uint8 = p*255) → ``(C, H, W)`` uint8 masks at the original size.
-
-    One class at a time (bilinear, half-pixel centres, as ``F.interpolate(align_corners=False)``), so a
-    29x2048x2048 float map never exists in memory.
-    """
-    height, width = size
-    scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    out = np.empty((probs.shape[0], height, width), np.uint8)
-    for c, prob in enumerate(probs):
-        if prob.shape != (height, width):
-            prob = cv2.resize(prob.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        np.greater(prob, thresholds[c] * scale, out=out[c], casting="unsafe")
-    return out
+from tasks.segmentation import SPEC
+from tasks.segmentation.cache import save_probs
+from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
+from tasks.segmentation.samples import split_samples
+from tasks.spec import MODE_RESIZE, MODE_SLIDING
+from tasks.submission import AtomicCSVWriter
+from tasks.tta import View, views_name
 
 
 class HandboneDataset(SeededDataset):
@@ -140,15 +116,8 @@ class MultilabelLoss(nn.Module):
         return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
 
 
-@TASKS.register("segmentation")
 class SegmentationTask(Task):
-    name = "segmentation"
-    Data = SegmentationData
-    metric = "dice"
-    mode = "max"
-    sigmoid_outputs = True
-    default_loss = {"bce": 1.0, "dice": 1.0}
-    classes: tuple[str, ...] = CLASSES
+    spec = SPEC
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -159,7 +128,7 @@ class SegmentationTask(Task):
     @property
     def num_outputs(self) -> int:
         roi = self.cfg.data.roi
-        return len(roi.classes) if roi is not None else len(self.classes)
+        return len(roi.classes) if roi is not None else len(CLASSES)
 
     def datasets(self) -> tuple[HandboneDataset, HandboneDataset]:
         data = self.cfg.data
@@ -195,7 +164,7 @@ class SegmentationTask(Task):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             images = torch.stack([it["image"] for it in items]).to(device)
             masks = torch.stack([it["masks"] for it in items]).to(device)
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with precision(autocast):
                 logits = model(images)
             logits = logits.float()
             losses.append(float(self.criterion(logits, masks)) * len(items))
@@ -214,9 +183,107 @@ class SegmentationTask(Task):
                     target = read_masks(dataset.samples[start + k].label_path, h, w)
                 dices.append(dice_per_class(pred, target))
         per_class = np.mean(dices, axis=0)
-        names = roi.classes if roi is not None else self.classes
+        names = roi.classes if roi is not None else CLASSES
         return {
             "score": float(per_class.mean()),
             "loss": float(sum(losses) / max(1, len(dataset))),
             "per_item": {c: float(v) for c, v in zip(names, per_class)},
         }
+
+    # ---------------------------------------------------------------------------------------- prediction
+
+    def samples(self, split: str) -> list[HandboneSample]:
+        """The test folder (``data.test_root``), or the configured fold's ``train``/``val`` images of ``data.root``."""
+        return split_samples(self.cfg.data, split)
+
+    @staticmethod
+    def image_batch(image: np.ndarray, size: int | None) -> dict:
+        """One uint8 image as a batch: ``image`` ``(1, 1, s, s)`` in [0, 1] resized to ``size`` (None: the original
+        size, for sliding-window tiles) and ``raw``, the image itself (its size, the ROI crop)."""
+        small = image if size is None else resize_grey(image, size, size)
+        return {"image": torch.tensor(small).float().div_(255)[None, None], "raw": [image]}
+
+    def batches(self, samples: Sequence[HandboneSample], size: int | None, batch_size: int = 1) -> Iterator[dict]:
+        """One image at a time (images may differ in size; post-processing streams per image). An image whose
+        size differs from the first one's is predicted at its own size, with a warning."""
+        first = None
+        for s in samples:
+            image = read_grey(s.image_path)
+            if first is None:
+                first = image.shape
+            elif image.shape != first:
+                warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
+                              f"{first[1]}x{first[0]}; predicted at its own size", stacklevel=2)
+            yield {**self.image_batch(image, size), "samples": [s]}
+
+    def activate(self, output: torch.Tensor) -> torch.Tensor:
+        return output.sigmoid()
+
+    def invert(self, output: torch.Tensor, view: View, batch: dict) -> torch.Tensor:
+        """Maps back to the input's frame and size (flips undone, a scale resized back)."""
+        return view.invert(output, tuple(batch["image"].shape[-2:]))
+
+    def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
+               mode: str = MODE_RESIZE) -> SegmentationWriter:
+        return SegmentationWriter(out_csv, self.thresholds, cache, views_name(views), workers, mode)
+
+
+def quantize(probs: torch.Tensor) -> np.ndarray:
+    """Float probabilities → uint8 ``round(p * 255)`` on the host (the prediction cache's form)."""
+    return probs.clamp_(0, 1).mul_(255).round_().to(torch.uint8).cpu().numpy()
+
+
+def encode_image(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray, cache: Any | None,
+                 mode: str = MODE_RESIZE, tta: str = "identity") -> tuple[str, list[str]]:
+    """One image's cache entry (when ``cache`` is given) and RLE per class at its original ``size``."""
+    if cache is not None:
+        cache(save_probs, cache.path / f"{name}.npz", probs, size, mode, tta)
+    masks = probs_to_masks(probs, size, thresholds)
+    return name, [encode(m) for m in masks]
+
+
+class SegmentationWriter(PredictionWriter):
+    """``image_name,class,rle`` rows (atomic CSV) from probability maps; each image's resize, thresholds and RLE
+    (and its cache entry) run in a pool of ``workers`` threads while the next image is predicted, and rows
+    leave in input order. Maps at the original size (sliding window) arrive as float and are kept as uint8
+    ``p * 255``, a quarter of the memory, while they wait."""
+
+    def __init__(self, out_csv: str | Path, thresholds: np.ndarray, cache: Any | None, tta: str, workers: int,
+                 mode: str = MODE_RESIZE) -> None:
+        self.csv = AtomicCSVWriter(out_csv)
+        self.thresholds, self.cache, self.tta, self.mode = thresholds, cache, tta, mode
+        self.workers = max(1, workers)
+        self.pending: deque[Future] = deque()
+        self.pool: ThreadPoolExecutor | None = None
+        self.images = 0
+
+    def __enter__(self) -> SegmentationWriter:
+        self.csv.__enter__()
+        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+        return self
+
+    def add(self, batch: dict, outputs: torch.Tensor | np.ndarray) -> None:
+        for sample, raw, probs in zip(batch["samples"], batch["raw"], outputs):
+            if isinstance(probs, torch.Tensor):
+                probs = quantize(probs) if self.mode == MODE_SLIDING else probs.float().cpu().numpy()
+            self.pending.append(self.pool.submit(encode_image, sample.name, probs, raw.shape[:2], self.thresholds,
+                                                 self.cache, self.mode, self.tta))
+            while len(self.pending) > 2 * self.workers:
+                self._write_next()
+
+    def _write_next(self) -> None:
+        name, rles = self.pending.popleft().result()
+        self.csv.write_image(name, rles)
+        self.images += 1
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                while self.pending:
+                    self._write_next()
+        finally:
+            for future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+            self.csv.__exit__(exc_type, exc, tb)
+        return False

@@ -1,4 +1,4 @@
-"""Bone age regression: months from a hand radiograph and the patient's sex (RSNA 2017 format).
+"""The torch side of bone age (:mod:`tasks.boneage` is its spec): months from a hand radiograph and the sex.
 
 Data: ``id,boneage,male`` CSVs and ``<images>/<id>.png`` (:mod:`tasks.formats.rsna`), any image size
 and mode. Each image goes through the configured radiograph preprocessing (:mod:`tasks.preprocess`),
@@ -12,90 +12,27 @@ within 12 months, MAE by sex and by age band. Submission: ``id,boneage`` (months
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
-from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 
 from tasks.augment import SeededDataset, build_augment
-from tasks.base import DataBase, Task
+from tasks.base import PredictionWriter, Task, precision
+from tasks.boneage import SPEC
+from tasks.boneage.cache import CACHE_FILE
+from tasks.boneage.samples import BoneAgeSample, fold_split, split_samples, test_samples, train_samples
 from tasks.cache import SampleCache
-from tasks.formats import FormatError
 from tasks.formats.images import read_grey
-from tasks.formats.rsna import image_path, read_labels
-from tasks.formats.rsna import read_submission as read_submission  # re-exported: engine.predict_boneage reads with it
+from tasks.formats.submissions import write_ages
 from tasks.letterbox import Letterbox, ResizeMode
 from tasks.metrics import age_metrics
-from tasks.preprocess import Preprocess, PreprocessConfig
-from tasks.registry import TASKS
-
-
-class BoneAgeData(DataBase):
-    """``data`` of a bone-age run. CSV and image paths are relative to ``root`` (test ones to
-    ``test_root``, default ``root``) unless absolute."""
-
-    root: str = "data/phantom/boneage"
-    train_csv: str = "boneage-training-dataset.csv"
-    train_images: str = "boneage-training-dataset"
-    test_csv: str = "boneage-test-dataset.csv"
-    test_images: str = "boneage-test-dataset"
-    resize: ResizeMode = "letterbox"
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    # Age normalisation (months); defaults: the RSNA 2017 training set (12,611 hands). Phantom ages are
-    # uniform over 1-228 months (mean 114.5, sd 65.8).
-    target_mean: float = 127.3
-    target_std: float = Field(41.2, gt=0)
-    stratify: bool = True
-    cache_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class BoneAgeSample:
-    """One radiograph: RSNA id, image path, bone age in months (NaN when unknown) and sex."""
-
-    id: str
-    image_path: Path
-    age: float
-    male: bool
-
-
-def _resolve(base: str | os.PathLike, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else Path(base) / p
-
-
-def list_samples(csv_path: str | os.PathLike, images_dir: str | os.PathLike, require_age: bool = False) -> list[BoneAgeSample]:
-    """Samples of an RSNA CSV whose images all exist (a missing one is a FormatError naming it)."""
-    df = read_labels(csv_path, require_age=require_age)
-    if df.empty:
-        raise FormatError(f"{csv_path}: no rows")
-    return [BoneAgeSample(str(r.id), image_path(images_dir, str(r.id)), float(r.boneage), bool(r.male))
-            for r in df.itertuples(index=False)]
-
-
-def split_folds(ages: Sequence[float], n_folds: int, fold: int, stratify: bool = True, seed: int = 0
-                ) -> tuple[list[int], list[int]]:
-    """Train/validation indices of ``fold``: shuffled K-fold, stratified by age quintile when possible."""
-    n = len(ages)
-    if n < 2:
-        raise FormatError(f"need at least 2 labelled images to make a validation fold, found {n}")
-    n_folds = min(n_folds, n)
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"data.fold={fold} out of range for {n_folds} folds")
-    x = np.zeros(n)
-    bins = np.digitize(ages, np.quantile(ages, [0.2, 0.4, 0.6, 0.8]))
-    if stratify and np.bincount(bins).min() >= n_folds:
-        splits = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, bins))
-    else:
-        splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(x))
-    train_idx, val_idx = splits[fold]
-    return sorted(train_idx.tolist()), sorted(val_idx.tolist())
+from tasks.preprocess import Preprocess
+from tasks.spec import MODE_RESIZE
+from tasks.tta import View
 
 
 class BoneAgeDataset(SeededDataset):
@@ -162,14 +99,8 @@ class RegressionLoss(nn.Module):
         return sum(w * self.TERMS[k](pred, target.float().reshape(-1)) for k, w in self.weights.items())
 
 
-@TASKS.register("boneage")
 class BoneAgeTask(Task):
-    name = "boneage"
-    Data = BoneAgeData
-    metric = "mae_months"
-    mode = "min"
-    default_loss = {"l1": 1.0}
-    regression = True
+    spec = SPEC
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -186,13 +117,10 @@ class BoneAgeTask(Task):
         return out.reshape(-1) * self.cfg.data.target_std + self.cfg.data.target_mean
 
     def train_samples(self) -> list[BoneAgeSample]:
-        d = self.cfg.data
-        return list_samples(_resolve(d.root, d.train_csv), _resolve(d.root, d.train_images), require_age=True)
+        return train_samples(self.cfg.data)
 
     def test_samples(self) -> list[BoneAgeSample]:
-        d = self.cfg.data
-        base = d.test_root or d.root
-        return list_samples(_resolve(base, d.test_csv), _resolve(base, d.test_images))
+        return test_samples(self.cfg.data)
 
     def dataset(self, samples: Sequence[BoneAgeSample], train: bool = False) -> BoneAgeDataset:
         d = self.cfg.data
@@ -202,39 +130,26 @@ class BoneAgeTask(Task):
                               d.target_mean, d.target_std)
 
     def split(self) -> tuple[list[BoneAgeSample], list[BoneAgeSample]]:
-        samples = self.train_samples()
-        d = self.cfg.data
-        train_idx, val_idx = split_folds([s.age for s in samples], d.n_folds, d.fold, d.stratify)
-        return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+        return fold_split(self.cfg.data)
 
     def datasets(self) -> tuple[BoneAgeDataset, BoneAgeDataset]:
         train, val = self.split()
         return self.dataset(train, train=True), self.dataset(val)
-
-    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(batch["image"], batch["male"])
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["target"])
 
     @torch.no_grad()
     def predict(self, model: nn.Module, dataset: BoneAgeDataset, device: torch.device, autocast=None,
-                batch_size: int = 4, views: Sequence | None = None) -> np.ndarray:
-        """Ages (months) of every item, the mean over TTA ``views`` (objects with ``apply(images)``, such as
-        ``engine.tta.View``; the images as they are if None)."""
-        views = list(views) if views else [None]
+                batch_size: int = 4) -> np.ndarray:
+        """Ages (months) of every item of ``dataset`` (validation: no TTA; prediction goes through
+        ``engine.predictor``)."""
         model.eval()
         out = []
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([it["image"] for it in items]).to(device)
-            male = torch.stack([it["male"] for it in items]).to(device)
-            total = None
-            for view in views:
-                with autocast() if autocast else torch.autocast(device.type, enabled=False):
-                    y = model(view.apply(images) if view is not None else images, male).float().reshape(-1)
-                total = y if total is None else total + y
-            out.append(self.to_months(total / len(views)))
+        for batch in self._loader(dataset, batch_size):
+            with precision(autocast):
+                y = model(*self.model_inputs({k: v.to(device) for k, v in batch.items() if k != "samples"}))
+            out.append(self.to_months(y.float()))
         return np.concatenate(out) if out else np.zeros(0)
 
     @torch.no_grad()
@@ -254,3 +169,59 @@ class BoneAgeTask(Task):
         spread = float(pred.std() / age.std()) if age.std() > 0 else float("nan")
         return {**age_metrics(pred, age, male), "loss": float(loss),
                 "baseline_mae": float(np.abs(age - train_mean).mean()), "pred_spread": spread}
+
+    # ---------------------------------------------------------------------------------------- prediction
+
+    def samples(self, split: str) -> list[BoneAgeSample]:
+        """The test CSV's samples, or the configured fold's ``train``/``val`` part of the training CSV."""
+        return split_samples(self.cfg.data, split)
+
+    @staticmethod
+    def _loader(dataset: BoneAgeDataset, batch_size: int) -> Iterator[dict]:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            yield {"image": torch.stack([it["image"] for it in items]), "male": torch.stack([it["male"] for it in items]),
+                   "samples": [dataset.samples[it["index"]] for it in items]}
+
+    def batches(self, samples: Sequence[BoneAgeSample], size: int, batch_size: int) -> Iterator[dict]:
+        """Preprocessed, letterboxed images at ``size`` (from the decode cache after the first time) and the sex."""
+        d = self.cfg.data
+        dataset = BoneAgeDataset(samples, size, self.preprocess, d.resize, None, SampleCache(d.cache_dir, enabled=d.cache),
+                                 target_mean=d.target_mean, target_std=d.target_std)
+        return self._loader(dataset, batch_size)
+
+    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
+        """The image under ``view`` and the sex, which no view changes."""
+        return view.apply(batch["image"]), batch["male"]
+
+    def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
+               mode: str = MODE_RESIZE) -> BoneAgeWriter:
+        return BoneAgeWriter(self, out_csv, cache)
+
+
+class BoneAgeWriter(PredictionWriter):
+    """Normalised outputs → months; on exit ``id,boneage`` and, when asked, the cache ``boneage.csv``."""
+
+    def __init__(self, task: BoneAgeTask, out_csv: str | Path | None, cache: Any | None) -> None:
+        self.task, self.out_csv, self.cache = task, out_csv, cache
+        self.ids: list[str] = []
+        self.ages: list[np.ndarray] = []
+        self.images = 0
+
+    def add(self, batch: dict, outputs: torch.Tensor) -> None:
+        self.ids += [s.id for s in batch["samples"]]
+        self.ages.append(self.task.to_months(outputs))
+        self.images += len(batch["samples"])
+
+    def result(self) -> tuple[list[str], np.ndarray]:
+        """Ids and ages (months) taken so far."""
+        return self.ids, np.concatenate(self.ages) if self.ages else np.zeros(0)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            ids, ages = self.result()
+            if self.out_csv is not None:
+                write_ages(self.out_csv, ids, ages)
+            if self.cache is not None:
+                self.cache(write_ages, self.cache.path / CACHE_FILE, ids, ages)
+        return False
