@@ -191,6 +191,18 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     return stats
 
 
+def load_classifier(ckpt: str | os.PathLike, device: str = "auto") -> Callable[[Any], Any]:
+    """A trained run as a callable on one image, for a task that has one (``Task.classifier``, e.g. the orientation
+    fallback of preprocessing): its predictor under the run's own ``inference.tta`` views."""
+    dev = pick_device(device)
+    member = load_model(ckpt, dev)
+    if not hasattr(member.task, "classifier"):
+        raise ValueError(f"{ckpt}: a {member.cfg.task} run; this needs a run of a task that classifies images "
+                         "(orientation)")
+    predictor = Predictor(member, views_from_config(member.cfg.inference.tta), dev)
+    return member.task.classifier(lambda batch: predictor(to_device(batch, dev)))
+
+
 def record_speed(run_dir: Path, speed: dict, **fields: Any) -> None:
     """The inference speed (and ``fields``) in a finished run's summary.json (bookkeeping: a read-only run
     folder only warns)."""

@@ -324,6 +324,8 @@ class Problem:
     items: Callable[[], Iterable[Item]]
     groups: list[str]  # the patient (cross-fitting group) of every scored sample
     score: Score
+    mode: str  # "max": higher scores are better; "min": lower (an error)
+    label: str  # what the score is, in reports
     fuse: Fuse = mean_fuse
     notes: list[str] = field(default_factory=list)
 
@@ -359,7 +361,8 @@ def _maps_problem(library, members: list, options: dict) -> Problem:
         return ((maps, gt) for maps, gt, _ in validation_items(members, bar, options["fit_size"]))
 
     return Problem(items, [side.group(s) for s in samples],
-                   dice_score(np.full(len(library.spec.classes), options["threshold"])), notes=notes)
+                   dice_score(np.full(len(library.spec.classes), options["threshold"])), library.spec.mode,
+                   library.spec.metric_label, notes=notes)
 
 
 def _maps_describe(ens, members: list) -> dict:
@@ -380,8 +383,8 @@ def _values_problem(library, members: list, options: dict) -> Problem:
     side = library.spec.ensemble_side()
     channels_of(library, members)  # one set of channels (landmarks) across the library
     (names, preds, truth), notes = _caught(lambda: validation_values(library, members))
-    return Problem(lambda: iter([(preds, truth)]), [side.group(n) for n in names], mean_error(side.errors),
-                   fuse_each(lambda p, w: fuse_values(p, "weighted", w, side.channel_axis)), notes)
+    return Problem(lambda: iter([(preds, truth)]), [side.group(n) for n in names], mean_error(side.errors), "min",
+                   side.error_label, fuse_each(lambda p, w: fuse_values(p, "weighted", w, side.channel_axis)), notes)
 
 
 def _values_describe(ens, members: list) -> dict:
@@ -509,17 +512,20 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     library = EnsembleConfig.model_validate(library_config(task, candidates, runs_dir, name, extra=extra))
     members = resolve_members(library, need_models=False)
     problem = spec.problem(library, members, options)
-    result = greedy_select(problem.items, len(members), problem.score, problem.groups, mode=task_cls.mode,
+    result = greedy_select(problem.items, len(members), problem.score, problem.groups, mode=problem.mode,
                            max_steps=max_steps, init=init, patience=patience, folds=folds, seed=seed,
                            fuse=problem.fuse)
     labels = [c.label for c in candidates]
     chosen = library_config(task, candidates, runs_dir, name, result.counts, extra)
     ens = EnsembleConfig.model_validate(chosen)
     yaml_path = Path(out) if out else ens.run_dir / "selection.yaml"
-    val = {"score": round(result.cross_fitted["selection"] if result.cross_fitted else result.score, 6),
-           "in_sample": round(result.score, 6), "guard": "cross-fitting" if result.cross_fitted else None}
+    # in the task's metric (a values task selects on its error: the side converts, e.g. accuracy = 1 - error rate)
+    as_metric = getattr(task_cls.ensemble_side(), "metric_of_error", None) if problem.mode != task_cls.mode else None
+    metric = as_metric or (lambda v: v)
+    val = {"score": round(metric(result.cross_fitted["selection"] if result.cross_fitted else result.score), 6),
+           "in_sample": round(metric(result.score), 6), "guard": "cross-fitting" if result.cross_fitted else None}
     record = {
-        "task": task, "metric": task_cls.metric, "mode": task_cls.mode, "metric_label": task_cls.metric_label,
+        "task": task, "metric": task_cls.metric, "mode": problem.mode, "metric_label": problem.label,
         "runs_dir": str(runs_dir), "candidates": {c.label: [str(r) for r in c.runs] for c in candidates},
         "folds_of": {c.label: c.folds for c in candidates},
         "images": result.n_items, "cross_fitting_folds": result.n_folds, "patience": patience,
@@ -535,7 +541,7 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     }
     header = (f"# Selected by tools/fit_ensemble.py --select {runs_dir}: greedy forward selection with replacement\n"
               f"# (Caruana et al. 2004) on out-of-fold validation predictions of {result.n_items} images.\n"
-              f"# validation {task_cls.metric_label}: selection {result.score:.4f} (in sample), best single "
+              f"# validation {problem.label}: selection {result.score:.4f} (in sample), best single "
               f"{labels[result.best_single]} {result.singles[result.best_single]:.4f}, average of all "
               f"{result.average:.4f}\n")
     if result.cross_fitted:

@@ -312,6 +312,8 @@ def fit_ensemble(ens: EnsembleConfig, progress: bool = True) -> dict:
     record = fit_to_dict(result, labels, items, metric=side.metric, weights_fitted=True, thresholds_fitted=False)
     record["weights"] = np.round(np.broadcast_to(result.weights, (len(members), len(channels))), 6).tolist()
     record["classes"] = list(channels)
+    record["val"] = {k: round(side.metric_of_error(v), 6) if k in ("score", "in_sample", "before") else v
+                     for k, v in record["val"].items()}
     write_json(ens.fit_path, record)
     weights = ensemble_weights(ens, members, channels)
     write_ensemble_summary(ens, list(members), describe(ens, members, weights, channels), val=record["val"])

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
-TASKS = ("segmentation", "keypoints", "boneage")
 
 
 class UnknownModelError(ValueError):
@@ -87,10 +86,12 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
     ``list_names()`` yields the full names for ``--list-models``; ``input_size(rest, options)`` is the
     :class:`InputSize` the model takes (absent: any size).
     """
+    from tasks.spec import task_names
+
     tasks = tuple(tasks)
     for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"family {name!r}: unknown task {t!r}; valid: {', '.join(TASKS)}")
+        if t not in task_names():
+            raise ValueError(f"family {name!r}: unknown task {t!r}; valid: {', '.join(task_names())}")
 
     def wrap(builder: Callable) -> Callable:
         if name in _FAMILIES:

@@ -17,6 +17,7 @@
     OUT/joints/all.csv                                              DHA: no header, id + 37 x,y pairs
     OUT/joints/spacing.csv                                          id,spacing_mm
     OUT/joints/split.csv                                            img_id,split (train/test)
+    OUT/orientation/{train,test}/labels.csv, images/<img_id>.png    SHS_NET orientation: img_id,label,patient
     OUT/phantom.json                                                how it was made
 
 Every image is rendered once and hard-linked (or copied) into the three layouts. Image ``k`` of
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import phantom.anatomy as A
+from phantom.orientation import write_orientation
 from phantom.render import render
 from tasks.formats.atomic import write_text
 from tasks.formats.handbones import write_polygons
@@ -43,6 +45,7 @@ from tasks.formats.images import write_png
 
 TS_BASE = 1_660_000_000_000   # image names: 'image' + 13 digits (a millisecond timestamp, as in the real data)
 ID_BASE = 10_000              # bone-age / joints ids: ID_BASE + image index
+ORIENTATION_SIZE = 128        # orientation films: a classifier reads them at low resolution
 
 
 def _csv_text(header: list[str] | None, rows: list[list]) -> str:
@@ -132,7 +135,7 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
         raise ValueError(f"workers={workers}: a number of processes is >= 0 (0: the default)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("handbones", "boneage", "joints"):   # a rerun replaces, never mixes, datasets
+    for sub in ("handbones", "boneage", "joints", "orientation"):   # a rerun replaces, never mixes, datasets
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     jobs = plan(n_train, n_test, seed)
@@ -189,9 +192,14 @@ def generate(out_dir, n_train: int, n_test: int, size: int = 512, seed: int = 0,
     write_spacing(jd / "spacing.csv", {r["id"]: r["spacing"] for r in results})
     write_text(jd / "split.csv", _csv_text(["img_id", "split"], [[f"{j['id']}.png", j["split"]] for j in jobs]))
 
+    # --- orientation (SHS_NET 12 classes): films of their own patients, a quarter as many as hands
+    osize = min(size, ORIENTATION_SIZE)
+    films = {split: write_orientation(out / "orientation" / split, max(1, n // 8), osize, seed + (split == "test"),
+                                      prefix=f"{split}_") for split, n in (("train", n_train), ("test", n_test)) if n}
+
     summary = dict(generator="phantom", version=1, seed=seed, size=size, film=film, n_train=n_train, n_test=n_test,
                    patients=len(seen), classes=list(A.CLASSES), shs15=list(A.SHS15_NAMES),
-                   dha37=list(A.DHA37_NAMES))
+                   dha37=list(A.DHA37_NAMES), orientation_films=films, orientation_size=osize)
     write_text(out / "phantom.json", json.dumps(summary, indent=1) + "\n")
     return summary
 

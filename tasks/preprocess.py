@@ -266,7 +266,7 @@ class Preprocessed:
 
 class Preprocess:
     """The configured chain of steps; ``Preprocess(cfg)(image)`` returns the processed uint8 image.
-    ``classifier`` (e.g. a loaded ``models.orientation_net.LearnedOrientation``) is asked for the side
+    ``classifier`` (e.g. a trained orientation run, ``tasks.orientation.task.LearnedOrientation``) is asked for the side
     when the hands and the burnt-in marker leave it open; an uncertain side is never mirrored."""
 
     def __init__(self, cfg: PreprocessConfig | dict | None = None, classifier: OrientationClassifier | None = None

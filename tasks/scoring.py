@@ -14,7 +14,7 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.submissions import read_header
-from tasks.spec import specs, task_of_header, task_spec
+from tasks.spec import specs, task_names, task_of_header, task_spec
 
 PUBLIC_SEED = 0
 
@@ -59,10 +59,9 @@ DESCRIPTIONS = {
     "sd_px": "standard deviation of the radial error, px", "sd_mm": "standard deviation of the radial error, mm",
     "mae_months": "mean absolute error, months", "rmse": "root mean squared error, months",
     "within_12m": "share of ages within 12 months", "mae_male": "MAE of the boys, months",
-    "mae_female": "MAE of the girls, months",
+    "mae_female": "MAE of the girls, months", "accuracy": "share of correct labels",
+    "rotation_acc": "share of correct quarter turns", "side_acc": "share of correct sides (two, left, right)",
 }
-#: Per-item breakdown of each task: (what an item is, what its value is).
-PER_ITEM = {"segmentation": ("class", "Dice"), "keypoints": ("landmark", "MRE px"), "boneage": ("age band", "MAE months")}
 
 
 def describe(name: str) -> str:
@@ -98,7 +97,7 @@ def report_lines(result: dict) -> list[str]:
         lines.append(f"  mm metrics unavailable: no pixel spacing for {missing} of {result['images']} images")
     items = result.get("per_item") or {}
     if items:
-        item, what = PER_ITEM.get(result.get("task"), ("item", "score"))
+        item, what = task_spec(result["task"]).per_item if result.get("task") in task_names() else ("item", "score")
         mm = result.get("per_item_mm") or {}
         width = max(len(item), *(len(k) for k in items))
         lines.append("")

@@ -1,5 +1,5 @@
-"""Orientation: the label algebra of the dihedral augmentation, the uncertain side, the burnt-in marker
-and the learned classifier on tiny phantoms."""
+"""Orientation heuristic: the label algebra of the dihedral augmentation, the uncertain side and the burnt-in
+marker (the learned classifier is a task of its own: tests/test_orientation_task.py)."""
 from __future__ import annotations
 
 import cv2
@@ -99,45 +99,6 @@ def test_marker_detector_reads_a_rendered_letter():
     film[:256, :256] = np.maximum(film[:256, :256], _hand_without_thumb())
     found = detect_orientation(film)
     assert (found.side, found.side_source) == ("right", "marker")
-
-
-def test_classifier_learns_on_tiny_phantoms(tmp_path):
-    pytest.importorskip("timm")
-    from engine.orientation_learner import OrientationTrainConfig, load_orientation, save_orientation, train_orientation
-    from phantom.orientation import orientation_phantoms
-
-    train = orientation_phantoms(8, size=48, seed=0)
-    cfg = OrientationTrainConfig(size=40, steps=60, batch=16)
-    model = train_orientation([], train, cfg)
-    held_out = [(name, rotate_quarters(image, k), Orientation.from_label(dihedral_label(label, k, False)))
-                for name, image, label in orientation_phantoms(4, size=48, seed=99) for k in range(4)]
-    result = evaluate(held_out, model)
-    assert result["images"] == 48
-    assert result["rotation_acc"] >= 0.75   # chance: 1/4
-    assert result["label_acc"] >= 0.25      # chance: 1/12 (an uncertain side counts as wrong)
-    save_orientation(tmp_path / "orient.pt", model)
-    loaded = load_orientation(tmp_path / "orient.pt")
-    image = held_out[0][1]
-    assert np.allclose(loaded.probabilities(image), model.probabilities(image), atol=1e-6)
-    assert loaded(image) == model(image)
-    # tools/preprocess.py --orientation-model: the classifier decides the side the hands leave open
-    import csv
-
-    from tasks.formats.images import write_png
-    from tools.preprocess import main as preprocess_main
-
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_png(folder / "thumbless.png", _hand_without_thumb())
-    assert preprocess_main([str(folder), str(tmp_path / "out"), "--orientation", "rotate_mirror",
-                            "--orientation-model", str(tmp_path / "orient.pt")]) == 0
-    row = next(csv.DictReader(open(tmp_path / "out" / "preprocess.csv")))
-    assert row["side"] == detect_orientation(_hand_without_thumb(), classifier=loaded).side
-    from engine.cli import run_main
-
-    assert run_main(preprocess_main, [str(folder), str(tmp_path / "out2"), "--orientation-model",
-                                      str(folder / "thumbless.png")]) == 2
-    assert not (tmp_path / "out2").exists()
 
 
 def test_eval_cli_learned_method_needs_a_model(tmp_path, capsys):

@@ -1,11 +1,9 @@
 #!/usr/bin/env python
-"""Accuracy of the orientation methods: rotation, side, uncertain sides, 12-class confusion matrix.
+"""Accuracy of the orientation methods of preprocessing: rotation, side, uncertain sides, 12-class confusion.
 
   python tools/orientation_eval.py ../shared/data/real/shs_net_orientation              # heuristic (hands, marker)
-  python tools/orientation_eval.py DIR --model orient.pt                                 # + learned side fallback
-  python tools/orientation_eval.py DIR --model orient.pt --method learned                # the classifier alone
-  python tools/orientation_eval.py DIR --cv 5 --phantoms 60 [--cv-dir runs/orient_cv]   # k-fold CV of all methods
-  python tools/orientation_eval.py DIR --train orient.pt --phantoms 60                   # train on DIR + phantoms
+  python tools/orientation_eval.py DIR --model runs/orientation/<run>/best.pt            # + learned side fallback
+  python tools/orientation_eval.py DIR --model runs/orientation/<run>/best.pt --method learned   # the run alone
   python tools/orientation_eval.py --phantom 20 [--dihedral]                             # rendered phantom hands
 
 DIR holds ``labels.csv`` (img_id,label) and ``images/``. Labels (SHS_NET): 12 classes = 4 x side (0 two
@@ -13,7 +11,8 @@ hands, 1 left, 2 right) + rotation needed to stand the fingers up (0 upright, 1 
 2 180, 3 90 counter-clockwise). An uncertain side counts as wrong and is counted on its own.
 ``--phantom N`` renders N phantom patients (a left hand, a right hand, both side by side) and tests
 them in their four turns; ``--dihedral`` adds every image's turns and mirrors with the labels they imply.
-``--cv K`` trains one classifier per fold on the other folds' real images and the phantoms.
+The learned classifier is an orientation run like any task's (``train.py -c configs/orientation/*.yaml``,
+cross-validated with ``--folds all``); evaluate a fold's run only on the films it did not train on.
 """
 from __future__ import annotations
 
@@ -27,8 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # first: before to
 import engine  # noqa: E402, F401  (offline environment first)
 
 from engine.cli import run_main  # noqa: E402
-from engine.orientation_learner import (METHODS, OrientationTrainConfig, cross_validate, load_orientation,  # noqa: E402
-                                        save_orientation, train_orientation)
 from phantom.orientation import orientation_phantoms  # noqa: E402
 from tasks.formats.atomic import write_text  # noqa: E402
 from tasks.orientation.heuristic import (SIDES, Orientation, detect_orientation, dihedral, dihedral_orientation,  # noqa: E402
@@ -60,13 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dihedral", action="store_true", help="also every rotation/mirror of each image")
     parser.add_argument("--method", choices=("heuristic", "learned"), default="heuristic",
                         help="heuristic: hands, marker, then --model's side; learned: --model alone")
-    parser.add_argument("--model", help="orientation classifier checkpoint (--train writes one)")
-    parser.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation by image of all methods")
-    parser.add_argument("--cv-dir", help="keep each fold's classifier here; a rerun resumes at the first missing fold")
-    parser.add_argument("--train", metavar="OUT", help="train a classifier on the folder and phantoms, save it")
-    parser.add_argument("--phantoms", type=int, default=40, help="phantom patients for training (3 films each)")
-    parser.add_argument("--steps", type=int, default=OrientationTrainConfig.steps, help="training steps")
-    parser.add_argument("--size", type=int, default=OrientationTrainConfig.size, help="classifier input size (px)")
+    parser.add_argument("--model", metavar="CKPT", help="a trained orientation run (runs/orientation/<run>/best.pt)")
     parser.add_argument("--json", help="write the result (accuracies, confusion, errors) to this file")
     args = parser.parse_args(argv)
     if bool(args.folder) == (args.phantom is not None):
@@ -78,22 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                  for name, image, label in orientation_phantoms(args.phantom, seed=1000) for k in range(4)]
     else:
         items = list(labelled_folder(Path(args.folder)))
-    cfg = OrientationTrainConfig(steps=args.steps, size=args.size)
-    if args.train or args.cv:
-        phantoms = orientation_phantoms(args.phantoms)
-    if args.train:
-        save_orientation(args.train, train_orientation(items, phantoms, cfg, log=print))
-        print(f"saved {args.train}")
-        return 0
-    if args.cv:
-        results = cross_validate(items, phantoms, args.cv, cfg, METHODS, log=print, checkpoint_dir=args.cv_dir)
-        for method, result in results.items():
-            print(format_report(result, f"{method} ({args.cv}-fold): "))
-    else:
-        classifier = load_orientation(args.model) if args.model else None
-        predict = classifier if args.method == "learned" else (lambda image: detect_orientation(image, classifier=classifier))
-        results = evaluate(dihedral(items) if args.dihedral else items, predict)
-        print(format_report(results))
+    classifier = None
+    if args.model:
+        from engine.predictor import load_classifier
+
+        classifier = load_classifier(args.model)
+    predict = classifier if args.method == "learned" else (lambda image: detect_orientation(image, classifier=classifier))
+    results = evaluate(dihedral(items) if args.dihedral else items, predict)
+    print(format_report(results))
     if args.json:
         write_text(args.json, json.dumps(results, indent=1))
     return 0

@@ -33,9 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-c", "--config", help="take the steps from a bone-age config's data.preprocess")
     p.add_argument("--recursive", action="store_true", help="also images in sub-folders (output keeps the tree)")
     p.add_argument("--orientation", choices=("off", "rotate", "rotate_mirror"), default=None)
-    p.add_argument("--orientation-model", metavar="PT",
-                   help="learned orientation classifier (tools/orientation_eval.py --train PT) that decides the "
-                        "side where the hands and the burnt-in marker leave it uncertain")
+    p.add_argument("--orientation-model", metavar="CKPT",
+                   help="a trained orientation run (runs/orientation/<run>/best.pt: train.py -c "
+                        "configs/orientation/*.yaml) that decides the side where the hands and the burnt-in marker "
+                        "leave it uncertain")
     p.add_argument("--remove-background", action="store_true")
     p.add_argument("--crop-to-hand", action="store_true")
     p.add_argument("--crop-margin", type=float, default=None)
@@ -82,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args)
     classifier = None
     if args.orientation_model:
-        from engine.orientation_learner import load_orientation
+        from engine.predictor import load_classifier
 
-        classifier = load_orientation(args.orientation_model)
+        classifier = load_classifier(args.orientation_model)
     result = preprocess_folder(args.input, args.output, cfg, recursive=args.recursive, size=args.size,
                                sheet=args.contact_sheet, sheet_tile=args.sheet_tile, sheet_columns=args.sheet_columns,
                                classifier=classifier)

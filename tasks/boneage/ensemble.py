@@ -19,7 +19,13 @@ class BoneAgeSide:
     cache_file = CACHE_FILE
     channel_axis = 0
     radius_unit = None               # no hard vote
+    error_label = "MAE (months)"           # what fitting and selection minimise (the per-item error's mean)
     metric = "mae_months"
+
+    @staticmethod
+    def metric_of_error(error: float) -> float:
+        """The task's metric of a mean error: the error itself (MRE, MAE)."""
+        return error
 
     @staticmethod
     def channels(cfgs: Sequence) -> tuple[str, ...]:

@@ -25,7 +25,13 @@ class KeypointSide:
     cache_file = CACHE_FILE
     channel_axis = 1                 # of the (N, K, 2) values: per-landmark weights
     radius_unit = "px"               # the hard vote: members within this many original pixels agree
+    error_label = "MRE (px)"           # what fitting and selection minimise (the per-item error's mean)
     metric = "mre_px"
+
+    @staticmethod
+    def metric_of_error(error: float) -> float:
+        """The task's metric of a mean error: the error itself (MRE, MAE)."""
+        return error
 
     @staticmethod
     def channels(cfgs: Sequence) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ The SHS_NET orientation phase as a classical, weight-free method on the hand mas
 
 When the thumb is not found the side is never guessed: :func:`detect_orientation` asks the burnt-in
 L/R marker (:mod:`tasks.orientation.marker`), then a learned classifier when one is given (any
-:class:`OrientationClassifier`, e.g. ``models.orientation_net.LearnedOrientation``), and otherwise
+:class:`OrientationClassifier`, e.g. a trained run: ``tasks.orientation.task.LearnedOrientation``), and otherwise
 reports the side ``"uncertain"`` (no SHS_NET label; never mirrored by the preprocessing).
 
 Labels follow the SHS_NET orientation set (``../shared/data/real/shs_net_orientation``): 12 classes
