@@ -5,7 +5,8 @@
 fold's out-of-fold predictions, prints every validation metric per fold with its cross-validated mean ± sd
 and writes them with each fold's train/val images to ``<out_dir>/<task>/<name>-cv.json`` (engine/folds.py).
 
-Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
+Also ``--list-models [--task T]`` (every name it prints resolves; a ``+`` line says which names a family takes
+beyond them), ``--list-models --encoders 'convnext*'`` (the timm models usable as ``tu-<name>``), ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
 config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
 errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
 
@@ -35,10 +36,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                              "folder each, and write each fold's out-of-fold predictions (<run>/preds/val/)")
     parser.add_argument("--list-models", action="store_true", help="list registered model names and exit")
     parser.add_argument("--task", help="with --list-models: only models serving this task")
+    parser.add_argument("--encoders", metavar="PATTERN",
+                        help="with --list-models: the timm models matching PATTERN (e.g. 'convnext*'), as the "
+                             "tu-<name> encoders of smp:<arch>/tu-<name> and custom:unet3plus/tu-<name>")
     return parser.parse_known_args(argv)
 
 
 def list_models(task: str | None) -> None:
+    """Every registered name that resolves, by family, and one ``+`` line per family on the names beyond them."""
     import models
 
     for family, names in models.list_models(task).items():
@@ -46,6 +51,19 @@ def list_models(task: str | None) -> None:
         print(f"{family}: {info.description}  [tasks: {', '.join(info.tasks)}]")
         for name in names:
             print(f"  {name}")
+        if info.note is not None:
+            print(f"  {info.note()}")
+
+
+def list_encoders(pattern: str) -> None:
+    """The ``tu-<name>`` encoders matching ``pattern``, and how many there are."""
+    from models.smp_models import timm_encoders
+
+    names = timm_encoders(pattern)
+    for name in names:
+        print(name)
+    print(f"{len(names)} timm models match {pattern!r}: smp:<arch>/<encoder> or custom:unet3plus/<encoder> "
+          "(a pair smp cannot build is refused with its reason when a config names it)", file=sys.stderr)
 
 
 def external_learner(cfg):
@@ -75,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     args, rest = parse_args(argv)
+    if args.encoders is not None and not args.list_models:
+        raise ValueError("--encoders: goes with --list-models")
     if args.list_models:
-        list_models(args.task)
+        if args.encoders is not None:
+            list_encoders(args.encoders)
+        else:
+            list_models(args.task)
         return 0
     if not args.config and not rest:
         print("train.py: give -c CONFIG (or --list-models)", file=sys.stderr)
