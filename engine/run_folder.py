@@ -29,7 +29,7 @@ RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl
 # Keys that may change on --resume: where the process runs and how it reports, not what it computes.
 RESUME_FREE_KEYS = frozenset({
     "train.device", "data.num_workers", "data.cache", "data.cache_dir", "logging.progress", "logging.wandb",
-    "logging.wandb_project", "inference.post_workers",
+    "logging.wandb_project", "logging.tensorboard", "inference.post_workers",
 })
 
 

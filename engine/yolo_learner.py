@@ -33,7 +33,7 @@ from torch import nn
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
 from engine.offline import CACHE_DIR, provide_yolo_fonts
-from engine.run_logging import RunLogger
+from engine.run_logging import RunLogger, clear_run_logs
 from engine.summary import base_summary, split_model_name, write_summary
 from models.weights import load_local_weights
 from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
@@ -239,8 +239,8 @@ class YoloLearner:
         last = run_dir / ULTRALYTICS_DIR / "weights" / "last.pt"
         if resume and not last.is_file():
             raise FileNotFoundError(f"{last}: nothing to resume (no ultralytics last.pt in the run folder)")
-        if not resume:  # a fresh run starts its epoch log afresh, as ultralytics does with its results.csv
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if not resume:  # a fresh run starts its epoch logs afresh, as ultralytics does with its results.csv
+            clear_run_logs(run_dir)
         args = ultralytics_args(cfg, data_yaml, self.model.model_arg, self.model.options,
                                 weights if pickled else None, last if resume else None)
         _trainer_class()(overrides=args).train()
