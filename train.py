@@ -19,10 +19,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
-from engine.config import Config, ConfigError, deep_merge, load_config, parse_overrides
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -74,6 +77,7 @@ def external_learner(cfg):
     (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
     """
     import models
+    from engine.config import ConfigError
     from engine.yolo_learner import YoloLearner
     from tasks.registry import get_task_class
 
@@ -104,6 +108,12 @@ def _train(argv: list[str]) -> int:
     if not args.config and not rest:
         print("train.py: give -c CONFIG (or --list-models)", file=sys.stderr)
         return 2
+    from engine.status import is_main_process, progress_asked, run_line, starting_line, status
+
+    if progress_asked(args.config, rest) and is_main_process():  # before the config and torch load (seconds)
+        print(starting_line(args.config), flush=True)
+    from engine.config import ConfigError, deep_merge, load_config, parse_overrides
+
     overrides = parse_overrides(rest)
     if os.environ.get("WANDB_SWEEP_ID") and "run_name" not in overrides.get("logging", {}):
         # each W&B sweep run gets its own folder (the agent passes only the searched keys)
@@ -111,11 +121,12 @@ def _train(argv: list[str]) -> int:
         overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
     cfg = load_config(args.config, overrides)
     if args.folds is None:
+        status(cfg, run_line(cfg))
         summary = train_one(cfg, args.resume, args.overwrite)
         val = summary.get("val") or {}
         print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
         return 0
-    from engine.folds import cv_report, is_main_process, parse_folds, run_folds, write_cv
+    from engine.folds import cv_report, parse_folds, run_folds, write_cv
 
     if "fold" in overrides.get("data", {}):
         raise ConfigError("--data.fold: give either --folds or --data.fold, not both")
@@ -131,6 +142,7 @@ def _train(argv: list[str]) -> int:
 def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
     """Train one run of ``cfg`` (torch trainer or an external learner); returns its summary."""
     import models
+    from engine.config import ConfigError
 
     try:
         family, _ = models.resolve(cfg.model.name, cfg.task)

@@ -170,6 +170,36 @@ def test_config_maps_onto_ultralytics_arguments(tmp_path):
     assert ultralytics_device("cuda:1") == "1" and ultralytics_device("0,1,2,3") == "0,1,2,3"
 
 
+def test_batch_progress_shows_steps_loss_and_images_per_second(capsys):
+    """Driven by ultralytics' callbacks with a trainer of 10 images in batches of 4 and a batch every 0.5 s: three
+    steps, the running loss, images/s over the 10 images (the last batch holds 2), a new bar when an epoch restarts."""
+    from types import SimpleNamespace
+
+    from engine.yolo_learner import BatchProgress
+
+    loader = type("Loader", (), {"__len__": lambda self: 3, "dataset": list(range(10))})()
+    trainer = SimpleNamespace(train_loader=loader, epoch=0, epochs=2, batch_size=4, world_size=0, tloss=None)
+    ticks = iter([0.0, 100.0, 100.5, 101.0, 101.5])
+    progress = BatchProgress(clock=lambda: next(ticks))
+    callbacks = progress.callbacks()
+    assert sorted(callbacks) == ["on_train_batch_end", "on_train_epoch_end", "on_train_epoch_start"]
+    callbacks["on_train_epoch_start"](trainer)
+    first = progress.bar
+    callbacks["on_train_epoch_start"](trainer)  # restarted (out of memory): the first bar closed, a new one
+    assert first.disable and progress.bar is not first  # tqdm disables a bar it closed
+    seen = []
+    for loss in ({"box": 0.5, "seg": 0.25}, {"box": 0.25, "seg": 0.25}, {"box": 0.25, "seg": 0.125}):
+        trainer.tloss = loss
+        callbacks["on_train_batch_end"](trainer)
+        seen.append((progress.bar.n, progress.bar.postfix))
+    bar = progress.bar
+    callbacks["on_train_epoch_end"](trainer)
+    assert progress.bar is None and bar.desc == "epoch 1/2" and bar.total == 3
+    assert seen == [(1, "img_s=8.0, loss=0.7500"), (2, "img_s=8.0, loss=0.5000"), (3, "img_s=6.7, loss=0.3750")]
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "img_s=6.7, loss=0.3750" in err
+
+
 def test_bad_names_and_options_are_clear_errors(tmp_path):
     names = list_models("segmentation")["yolo"]
     assert {"yolo:yolov8n-seg", "yolo:yolo11n-seg", "yolo:yolo26n-seg"} <= set(names)
