@@ -5,10 +5,11 @@
 fold's out-of-fold predictions, prints every validation metric per fold with its cross-validated mean ± sd
 and writes them with each fold's train/val images to ``<out_dir>/<task>/<name>-cv.json`` (engine/folds.py).
 
-Also ``--list-models [--task T]`` (every name it prints resolves; a ``+`` line says which names a family takes
-beyond them), ``--list-models --encoders 'convnext*'`` (the timm models usable as ``tu-<name>``), ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
-config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
-errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
+Also ``--list-models [--task T]`` (every name it prints resolves; a ``+`` line says which names a family
+takes beyond them), ``--list-models --encoders 'convnext*'`` (the timm models usable as ``tu-<name>``),
+``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved config), ``--overwrite`` (replace a run
+already in the folder), ``--debug`` (tracebacks instead of one-line errors), and under
+``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
 
 Before the run folder is created or touched, the config, the run folder's state, every sample of the
 dataset and the model are checked (engine/run_folder.py); a fault ends as ``error: <file or key>: ...``.
