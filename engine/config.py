@@ -106,6 +106,7 @@ class LoggingConfig(Section):
     run_name: str | None = None
     wandb: Literal["off", "offline", "online"] = "off"
     wandb_project: str = "bone-harness"
+    tensorboard: bool = False             # also write metrics.jsonl's scalars to <run>/tensorboard/ (engine/run_logging.py)
     progress: bool = True
 
 
