@@ -209,13 +209,24 @@ def _sex_for(gt: Path, ids: Sequence[str]) -> np.ndarray | None:
     return None
 
 
+def baseline_months(baseline: float | str | os.PathLike) -> float:
+    """The constant answer of the bone-age baseline: months as given, or the mean age of an RSNA labels CSV
+    (e.g. the training set's ``boneage-training-dataset.csv``)."""
+    from tasks.formats.rsna import read_labels as read_rsna_labels  # pandas: only for bone age
+
+    if isinstance(baseline, (int, float)):
+        return float(baseline)
+    return float(read_rsna_labels(baseline, require_age=True)["boneage"].mean())
+
+
 def score_boneage(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None,
-                  *, within: Sequence[float] = WITHIN_MONTHS, baseline_age: float | None = None,
+                  *, within: Sequence[float] = WITHIN_MONTHS, baseline_age: float | str | os.PathLike | None = None,
                   subset: bool = False, per_image: bool = False) -> dict:
     """Score an ``id,boneage`` submission against answers (``id,boneage[,male]``): MAE months and the rest
     of :func:`age_metrics` (share within each of ``within`` months, the spread of the predictions, the MAE
-    of answering ``baseline_age`` when given), plus the public/private halves by patient (an RSNA id).
-    ``subset``: score only the ids the CSV has (a validation fold); ``per_image``: each id's error."""
+    of a constant answer when ``baseline_age`` is given: months, or a labels CSV whose mean age it is), plus
+    the public/private halves by patient (an RSNA id). ``subset``: score only the ids the CSV has (a
+    validation fold); ``per_image``: each id's error."""
     from tasks.formats.rsna import patient_of, read_submission  # pandas: only when a bone-age CSV is scored
 
     gt = Path(gt)
@@ -229,7 +240,8 @@ def score_boneage(csv_path: str | os.PathLike, gt: str | os.PathLike, images: st
     pred = sub.set_index("id").loc[truth["id"], "boneage"].to_numpy()
     age = truth["boneage"].to_numpy()
     male = truth["male"].to_numpy(bool) if "male" in truth else _sex_for(gt, list(truth["id"]))
-    result = age_metrics(pred, age, male, within=within, baseline_age=baseline_age)
+    result = age_metrics(pred, age, male, within=within,
+                         baseline_age=None if baseline_age is None else baseline_months(baseline_age))
     err = {str(i): float(e) for i, e in zip(truth["id"], np.abs(pred - age))}
     result.update(_halves(err, patient_of), images=len(truth), metric="mae_months")
     if per_image:

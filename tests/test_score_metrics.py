@@ -126,6 +126,9 @@ def test_boneage_within_thresholds_spread_baseline_subset_and_per_image(tmp_path
     # sd of the predictions 40, 90, 130, 230 over sd of the ages 30, 100, 130, 200: sqrt(4868.75 / 3725)
     assert got["pred_spread"] == pytest.approx(math.sqrt(4868.75 / 3725))                    # 1.1433
     assert got["baseline_mae"] == 50.0                                # |30-115|, |100-115|, |130-115|, |200-115|
+    (tmp_path / "train.csv").write_text("id,boneage,male\n7,100,True\n8,130,False\n")     # mean age 115
+    assert score.main(args + ["--baseline-age", str(tmp_path / "train.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["baseline_mae"] == 50.0
     assert score.main(args) == 0
     got = json.loads(capsys.readouterr().out)
     assert "baseline_mae" not in got and set(k for k in got if k.startswith("within")) == {"within_12m"}

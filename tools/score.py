@@ -34,6 +34,14 @@ def numbers(text: str) -> list[float]:
     return values
 
 
+def months_or_csv(text: str) -> float | str:
+    """``--baseline-age``: a number of months, else the path of a labels CSV (its mean age)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv")
@@ -47,8 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keypoints: SDR radii in mm, where the pixel spacing is known (default: 2,4,10)")
     parser.add_argument("--within", type=numbers, metavar="M,M,...",
                         help="bone age: shares of ages within these months (default: 12)")
-    parser.add_argument("--baseline-age", type=float, metavar="MONTHS",
-                        help="bone age: also the MAE of answering MONTHS for every hand (e.g. the training mean age)")
+    parser.add_argument("--baseline-age", type=months_or_csv, metavar="MONTHS|CSV",
+                        help="bone age: also the MAE of answering MONTHS for every hand, or the mean age of a labels "
+                             "CSV (e.g. the training set's boneage-training-dataset.csv)")
     parser.add_argument("--subset", action="store_true",
                         help="score only the images the CSV has (a validation fold, inference.py --split val), "
                              "against every labelled image of --gt")
