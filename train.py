@@ -11,6 +11,8 @@ errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same scri
 
 Before the run folder is created or touched, the config, the run folder's state, every sample of the
 dataset and the model are checked (engine/run_folder.py); a fault ends as ``error: <file or key>: ...``.
+A fine-tune whose ``model.weights`` is a run's checkpoint warns in one line when that run missed its
+``train.target`` or stopped early (engine/pretraining.py).
 """
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ def _train(argv: list[str]) -> int:
         name = Path(args.config).stem if args.config else "sweep"
         overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
     cfg = load_config(args.config, overrides)
+    from engine.pretraining import warn_short_pretraining
+
+    warn_short_pretraining(cfg.model.weights)  # once, before the first fold
     if args.folds is None:
         summary = train_one(cfg, args.resume, args.overwrite)
         val = summary.get("val") or {}
