@@ -363,7 +363,7 @@ def per_image_lines(result: dict) -> list[str]:
         cells = [f"{k} {_fmt(v)}" for k, v in row.items() if k not in ("score", "worst")]
         if row.get("worst"):
             cells.append(_worst_text(row["worst"]))
-        lines.append(f"  {str(name):<{width}}  {_fmt(row['score']):>9}  " + "  ".join(cells))
+        lines.append(f"  {str(name):<{width}}  {_fmt(row['score']):>9}  {'  '.join(cells)}".rstrip())
     return lines
 
 
