@@ -1,4 +1,4 @@
-"""Local scoring of submissions, with a competition-style public/private split of the test images.
+"""Local scoring of submissions, with a competition-style public/private split of the test images by patient.
 
 No torch here, nor in anything it imports: ``tools/score.py`` and ``tools/validate_submission.py`` start in
 a fraction of a second. Pandas is imported only to score a bone-age CSV.
@@ -25,6 +25,7 @@ from tasks.keypoint_labels import KeypointSample, list_keypoint_samples, read_la
 from tasks.keypoint_sets import LandmarkSet
 from tasks.metrics import WITHIN_MONTHS, age_metrics, axis_errors, dice_per_class, keypoint_metrics, radial_errors
 from tasks.submission import iter_images
+
 
 def public_private_split(names: Sequence[str], patient_of: Callable[[str], str]) -> tuple[set[str], set[str]]:
     """The public and private halves of the test images, split by patient as a leaderboard with hidden labels
