@@ -13,6 +13,8 @@ already in the folder), ``--debug`` (tracebacks instead of one-line errors), and
 
 Before the run folder is created or touched, the config, the run folder's state, every sample of the
 dataset and the model are checked (engine/run_folder.py); a fault ends as ``error: <file or key>: ...``.
+A fine-tune whose ``model.weights`` is a run's checkpoint warns in one line when that run missed its
+``train.target`` or stopped early (engine/pretraining.py).
 """
 from __future__ import annotations
 
@@ -121,6 +123,9 @@ def _train(argv: list[str]) -> int:
         name = Path(args.config).stem if args.config else "sweep"
         overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
     cfg = load_config(args.config, overrides)
+    from engine.pretraining import warn_short_pretraining
+
+    warn_short_pretraining(cfg.model.weights)  # once, before the first fold
     if args.folds is None:
         status(cfg, run_line(cfg))
         summary = train_one(cfg, args.resume, args.overwrite)

@@ -66,7 +66,7 @@ SCORE_COLUMNS = ("val_score", "test_score", "test_public", "test_private")
 DESCENDING_COLUMNS = ("images_per_s", "images_per_s_tta", "train_images_per_s", "epochs", "n_members")
 SORTABLE = tuple(c for c in CSV_COLUMNS if c not in ("summary_path", "run_dir"))
 #: Direction of the metrics in a summary's ``val``/``test`` objects, by name prefix: "max" = higher is better.
-METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"),
+METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"), ("median_", "min"),
                 ("mae", "min"), ("rmse", "min"), ("loss", "min"))
 #: Keys of a summary's ``val``/``test`` objects that are not metrics.
 NOT_METRICS = ("score", "public", "private", "images")
