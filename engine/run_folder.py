@@ -31,7 +31,7 @@ RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl
 # Keys that may change on --resume: where the process runs and how it reports, not what it computes.
 RESUME_FREE_KEYS = frozenset({
     "train.device", "data.num_workers", "data.cache", "data.cache_dir", "logging.progress", "logging.wandb",
-    "logging.wandb_project", "inference.post_workers",
+    "logging.wandb_project", "logging.tensorboard", "inference.post_workers",
 })
 
 
@@ -94,17 +94,21 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
                              "--logging.run_name=NAME, or replace it with --overwrite")
 
 
-def check_dataset(datasets: Sequence["Dataset"], workers: int = 0) -> int:
+def check_dataset(datasets: Sequence["Dataset"], workers: int = 0, progress: bool = False) -> int:
     """Load every sample of ``datasets`` once; the first bad one raises its reader's error. Returns the count.
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
     per-sample checks refuse (an image that does not decode, a label that does not parse, points off
-    the image) is refused here, before the run folder exists.
+    the image) is refused here, before the run folder exists. ``progress``: a bar over the samples.
     """
+    from tqdm import tqdm
+
     jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(jobs), desc="checking samples", unit="img", disable=not progress, leave=False,
+                 dynamic_ncols=True) as bar:
         for _ in pool.map(lambda job: job[0][job[1]], jobs):
-            pass
+            bar.update(1)
     return len(jobs)
 
 
@@ -126,8 +130,12 @@ def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
 def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
     """All three steps for a learner that trains in its own loop (e.g. ultralytics YOLO): check the
     folder, check every sample of the configured fold, then create the folder."""
+    from engine.status import data_check_line, shows_progress, status
+
     check_run_folder(cfg, resume, overwrite)
-    check_dataset(cfg.spec.task_class()(cfg).datasets(), workers=max(1, cfg.data.num_workers))
+    datasets = cfg.spec.task_class()(cfg).datasets()
+    status(cfg, data_check_line(cfg, *(len(ds) for ds in datasets)))
+    check_dataset(datasets, workers=max(1, cfg.data.num_workers), progress=shows_progress(cfg))
     return open_run_folder(cfg, resume, overwrite)
 
 

@@ -29,6 +29,7 @@ from engine.config import Config, ConfigError
 from engine.device import amp_dtype, autocast, autocast_factory, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
+from engine.status import data_check_line, status
 from engine.summary import base_summary, split_model_name, write_summary
 from models import ModelOptionsError, create_model, input_size
 from models.output_prior import set_output_prior
@@ -115,6 +116,7 @@ class Trainer:
         self.train_set, self.val_set = self.task.datasets()
         self._check_data()
         self.run_dir = cfg.run_dir
+        status(cfg, f"building {cfg.model.name}")
         self.model = build_model(cfg, self.task).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -159,8 +161,10 @@ class Trainer:
         """Every sample loads (rank 0 reads, the verdict reaches every rank, so all fail together)."""
         fault = None
         if self.is_main:
+            status(self.cfg, data_check_line(self.cfg, len(self.train_set), len(self.val_set)))
             try:
-                check_dataset([self.train_set, self.val_set], workers=max(1, self.cfg.data.num_workers))
+                check_dataset([self.train_set, self.val_set], workers=max(1, self.cfg.data.num_workers),
+                              progress=self.cfg.logging.progress)
             except (ValueError, OSError) as err:
                 fault = err
         verdict = distributed.broadcast_object(None if fault is None else str(fault))
@@ -263,6 +267,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         stop = False
+        status(cfg, f"training epochs {self.start_epoch + 1}-{cfg.train.epochs} of {self.steps_per_epoch} steps "
+                    f"(batch {cfg.train.batch_size} x {self.world} process(es)) on {self.device}")
         for epoch in range(self.start_epoch, cfg.train.epochs):
             train_loss = self.train_one_epoch(epoch)
             row = {"epoch": epoch, "train/loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],

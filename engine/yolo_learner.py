@@ -24,16 +24,18 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
 from torch import nn
+from tqdm import tqdm
 
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
 from engine.offline import CACHE_DIR, provide_yolo_fonts
-from engine.run_logging import RunLogger
+from engine.run_logging import RunLogger, clear_run_logs
+from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary
 from models.weights import load_local_weights
 from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
@@ -98,6 +100,48 @@ def ultralytics_args(cfg: Config, data_yaml: Path, model: str, options: YoloOpti
     }
 
 
+class BatchProgress:
+    """The per-batch bar of a YOLO epoch, as the torch trainer shows it: steps, running train loss and images/s.
+
+    Ultralytics' own bar is off (``YOLO_VERBOSE=false``, see engine/offline.py); its callbacks
+    ``on_train_epoch_start``, ``on_train_batch_end`` and ``on_train_epoch_end`` drive this one, on rank 0 only
+    and only with ``logging.progress``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.bar: tqdm | None = None
+        self.steps = 0
+        self.start = 0.0
+        self.clock = clock
+
+    def callbacks(self) -> dict[str, Callable[[Any], None]]:
+        """Ultralytics event -> the method it calls (``trainer.add_callback(event, fn)``)."""
+        return {"on_train_epoch_start": self.epoch_start, "on_train_batch_end": self.batch_end,
+                "on_train_epoch_end": self.epoch_end}
+
+    def epoch_start(self, trainer: Any) -> None:
+        self.epoch_end(trainer)  # an epoch restarted by ultralytics (smaller batch after out-of-memory): a new bar
+        self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch + 1}/{trainer.epochs}",
+                        leave=False, dynamic_ncols=True)
+        self.steps, self.start = 0, self.clock()
+
+    def batch_end(self, trainer: Any) -> None:
+        if self.bar is None:
+            return
+        self.steps += 1
+        world = max(1, int(trainer.world_size or 1))  # trainer.batch_size is per process under DDP
+        images = min(self.steps * trainer.batch_size * world, len(trainer.train_loader.dataset))
+        loss = float(sum(trainer.tloss.values())) if trainer.tloss else float("nan")
+        elapsed = max(self.clock() - self.start, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / elapsed:.1f}")
+        self.bar.update(1)
+
+    def epoch_end(self, trainer: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of a run's ``metrics.jsonl`` (empty when there is none yet)."""
     if not path.is_file():
@@ -128,6 +172,9 @@ def _trainer_class() -> type:
             self.logger: RunLogger | None = None
             self.val_time = 0.0
             self.time_offset = 0.0
+            if self.harness.logging.progress and RANK in {-1, 0}:
+                for event, callback in BatchProgress().callbacks().items():
+                    self.add_callback(event, callback)
 
         def _run_logger(self) -> RunLogger:
             if self.logger is None:
@@ -234,14 +281,18 @@ class YoloLearner:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else CACHE_DIR
+        status(cfg, f"converting fold {cfg.data.fold} to ultralytics' layout under {cache_root / 'yolo'} "
+                    "(once per fold; cached)")
         data_yaml = yolo_dataset(cfg.data.root, cache_root, cfg.data.fold, cfg.data.n_folds)
         last = run_dir / ULTRALYTICS_DIR / "weights" / "last.pt"
         if resume and not last.is_file():
             raise FileNotFoundError(f"{last}: nothing to resume (no ultralytics last.pt in the run folder)")
-        if not resume:  # a fresh run starts its epoch log afresh, as ultralytics does with its results.csv
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if not resume:  # a fresh run starts its epoch logs afresh, as ultralytics does with its results.csv
+            clear_run_logs(run_dir)
         args = ultralytics_args(cfg, data_yaml, self.model.model_arg, self.model.options,
                                 weights if pickled else None, last if resume else None)
+        status(cfg, f"ultralytics: building {self.model.arch}, reading the fold's labels, then training "
+                    f"{cfg.train.epochs} epochs on {args['device']}")
         _trainer_class()(overrides=args).train()
         return self._finish(cfg)
 

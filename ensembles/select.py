@@ -383,7 +383,7 @@ def _values_problem(library, members: list, options: dict) -> Problem:
     side = library.spec.ensemble_side()
     channels_of(library, members)  # one set of channels (landmarks) across the library
     (names, preds, truth), notes = _caught(lambda: validation_values(library, members))
-    return Problem(lambda: iter([(preds, truth)]), [side.group(n) for n in names], mean_error(side.errors), "min",
+    return Problem(lambda: iter([(preds, truth)]), [side.group(n, members[0].cfgs[0]) for n in names], mean_error(side.errors), "min",
                    side.error_label, fuse_each(lambda p, w: fuse_values(p, "weighted", w, side.channel_axis)), notes)
 
 

@@ -304,7 +304,7 @@ def fit_ensemble(ens: EnsembleConfig, progress: bool = True) -> dict:
     channels = channels_of(ens, members)
     names, preds, truth = validation_values(ens, members)
     per_channel = ens.fit.per_class and len(channels) > 1
-    result = fit_weights(preds, truth, side.errors, groups=[side.group(n) for n in names], per_channel=per_channel,
+    result = fit_weights(preds, truth, side.errors, groups=[side.group(n, members[0].cfgs[0]) for n in names], per_channel=per_channel,
                          folds=ens.fit.folds, grid_step=ens.fit.grid_step, max_candidates=ens.fit.max_candidates,
                          seed=ens.fit.seed)
     labels = [m.label for m in members]

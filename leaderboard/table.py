@@ -66,7 +66,7 @@ SCORE_COLUMNS = ("val_score", "test_score", "test_public", "test_private")
 DESCENDING_COLUMNS = ("images_per_s", "images_per_s_tta", "train_images_per_s", "epochs", "n_members")
 SORTABLE = tuple(c for c in CSV_COLUMNS if c not in ("summary_path", "run_dir"))
 #: Direction of the metrics in a summary's ``val``/``test`` objects, by name prefix: "max" = higher is better.
-METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"),
+METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"), ("median_", "min"),
                 ("mae", "min"), ("rmse", "min"), ("loss", "min"))
 #: Keys of a summary's ``val``/``test`` objects that are not metrics.
 NOT_METRICS = ("score", "public", "private", "images")
@@ -605,8 +605,11 @@ def trial_section(trials: pd.DataFrame) -> dict:
 
 
 def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_trials: pd.DataFrame | None = None):
-    """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too)."""
+    """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too), each table
+    folded to the console's width: blocks of columns that repeat its key columns (rank and name), none cut off."""
     from rich.console import Console
+
+    from engine.tables import print_folded
 
     console = console or Console()
     if not len(df):
@@ -615,47 +618,27 @@ def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_t
     if study_trials is not None:
         tables.append(trial_section(study_trials))
     for sec in tables:
-        headers, aligns, rows = sec["table"]
-        keep = list(range(len(headers)))
-        table = _rich_table(sec, keep)
-        if console.is_terminal:  # too wide: drop the least useful columns rather than squash them all
-            for h in DROP_ORDER:
-                if _natural_width(console, table) <= console.width:
-                    break
-                if h in headers and headers.index(h) in keep and len(keep) > 3:
-                    keep.remove(headers.index(h))
-                    table = _rich_table(sec, keep)
-            hidden = [headers[i] for i in range(len(headers)) if i not in keep]
-            if hidden:
-                table.caption = f"hidden to fit the terminal: {', '.join(hidden)} (see --md / --csv / --html)"
-        console.print(table)
+        print_folded(console, _rich_table(sec), keys=KEY_COLUMNS[sec["kind"]])
         console.print()
     return console
 
 
-#: Columns dropped first (in this order) when a table does not fit the terminal.
-DROP_ORDER = ("img/s TTA", "size", "fold", "epochs", "train time", "kind", "public", "private",
-              "train time (mean)", "folds", "gap (mean)", "duration", "img/s", "img/s (mean)", "params", "model")
+#: The leading columns of each kind of table that every block of a folded table repeats.
+KEY_COLUMNS = {"leaderboard": 2, "cv": 1, "family": 1, "trials": 1}
 
 
-def _natural_width(console, table) -> int:
-    from rich.measure import Measurement
-
-    return Measurement.get(console, console.options.update_width(100_000), table).maximum
-
-
-def _rich_table(sec: dict, keep: list[int]):
+def _rich_table(sec: dict):
     from rich.table import Table
 
     headers, aligns, rows = sec["table"]
     table = Table(title=sec["title"], title_justify="left", title_style="bold", header_style="bold cyan",
                   pad_edge=False, caption_justify="left")
-    for i in keep:
-        table.add_column(headers[i], justify=aligns[i], overflow="fold",
-                         no_wrap=headers[i] not in ("name", "model", "params", "best run", "config"))
+    for header, align in zip(headers, aligns):
+        table.add_column(header, justify=align, overflow="fold",
+                         no_wrap=header not in ("name", "model", "params", "best run", "config"))
     for n, row in enumerate(rows):
         best = n == 0 and sec["kind"] == "leaderboard" and row[0] == "1"
-        table.add_row(*(row[i] for i in keep), style="bold green" if best else None)
+        table.add_row(*row, style="bold green" if best else None)
     return table
 
 

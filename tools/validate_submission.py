@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Check segmentation submissions before uploading them; exits non-zero with the reason on any fault.
+"""Check submissions (any task, read from the header) before uploading them; exits non-zero with the reason on
+any fault.
 
   python tools/validate_submission.py submissions/a.csv [b.csv ...] --images data/phantom/handbones/test
+  python tools/validate_submission.py submissions/kp.csv --images data/phantom/joints/images
 
-Checks: header, 29 rows per image in canonical class order, every test image exactly once and no
-other, RLE tokens numeric, runs sorted, non-overlapping and inside the image.
+Segmentation: header, 29 rows per image in canonical class order, every test image exactly once and no
+other, RLE tokens numeric, runs sorted, non-overlapping and inside the image. Other tasks: the CSV's layout
+and numbers (the task's own reader), and a row for every image of ``--images`` and no other.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from tasks.formats import FormatError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv", nargs="+", help="one or more submission CSVs")
-    parser.add_argument("--images", required=True, help="test images root (holding DCM/)")
+    parser.add_argument("--images", required=True, help="test images root (segmentation: holding DCM/; other tasks: "
+                        "the folder of the test images or its parent)")
     args = parser.parse_args(argv)
     # What is not there cannot be judged: a fault (exit 2), not a verdict on a submission (exit 1).
     if not Path(args.images).is_dir():
@@ -29,17 +33,17 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(csv_path).is_file():
             raise FileNotFoundError(errno.ENOENT, "submission not found", csv_path)
 
-    from tasks.segmentation.scoring import validate as check_segmentation_csv  # after parsing: --help and usage errors skip numpy and OpenCV
+    from tasks.scoring import validate_submission  # after parsing: --help and usage errors skip numpy and OpenCV
 
     status = 0
     for csv_path in args.csv:
         try:
-            n = check_segmentation_csv(csv_path, args.images)
+            task, n = validate_submission(csv_path, args.images)
         except FormatError as err:
             print(f"INVALID: {err}", file=sys.stderr)
             status = 1
             continue
-        print(f"OK: {csv_path} covers {n} images x 29 classes")
+        print(f"OK: {csv_path} ({task}) covers {n} images")
     return status
 
 

@@ -46,7 +46,8 @@ class BoneAgeSide:
         return np.abs(fused - truth)
 
     @staticmethod
-    def group(name: str) -> str:
+    def group(name: str, cfg) -> str:
+        """The patient of an image: an RSNA id is one patient."""
         return name
 
     @staticmethod

@@ -166,9 +166,7 @@ class BoneAgeTask(Task):
         loss = self.criterion(torch.as_tensor((pred - d.target_mean) / d.target_std),
                               torch.as_tensor((age - d.target_mean) / d.target_std))
         train_mean = float(np.mean([s.age for s in self.split()[0]]))
-        spread = float(pred.std() / age.std()) if age.std() > 0 else float("nan")
-        return {**age_metrics(pred, age, male), "loss": float(loss),
-                "baseline_mae": float(np.abs(age - train_mean).mean()), "pred_spread": spread}
+        return {**age_metrics(pred, age, male, baseline_age=train_mean), "loss": float(loss)}
 
     # ---------------------------------------------------------------------------------------- prediction
 

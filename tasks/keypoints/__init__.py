@@ -58,8 +58,10 @@ class KeypointData(DataBase):
     # DARK's modulation: Gaussian sigma (heatmap pixels) smoothing the heatmaps before the sub-pixel step.
     # "auto": the target's own sigma at the model's output stride (sigma / stride); 0 or null: no blur.
     decode_blur: Literal["auto"] | float | None = "auto"
-    sdr_radii_px: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
-    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
+    # SDR radii of the validation metrics; None: the landmark set's (tasks.keypoint_sets), which tools/score.py
+    # also uses unless given --sdr / --sdr-mm.
+    sdr_radii_px: list[Annotated[float, Field(gt=0)]] | None = None
+    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] | None = None
     cache_dir: str | None = None
     clicks: ClickSettings = Field(default_factory=ClickSettings)
     shape_prior: ShapePriorSettings = Field(default_factory=ShapePriorSettings)

@@ -16,7 +16,7 @@ from tasks.formats.tables import check_finite
 from tasks.keypoint_labels import write_wide
 from tasks.keypoint_sets import get_set
 from tasks.keypoints.cache import CACHE_FILE, load_cache
-from tasks.keypoints.samples import group_of, split_samples
+from tasks.keypoints.samples import split_samples
 from tasks.metrics import radial_errors
 
 
@@ -68,8 +68,9 @@ class KeypointSide:
         return radial_errors(fused, truth)
 
     @staticmethod
-    def group(name: str) -> str:
-        return group_of(name)
+    def group(name: str, cfg) -> str:
+        """The patient of an image (the landmark set's rule): cross-fitting folds keep a patient together."""
+        return get_set(cfg.data.landmarks).patient_of(name)
 
     @staticmethod
     def write(out_csv: str | os.PathLike, names: Sequence[str], values: np.ndarray, cfg) -> None:

@@ -1,26 +1,20 @@
-"""Which images a keypoint run trains, validates and predicts on: the label file's samples, folds grouped so
-that the views of one patient stay together. Numpy only (the ensemble side reads the truth through here)."""
+"""Which images a keypoint run trains, validates and predicts on: the label file's samples, folds grouped by the
+landmark set's patient rule. Numpy only (the ensemble side reads the truth through here)."""
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.formats.folds import group_folds
-from tasks.keypoint_labels import KeypointSample, list_keypoint_samples, stem
+from tasks.keypoint_labels import KeypointSample, list_keypoint_samples
 from tasks.keypoint_sets import LandmarkSet
 
 
-def group_of(name: str) -> str:
-    """Fold group: the two sides of one image (``*_L``/``*_R``, as in SHS_NET) stay together, and so do
-    the views of one AASCE patient (``sunhl-1th-03-Jan-2017-165 A AP``, ``...-04-Jan-2017-165 B AP``)."""
-    s = stem(name)
-    spine = re.search(r"-(\d+) [A-Z] (AP|PA|LAT)$", s)
-    return f"patient-{spine.group(1)}" if spine else re.sub(r"_[LR]$", "", s)
-
-
-def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
-    return group_folds([group_of(s.name) for s in samples], n_folds, fold, "images (groups)")
+def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int, lmset: LandmarkSet
+                ) -> tuple[list[int], list[int]]:
+    """Train/validation indices of ``fold``, grouped by patient (``lmset.patient_of``: the two sides of an
+    SHS_NET film, the views of one AASCE patient stay on one side)."""
+    return group_folds([lmset.patient_of(s.name) for s in samples], n_folds, fold, "images (groups)")
 
 
 def split_samples(data, lmset: LandmarkSet, split: str) -> list[KeypointSample]:
@@ -38,5 +32,5 @@ def split_samples(data, lmset: LandmarkSet, split: str) -> list[KeypointSample]:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid: test, val, train")
     pool = list_keypoint_samples(data.root, lmset, split="train", **kw)
-    train_idx, val_idx = split_folds(pool, data.n_folds, data.fold)
+    train_idx, val_idx = split_folds(pool, data.n_folds, data.fold, lmset)
     return [pool[i] for i in (train_idx if split == "train" else val_idx)]

@@ -261,7 +261,9 @@ class KeypointTask(Task):
         true = np.stack([s.coords for s in dataset.samples])
         spacing = [s.spacing_mm for s in dataset.samples]
         d = self.cfg.data
-        out = keypoint_metrics(pred, true, self.lmset.names, spacing, d.sdr_radii_px, d.sdr_radii_mm)
+        radii_px = self.lmset.sdr_px if d.sdr_radii_px is None else d.sdr_radii_px
+        radii_mm = self.lmset.sdr_mm if d.sdr_radii_mm is None else d.sdr_radii_mm
+        out = keypoint_metrics(pred, true, self.lmset.names, spacing, radii_px, radii_mm)
         out["loss"] = loss
         return out
 

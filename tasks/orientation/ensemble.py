@@ -49,7 +49,8 @@ class OrientationSide:
         return (np.asarray(fused).argmax(-1) != np.asarray(truth).astype(int)).astype(np.float64)
 
     @staticmethod
-    def group(name: str) -> str:
+    def group(name: str, cfg) -> str:
+        """A film is its own cross-fitting group (its patient is in its labels file, not its name)."""
         return name
 
     @staticmethod

@@ -14,7 +14,7 @@ from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write
 from tasks.orientation import CLASS_NAMES
 from tasks.orientation.labels import read_labels
-from tasks.scoring import public_private_split
+from tasks.scoring import check_coverage, halves
 
 
 def accuracies(pred: np.ndarray, truth: np.ndarray) -> dict:
@@ -45,23 +45,26 @@ def read_submission(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return [r[0] for r in rows], np.array([r[1] for r in rows], int)
 
 
-def score(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None, **_) -> dict:
-    """Score a submission against ``gt``: a labelled folder (its ``labels.csv``) or a labels file."""
+def score(csv_path: str | os.PathLike, gt: str | os.PathLike, images: str | os.PathLike | None = None, *,
+          subset: bool = False, per_image: bool = False) -> dict:
+    """Score a submission against ``gt``: a labelled folder (its ``labels.csv``) or a labels file; public/private
+    halves by patient (the labels' ``patient`` column, else each film its own). ``subset``: score only the
+    films the CSV has (a validation fold); ``per_image``: each film's predicted and true class."""
     gt = Path(gt)
     table = gt / "labels.csv" if gt.is_dir() else gt
-    truth = {img_id: label for img_id, label, _ in read_labels(table, require=True)}
+    rows = read_labels(table, require=True)
+    truth = {img_id: label for img_id, label, _ in rows}
+    patient = {img_id: p for img_id, _, p in rows}
     names, pred = read_submission(csv_path)
     unknown = [n for n in names if n not in truth]
     if unknown:
         raise FormatError(f"{csv_path}: film {unknown[0]} has no label in {table} ({len(unknown)} such rows)")
-    missing = sorted(set(truth) - set(names))
-    if missing:
-        raise FormatError(f"{csv_path}: {len(missing)} labelled films have no row, e.g. {missing[0]}")
+    check_coverage(csv_path, sorted(set(truth) - set(names)), "labelled films", subset)
     true = np.array([truth[n] for n in names])
     result = accuracies(pred, true)
-    public, private = public_private_split(names)
     correct = {n: float(p == t) for n, p, t in zip(names, pred, true)}
-    result.update(public=float(np.mean([correct[n] for n in public])) if public else float("nan"),
-                  private=float(np.mean([correct[n] for n in private])) if private else float("nan"),
-                  images=len(names), metric="accuracy")
+    result.update(halves(correct, patient.__getitem__), images=len(names), metric="accuracy")
+    if per_image:
+        result["per_image"] = {n: {"score": correct[n], "pred": int(p), "true": int(t)}
+                               for n, p, t in zip(names, pred, true)}
     return result
