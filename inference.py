@@ -23,7 +23,7 @@ import sys
 from functools import partial
 
 import engine  # noqa: F401  (offline environment first)
-from engine.cli import run_main
+from core.cli import run_main
 from engine.config import parse_overrides
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import engine  # noqa: F401  (offline environment first)
-from engine.cli import run_main
+from core.cli import run_main
 
 if TYPE_CHECKING:
     from engine.config import Config

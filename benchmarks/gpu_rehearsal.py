@@ -28,7 +28,7 @@ What it does, each step through the harness's own code (no re-implementation):
   augmentation ``loader_img_s_no_augment`` (is CPU augmentation what holds it back?).
 * ``infer`` - the test images at 2048² through ``engine.predictor`` with flip TTA, using the AMP-trained
   weights: model time alone (read + resize + model + TTA, ``infer_model_s``) vs the full pipeline
-  (``predict_rows`` + ``write_submission``: upsampling, thresholds, RLE, CSV; ``infer_full_s``) with
+  (the predictor + the segmentation writer: upsampling, thresholds, RLE, CSV; ``infer_full_s``) with
   ``post_workers`` threads; ``postprocess_s_per_image_thread`` is one image's post-processing on one
   thread, to tell more threads from on-device post-processing (``tasks.rle.runs_torch``) as the fix.
 * ``ensemble`` - ``ensembles.runner.predict_ensemble`` live (models loaded once), soft, flip TTA, three
@@ -360,38 +360,36 @@ class Rehearsal:
                     "amp_speedup_compute": sig(amp["compute_img_s"] / fp32["compute_img_s"])})
 
     def run_infer(self, deadline: float, out: dict[str, Any]) -> None:
-        from engine.predictor import ProbabilitySource, load_model, predict_rows, write_submission
-        from engine.device import amp_dtype
-        from tasks.tta import views_from_config
-        from tasks.formats.handbones import list_samples
-        from tasks.formats.images import read_grey
+        from engine.predictor import Predictor, load_model
         from tasks.rle import encode_many
         from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
+        from tasks.tta import views_from_config
 
         loaded = load_model(self.member("unet-amp"), self.device)
-        cfg = loaded.cfg
+        cfg, task = loaded.cfg, loaded.task
         views = views_from_config(cfg.inference.tta, enabled=True)
-        source = ProbabilitySource([loaded], views, self.device, amp=amp_dtype(cfg.train.amp, self.device))
-        samples = list_samples(cfg.data.test_root, labels=None)
-        image = read_grey(samples[0].image_path)
-        probs = source(image)  # warm-up
+        predictor = Predictor(loaded, views, self.device)
+        samples = task.samples("test")
+        first = next(predictor.inputs(samples[:1]))
+        probs = predictor(first)[0].float().cpu().numpy()  # warm-up
         thresholds = resolve_thresholds(cfg.inference.threshold)
         t0 = time.perf_counter()
-        encode_many(probs_to_masks(probs, image.shape, thresholds))
+        encode_many(probs_to_masks(probs, first["raw"][0].shape, thresholds))
         post_s = time.perf_counter() - t0  # one image's post-processing on one thread: what each worker pays
         half = time.perf_counter() + (deadline - time.perf_counter()) / 2.5
         t0 = time.perf_counter()
         done = 0
-        for sample in samples:
+        for batch in predictor.inputs(samples):
             if time.perf_counter() > half:
                 break
-            source(read_grey(sample.image_path))
+            predictor(batch)[0].float().cpu()
             done += 1
         model_s = time.perf_counter() - t0
         csv_path = self.workdir / "submission_unet.csv"
         t0 = time.perf_counter()
-        write_submission(predict_rows(samples[:done], source, thresholds, cfg.inference.post_workers,
-                                      progress=False), csv_path)
+        with task.writer(csv_path, None, views=views, workers=cfg.inference.post_workers) as writer:
+            for batch, outputs in predictor.batches(samples[:done]):
+                writer.add(batch, outputs)
         full_s = time.perf_counter() - t0
         out.update({"images": done, "tta_views": [v.name for v in views], "input_size": cfg.data.image_size,
                     "post_workers": cfg.inference.post_workers, "postprocess_s_per_image_thread": sig(post_s),
@@ -401,8 +399,8 @@ class Rehearsal:
 
     def run_ensemble(self, deadline: float, out: dict[str, Any]) -> None:
         """``predict_ensemble`` runs to its end: the test set's size bounds it, not ``deadline``."""
+        from ensembles.api import predict_ensemble
         from ensembles.config import EnsembleConfig
-        from ensembles.runner import predict_ensemble
 
         s = self.scale
         small = max(32, round(0.75 * s.input_size / 32) * 32)

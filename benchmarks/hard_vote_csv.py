@@ -25,6 +25,7 @@ from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
 from common import rss_mb
+from tasks.formats.handbones import CLASSES
 
 
 def baseline(paths: list[Path], out: Path, size: int, min_votes: int, lookup: str) -> int:
@@ -32,7 +33,6 @@ def baseline(paths: list[Path], out: Path, size: int, min_votes: int, lookup: st
     import numpy as np
     import pandas as pd
 
-    from tasks.formats.handbones import CLASSES
     from tasks.rle import decode, encode
     from tasks.submission import AtomicCSVWriter
 
@@ -71,7 +71,7 @@ def child(which: str, paths: list[Path], out: Path, size: int, min_votes: int, l
     idle = rss_mb()
     t0 = time.perf_counter()
     if which == "ours":
-        n = fuse_csvs(paths, out, "hard", min_votes=min_votes, sizes=lambda name: (size, size))
+        n = fuse_csvs(paths, out, "hard", min_votes=min_votes, sizes=lambda name: (size, size), classes=CLASSES)
     else:
         n = baseline(paths, out, size, min_votes, lookup)
     return {"which": which, "images": n, "seconds": round(time.perf_counter() - t0, 2), "idle_rss_mb": round(idle),

@@ -5,8 +5,9 @@
 
 Each mode runs in a fresh process (random weights, CPU unless a GPU is there): one image of ``--size``²
 through the model to thresholded masks at the original size (``probs_to_masks``, what precedes RLE):
-  resize  - the image resized to ``--input``, probabilities upsampled per class (engine.predictor.ProbabilitySource);
-  sliding - tiles of ``--input`` at the original size, Gaussian-weighted (engine.sliding_window.SlidingWindowSource).
+  resize  - the image resized to ``--input``, probabilities upsampled per class (engine.predictor.Predictor);
+  sliding - tiles of ``--input`` at the original size, Gaussian-weighted (the same predictor with
+            ``inference.sliding_window``, engine.sliding_window).
 Reported: best-of-``--repeat`` seconds, tiles, and the peak RSS above the RSS before the first prediction.
 """
 from __future__ import annotations
@@ -26,29 +27,30 @@ def child(args: argparse.Namespace) -> dict:
 
     from engine.config import load_config
     from engine.device import pick_device
-    from engine.predictor import LoadedModel, ProbabilitySource
-    from engine.sliding_window import SlidingWindowSource, tile_grid
-    from tasks.tta import View
+    from engine.predictor import LoadedModel, Predictor, to_device
+    from engine.sliding_window import tile_grid
     from models import create_model
     from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
+    from tasks.segmentation.task import quantize
+    from tasks.tta import View
 
     torch.manual_seed(0)
     device = pick_device("auto")
     cfg = load_config(None, {"task": "segmentation", "data": {"root": "x", "image_size": args.input},
-                             "model": {"name": args.model}})
+                             "model": {"name": args.model},
+                             "inference": {"sliding_window": args.mode == "sliding", "tile_overlap": args.overlap,
+                                           "batch_size": 4}})
     model = create_model(args.model, task="segmentation", num_outputs=29).to(device).eval()
-    views = [View()]
-    if args.mode == "sliding":
-        source = SlidingWindowSource(model, args.input, views, device, args.overlap, batch_size=4)
-    else:
-        source = ProbabilitySource([LoadedModel(model, cfg, Path("bench"))], views, device)
+    predictor = Predictor(LoadedModel(model, cfg, Path("bench")), [View()], device)
     image = (bone_masks(args.size, seed=0).max(0) * 180 + 30).astype("uint8")
     thresholds = resolve_thresholds(0.5)
     base = rss_mb()
     reset_peak_rss()
 
     def run() -> None:
-        probs_to_masks(source(image), image.shape, thresholds)
+        probs = predictor(to_device(predictor.task.image_batch(image, predictor.input_size), device))[0]
+        probs = quantize(probs) if args.mode == "sliding" else probs.cpu().numpy()  # as the writer keeps them
+        probs_to_masks(probs, image.shape, thresholds)
 
     seconds = best_time(run, args.repeat)
     tiles = len(tile_grid(args.size, args.size, args.input, args.overlap)) if args.mode == "sliding" else 1

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ensemble_memory import member_maps, names
     from tasks.segmentation.cache import save_probs
-    from engine.predictor import write_submission
+    from engine.config import build_config
     from ensembles.config import EnsembleConfig
-    from ensembles.runner import Fuser, cache_rows
     from ensembles.members import Member
-    from tasks.formats.handbones import HandboneSample
+    from ensembles.runner import Fuser, cache_rows, write_rows
+    from tasks.formats.handbones import CLASSES, HandboneSample
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ens_tp_"))
     try:
@@ -64,15 +64,16 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - t0
 
         t_cat_before = cat()
-        members = [Member(f"m{m}", [run], [], "best.pt", np.full(29, 0.5, np.float32)) for m, run in enumerate(runs)]
+        cfg = build_config({"task": "segmentation", "data": {"root": str(workdir)}})
+        members = [Member(f"m{m}", [run], [cfg], "best.pt", np.full(29, 0.5, np.float32)) for m, run in enumerate(runs)]
         for mem in members:
             mem.sources = {name: [0] for name in image_names}
         ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft",
                                              "members": [{"run": str(r)} for r in runs]})
         samples = [HandboneSample(Path(name), None, "ID000") for name in image_names]
         t0 = time.perf_counter()
-        n = write_submission(cache_rows(members, samples, Fuser(ens, members), "test", args.workers, progress=False),
-                             workdir / "soft.csv")
+        n = write_rows(cache_rows(members, samples, Fuser(ens, members), "test", args.workers, progress=False),
+                       workdir / "soft.csv", CLASSES)
         t_fuse = time.perf_counter() - t0
         t_cat = min(t_cat_before, cat())
         print(f"{args.members} members x {n} images, maps {args.cache_size}px -> masks {args.size}px, "

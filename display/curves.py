@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from leaderboard.html import RC, click_figure
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 
 
 def save_click_plot(curves: dict[str, dict], path: str | Path) -> Path:

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from leaderboard.chromium import FLAGS, find_chromium
-from tasks.formats.atomic import write_bytes
+from core.atomic import write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from display.overlay import contact_sheet, overlay
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_bytes
+from core.atomic import write_bytes
 
 
 def _months(age: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.formats.tensors import read_tensors
 
 

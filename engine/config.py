@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tasks.schema import DataBase, Section, Threshold, check_thresholds
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 from tasks.spec import MODE_RESIZE, MODE_SLIDING, TaskSpec, task_names, task_spec
 
 

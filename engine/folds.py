@@ -28,7 +28,7 @@ from engine.config import Config, ConfigError
 from engine.run_folder import check_run_folder, holds_run
 from engine.status import is_main_process
 from engine.summary import read_summary, record_summary
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 TrainOne = Callable[[Config, bool, bool], dict]  # (cfg, resume, overwrite) -> summary
 

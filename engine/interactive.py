@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from engine.predictor import LoadedModel, Predictor, load_model
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
 from tasks.keypoints.task import KeypointDataset, KeypointTask
 from tasks.tta import View, views_from_config

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import load_model_state, open_checkpoint
-from engine.cli import Output
+from core.cli import Output
 from engine.config import Config, build_config
 from engine.device import amp_dtype, autocast, pick_device
 from engine.sliding_window import sliding_window_predict

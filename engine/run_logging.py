@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 

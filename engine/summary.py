@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from engine.cli import Output
-from engine.offline import PROJECT_ROOT
-from tasks.formats.atomic import write_text
+from core.cli import Output
+from core.offline import PROJECT_ROOT
+from core.atomic import write_text
 
 
 def git_commit() -> str | None:

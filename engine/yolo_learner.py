@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
-from engine.offline import CACHE_DIR, provide_yolo_fonts
+from core.offline import CACHE_DIR, provide_yolo_fonts
 from engine.run_logging import RunLogger, clear_run_logs
 from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary

@@ -32,7 +32,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.config import Config, ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
 from tasks.schema import Section, Threshold, check_thresholds
-from tasks.spec import TaskSpec, task_spec
+from tasks.spec import TaskSpec, specs, task_spec
 
 
 class MemberConfig(Section):
@@ -142,10 +142,11 @@ class EnsembleConfig(Section):
             raise ValueError(f"method {self.method!r} is not one for {self.task}; valid: {', '.join(spec.fusion)}")
         if not spec.thresholded:
             if "thresholds" in self.model_fields_set or any(m.threshold is not None for m in self.members):
-                raise ValueError(f"thresholds are for tasks of thresholded masks; a {self.task} ensemble has nothing "
-                                 "to threshold")
+                raise ValueError(f"thresholds are for {tasks_with(lambda s: s.thresholded)}; a {self.task} ensemble "
+                                 "has nothing to threshold")
         if self.postprocess and not spec.postprocess:
-            raise ValueError(f"postprocess is for masks; a {self.task} ensemble has none")
+            raise ValueError(f"postprocess is for {tasks_with(lambda s: s.postprocess)} masks; a {self.task} ensemble "
+                             "has none")
         if self.postprocess == "fit" and self.method == "hard":
             raise ValueError("postprocess: fit is fitted with the soft/weighted fit (tools/fit_ensemble.py); "
                              "give a hard vote its operations per class")
@@ -162,7 +163,8 @@ class EnsembleConfig(Section):
                 raise ValueError(f"{self.task} method 'hard' needs 'radius': the distance ({unit} of the original "
                                  "image) within which members agree on a point")
         elif self.radius is not None:
-            raise ValueError("radius is for method 'hard' of a task whose members vote on points (keypoints)")
+            raise ValueError(f"radius is for {tasks_with(lambda s: s.ensemble_side().radius_unit is not None)} "
+                             "method 'hard'")
         if self.method != "hard" and self.min_votes is not None:
             raise ValueError(f"min_votes is for method 'hard', not {self.method!r}")
         if self.method == "hard" and self.min_votes is not None and not 1 <= self.min_votes <= n:
@@ -228,6 +230,11 @@ class EnsembleConfig(Section):
         """The TTA views' settings for a member run's config ``cfg``: the ensemble's ``tta`` when the
         YAML gives one, else the run's own ``inference.tta``."""
         return self.tta if "tta" in self.model_fields_set else cfg.inference.tta
+
+
+def tasks_with(has: Callable[[TaskSpec], bool]) -> str:
+    """The tasks whose spec ``has`` something, for messages ("thresholds are for segmentation")."""
+    return " and ".join(s.name for s in specs() if has(s)) or "no task"
 
 
 def load_ensemble_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> EnsembleConfig:

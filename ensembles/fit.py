@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensembles.crossfit import patient_folds
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 BINS = 100  # threshold resolution 1 / BINS
 PENALTY = 1e-9  # tie-break toward equal weights / default thresholds; far below any real Dice difference

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.config import Config, ConfigError, load_config
 from ensembles.config import EnsembleConfig, read_fit
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 
 @dataclass
@@ -78,7 +78,7 @@ def record_ensemble(ens: EnsembleConfig, members: list[Member], describe: dict, 
                     images_per_s: float) -> None:
     """After a test-set prediction: the ensemble's run folder (bookkeeping: a read-only folder warns, the
     submission stands); the speed only when the members ran (a fusion of caches measures no model)."""
-    from engine.cli import Output
+    from core.cli import Output
 
     speed = None if from_cache else {"images_per_s_tta" if tta else "images_per_s": images_per_s}
     Output(ens.run_dir, required=False)(write_ensemble_summary, ens, members, describe, speed=speed)

@@ -84,9 +84,9 @@ class Fuser:
     """One image's member maps → RLE per class, one class at a time (soft, weighted or hard), each class's
     mask post-processed (``postprocess``, default: the ensemble's) before it is encoded."""
 
-    def __init__(self, ens: EnsembleConfig, members: list[Member], postprocess: dict[str, list[str]] | None = None
-                 ) -> None:
-        classes = ens.spec.classes
+    def __init__(self, ens: EnsembleConfig, members: list[Member], classes: tuple[str, ...] | None = None,
+                 postprocess: dict[str, list[str]] | None = None) -> None:
+        classes = ens.spec.classes if classes is None else classes
         self.method = ens.method
         self.postprocess = postprocess_spec(ens) if postprocess is None else postprocess
         self.ops = class_ops(self.postprocess, classes)

@@ -501,7 +501,7 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
 
     from ensembles.config import EnsembleConfig
     from ensembles.members import resolve_members, write_ensemble_summary
-    from tasks.formats.atomic import write_text
+    from core.atomic import write_text
 
     runs_dir = Path(runs_dir)
     task, candidates, notes = find_candidates(runs_dir)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensembles.hard import fuse_csvs, resolve_min_votes, vote_points, votes_for_threshold
+from ensembles.config import tasks_with
 from ensembles.weighted import fuse
 from tasks.formats import FormatError
 from tasks.formats.submissions import check_same_ids
@@ -79,9 +80,11 @@ def check_options(task: str, method: str, *, weights: object = None, min_votes: 
         raise ValueError(f"{task} hard needs --radius: how many {unit} apart two submissions' points may be "
                          "and still agree")
     if radius is not None and (method != "hard" or unit is None):
-        raise ValueError(f"--radius is for 'hard' of a task whose submissions vote on points, not {task} {method!r}")
+        raise ValueError(f"--radius is for {tasks_with(lambda s: s.ensemble_side().radius_unit is not None)} "
+                         f"'hard', not {task} {method!r}")
     if side.output != "maps" and any(v is not None for v in (threshold, images, size)):
-        raise ValueError(f"--threshold, --images and --size are for tasks of masks, not {task}")
+        raise ValueError(f"--threshold, --images and --size are for {tasks_with(lambda s: s.ensemble_side().output == 'maps')}, "
+                         f"not {task}")
 
 
 def _aligned(paths: Sequence[str | os.PathLike], tables: Sequence[tuple[list[str], np.ndarray]]
@@ -119,7 +122,8 @@ def fuse_value_csvs(spec: TaskSpec, paths: Sequence[str | os.PathLike], out: str
     labels = [str(p) for p in paths]
     subs = [side.read_submission(p) for p in paths]
     first = subs[0][2]
-    tables = [(ids, side.align_layout(path, values, layout, first)) for path, (ids, values, layout) in zip(paths, subs)]
+    tables = [(ids, side.align_layout(path, values, layout, first, paths[0]))
+              for path, (ids, values, layout) in zip(paths, subs)]
     ids, stack = _aligned(paths, tables)
     if method == "hard":
         fused, agreed = vote_points(stack, radius, min_votes, members=labels)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from leaderboard import table as T
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 MAX_CURVES = 10        # learning curves: the best runs only, or the legend drowns the plot
 MAX_HEATMAP_ROWS = 24  # per-class heatmap rows (best first)

@@ -46,7 +46,7 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
         print(f"no readable summary.json under {root}{where}", file=sys.stderr)
 
     if not quiet:
-        from engine.tables import table_console
+        from core.tables import table_console
 
         # a terminal (or COLUMNS): tables fold to its width; a pipe or file: every column at its natural width
         console = table_console()

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.cli import lazy_module
-from tasks.formats.atomic import write_text
+from core.cli import lazy_module
+from core.atomic import write_text
 
 pd = lazy_module("pandas")  # imported on first use: leaderboard.py --help does without it
 
@@ -609,7 +609,7 @@ def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_t
     folded to the console's width: blocks of columns that repeat its key columns (rank and name), none cut off."""
     from rich.console import Console
 
-    from engine.tables import print_folded
+    from core.tables import print_folded
 
     console = console or Console()
     if not len(df):

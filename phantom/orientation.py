@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from phantom.hand import render_hand
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 from tasks.formats.images import write_png
 from tasks.orientation.heuristic import DIHEDRAL, dihedral_label, dihedral_view
 

@@ -39,7 +39,7 @@ import numpy as np
 import phantom.anatomy as A
 from phantom.orientation import write_orientation
 from phantom.render import render
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 from tasks.formats.handbones import write_polygons
 from tasks.formats.images import write_png
 

@@ -50,7 +50,7 @@ from optuna.trial import TrialState
 
 from sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
 from sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -712,7 +712,7 @@ def print_table(study: optuna.Study, spec: SweepSpec, storage: StorageSpec, top:
     folded to the terminal's width (or ``COLUMNS``; 200 on a pipe) in blocks of columns that repeat rank and trial."""
     from rich.table import Table
 
-    from engine.tables import print_folded, table_console
+    from core.tables import print_folded, table_console
 
     console = table_console(file, pipe_width=200)
     trials = ranked_trials(study)

@@ -124,6 +124,6 @@ class Task(ABC):
     @abstractmethod
     def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
                mode: str = MODE_RESIZE) -> PredictionWriter:
-        """The writer of this task's submission CSV and prediction cache (``cache``: an ``engine.cli.Output``
+        """The writer of this task's submission CSV and prediction cache (``cache``: an ``core.cli.Output``
         for the cache folder, or None); ``mode`` says how the outputs were made (a dense task's cache records it),
         ``workers`` how many threads may decode (a task without post-processing ignores it)."""

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 
 DEFAULT_CACHE = Path(os.environ.get("BONEHARNESS_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "samples"
 

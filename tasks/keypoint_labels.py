@@ -10,7 +10,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -18,9 +17,9 @@ from tasks.formats import FormatError
 from tasks.formats.images import IMAGE_SUFFIXES, image_size
 from tasks.formats.images import stem as stem  # re-exported: the keypoint readers and the scorer match ids with it
 from tasks.keypoint_sets import LANDMARK_SETS, LandmarkSet, set_for_columns
+from tasks.keypoints import LabelFormat
 
 ID_COLUMNS = ("image_name", "img_id")
-LabelFormat = Literal["auto", "wide", "dha", "aasce", "mat"]
 # A labelled point may sit up to a pixel beyond the border pixel centres (annotation tools round); further
 # out it is off the image.
 EDGE_TOLERANCE = 1.0

@@ -10,14 +10,13 @@ which is what makes :meth:`Letterbox.inverse` exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from tasks.formats.images import resize_grey
+from tasks.schema import ResizeMode
 
-ResizeMode = Literal["letterbox", "stretch"]
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator
 
-from tasks.schema import Section
+from tasks.schema import PreprocessConfig
 from tasks.handmask import components, downscale, grow, hand_mask, minmax, palm
 from tasks.orientation.heuristic import OrientationClassifier, apply_orientation, detect_orientation
 
@@ -222,35 +220,6 @@ def roi_mosaic(image: np.ndarray, boxes: dict[str, Box], tile: int = 256) -> np.
 
 # Bump when a step's output changes, so cached samples of the old version are not reused.
 PREPROCESS_VERSION = 1
-
-
-class PreprocessConfig(Section):
-    """``data.preprocess``: which steps run, in this order: orientation, background removal, crop,
-    min-max, CLAHE, ROI mosaic. All off by default (the image is used as read)."""
-
-    orientation: Literal["off", "rotate", "rotate_mirror"] = "off"
-    remove_background: bool = False
-    crop_to_hand: bool = False
-    crop_margin: float = Field(0.05, ge=0.0, le=0.5)
-    minmax: bool = False
-    minmax_percentiles: tuple[float, float] = (0.5, 99.5)
-    clahe: bool = False
-    clahe_clip: float = Field(2.0, gt=0)
-    clahe_tiles: int = Field(8, ge=1, le=64)
-    roi_mosaic: bool = False
-    mosaic_tile: int = Field(256, ge=16)
-    mask_work_size: int = Field(384, ge=64)
-
-    @field_validator("minmax_percentiles")
-    @classmethod
-    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= value[0] < value[1] <= 100:
-            raise ValueError("needs 0 <= low < high <= 100")
-        return value
-
-    @property
-    def needs_mask(self) -> bool:
-        return self.remove_background or self.crop_to_hand or self.roi_mosaic or self.minmax
 
 
 @dataclass

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png
-from tasks.preprocess import Preprocess, PreprocessConfig, letterbox
+from tasks.preprocess import Preprocess, letterbox
+from tasks.schema import PreprocessConfig
 
 
 @dataclass

@@ -19,12 +19,15 @@ too, but stage 2 is trained on wrist-sized crops and produces noise at a 3-4x di
 """
 from __future__ import annotations
 
-import cv2
-import numpy as np
 from pydantic import Field, field_validator
 
-from tasks.schema import Section
+from core.cli import lazy_module
 from tasks.formats.handbones import CLASSES, WRIST_CLASSES
+from tasks.schema import Section
+
+# The segmentation spec reads RoiConfig without numpy or OpenCV; the geometry loads them on first use.
+cv2 = lazy_module("cv2")
+np = lazy_module("numpy")
 
 Box = tuple[int, int, int, int]
 

@@ -1,11 +1,13 @@
-"""Config schema pieces every task shares, free of torch: the strict section base, the data keys every task
-has and the threshold setting. Each task's own ``data`` schema (in its spec package) extends :class:`DataBase`;
-``engine.config`` builds the whole config from these without importing a model or torch.
+"""Config schema pieces tasks share, free of torch and numpy: the strict section base, the data keys every task
+has, the threshold setting, how an image meets the input size and the radiograph preprocessing steps. Each
+task's own ``data`` schema (in its spec package) extends :class:`DataBase`; ``engine.config`` builds the whole
+config from these without importing a model, and the task specs load without numpy (the CSV tools start fast).
 """
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -69,3 +71,37 @@ def check_thresholds(value: float | Sequence[float] | Mapping[str, float], class
     elif len(values) != len(classes) and not isinstance(value, (int, float)):
         raise ValueError(f"{len(values)} thresholds for {len(classes)} classes (give one per class, in class order, "
                          "a single number, or {class: threshold})")
+
+
+# How an image of any aspect meets the square input: letterboxed (aspect kept, padded) or stretched
+# (``tasks.letterbox``).
+ResizeMode = Literal["letterbox", "stretch"]
+
+
+class PreprocessConfig(Section):
+    """``data.preprocess``: which steps run, in this order: orientation, background removal, crop,
+    min-max, CLAHE, ROI mosaic. All off by default (the image is used as read)."""
+
+    orientation: Literal["off", "rotate", "rotate_mirror"] = "off"
+    remove_background: bool = False
+    crop_to_hand: bool = False
+    crop_margin: float = Field(0.05, ge=0.0, le=0.5)
+    minmax: bool = False
+    minmax_percentiles: tuple[float, float] = (0.5, 99.5)
+    clahe: bool = False
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    roi_mosaic: bool = False
+    mosaic_tile: int = Field(256, ge=16)
+    mask_work_size: int = Field(384, ge=64)
+
+    @field_validator("minmax_percentiles")
+    @classmethod
+    def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError("needs 0 <= low < high <= 100")
+        return value
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.remove_background or self.crop_to_hand or self.roi_mosaic or self.minmax

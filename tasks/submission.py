@@ -12,14 +12,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.formats.handbones import CLASSES
 
 HEADER = ("image_name", "class", "rle")
 
 
 class AtomicCSVWriter:
-    """Context manager: rows go to a temp file (:func:`tasks.formats.atomic.atomic_write`), renamed to
+    """Context manager: rows go to a temp file (:func:`core.atomic.atomic_write`), renamed to
     ``path`` on success, removed on error."""
 
     def __init__(self, path: str | os.PathLike, header: Iterable[str] = HEADER) -> None:

@@ -1,4 +1,4 @@
-"""The one atomic-write helper (tasks.formats.atomic) and what commands do when a bookkeeping write fails."""
+"""The one atomic-write helper (core.atomic) and what commands do when a bookkeeping write fails."""
 from __future__ import annotations
 
 import errno
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import Output, run_main
+from core.cli import Output, run_main
 from tasks.formats import atomic
-from tasks.formats.atomic import atomic_write, remove_stale_temps, write_bytes, write_text
+from core.atomic import atomic_write, remove_stale_temps, write_bytes, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def test_an_error_in_the_body_removes_the_temp_and_passes_through(tmp_path):
 KILLED_MID_WRITE = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 with atomic_write(sys.argv[2]) as f:
     f.write("new but never finished")
     f.flush()

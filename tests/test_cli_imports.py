@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import lazy_module
+from core.cli import lazy_module
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "ultralytics", "albumentations", "sklearn")
@@ -29,7 +29,7 @@ except SystemExit as e:
     code = e.code
 else:
     code = 0
-# a module registered by engine.cli.lazy_module and never touched has not run: it does not count
+# a module registered by core.cli.lazy_module and never touched has not run: it does not count
 pending = getattr(__import__("importlib.util").util, "_LazyModule", ())
 print(json.dumps({"code": code, "modules": sorted(n for n, m in sys.modules.items() if not isinstance(m, pending))}))
 """

@@ -18,7 +18,7 @@ from tasks.formats.handbones import CLASSES
 from tasks.formats.shs import SHS15_NAMES, read_submission, write_coords
 from tasks.formats.submissions import read_ages, write_ages
 from tasks.rle import decode, encode
-from engine.cli import run_main
+from core.cli import run_main
 from tasks.submission import AtomicCSVWriter, iter_images
 from tools.fuse import main
 
@@ -63,7 +63,7 @@ def test_csv_hard_vote_equals_array_vote(tmp_path, n_members):
     masks, paths = _members(tmp_path, n_members)
     for k in range(1, n_members + 1):
         out = tmp_path / f"vote{k}.csv"
-        assert fuse_csvs(paths, out, "hard", min_votes=k, sizes=lambda name: (H, W)) == 3
+        assert fuse_csvs(paths, out, "hard", min_votes=k, sizes=lambda name: (H, W), classes=CLASSES) == 3
         fused = _read(out)
         for name in masks[0]:
             np.testing.assert_array_equal(fused[name], hard_vote([m[name] for m in masks], k))
@@ -71,9 +71,9 @@ def test_csv_hard_vote_equals_array_vote(tmp_path, n_members):
 
 def test_csv_soft_and_weighted_equal_array_fusion(tmp_path):
     masks, paths = _members(tmp_path, 5)
-    fuse_csvs(paths, tmp_path / "soft.csv", "soft", threshold=0.6)
+    fuse_csvs(paths, tmp_path / "soft.csv", "soft", threshold=0.6, classes=CLASSES)
     weights = [3, 1, 0, 2, 1]
-    fuse_csvs(paths, tmp_path / "w.csv", "weighted", weights=weights, threshold=0.5)
+    fuse_csvs(paths, tmp_path / "w.csv", "weighted", weights=weights, threshold=0.5, classes=CLASSES)
     soft, weighted = _read(tmp_path / "soft.csv"), _read(tmp_path / "w.csv")
     for name in masks[0]:
         stack = [m[name] for m in masks]
@@ -87,7 +87,7 @@ def test_per_class_weights_select_sources(tmp_path):
     table = np.zeros((2, len(CLASSES)))
     table[0, :19] = 1
     table[1, 19:] = 1
-    fuse_csvs(paths, tmp_path / "sel.csv", "weighted", weights=table, threshold=0.5, sizes=lambda name: (H, W))
+    fuse_csvs(paths, tmp_path / "sel.csv", "weighted", weights=table, threshold=0.5, sizes=lambda name: (H, W), classes=CLASSES)
     fused = _read(tmp_path / "sel.csv")
     for name in masks[0]:
         np.testing.assert_array_equal(fused[name][:19], masks[0][name][:19])
@@ -114,7 +114,7 @@ def test_csvs_in_different_orders_fuse_in_the_first_csvs_order(tmp_path):
     names = list(masks[0])
     _write_csv(paths[1], masks[1], order=names[::-1])
     out = tmp_path / "out.csv"
-    fuse_csvs(paths, out, "hard")
+    fuse_csvs(paths, out, "hard", classes=CLASSES)
     fused = _read(out)
     assert list(fused) == names
     for name in names:
@@ -137,7 +137,7 @@ def test_bad_csvs_are_named_and_nothing_is_written(tmp_path, damage, message):
     paths[1].write_text("\n".join(damage(_rows(paths[1]))) + "\n")
     out = tmp_path / "out.csv"
     with pytest.raises(FormatError, match=message):
-        fuse_csvs(paths, out, "hard")
+        fuse_csvs(paths, out, "hard", classes=CLASSES)
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
@@ -146,7 +146,7 @@ def test_extra_image_in_one_csv_is_an_error(tmp_path):
     masks[2]["extra.png"] = masks[2][next(iter(masks[2]))]
     _write_csv(paths[2], masks[2])
     with pytest.raises(FormatError, match="m2.csv: 1 image\\(s\\) the others lack, e.g. extra.png"):
-        fuse_csvs(paths, tmp_path / "o.csv", "hard")
+        fuse_csvs(paths, tmp_path / "o.csv", "hard", classes=CLASSES)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -197,7 +197,7 @@ def test_outvoted_out_of_bounds_rle_is_an_error_naming_file_and_line(tmp_path, c
     out = tmp_path / "o.csv"
     with pytest.raises(FormatError, match=rf"m2.csv:{line}: {image} Trapezium: RLE run ends at pixel {H * W + 2} "
                                           rf"beyond the image \({H * W} pixels\)"):
-        fuse_csvs(paths, out, "hard", min_votes=2, sizes=lambda name: (H, W))
+        fuse_csvs(paths, out, "hard", min_votes=2, sizes=lambda name: (H, W), classes=CLASSES)
     assert fuse_main(["hard", *map(str, paths), "-o", str(out), "--size", f"{H}x{W}"]) == 2
     assert re.search(rf"^error: \S*m2.csv:{line}: {image} Trapezium: RLE run ends", capsys.readouterr().err)
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
@@ -353,13 +353,15 @@ def test_keypoint_options_that_do_not_apply_are_refused(tmp_path, capsys, args, 
 
 
 _IMPORTS = """
-import runpy, sys
+import importlib.util, runpy, sys
 sys.argv = ["tools/fuse.py", *sys.argv[1:]]
 try:
     runpy.run_path("tools/fuse.py", run_name="__main__")
 except SystemExit as end:
     code = end.code
-heavy = [m for m in ("torch", "pandas", "cv2", "matplotlib", "timm", "segmentation_models_pytorch") if m in sys.modules]
+pending = importlib.util._LazyModule  # registered by core.cli.lazy_module and never touched: not loaded
+heavy = [m for m in ("torch", "pandas", "cv2", "matplotlib", "timm", "segmentation_models_pytorch")
+         if m in sys.modules and not isinstance(sys.modules[m], pending)]
 print("heavy modules:", heavy)
 sys.exit(code)
 """
@@ -367,7 +369,7 @@ sys.exit(code)
 
 def test_fuse_imports_no_torch_pandas_or_opencv(tmp_path):
     """The CLI starts fast and small: --help, a keypoint, a bone-age and a segmentation fuse load numpy only,
-    and with an empty cache folder they do not fetch matplotlib to copy ultralytics' font (engine.offline)."""
+    and with an empty cache folder they do not fetch matplotlib to copy ultralytics' font (core.offline)."""
     kp = [_kp(tmp_path / f"kp{k}.csv", _truth() + k) for k in range(2)]
     ages = []
     for k in range(2):

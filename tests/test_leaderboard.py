@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.cli import run_main
+from core.cli import run_main
 from leaderboard import html as H
 from leaderboard import table as T
 from tools import leaderboard

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cli import run_main
+from core.cli import run_main
 from tasks.formats.images import read_grey
 from tasks.orientation.heuristic import Orientation, apply_orientation, detect_orientation, rotate_quarters, rotation_for
 

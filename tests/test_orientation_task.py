@@ -88,7 +88,7 @@ def test_the_run_is_preprocessing_s_learned_side_fallback(run, tmp_path):
     row = next(csv.DictReader(open(tmp_path / "out" / "preprocess.csv")))
     expected = detect_orientation(_hand_without_thumb(), classifier=load_classifier(run / "best.pt"))
     assert row["side"] == expected.side and expected.side_source in ("learned", "none")
-    from engine.cli import run_main
+    from core.cli import run_main
 
     assert run_main(preprocess_main, [str(folder), str(tmp_path / "out2"), "--orientation-model",
                                       str(folder / "thumbless.png")]) == 2
@@ -96,7 +96,7 @@ def test_the_run_is_preprocessing_s_learned_side_fallback(run, tmp_path):
 
 
 def test_a_mirror_in_the_augmentation_is_refused(films, tmp_path):
-    from engine.cli import run_main
+    from core.cli import run_main
 
     assert run_main(train.main, ["-c", "configs/orientation/phantom_resnet10t.yaml", f"--data.root={films / 'train'}",
                                  f"--logging.out_dir={tmp_path}", "--augment.hflip=0.5"]) == 2

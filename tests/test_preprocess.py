@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engine.cli import run_main
+from core.cli import run_main
 from tasks.formats.dha import read_all
 from tasks.formats.images import read_grey
 from tasks.formats.shs import read_coords

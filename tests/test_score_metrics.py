@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.cli import run_main
+from core.cli import run_main
 from engine.summary import base_summary, write_summary
 from leaderboard import table as T
 from tasks.formats import FormatError

@@ -145,7 +145,7 @@ def test_boneage_selection_pairs_opposite_biases(phantom, tmp_path, capsys):
 
 
 def test_bad_selection_input_is_one_line(phantom, tmp_path, capsys):
-    from engine.cli import run_main
+    from core.cli import run_main
     from tools import fit_ensemble
 
     def error(runs: Path) -> str:

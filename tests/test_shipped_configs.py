@@ -16,7 +16,7 @@ ENSEMBLES = sorted((CONFIGS / "ensembles").glob("*.yaml"))
 
 
 def test_the_shipped_configs_are_found():
-    assert {p.parent.name for p in TRAINING} == {"segmentation", "keypoints", "boneage"}
+    assert {p.parent.name for p in TRAINING} == {"segmentation", "keypoints", "boneage", "orientation"}
     assert len(TRAINING) >= 15 and len(ENSEMBLES) >= 5
 
 

@@ -562,7 +562,7 @@ def test_cli_heartbeat_fails_a_killed_worker_and_resumes(tmp_path, base_config, 
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert sweep_cli.main(cmd[2:] + ["--show"]) == 0
     assert "1 complete, 1 fail" in capsys.readouterr().out
-    from engine.cli import run_main
+    from core.cli import run_main
 
     assert run_main(sweep_cli.main, [str(sweep), "--show", "--storage", url, "--study-name", "nope"]) == 2
     err = capsys.readouterr().err

@@ -77,7 +77,7 @@ def _task_name_branches(path: Path, names: set[str]) -> list[str]:
                          for e in p.elts if isinstance(e, ast.Constant)}
             if literals & names:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    return found
+    return sorted(set(found))
 
 
 def test_no_task_name_branches_outside_the_task_packages():

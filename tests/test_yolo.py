@@ -17,9 +17,9 @@ import inference
 import train
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config, save_config
-from engine.predictor import load_model, split_samples
+from engine.predictor import load_model
 from ensembles.select import find_candidates
-from engine.cli import run_main
+from core.cli import run_main
 from engine.yolo_learner import YoloLearner, ultralytics_args, ultralytics_device
 from models import create_model, list_models
 from models.registry import UnknownModelError
@@ -339,7 +339,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     # the validation cache, as the torch runs write it (engine.predictor.save_probs): selection takes the run
     assert inference.main(["--ckpt", str(run / "best.pt"), "--split", "val", "--save-probs",
                            "-o", str(tmp_path / "yolo-val.csv")]) == 0
-    val_names = {s.name for s in split_samples(member.cfg, "val")}
+    val_names = {s.name for s in member.task.samples("val")}
     assert {p.name[:-4] for p in (run / "preds" / "val").glob("*.npz")} == val_names
     for name in val_names:
         with np.load(run / "preds" / "val" / f"{name}.npz") as cached:
@@ -365,5 +365,5 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     assert check_segmentation_csv(ens_csv, hb / "test") == len(list_samples(hb / "test", labels=None))
 
     assert not any(home.iterdir()), f"written into HOME: {sorted(p.name for p in home.iterdir())}"
-    # engine.offline put a font where ultralytics looks, so check_font() never asks the network
+    # core.offline put a font where ultralytics looks, so check_font() never asks the network
     assert (Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "Arial.ttf").is_file()

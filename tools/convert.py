@@ -15,7 +15,7 @@ import sys
 
 import engine  # noqa: F401  (offline environment first)
 
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 
 from tasks.formats.yolo import convert_yolo, read_manifest  # noqa: E402
 

@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "0")   # before engine sets it to 1: this command downloads
 
 import engine  # noqa: E402,F401  (project-local caches; offline switches for everything else)
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def _export(argv: list[str]) -> int:
     import torch
 
     from models.pretrained import encoder_state
-    from tasks.formats.atomic import atomic_write
+    from core.atomic import atomic_write
 
     state = encoder_state(args.model, pretrained=not args.random)
     with atomic_write(args.out, "wb") as f:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import run_main
+from core.cli import run_main
 from ensembles.submissions import fuse_submissions
 
 

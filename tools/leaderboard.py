@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 from leaderboard import table as T  # noqa: E402
 from leaderboard.publish import publish  # noqa: E402
 

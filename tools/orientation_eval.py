@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # first: before to
 
 import engine  # noqa: E402, F401  (offline environment first)
 
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 from phantom.orientation import orientation_phantoms  # noqa: E402
-from tasks.formats.atomic import write_text  # noqa: E402
+from core.atomic import write_text  # noqa: E402
 from tasks.orientation.heuristic import (SIDES, Orientation, detect_orientation, dihedral, dihedral_orientation,  # noqa: E402
                                dihedral_view, evaluate, labelled_folder)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose phantom.py and leaderboard.py share the packages' names
 
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

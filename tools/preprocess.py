@@ -20,9 +20,9 @@ from pathlib import Path
 import engine  # noqa: F401  (offline environment first)
 from pydantic import ValidationError
 
-from engine.cli import run_main
+from core.cli import run_main
 from engine.config import field_message, load_config
-from tasks.preprocess import PreprocessConfig
+from tasks.schema import PreprocessConfig
 from tasks.preprocess_folder import preprocess_folder
 
 

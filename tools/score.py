@@ -20,7 +20,7 @@ import json
 import math
 import sys
 
-from engine.cli import run_main
+from core.cli import run_main
 
 
 def numbers(text: str) -> list[float]:

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 import engine  # noqa: F401  (offline environment first)
-from engine.cli import run_main
+from core.cli import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

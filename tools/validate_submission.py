@@ -16,7 +16,7 @@ import errno
 import sys
 from pathlib import Path
 
-from engine.cli import run_main
+from core.cli import run_main
 from tasks.formats import FormatError
 
 

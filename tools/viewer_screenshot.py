@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # first: before tools/, whose leaderboard.py shares the package's name
 
-from engine.cli import run_main  # noqa: E402
+from core.cli import run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

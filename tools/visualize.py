@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.cli import run_main
+from core.cli import run_main
 
 SHEET_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tasks.letterbox import ResizeMode
-from tasks.preprocess import PreprocessConfig
+from tasks.schema import ResizeMode
+from tasks.schema import PreprocessConfig
 from tasks.schema import DataBase
 from tasks.spec import SubmissionFormat, TaskSpec
 

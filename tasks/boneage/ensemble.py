@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from tasks.boneage.cache import CACHE_FILE
-from tasks.boneage.samples import split_samples
 from tasks.formats.submissions import read_ages, write_ages
 
 
@@ -38,6 +37,8 @@ class BoneAgeSide:
     @staticmethod
     def truth(cfg) -> dict[str, float]:
         """The ages (months) of the run's validation fold, by id."""
+        from tasks.boneage.samples import split_samples  # pandas, scikit-learn: not for fusing CSVs
+
         return {s.id: s.age for s in split_samples(cfg.data, "val")}
 
     @staticmethod
@@ -60,7 +61,8 @@ class BoneAgeSide:
         return ids, ages, ()
 
     @staticmethod
-    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple) -> np.ndarray:
+    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple,
+                     first_path: str | os.PathLike) -> np.ndarray:
         return values
 
     @staticmethod

@@ -28,7 +28,8 @@ from tasks.boneage.samples import BoneAgeSample, fold_split, split_samples, test
 from tasks.cache import SampleCache
 from tasks.formats.images import read_grey
 from tasks.formats.submissions import write_ages
-from tasks.letterbox import Letterbox, ResizeMode
+from tasks.letterbox import Letterbox
+from tasks.schema import ResizeMode
 from tasks.metrics import age_metrics
 from tasks.preprocess import Preprocess
 from tasks.spec import MODE_RESIZE

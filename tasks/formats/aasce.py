@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write, write_text
+from core.atomic import atomic_write, write_text
 from tasks.formats.images import stem
 from tasks.formats.tables import finite_number
 

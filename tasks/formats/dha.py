@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 from tasks.formats.images import stem
 from tasks.formats.tables import finite_number, new_id, read_table
 

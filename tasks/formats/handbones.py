@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from core.atomic import write_text
+from core.cli import lazy_module
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_text
 from tasks.formats.folds import group_folds
 from tasks.formats.images import IMAGE_SUFFIXES
+
+np = lazy_module("numpy")  # the segmentation spec reads CLASSES without it
 
 CLASSES: tuple[str, ...] = (
     *(f"finger-{i}" for i in range(1, 20)),

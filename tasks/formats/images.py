@@ -5,11 +5,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.atomic import write_bytes
+from core.cli import lazy_module
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_bytes
+
+np = lazy_module("numpy")  # the task specs list image names without it
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

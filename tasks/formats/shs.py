@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import write_text
+from core.atomic import write_text
 from tasks.formats.images import stem
 from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 

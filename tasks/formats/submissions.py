@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 
 AGE_HEADER = ("id", "boneage")

@@ -14,13 +14,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from tasks.keypoint_labels import LabelFormat
-from tasks.letterbox import ResizeMode
+from tasks.schema import ResizeMode
 from tasks.schema import DataBase, Section
 from tasks.spec import SubmissionFormat, TaskSpec
 
 # How heatmaps become coordinates (tasks.heatmaps.decode_heatmaps).
 DecodeMethod = Literal["dark", "softargmax", "argmax"]
+# The label file's layout (tasks.keypoint_labels; auto: told from the file).
+LabelFormat = Literal["auto", "wide", "dha", "aasce", "mat"]
 
 
 class ClickSettings(Section):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 
 CACHE_FILE = "keypoints.npz"
 

@@ -83,14 +83,15 @@ class KeypointSide:
         return ids, coords, (id_column, tuple(names))
 
     @staticmethod
-    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple) -> np.ndarray:
+    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple,
+                     first_path: str | os.PathLike) -> np.ndarray:
         """``values`` of a CSV whose layout is ``layout`` in the order of the ``first`` CSV's landmarks."""
         have, names = list(layout[1]), list(first[1])
         if have == names:
             return values
         if set(have) != set(names):
             missing, extra = sorted(set(names) - set(have)), sorted(set(have) - set(names))
-            raise FormatError(f"{path}: landmarks differ from the first submission's: "
+            raise FormatError(f"{path}: landmarks differ from {first_path}'s: "
                               + "; ".join(f"{what} {', '.join(n)}" for what, n in (("missing", missing), ("extra", extra)) if n))
         return values[:, [have.index(n) for n in names]]
 

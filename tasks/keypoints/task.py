@@ -37,7 +37,8 @@ from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.keypoints import SPEC
 from tasks.keypoints.cache import save_cache
 from tasks.keypoints.samples import split_samples
-from tasks.letterbox import Letterbox, ResizeMode
+from tasks.letterbox import Letterbox
+from tasks.schema import ResizeMode
 from tasks.metrics import keypoint_metrics
 from tasks.shape_prior import ShapeModel
 from tasks.spec import MODE_RESIZE

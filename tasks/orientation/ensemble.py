@@ -63,7 +63,8 @@ class OrientationSide:
         return ids, np.eye(len(CLASS_NAMES))[labels], ()
 
     @staticmethod
-    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple) -> np.ndarray:
+    def align_layout(path: str | os.PathLike, values: np.ndarray, layout: tuple, first: tuple,
+                     first_path: str | os.PathLike) -> np.ndarray:
         return values
 
     @staticmethod

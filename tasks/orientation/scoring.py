@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.orientation import CLASS_NAMES
 from tasks.orientation.labels import read_labels
 from tasks.scoring import check_coverage, halves

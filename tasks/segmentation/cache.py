@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 from tasks.formats.tables import check_finite
 from tasks.spec import MODE_RESIZE
 

@@ -25,6 +25,7 @@ CLASS_GROUPS: dict[str, tuple[str, ...]] = {
 
 class SegmentationSide:
     output = "maps"
+    radius_unit = None               # the hard vote counts masks, not points within a radius
     classes = CLASSES
     class_groups = CLASS_GROUPS
     metric = "dice"

@@ -1,13 +1,16 @@
-"""Segmentation thresholds and masks, numpy and OpenCV only (the ensemble path from caches imports no torch)."""
+"""Segmentation thresholds and masks, numpy and OpenCV only (the ensemble path from caches imports no torch;
+fusing CSVs, which only resolves thresholds, not even OpenCV)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
+from core.cli import lazy_module
 from tasks.formats.handbones import CLASSES
 from tasks.schema import check_thresholds
+
+cv2 = lazy_module("cv2")
 
 
 def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], classes: Sequence[str] = CLASSES) -> np.ndarray:

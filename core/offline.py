@@ -3,7 +3,7 @@
 Imported first by ``engine/__init__.py`` so the variables are set before albumentations, ultralytics,
 timm/huggingface or wandb are imported anywhere. Nothing is written into the user's home directory:
 caches and ultralytics settings live under the project's ``.cache/``. Setting the variables costs
-nothing (the CSV-only tools import ``engine.cli`` through here); the font ultralytics wants is copied by
+nothing (the CSV-only tools import ``core.cli`` through here); the font ultralytics wants is copied by
 :func:`provide_yolo_fonts`, which the YOLO plugin calls when it is imported.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tasks.formats.atomic import atomic_write
+from core.atomic import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("BONEHARNESS_CACHE", PROJECT_ROOT / ".cache"))
