@@ -130,7 +130,7 @@ class ExportResult:
         return [f"{self.path}: {FORMAT_NAMES[self.fmt]} of {self.model} ({self.task}): {sig} -> {outs} "
                 f"(at {self.input_size[0]}x{self.input_size[1]}); {dynamic}",
                 f"check against PyTorch on {self.source}: max abs difference {checks}; "
-                f"within rtol {self.rtol:g}, atol {self.atol:g}",
+                f"within atol {self.atol:g} + rtol {self.rtol:g} x the largest output",
                 f"report: {self.report}"]
 
 
@@ -231,7 +231,9 @@ def example_size(inputs: Inputs) -> tuple[int, int]:
 
 def compare(run: Callable[[Inputs], list[np.ndarray]], graph: Graph, inputs: Inputs, atol: float,
             rtol: float) -> Check:
-    """Run the export and PyTorch on ``inputs``; the max abs difference over all outputs."""
+    """Run the export and PyTorch on ``inputs``; the max abs difference over all outputs. It passes within
+    ``atol + rtol x`` the largest magnitude of each output: float32 rounding grows with the activations
+    inside the network, so a value that cancels to near zero carries the error of its large parts."""
     image = next(iter(inputs.values()))
     size = example_size(inputs)
     ref = [r.float().numpy() for r in graph.reference(inputs)]
@@ -240,9 +242,9 @@ def compare(run: Callable[[Inputs], list[np.ndarray]], graph: Graph, inputs: Inp
     if tuple(tuple(g.shape) for g in got) != shapes:
         return Check(len(image), size, math.inf, False, f"output shapes {[tuple(g.shape) for g in got]}, PyTorch's "
                      f"{list(shapes)}", shapes)
-    diff = max(float(np.abs(g.astype(np.float64) - r).max()) if r.size else 0.0 for g, r in zip(got, ref))
-    passed = all(np.allclose(g, r, rtol=rtol, atol=atol) for g, r in zip(got, ref))
-    return Check(len(image), size, diff, passed, shapes=shapes)
+    diffs = [float(np.abs(g.astype(np.float64) - r).max()) if r.size else 0.0 for g, r in zip(got, ref)]
+    passed = all(d <= atol + rtol * (float(np.abs(r).max()) if r.size else 0.0) for d, r in zip(diffs, ref))
+    return Check(len(image), size, max(diffs), passed, shapes=shapes)
 
 
 def try_compare(run: Callable[[Inputs], list[np.ndarray]], graph: Graph, inputs: Inputs, atol: float,
@@ -358,7 +360,8 @@ def _required(check: Check, fmt: str) -> Check:
     if not check.passed:
         raise ValueError(f"the {FORMAT_NAMES[fmt]} export differs from PyTorch at {check.size[0]}x{check.size[1]}: "
                          f"max abs difference {check.max_abs_diff:.3g}"
-                         + (f" ({check.problem})" if check.problem else "") + "; nothing written")
+                         + (f" ({check.problem})" if check.problem else " beyond --atol + --rtol x the largest output")
+                         + "; nothing written")
     return check
 
 
@@ -428,7 +431,10 @@ def export_run(ckpt: str | os.PathLike, fmt: str, out: str | os.PathLike | None 
     inputs = graph.inputs(batch)
     size = example_size(inputs)
     other = second_size(size, multiple) if multiple else None
-    data, checks, why = export_checked(graph, fmt, inputs, other, atol, rtol)
+    try:
+        data, checks, why = export_checked(graph, fmt, inputs, other, atol, rtol)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     report = path.with_name(path.name + ".json")
     outputs = {name: ["batch", *shape[1:]] for name, shape in zip(graph.output_names, checks[0].shapes)}
     result = ExportResult(

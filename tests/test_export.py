@@ -234,6 +234,13 @@ def test_bad_input_ends_in_one_line_and_writes_nothing(tiny_run, tmp_path, capsy
         err = capsys.readouterr().err
         assert err.startswith(message) and err.count("\n") == 1, err
 
+    beyond = tmp_path / "strict.onnx"  # no tolerance at all: float rounding alone is too much, and nothing is written
+    assert run_main(export_tool.main, ["--ckpt", str(ckpt), "--format", "onnx", "-o", str(beyond), "--check", "1",
+                                       "--atol", "0", "--rtol", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {beyond}: the ONNX export differs from PyTorch at 64x64: max abs difference ")
+    assert err.endswith("; nothing written\n") and not beyond.exists() and not (tmp_path / "strict.onnx.json").exists()
+
     read_only = tmp_path / "ro"  # files there cannot be written (EROFS), as on a read-only mount
     read_only.mkdir()
     real_open = open

@@ -31,8 +31,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-o", "--out", help="the file to write (default: beside the checkpoint, best.onnx / "
                                             "best.torchscript)")
     parser.add_argument("--check", type=int, default=4, metavar="N", help="images to check the export on (default 4)")
-    parser.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance of the check (default 1e-3)")
-    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the check (default 1e-3)")
+    parser.add_argument("--atol", type=float, default=1e-3,
+                        help="the check passes when the max abs difference is within atol + rtol x the largest "
+                             "output magnitude (default 1e-3)")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="see --atol (default 1e-3)")
     return parser.parse_args(argv)
 
 
