@@ -42,6 +42,7 @@ def test_flops_of_small_known_models_are_the_hand_computed_values():
 
 
 def test_a_trained_run_records_its_flops_and_the_leaderboard_shows_them(tiny_run, tmp_path):
+    from leaderboard import html as H
     from leaderboard import table as T
 
     summary = json.loads((tiny_run / "summary.json").read_text())
@@ -52,7 +53,8 @@ def test_a_trained_run_records_its_flops_and_the_leaderboard_shows_them(tiny_run
     old.mkdir(parents=True)
     (old / "summary.json").write_text(json.dumps({k: v for k, v in {**summary, "name": "old"}.items() if k != "flops"}))
     df = T.load_runs(tmp_path / "runs", on_warning=None)
-    assert pd_isna(df.set_index("name").loc["old", "flops"])
+    headers, _, rows = T.cells(df, T.leaderboard_columns(df))
+    assert len(df) == 1 and pd_isna(df.iloc[0]["flops"]) and rows[0][headers.index("FLOPs")] == "—"
     df = T.load_runs(tiny_run, on_warning=None)
     assert int(df.iloc[0]["flops"]) == summary["flops"]
     shown = T.fmt_flops(summary["flops"])
@@ -64,6 +66,8 @@ def test_a_trained_run_records_its_flops_and_the_leaderboard_shows_them(tiny_run
     csv = tmp_path / "lb.csv"
     T.write_csv(df, csv)
     assert f",{summary['flops']}," in csv.read_text()
+    html = H.table_html(*T.sections(df)[0]["table"])  # the report's leaderboard table
+    assert '<th class="r">params</th><th class="r">FLOPs</th>' in html and f'<td class="r">{shown}</td>' in html
 
 
 def pd_isna(v) -> bool:
