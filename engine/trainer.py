@@ -26,6 +26,7 @@ from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
+from engine.cost import run_flops
 from engine.device import amp_dtype, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
@@ -122,6 +123,7 @@ class Trainer:
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.flops: int | None = None  # per image at data.image_size, counted when the run finishes (engine.cost)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
             if cfg.train.ema else None
         self.net = DistributedDataParallel(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
@@ -318,6 +320,8 @@ class Trainer:
                 stop = True
             if stop:
                 break
+        if self.is_main:
+            self.flops = run_flops(self.model, self.task, cfg.data.image_size)
         summary = self.summary()
         if self.is_main:
             write_summary(self.run_dir, summary)
@@ -331,7 +335,7 @@ class Trainer:
         return base_summary(
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
-            epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
+            epochs=cfg.train.epochs, params=self.params, flops=self.flops, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
             metric=self.task.metric, mode=self.task.mode, best_epoch=self.selector.best_epoch,
             selected_by=self.selector.rule,

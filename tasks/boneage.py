@@ -214,6 +214,16 @@ class BoneAgeTask(Task):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["image"], batch["male"])
 
+    def model_inputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """The image and, for a regressor with the sex input (``sex_input``), ``male`` (0/1 per image; 0 where the
+        batch has none)."""
+        image = batch["image"]
+        if not getattr(model, "sex_input", False):
+            return {"image": image}
+        male = batch.get("male")
+        male = image.new_zeros(image.shape[0]) if male is None else male.to(image.device, image.dtype)
+        return {"image": image, "male": male}
+
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["target"])
 

@@ -33,7 +33,7 @@ from tasks.cache import SampleCache
 from tasks.formats.folds import group_folds
 from tasks.formats.images import image_size, read_grey
 from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
-from tasks.interactive import ClickSettings, simulate_clicks
+from tasks.interactive import ClickSettings, render_hints, simulate_clicks
 from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, rows_without_images
 from tasks.keypoint_labels import write_wide as write_wide  # re-exported: engine.predict_keypoints writes through it
 from tasks.keypoint_sets import LandmarkSet, get_set
@@ -265,6 +265,23 @@ class KeypointTask(Task):
         finally:
             inner.train()
         return model(image, hints)
+
+    def model_inputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """The image and, for a hinted model (``hint:``), its hint maps: the first landmark clicked at its true
+        position where the batch has labels, no clicks (zeros) where it has none."""
+        image = batch["image"]
+        num_hints = getattr(model, "num_hints", 0)
+        if not num_hints:
+            return {"image": image}
+        height, width = image.shape[-2:]
+        if "keypoints" in batch and "visible" in batch:
+            clicked = torch.zeros_like(batch["visible"], dtype=torch.bool)
+            clicked[:, 0] = batch["visible"][:, 0] > 0
+            hints = render_hints(batch["keypoints"], clicked, height, width,
+                                 self.cfg.data.clicks.hint_sigma or self.cfg.data.sigma)
+        else:
+            hints = image.new_zeros((image.shape[0], num_hints, height, width))
+        return {"image": image, "hints": hints.to(image.device, image.dtype)}
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["keypoints"], batch["visible"], tuple(batch["image"].shape[-2:]),
