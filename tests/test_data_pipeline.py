@@ -38,6 +38,7 @@ def same_items(a: dict, b: dict) -> bool:
 
 
 def test_a_cached_item_is_one_open_and_no_zip_archive(phantom, tmp_path, monkeypatch):
+    """Nor a stat of its sources: the entry's key is worked out once per process."""
     samples = list_samples(phantom / "handbones" / "train")[:6]
     cache_root = tmp_path / "cache"
     dataset = HandboneDataset(samples, 32, cache=SampleCache(cache_root))
@@ -56,8 +57,12 @@ def test_a_cached_item_is_one_open_and_no_zip_archive(phantom, tmp_path, monkeyp
     def no_zip(*args, **kwargs):
         raise AssertionError("the decode cache opened a zip archive")
 
+    def no_stat(self, *args, **kwargs):
+        raise AssertionError(f"stat of {self} for a cached item")
+
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(zipfile.ZipFile, "__init__", no_zip)
+    monkeypatch.setattr(Path, "stat", no_stat)
     monkeypatch.setattr("tasks.segmentation.read_grey", lambda path: pytest.fail(f"decoded {path} again"))
     again = [dataset[i] for i in range(len(dataset))]
     assert sorted(opened) == entries  # one open per item, of its own entry
@@ -86,8 +91,24 @@ def test_a_damaged_entry_is_made_again_and_a_new_format_reads_no_older_entry(tmp
         assert entry.read_bytes() == intact
     assert len(made) == 4
     monkeypatch.setattr(tasks.cache, "FORMAT", "some-later-format")
-    cache.get([source], "tag", make)
+    SampleCache(tmp_path / "cache").get([source], "tag", make)  # the next process, after an upgrade
     assert len(made) == 5 and len(list((tmp_path / "cache").rglob(f"*{tasks.cache.SUFFIX}"))) == 2
+
+
+def test_cache_entries_round_trip_any_plain_array_and_refuse_objects(tmp_path):
+    from tasks.cache import read_arrays, write_arrays
+
+    arrays = {"image": np.arange(60, dtype=np.float32).reshape(6, 10)[::2, 1:6], "empty": np.zeros((0, 2), bool),
+              "scalar": np.int64(-7), "names": np.array(["Radius", "Ulna"]), "big": np.arange(1000, dtype=">i4")}
+    with open(tmp_path / "e.arrays", "wb") as f:
+        write_arrays(f, arrays)
+    back = read_arrays(tmp_path / "e.arrays")
+    assert list(back) == list(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == np.asarray(value).dtype and np.array_equal(back[name], value), name
+    back["image"][0, 0] = 99.0  # writable, like a freshly decoded array
+    with open(tmp_path / "o.arrays", "wb") as f, pytest.raises(ValueError, match="objects"):
+        write_arrays(f, {"o": np.array([{"a": 1}], dtype=object)})
 
 
 def test_no_albumentations_pipeline_when_augmentation_is_off(phantom, tmp_path, monkeypatch):
