@@ -97,15 +97,16 @@ def build_model(cfg: Config, task: Task) -> nn.Module:
     return model
 
 
-def train_loader(dataset: Dataset, sampler: DistributedSampler, cfg: Config, pin_memory: bool, seed: int) -> DataLoader:
+def train_loader(dataset: Dataset, sampler: DistributedSampler, cfg: Config, pin_memory: bool,
+                 generator: torch.Generator) -> DataLoader:
     """The training loader. Its workers (``data.num_workers``) persist across epochs: the datasets read their
     epoch from shared memory (:class:`tasks.augment.SeededDataset`), the sampler is told the epoch in the main
-    process. The items depend only on (run seed, epoch, index), never on the workers' seeds, which the
-    loader's own generator draws (:meth:`Trainer.train_one_epoch` seeds it each epoch)."""
+    process. The items depend only on (run seed, epoch, index), never on the workers' seeds, which
+    ``generator`` draws (:meth:`Trainer.train_one_epoch` seeds it each epoch), not the global torch RNG."""
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=generator)
 
 
 class Trainer:
@@ -137,8 +138,9 @@ class Trainer:
             if self.world > 1 else self.model
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
+        self.loader_generator = torch.Generator()
         self.loader = train_loader(self.train_set, self.sampler, cfg, pin_memory=self.device.type == "cuda",
-                                   seed=cfg.train.seed + self.rank)
+                                   generator=self.loader_generator)
         steps = len(self.loader)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -239,7 +241,7 @@ class Trainer:
         # or without workers and in a resumed run (whose persistent workers start at a later epoch). One draw of it
         # per epoch seeds that generator: a loader that makes its iterator each epoch (torch's default, this trainer
         # before persistent workers) drew that one number, so runs keep the numbers they had.
-        self.loader.generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+        self.loader_generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
         total_loss, count = 0.0, 0
         t0 = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,

@@ -134,7 +134,7 @@ def test_persistent_loader_workers_see_every_epoch(phantom, tmp_path):
                      augment={"hflip": 0.5, "rotate": 30, "brightness_contrast": 0.5})
     train_set, _ = get_task_class("segmentation")(cfg).datasets()
     sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=0)
-    loader = train_loader(train_set, sampler, cfg, pin_memory=False, seed=0)
+    loader = train_loader(train_set, sampler, cfg, pin_memory=False, generator=torch.Generator())
     assert loader.persistent_workers and loader.num_workers == 2
     images = []
     workers = set()
