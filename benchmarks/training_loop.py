@@ -10,7 +10,8 @@ a ``Dataset`` that ``np.load``s them, a ``DataLoader`` (shuffled, persistent wor
 AdamW, BCE + Dice, ``--epochs`` epochs. Harness: ``engine.trainer.Trainer`` on the same fold with its
 decode cache filled, the same model, loss, optimiser, batch size and workers, timed over the same epochs
 of ``train_one_epoch`` (no validation; clipping, AMP and channels_last off, as the plain loop has none;
-augmentation off). Both start their loader workers inside the timed epochs. Rounds alternate the two
+augmentation off). Each side builds its model, loader and optimiser before its clock starts, and starts
+its loader workers inside the timed epochs. Rounds alternate the two
 (medians), for each worker count. Prints and writes (default ``benchmarks/results/training_loop.json``)
 images/s of each and the ratio harness / plain (the target: >= 0.97).
 """
@@ -52,12 +53,17 @@ class PlainDataset(Dataset):
         return torch.from_numpy(image).float().div_(255).unsqueeze(0), torch.from_numpy(masks)
 
 
-def plain_training(folder: Path, n: int, args: argparse.Namespace, workers: int, device: torch.device) -> None:
+def plain_setup(folder: Path, n: int, args: argparse.Namespace, workers: int, device: torch.device) -> tuple:
     torch.manual_seed(0)
     model = create_model(args.model, task="segmentation", num_outputs=29).to(device)
     loader = DataLoader(PlainDataset(folder, n), batch_size=args.batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    return model, loader, optimizer
+
+
+def plain_training(setup: tuple, args: argparse.Namespace, device: torch.device) -> None:
+    model, loader, optimizer = setup
     bce = smp.losses.SoftBCEWithLogitsLoss()
     dice = smp.losses.DiceLoss(mode="multilabel", from_logits=True)
     model.train()
@@ -136,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
 
         for workers in args.workers:
-            times = alternate({"plain": lambda w=workers: plain_training(plain_dir, n, args, w, device),
-                               "harness": harness_epochs},
-                              args.rounds, setups={"harness": lambda w=workers: new_trainer(w)})
+            times = alternate({"plain": lambda setup: plain_training(setup, args, device), "harness": harness_epochs},
+                              args.rounds, setups={"plain": lambda w=workers: plain_setup(plain_dir, n, args, w, device),
+                                                   "harness": lambda w=workers: new_trainer(w)})
             speed = {name: n * args.epochs / t for name, t in medians(times).items()}
             ratio = speed["harness"] / speed["plain"]
             rows[workers] = {"seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
