@@ -1,8 +1,10 @@
-"""Segmentation inference: model(s) + TTA on the device, post-processing in worker threads.
+"""Segmentation inference: model(s) + TTA on the device, post-processing in worker threads or inline.
 
 The device loop only produces probabilities at the model size; upsampling to the original size,
-thresholding and RLE run in a thread pool while the next image is on the device. At most
-``2 x workers`` images are in flight, so memory does not grow with the number of test images.
+thresholding and RLE (one class at a time) run in a thread pool while the next image is on the device,
+at most ``2 x workers`` images in flight, so memory does not grow with the number of test images. With
+no workers (the default on a CPU with few cores, :func:`engine.device.post_workers`) they run in the
+loop, one image at a time, and leave every core to the forward pass.
 """
 from __future__ import annotations
 
@@ -29,8 +31,7 @@ from tasks.formats.atomic import atomic_write
 from tasks.formats.handbones import HandboneSample, list_samples
 from tasks.formats.images import read_grey, resize_grey
 from tasks.registry import Registry, get_task_class
-from tasks.rle import encode
-from tasks.segmentation import probs_to_masks, split_folds
+from tasks.segmentation import encode_probs, split_folds
 from tasks.submission import AtomicCSVWriter
 
 
@@ -109,6 +110,7 @@ class ProbabilitySource:
             weights = np.ones((len(members), 1), np.float32)
         self.weights = np.asarray(weights, np.float32).reshape(len(members), -1)
         self.out_size = max(m.image_size for m in members)
+        self.unweighted = len(members) == 1 and bool(np.all(self.weights == 1))  # x * 1 / 1 == x: skip both passes
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -120,6 +122,8 @@ class ProbabilitySource:
             ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
             with ctx:
                 prob = tta_predict(m.model, x, self.views, out_size=(self.out_size, self.out_size))[0]
+            if self.unweighted:
+                return prob.float().cpu().numpy()
             prob = prob.float() * torch.as_tensor(w, device=prob.device).view(-1, 1, 1)
             total = prob if total is None else total + prob
         return (total / torch.as_tensor(self.weights.sum(0), device=total.device).view(-1, 1, 1)).cpu().numpy()
@@ -129,8 +133,7 @@ def _postprocess(name: str, probs: np.ndarray, size: tuple[int, int], thresholds
                  cache: Output | None, mode: str = MODE_RESIZE, tta: str = "identity") -> tuple[str, list[str]]:
     if cache is not None:
         cache(save_probs, cache.path / f"{name}.npz", probs, size, mode, tta)
-    masks = probs_to_masks(probs, size, thresholds)
-    return name, [encode(m) for m in masks]
+    return name, encode_probs(probs, size, thresholds)
 
 
 def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int], mode: str = MODE_RESIZE,
@@ -152,25 +155,38 @@ def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
 def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray], np.ndarray],
                  thresholds: np.ndarray, workers: int = 2, cache: Output | None = None,
                  progress: bool = True, expected_size: tuple[int, int] | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield ``(image_name, rles)`` in input order; post-processing overlaps the next forward pass.
+    """Yield ``(image_name, rles)`` in input order.
 
+    ``workers`` threads post-process while the next forward pass runs (at most ``2 x workers`` images in
+    flight); 0: each image is post-processed in this loop right after its forward pass.
     ``cache`` (:func:`prediction_cache`): the folder the probabilities of each image are also saved in.
     """
-    samples = list(samples)
+    mode, tta = getattr(source, "mode", MODE_RESIZE), views_name(getattr(source, "views", []))
+    jobs = ((s.name, probs, shape, thresholds, cache, mode, tta)
+            for s, shape, probs in _forward(list(samples), source, progress, expected_size))
+    if workers == 0:
+        for job in jobs:
+            yield _postprocess(*job)
+        return
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for s in tqdm(samples, desc="predict", disable=not progress, dynamic_ncols=True):
-            image = read_grey(s.image_path)
-            if expected_size and image.shape != expected_size:
-                warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
-                              f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
-            probs = source(image)
-            pending.append(pool.submit(_postprocess, s.name, probs, image.shape, thresholds, cache,
-                                       getattr(source, "mode", MODE_RESIZE), views_name(getattr(source, "views", []))))
-            while len(pending) > 2 * max(1, workers):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for job in jobs:
+            pending.append(pool.submit(_postprocess, *job))
+            while len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _forward(samples: list[HandboneSample], source: Callable[[np.ndarray], np.ndarray], progress: bool,
+             expected_size: tuple[int, int] | None) -> Iterator[tuple[HandboneSample, tuple[int, int], np.ndarray]]:
+    """Each sample with its original size and probabilities, images read one at a time."""
+    for s in tqdm(samples, desc="predict", disable=not progress, dynamic_ncols=True):
+        image = read_grey(s.image_path)
+        if expected_size and image.shape != expected_size:
+            warnings.warn(f"{s.image_path}: size {image.shape[1]}x{image.shape[0]} differs from the usual "
+                          f"{expected_size[1]}x{expected_size[0]}; predicted at its own size", stacklevel=2)
+        yield s, image.shape, source(image)
 
 
 def write_submission(rows: Iterable[tuple[str, list[str]]], out_csv: str | Path) -> int:
@@ -194,7 +210,7 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
                 save_probs_dir: str | Path | None = None, device: str = "auto", workers: int | None = None,
                 progress: bool = True) -> dict:
     """Predict one trained run; returns ``{"images", "seconds", "images_per_s", "csv"}``."""
-    from engine.device import amp_dtype, pick_device
+    from engine.device import amp_dtype, pick_device, post_workers
     from engine.tta import views_from_config
 
     dev = pick_device(device)
@@ -214,22 +230,23 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     key = "images_per_s_tta" if tta and len(views) > 1 else "images_per_s"
     key += "_sliding_window" if cfg.inference.sliding_window else ""  # not the whole-image speed the leaderboard shows
     return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
-                             workers=workers, progress=progress, speed_key=key)
+                             workers=post_workers(cfg.inference.post_workers if workers is None else workers, dev),
+                             progress=progress, speed_key=key)
 
 
 def write_predictions(cfg: Config, ckpt: str | os.PathLike, samples: list[HandboneSample],
                       source: Callable[[np.ndarray], np.ndarray], *, out_csv: str | Path, split: str,
-                      save_probs_dir: str | Path | None, workers: int | None, progress: bool, speed_key: str,
+                      save_probs_dir: str | Path | None, workers: int, progress: bool, speed_key: str,
                       **summary: str) -> dict:
-    """The submission CSV (and cache) of ``source`` over ``samples`` at the run's thresholds; records the speed
-    under ``speed_key`` (and ``summary``) in the run's summary.json. Returns ``{"images", "seconds",
-    "images_per_s", "csv"}``."""
+    """The submission CSV (and cache) of ``source`` over ``samples`` at the run's thresholds, post-processed by
+    ``workers`` threads (:func:`engine.device.post_workers`); records the speed under ``speed_key`` (and
+    ``summary``) in the run's summary.json. Returns ``{"images", "seconds", "images_per_s", "csv"}``."""
     from engine.summary import record_summary
     from tasks.formats.images import image_size
     from tasks.segmentation import resolve_thresholds
 
     rows = predict_rows(samples, source, resolve_thresholds(cfg.inference.threshold),
-                        workers or cfg.inference.post_workers, prediction_cache(save_probs_dir, ckpt, split), progress,
+                        workers, prediction_cache(save_probs_dir, ckpt, split), progress,
                         expected_size=image_size(samples[0].image_path))
     n, seconds = timed(lambda: write_submission(rows, out_csv))
     stats = {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 3), "csv": str(out_csv)}

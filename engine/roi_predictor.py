@@ -105,7 +105,7 @@ def predict_two_stage(cfg: Config | None, ckpt: str | Path, *, stage1: str | Pat
                       device: str = "auto", workers: int | None = None, progress: bool = True) -> dict:
     """Predict stage 1 + the stage-2 run ``ckpt``; returns ``{"images", "seconds", "images_per_s", "csv"}``.
     The stage-2 run's config says where the images are and the thresholds of the final map."""
-    from engine.device import amp_dtype, pick_device
+    from engine.device import amp_dtype, pick_device, post_workers
     from engine.tta import views_from_config
 
     dev = pick_device(device)
@@ -120,6 +120,6 @@ def predict_two_stage(cfg: Config | None, ckpt: str | Path, *, stage1: str | Pat
     source = TwoStageSource(source1, resolve_thresholds(first.cfg.inference.threshold), second, views, dev,
                             amp=amp_dtype(cfg.train.amp, dev))
     return write_predictions(cfg, ckpt, samples, source, out_csv=out_csv, split=split, save_probs_dir=save_probs_dir,
-                             workers=workers, progress=progress,
-                             speed_key="images_per_s_tta" if tta and len(views) > 1 else "images_per_s",
+                             workers=post_workers(cfg.inference.post_workers if workers is None else workers, dev),
+                             progress=progress, speed_key="images_per_s_tta" if tta and len(views) > 1 else "images_per_s",
                              stage1=str(Path(stage1).parent))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from engine import distributed
@@ -99,6 +99,18 @@ def build_model(cfg: Config, task: Task) -> nn.Module:
     return model
 
 
+def train_loader(dataset: Dataset, sampler: DistributedSampler, cfg: Config, pin_memory: bool,
+                 generator: torch.Generator) -> DataLoader:
+    """The training loader. Its workers (``data.num_workers``) persist across epochs: the datasets read their
+    epoch from shared memory (:class:`tasks.augment.SeededDataset`), the sampler is told the epoch in the main
+    process. The items depend only on (run seed, epoch, index), never on the workers' seeds, which
+    ``generator`` draws (:meth:`Trainer.train_one_epoch` seeds it each epoch), not the global torch RNG."""
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      generator=generator)
+
+
 class Trainer:
     """Checks the run folder, the whole dataset and the model before the run folder is created or touched
     (:mod:`engine.run_folder`); ``overwrite`` replaces a run that already lives there."""
@@ -130,9 +142,9 @@ class Trainer:
             if self.world > 1 else self.model
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
-        self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=False,
-                                 pin_memory=self.device.type == "cuda")
+        self.loader_generator = torch.Generator()
+        self.loader = train_loader(self.train_set, self.sampler, cfg, pin_memory=self.device.type == "cuda",
+                                   generator=self.loader_generator)
         steps = len(self.loader)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -229,8 +241,13 @@ class Trainer:
         cfg = self.cfg
         self.net.train()
         self.sampler.set_epoch(epoch)
-        if hasattr(self.train_set, "set_epoch"):
+        if hasattr(self.train_set, "set_epoch"):  # before the epoch's iterator: workers fetch with this epoch
             self.train_set.set_epoch(epoch)
+        # The loader's generator makes its workers' seeds, so the global torch RNG (dropout's) advances the same with
+        # or without workers and in a resumed run (whose persistent workers start at a later epoch). One draw of it
+        # per epoch seeds that generator: a loader that makes its iterator each epoch (torch's default, this trainer
+        # before persistent workers) drew that one number, so runs keep the numbers they had.
+        self.loader_generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
         total_loss, count = 0.0, 0
         t0 = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,

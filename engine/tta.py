@@ -125,5 +125,6 @@ def tta_predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
         if merge == "prob":
             y = activation(y)
         total = y if total is None else total + y
-    total = total / len(views)
+    if len(views) > 1:  # one view: x / 1 == x, a pass over the whole map saved
+        total = total / len(views)
     return activation(total) if merge == "logit" else total
