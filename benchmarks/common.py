@@ -1,11 +1,19 @@
-"""Helpers shared by the benchmarks: bone-like masks and a timer that reports the best of N runs."""
+"""Helpers shared by the benchmarks: bone-like masks and hand-bone folders, timers (best of N; medians of
+alternating rounds against a plain baseline), peak memory, result files, and child processes that fail loudly."""
 from __future__ import annotations
 
+import json
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bone_masks(size: int = 2048, classes: int = 29, seed: int = 0) -> np.ndarray:
@@ -47,3 +55,64 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def write_handbones(root: Path, n: int, size: int, labels: bool = True) -> None:
+    """``n`` radiograph-like images (``size``²) in the boostcamp layout, two per patient, with their polygon JSONs."""
+    from tasks.formats.handbones import CLASSES, mask_to_polygons, write_polygons
+
+    for i in range(n):
+        masks = bone_masks(size, seed=i)
+        stem = f"image{i:013d}_{'LR'[i % 2]}"
+        image_path = root / "DCM" / f"ID{i // 2:03d}" / f"{stem}.png"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image_path), (masks.max(0) * 180 + 30).astype(np.uint8))
+        if labels:
+            write_polygons(root / "outputs_json" / f"ID{i // 2:03d}" / f"{stem}.json",
+                           {c: mask_to_polygons(m) for c, m in zip(CLASSES, masks)})
+
+
+def alternate(paths: dict[str, Callable[..., object]], rounds: int,
+              setups: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
+    """Seconds of each path in each of ``rounds`` rounds. Within a round every path runs once, in the given
+    order on even rounds and reversed on odd ones, so a machine that speeds up or slows down (page cache,
+    clock, a neighbour's job) weighs on every path alike; compare their medians. A path with a setup gets
+    what its setup returns, made before its clock starts."""
+    setups = setups or {}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(rounds):
+        order = list(paths) if r % 2 == 0 else list(reversed(paths))
+        for name in order:
+            args = (setups[name](),) if name in setups else ()
+            t0 = time.perf_counter()
+            paths[name](*args)
+            times[name].append(time.perf_counter() - t0)
+            del args
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_result(name: str, result: dict, path: str | None = None) -> Path:
+    """``result`` and the command that made it as JSON in ``path`` (default ``benchmarks/results/<name>.json``)."""
+    out = Path(path) if path else RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), **result},
+                              indent=2) + "\n")
+    return out
+
+
+def run_child(cmd: list[str]) -> str:
+    """stdout of a child process; one that fails ends this benchmark with its stderr, not a bare exit status."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark step failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def check_same(what: str, plain: object, ours: object) -> None:
+    """End the benchmark when the harness's output is not the plain code's: a broken path fails loudly."""
+    if plain != ours:
+        raise SystemExit(f"{what}: the harness's output differs from the plain code's")

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,8 @@ import engine  # noqa: F401  (offline environment first)
 import cv2
 import numpy as np
 
-from common import bone_masks, rss_mb
+from common import bone_masks, rss_mb, run_child
+from tasks.formats.handbones import CLASSES
 
 N_DISTINCT = 2  # distinct synthetic images per member; image i reuses image i % N_DISTINCT
 
@@ -54,13 +54,42 @@ def names(n: int) -> list[str]:
     return [f"image{i:013d}.png" for i in range(n)]
 
 
+def member_runs(folder: Path, n_members: int) -> list[Path]:
+    """Run folders ``m0 .. m<n-1>`` under ``folder``, each with the ``config.yaml`` that a member fused from its
+    prediction cache alone is read from (as after ``inference.py --save-probs`` on a copied run without weights)."""
+    from engine.config import load_config, save_config
+
+    cfg = load_config(None, {"task": "segmentation", "data": {"root": str(folder / "train")},
+                             "model": {"name": "smp:unet/resnet18"}})
+    runs = []
+    for m in range(n_members):
+        run = folder / f"m{m}"
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        runs.append(run)
+    return runs
+
+
+def resolved_members(runs: list[Path], image_names: list[str]):
+    """The soft ensemble of ``runs`` and its members as ``inference.py --ensemble`` resolves them (configs read),
+    each predicting every one of ``image_names``."""
+    from ensembles.config import EnsembleConfig
+    from ensembles.members import resolve_members
+
+    ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft",
+                                         "members": [{"run": str(r)} for r in runs]})
+    members = resolve_members(ens)
+    for m in members:
+        m.sources = {name: [0] for name in image_names}
+    return ens, members
+
+
 def prepare_cache(workdir: Path, n_images: int, n_members: int, cache_size: int, size: int) -> list[Path]:
     """Run folders whose ``preds/test`` hold ``n_images`` entries (hard links to ``N_DISTINCT`` files)."""
     from tasks.segmentation.cache import save_probs
 
-    runs = []
-    for m in range(n_members):
-        run = workdir / f"cache{n_images}" / f"m{m}"
+    runs = member_runs(workdir / f"cache{n_images}", n_members)
+    for m, run in enumerate(runs):
         folder = run / "preds" / "test"
         folder.mkdir(parents=True, exist_ok=True)
         sources = []
@@ -71,7 +100,6 @@ def prepare_cache(workdir: Path, n_images: int, n_members: int, cache_size: int,
             sources.append(src)
         for i, name in enumerate(names(n_images)):
             os.link(sources[i % N_DISTINCT], folder / f"{name}.npz")
-        runs.append(run)
     return runs
 
 
@@ -96,20 +124,15 @@ def child(path: str, n_images: int, n_members: int, size: int, cache_size: int, 
     """Run one fusion path in this (fresh) process; return its peak memory and time."""
     out = workdir / f"out_{path}_{n_images}.csv"
     if path != "csv":
-        from engine.predictor import write_submission
-        from ensembles.config import EnsembleConfig
-        from ensembles.runner import Fuser, cache_rows, live_rows
-        from ensembles.members import Member
+        from ensembles.runner import Fuser, cache_rows, live_rows, write_rows
         from tasks.formats.handbones import HandboneSample
 
-        members = [Member(f"m{m}", [workdir / f"cache{n_images}" / f"m{m}"], [], "best.pt",
-                          np.full(29, 0.5, np.float32)) for m in range(n_members)]
-        ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft",
-                                             "members": [{"run": str(m.run_dirs[0])} for m in members]})
+        runs = [workdir / f"cache{n_images}" / f"m{m}" for m in range(n_members)]
+        if path == "live":  # members predict on the fly: their run folders hold only config.yaml
+            runs = member_runs(workdir / f"live{n_images}", n_members)
+        ens, members = resolved_members(runs, names(n_images))
         fuser = Fuser(ens, members)
         samples = [HandboneSample(Path(name), None, "ID000") for name in names(n_images)]
-        for m in members:
-            m.sources = {name: [0] for name in names(n_images)}
     base = {}
     if path == "live":
         base = {k: member_maps(0, k, cache_size) for k in range(N_DISTINCT)}  # members: shifted copies
@@ -128,13 +151,14 @@ def child(path: str, n_images: int, n_members: int, size: int, cache_size: int, 
     idle = rss_mb()
     t0 = time.perf_counter()
     if path == "live":
-        n = write_submission(live_rows(members, samples, fuser, predict, workers, progress=False, read=read), out)
+        n = write_rows(live_rows(members, samples, fuser, predict, workers, progress=False, read=read), out, CLASSES)
     elif path == "cache":
-        n = write_submission(cache_rows(members, samples, fuser, "test", workers, progress=False), out)
+        n = write_rows(cache_rows(members, samples, fuser, "test", workers, progress=False), out, CLASSES)
     else:
         from ensembles.hard import fuse_csvs
 
-        n = fuse_csvs([workdir / f"csv{n_images}" / f"m{m}.csv" for m in range(n_members)], out, "hard")
+        n = fuse_csvs([workdir / f"csv{n_images}" / f"m{m}.csv" for m in range(n_members)], out, "hard",
+                      classes=CLASSES)
     seconds = time.perf_counter() - t0
     return {"path": path, "images": n, "members": n_members, "seconds": round(seconds, 2),
             "images_per_s": round(n / seconds, 3), "idle_rss_mb": round(idle), "peak_rss_mb": round(rss_mb())}
@@ -168,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, __file__, "--child", path, str(n), "--members", str(args.members), "--size",
                        str(args.size), "--cache-size", str(args.cache_size), "--workers", str(args.workers),
                        "--workdir", str(workdir)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-                rows.append(json.loads(out))
+                rows.append(json.loads(run_child(cmd).strip().splitlines()[-1]))
                 r = rows[-1]
                 print(f"{r['path']:<6} {r['images']:>4} images x {r['members']} members: peak RSS {r['peak_rss_mb']:>5} MB "
                       f"(idle process {r['idle_rss_mb']} MB), {r['seconds']:.1f}s, {r['images_per_s']:.2f} img/s",

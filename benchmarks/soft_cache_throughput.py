@@ -36,25 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     args = parser.parse_args(argv)
 
-    from ensemble_memory import member_maps, names
+    from ensemble_memory import member_maps, member_runs, names, resolved_members
     from tasks.segmentation.cache import save_probs
-    from engine.config import build_config
-    from ensembles.config import EnsembleConfig
-    from ensembles.members import Member
     from ensembles.runner import Fuser, cache_rows, write_rows
     from tasks.formats.handbones import CLASSES, HandboneSample
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ens_tp_"))
     try:
         image_names = names(args.images)
-        runs = []
-        for m in range(args.members):
-            run = workdir / f"m{m}"
+        runs = member_runs(workdir, args.members)
+        for m, run in enumerate(runs):
             distinct = [member_maps(m, k, args.cache_size) for k in range(2)]
             for i, name in enumerate(image_names):
                 probs = np.roll(distinct[i % 2], i, axis=-1)  # distinct bytes per file
                 save_probs(run / "preds" / "test" / f"{name}.npz", probs, (args.size, args.size))
-            runs.append(run)
         files = sorted(str(p) for p in workdir.glob("m*/preds/test/*.npz"))
         total_mb = sum(Path(f).stat().st_size for f in files) / 1e6
 
@@ -64,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             return time.perf_counter() - t0
 
         t_cat_before = cat()
-        cfg = build_config({"task": "segmentation", "data": {"root": str(workdir)}})
-        members = [Member(f"m{m}", [run], [cfg], "best.pt", np.full(29, 0.5, np.float32)) for m, run in enumerate(runs)]
-        for mem in members:
-            mem.sources = {name: [0] for name in image_names}
-        ens = EnsembleConfig.model_validate({"task": "segmentation", "method": "soft",
-                                             "members": [{"run": str(r)} for r in runs]})
+        ens, members = resolved_members(runs, image_names)
         samples = [HandboneSample(Path(name), None, "ID000") for name in image_names]
         t0 = time.perf_counter()
         n = write_rows(cache_rows(members, samples, Fuser(ens, members), "test", args.workers, progress=False),

@@ -99,7 +99,7 @@ class InferenceConfig(Section):
     batch_size: int = Field(4, ge=1)
     threshold: Threshold = 0.5
     tta: TTAConfig = Field(default_factory=TTAConfig)
-    post_workers: int = Field(2, ge=0)
+    post_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # threads; auto: engine.device.post_workers
     sliding_window: bool = False          # tiles of data.image_size at the original resolution (engine/sliding_window.py)
     tile_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of a tile shared with the next one
 

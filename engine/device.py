@@ -1,8 +1,10 @@
 """Where a model runs and in which precision: shared by the trainer and every predictor."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
 
 import torch
 
@@ -33,3 +35,25 @@ def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callabl
     """What a task's ``evaluate``/``predict`` takes as ``autocast``: a factory of :func:`autocast`, None in full
     precision."""
     return (lambda: autocast(device, dtype)) if dtype is not None else None
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity: a container's or a scheduler's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def post_workers(setting: int | Literal["auto"], device: torch.device) -> int:
+    """Threads that upsample, threshold and encode predictions beside the forward pass (``inference.post_workers``;
+    0: in the prediction loop itself).
+
+    ``auto``: on a GPU, half the CPUs (2 to 8), since the forward pass leaves them idle; on the CPU, where the
+    forward pass already uses every core, none up to 4 CPUs (a thread would only take cores from the model) and
+    one above. A number is taken as given.
+    """
+    if setting != "auto":
+        return int(setting)
+    cpus = cpu_count()
+    if device.type == "cpu":
+        return 0 if cpus <= 4 else 1
+    return max(2, min(8, cpus // 2))

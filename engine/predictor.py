@@ -1,7 +1,7 @@
 """The one predictor: images → a task's output, for every task and mode.
 
 :class:`Predictor` runs one trained run (:class:`LoadedModel`) under TTA views: per batch of the task's
-inputs (:meth:`tasks.base.Task.batches`) and per view, ``model(*task.model_inputs(batch, view))``, mapped back
+inputs (:meth:`tasks.base.Task.batches`) and per view, ``model(*task.model_inputs(batch, view).values())``, mapped back
 by :meth:`~tasks.base.Task.invert` and made probabilities (or values) by :meth:`~tasks.base.Task.activate`,
 averaged over the views, in the run's precision (:func:`engine.device.autocast`). Modes: the whole image
 resized to the run's input size, or — where the task's spec allows it and the run's
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_model_state, open_checkpoint
 from core.cli import Output
 from engine.config import Config, build_config
-from engine.device import amp_dtype, autocast, pick_device
+from engine.device import amp_dtype, autocast, pick_device, post_workers
 from engine.sliding_window import sliding_window_predict
 from models import create_model
 from tasks.base import Task
@@ -133,9 +133,9 @@ def view_mean(model: Callable[..., torch.Tensor], task: Any, batch: dict, views:
     (``task.activate``: probabilities, not logits, are averaged); the mean over ``views``."""
     total = None
     for view in views:
-        y = task.activate(task.invert(model(*task.model_inputs(batch, view)).float(), view, batch))
+        y = task.activate(task.invert(model(*task.model_inputs(batch, view).values()).float(), view, batch))
         total = y if total is None else total + y
-    return total / len(views)
+    return total if len(views) == 1 else total / len(views)  # x / 1 == x: no pass over the map for one view
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -157,8 +157,10 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
 
     ``save_probs_dir``: also write the prediction cache (``"auto"``: ``<run>/preds/<split>/``).
     ``make_predictor(member, device)``: another predictor than the run's own :class:`Predictor` (the two-stage
-    ROI, :func:`engine.roi_predictor.predict_two_stage`). The speed (and ``summary``) is recorded in the run's
-    summary.json (``images_per_s``, ``_tta`` with several views, ``_sliding_window`` for tiles)."""
+    ROI, :func:`engine.roi_predictor.predict_two_stage`). ``workers``: the writer's decoding threads
+    (``inference.post_workers`` by default; :func:`engine.device.post_workers` sizes ``auto`` for the device, 0
+    decodes in the loop). The speed (and ``summary``) is recorded in the run's summary.json (``images_per_s``,
+    ``_tta`` with several views, ``_sliding_window`` for tiles)."""
     dev = pick_device(device)
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
@@ -176,8 +178,8 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
         raise ValueError(f"{ckpt}: no images to predict in the {split} split")
     cache = prediction_cache(save_probs_dir, ckpt, split)
     t0 = time.perf_counter()
-    writer = member.task.writer(out_csv, cache, views=views, workers=workers or cfg.inference.post_workers,
-                                mode=predictor.mode)
+    workers = post_workers(cfg.inference.post_workers if workers is None else workers, dev)
+    writer = member.task.writer(out_csv, cache, views=views, workers=workers, mode=predictor.mode)
     with writer:
         for batch, outputs in predictor.batches(samples, progress):
             writer.add(batch, outputs)

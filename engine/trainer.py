@@ -19,13 +19,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
+from engine.cost import run_flops
 from engine.device import amp_dtype, autocast, autocast_factory, pick_device
 from engine.run_folder import check_dataset, check_run_folder, open_run_folder
 from engine.run_logging import RunLogger
@@ -97,6 +98,18 @@ def build_model(cfg: Config, task: Task) -> nn.Module:
     return model
 
 
+def train_loader(dataset: Dataset, sampler: DistributedSampler, cfg: Config, pin_memory: bool,
+                 generator: torch.Generator) -> DataLoader:
+    """The training loader. Its workers (``data.num_workers``) persist across epochs: the datasets read their
+    epoch from shared memory (:class:`tasks.augment.SeededDataset`), the sampler is told the epoch in the main
+    process. The items depend only on (run seed, epoch, index), never on the workers' seeds, which
+    ``generator`` draws (:meth:`Trainer.train_one_epoch` seeds it each epoch), not the global torch RNG."""
+    workers = cfg.data.num_workers
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      generator=generator)
+
+
 class Trainer:
     """Checks the run folder, the whole dataset and the model before the run folder is created or touched
     (:mod:`engine.run_folder`); ``overwrite`` replaces a run that already lives there."""
@@ -121,15 +134,16 @@ class Trainer:
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.flops: int | None = None  # per image at data.image_size, counted when the run finishes (engine.cost)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
             if cfg.train.ema else None
         self.net = DistributedDataParallel(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
             if self.world > 1 else self.model
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=cfg.train.seed, drop_last=False)
-        self.loader = DataLoader(self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=False,
-                                 pin_memory=self.device.type == "cuda")
+        self.loader_generator = torch.Generator()
+        self.loader = train_loader(self.train_set, self.sampler, cfg, pin_memory=self.device.type == "cuda",
+                                   generator=self.loader_generator)
         steps = len(self.loader)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -221,8 +235,13 @@ class Trainer:
         cfg = self.cfg
         self.net.train()
         self.sampler.set_epoch(epoch)
-        if hasattr(self.train_set, "set_epoch"):
+        if hasattr(self.train_set, "set_epoch"):  # before the epoch's iterator: workers fetch with this epoch
             self.train_set.set_epoch(epoch)
+        # The loader's generator makes its workers' seeds, so the global torch RNG (dropout's) advances the same with
+        # or without workers and in a resumed run (whose persistent workers start at a later epoch). One draw of it
+        # per epoch seeds that generator: a loader that makes its iterator each epoch (torch's default, this trainer
+        # before persistent workers) drew that one number, so runs keep the numbers they had.
+        self.loader_generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
         total_loss, count = 0.0, 0
         t0 = time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -312,6 +331,8 @@ class Trainer:
                 stop = True
             if stop:
                 break
+        if self.is_main:
+            self.flops = run_flops(self.model, self.task, cfg.data.image_size)
         summary = self.summary()
         if self.is_main:
             write_summary(self.run_dir, summary)
@@ -325,7 +346,7 @@ class Trainer:
         return base_summary(
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
-            epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
+            epochs=cfg.train.epochs, params=self.params, flops=self.flops, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
             metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=self.selector.best_epoch,
             selected_by=self.selector.rule,

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from engine.checkpoint import save_checkpoint
 from engine.config import Config, build_config, save_config
 from core.offline import CACHE_DIR, provide_yolo_fonts
+from engine.cost import count_flops, input_hw
 from engine.run_logging import RunLogger, clear_run_logs
 from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary
@@ -318,6 +319,8 @@ class YoloLearner:
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=sum(p.numel() for p in module.parameters()),
+            flops=count_flops(module.net, {"images": torch.zeros((1, module.in_channels, *input_hw(cfg.data.image_size)),
+                                                                 device=device)}),
             train_time_s=train_time, train_images_per_s=round(images / train_time, 2) if train_time else None,
             metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=best_epoch,
             val={"score": val["score"], "per_item": val["per_item"], "loss": val["loss"]},

@@ -52,7 +52,8 @@ class UNet3Plus(nn.Module):
         feats = [out[i] for i in self.stages]
         dec: dict[int, torch.Tensor] = {self.n - 1: feats[-1]}
         for level in range(self.n - 2, -1, -1):
-            target = feats[level].shape[-2:]
+            # Plain ints: an export traces the pooling at fixed sizes (torch.onnx cannot export a traced output size)
+            target = tuple(int(v) for v in feats[level].shape[-2:])
             parts = []
             for j, conv in enumerate(self.branches[level]):
                 src = feats[j] if j <= level else dec[j]

@@ -1,7 +1,8 @@
 """Albumentations pipelines built from the config's ``augment`` section (shared by every task).
 
 Each sample is augmented with a seed derived from (run seed, epoch, index), so a resumed run sees the
-same augmentations as an uninterrupted one, whatever the number of loader workers.
+same augmentations as an uninterrupted one, whatever the number of loader workers. With nothing to do
+(every probability and range 0, no extra transform) there is no pipeline: items skip albumentations.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import torch
 from torch.utils.data import Dataset
 
 from tasks.cache import SampleCache
 
 
-def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose:
-    """Training pipeline: geometry (masks and keypoints follow), then intensity."""
+def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose | None:
+    """Training pipeline: geometry (masks and keypoints follow), then intensity; None when it has no transform."""
     ops: list = []
     if aug.hflip > 0:
         ops.append(A.HorizontalFlip(p=aug.hflip))
@@ -41,6 +43,8 @@ def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose:
         if not name or not hasattr(A, name):
             raise ValueError(f"augment.extra: unknown albumentations transform {name!r}")
         ops.append(getattr(A, name)(**spec))
+    if not ops:
+        return None
     kp = A.KeypointParams(format="xy", remove_invisible=False) if keypoints else None
     return A.Compose(ops, keypoint_params=kp, seed=0)
 
@@ -51,7 +55,11 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class SeededDataset(Dataset):
     """What every task's dataset shares: its samples at ``size`` px, a decode cache, and an optional
-    augmentation pipeline that :meth:`reseed` seeds per (run seed, epoch, index) before each item."""
+    augmentation pipeline that :meth:`reseed` seeds per (run seed, epoch, index) before each item.
+
+    The epoch lives in shared memory: loader workers that persist across epochs hold their own copy of
+    the dataset, and still see every :meth:`set_epoch` of the main process.
+    """
 
     def __init__(self, samples: Sequence, size: int, augment: A.Compose | None = None,
                  cache: SampleCache | None = None, seed: int = 0) -> None:
@@ -60,10 +68,15 @@ class SeededDataset(Dataset):
         self.augment = augment
         self.cache = cache or SampleCache(enabled=False)
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Call before the loader's iterator of the epoch is made (its workers then fetch with this epoch)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.samples)

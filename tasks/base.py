@@ -8,7 +8,7 @@ sliding-window tiles, an ROI crop):
 1. :meth:`Task.samples` — the images of a split (each has a ``name``: its row in the CSV and the cache);
 2. :meth:`Task.batches` — the model inputs of a list of samples at a model's input size, as dicts of
    tensors plus whatever the decoding needs (original sizes, letterboxes);
-3. per TTA view: ``model(*task.model_inputs(batch, view))``, then :meth:`Task.invert` maps the output
+3. per TTA view: ``model(*task.model_inputs(batch, view).values())``, then :meth:`Task.invert` maps the output
    back to the frame of the un-augmented input and :meth:`Task.activate` makes it probabilities (maps,
    heatmaps, class probabilities) or values (normalised ages); the views are averaged there;
 4. :meth:`Task.writer` — decodes those outputs (masks, points, ages, labels) and writes the submission
@@ -80,7 +80,7 @@ class Task(ABC):
         """Training and validation datasets of the configured fold."""
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return model(*self.model_inputs(batch))
+        return model(*self.model_inputs(batch).values())
 
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -102,9 +102,13 @@ class Task(ABC):
         """Model inputs of ``samples`` at input ``size``, ``batch_size`` at a time: dicts with ``image``
         ``(B, C, S, S)``, the task's other inputs, and ``samples`` (the samples of the batch)."""
 
-    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
-        """The model's positional inputs for ``batch`` under ``view`` (the image only, by default)."""
-        return (view.apply(batch["image"]),)
+    def model_inputs(self, batch: dict, view: View = View(), model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The model's named inputs for ``batch`` under ``view``, in call order (the image only, by default).
+
+        Without ``model`` they are what the batch holds (the predictor calls ``model(*inputs.values())``); with
+        it, every input that model takes, an input the batch lacks made neutral: what an exported model's
+        inputs are and what a FLOP count feeds it."""
+        return {"image": view.apply(batch["image"])}
 
     def activate(self, output: torch.Tensor) -> torch.Tensor:
         """Raw model output → what views and members average (probabilities; identity by default)."""

@@ -238,3 +238,41 @@ def test_handbones_overlapping_polygons_of_one_class_are_unioned():
     a = np.array([[2, 2], [12, 2], [12, 12], [2, 12]], float)
     m = rasterize({"Radius": [a, a + 4]}, 20, 20)[CLASSES.index("Radius")]
     assert m.sum() == 11 * 11 * 2 - 7 * 7
+
+
+def test_handbones_patient_folders_and_images_may_be_symlinks(tmp_path):
+    """Patient folders linked from another disk, an image and its JSON linked one by one, and a link back to
+    DCM/ (a loop) that is not entered again."""
+    from tasks.formats.handbones import write_polygons
+
+    store, root = tmp_path / "store", tmp_path / "train"
+    square = np.array([[2, 2], [9, 2], [9, 9], [2, 9]], float)
+    for patient, stem, x in [("ID001", "image1000000000001_L", 0), ("ID001", "image1000000000001_R", 3),
+                             ("ID002", "image1000000000002_L", 6)]:
+        for folder in (store / "DCM" / patient, store / "json" / patient):
+            folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), 40 + x, np.uint8)).save(store / "DCM" / patient / f"{stem}.png")
+        write_polygons(store / "json" / patient / f"{stem}.json", {"Radius": [square + [x, 0]]})
+    (root / "DCM" / "ID002").mkdir(parents=True)
+    (root / "outputs_json" / "ID002").mkdir(parents=True)
+    (root / "DCM" / "ID001").symlink_to(store / "DCM" / "ID001", target_is_directory=True)
+    (root / "outputs_json" / "ID001").symlink_to(store / "json" / "ID001", target_is_directory=True)
+    (root / "DCM" / "ID002" / "image1000000000002_L.png").symlink_to(store / "DCM" / "ID002" / "image1000000000002_L.png")
+    (root / "outputs_json" / "ID002" / "image1000000000002_L.json").symlink_to(
+        store / "json" / "ID002" / "image1000000000002_L.json")
+    (root / "DCM" / "ID002" / "loop").symlink_to(root / "DCM", target_is_directory=True)
+
+    samples = list_samples(root)
+    assert [(s.patient, s.image_path.relative_to(root).as_posix(), s.label_path.relative_to(root).as_posix())
+            for s in samples] == [
+        ("ID001", "DCM/ID001/image1000000000001_L.png", "outputs_json/ID001/image1000000000001_L.json"),
+        ("ID001", "DCM/ID001/image1000000000001_R.png", "outputs_json/ID001/image1000000000001_R.json"),
+        ("ID002", "DCM/ID002/image1000000000002_L.png", "outputs_json/ID002/image1000000000002_L.json"),
+    ]
+    assert [int(read_grey(s.image_path)[0, 0]) for s in samples] == [40, 43, 46]
+    radius = CLASSES.index("Radius")
+    assert [int(np.argmax(read_masks(s.label_path, 16, 16)[radius][5])) for s in samples] == [2, 5, 8]
+
+    (store / "json" / "ID001" / "image1000000000009_L.json").write_text("{}")  # a stray JSON behind a linked folder
+    with pytest.raises(FormatError, match="image1000000000009_L.json: label file has no image"):
+        list_samples(root)

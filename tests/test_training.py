@@ -25,6 +25,7 @@ def seg_config(phantom: Path, out: Path, **overrides):
         "train": {"epochs": 2, "batch_size": 4, "lr": 3e-3, "warmup_epochs": 0.5},
         "logging": {"out_dir": str(out / "runs"), "progress": False},
     }
+    base["data"].update(overrides.pop("data", {}))  # data keys merge; other sections are replaced whole
     return load_config(None, {**base, **overrides})
 
 
@@ -61,15 +62,21 @@ class Kill(Exception):
     pass
 
 
-def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path, tensorboard_scalars):
-    """... and with logging.tensorboard the run's events hold exactly the numbers of its metrics.jsonl."""
+@pytest.mark.parametrize("full_workers, cut_workers, model", [(0, 0, "smp:unet/resnet18"), (0, 2, "smp:fpn/resnet18")])
+def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path, tensorboard_scalars, full_workers, cut_workers,
+                                                model):
+    """Also with persistent loader workers in the killed and resumed run (started at epoch 0, then again at
+    epoch 1) against none in the uninterrupted one, and a model whose dropout draws from the global torch RNG
+    (FPN's decoder): the numbers depend neither on the workers nor on when they started. And with
+    logging.tensorboard the run's events hold exactly the numbers of its metrics.jsonl."""
     common = {"train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "max_steps_per_epoch": 2, "ema": 0.9},
-              "augment": {"hflip": 0.5, "rotate": 15}}
-    full = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "a"), "progress": False}, **common)
+              "augment": {"hflip": 0.5, "rotate": 15}, "model": {"name": model}}
+    full = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "a"), "progress": False},
+                      data={"num_workers": full_workers}, **common)
     train(full)
 
     cut = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "b"), "progress": False,
-                                                 "tensorboard": True}, **common)
+                                                 "tensorboard": True}, data={"num_workers": cut_workers}, **common)
 
     def kill_after_first_epoch(epoch, row):
         if epoch == 0:
@@ -98,6 +105,24 @@ def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path, tensorboard_s
         logged = [(row["epoch"], row[key]) for row in lines_b if key in row]
         assert [step for step, _ in events[key]] == [step for step, _ in logged], key
         assert np.allclose([v for _, v in events[key]], [v for _, v in logged], rtol=1e-6), key
+
+
+def test_loader_workers_persist_across_epochs(phantom, tmp_path, monkeypatch):
+    from tasks.segmentation.task import HandboneDataset
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    getitem = HandboneDataset.__getitem__
+
+    def recording(self, i):
+        (pids / str(os.getpid())).touch()
+        return getitem(self, i)
+
+    monkeypatch.setattr(HandboneDataset, "__getitem__", recording)
+    cfg = seg_config(phantom, tmp_path, data={"num_workers": 1}, train={"epochs": 3, "batch_size": 4, "max_steps_per_epoch": 2})
+    train(cfg)
+    workers = {p.name for p in pids.iterdir()} - {str(os.getpid())}  # the main process checks and validates
+    assert len(workers) == 1, f"{len(workers)} worker processes served 3 epochs"
 
 
 def test_ddp_two_cpu_processes(phantom, tmp_path):

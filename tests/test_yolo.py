@@ -17,6 +17,7 @@ import inference
 import train
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config, save_config
+from engine.cost import count_flops
 from engine.predictor import load_model
 from ensembles.select import find_candidates
 from core.cli import run_main
@@ -323,6 +324,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     assert summary["val"]["score"] == pytest.approx(np.mean(list(summary["val"]["per_item"].values())))
 
     member = load_model(run / "best.pt", torch.device("cpu"))
+    assert summary["flops"] == count_flops(member.model.net, {"images": torch.zeros(1, 3, 64, 64)}) > 10**7  # per image
     task = SegmentationTask(member.cfg)
     again = task.evaluate(member.model, task.datasets()[1], torch.device("cpu"))
     assert again["score"] == pytest.approx(summary["val"]["score"], abs=1e-9)  # our Dice, through load_model

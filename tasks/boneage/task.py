@@ -149,7 +149,7 @@ class BoneAgeTask(Task):
         out = []
         for batch in self._loader(dataset, batch_size):
             with precision(autocast):
-                y = model(*self.model_inputs({k: v.to(device) for k, v in batch.items() if k != "samples"}))
+                y = model(*self.model_inputs({k: v.to(device) for k, v in batch.items() if k != "samples"}).values())
             out.append(self.to_months(y.float()))
         return np.concatenate(out) if out else np.zeros(0)
 
@@ -189,9 +189,15 @@ class BoneAgeTask(Task):
                                  target_mean=d.target_mean, target_std=d.target_std)
         return self._loader(dataset, batch_size)
 
-    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
-        """The image under ``view`` and the sex, which no view changes."""
-        return view.apply(batch["image"]), batch["male"]
+    def model_inputs(self, batch: dict, view: View = View(), model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The image under ``view`` and the sex (0/1), which no view changes. Given the ``model`` (export, FLOPs),
+        ``male`` only for a regressor with the sex input (``sex_input``), 0 where the batch has none."""
+        image = view.apply(batch["image"])
+        if model is not None and not getattr(getattr(model, "module", model), "sex_input", False):
+            return {"image": image}
+        male = batch.get("male")
+        male = image.new_zeros(image.shape[0]) if male is None else male.to(image.device, image.dtype)
+        return {"image": image, "male": male}
 
     def writer(self, out_csv: str | Path, cache: Any | None, *, views: Sequence[View], workers: int,
                mode: str = MODE_RESIZE) -> BoneAgeWriter:

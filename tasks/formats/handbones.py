@@ -44,6 +44,19 @@ class HandboneSample:
         return self.image_path.name
 
 
+def files_under(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files below ``folder`` with one of ``suffixes`` (any case), sorted, as paths through ``folder``: symlinked
+    folders (a patient folder linked from elsewhere) and files are followed; a link back to a folder above
+    it is not entered again."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        above = {os.path.realpath(p) for p in (here, *here.parents[:len(here.relative_to(folder).parts)])}
+        dirnames[:] = [d for d in dirnames if os.path.realpath(here / d) not in above]
+        found.extend(here / f for f in filenames if Path(f).suffix.lower() in suffixes)
+    return sorted(found)
+
+
 def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "auto") -> list[HandboneSample]:
     """Every image under ``root/DCM`` (sorted by patient, then name) with its JSON under ``labels``.
 
@@ -60,7 +73,7 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
     else:
         label_dir = Path(labels) if labels is not None else None
     samples = []
-    for image_path in sorted(p for p in dcm.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    for image_path in files_under(dcm, IMAGE_SUFFIXES):
         rel = image_path.relative_to(dcm)
         patient = rel.parts[0] if len(rel.parts) > 1 else image_path.stem
         label_path = None
@@ -73,7 +86,7 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
         raise FormatError(f"{dcm}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     if label_dir is not None:
         expected = {s.label_path for s in samples}
-        for json_path in label_dir.rglob("*.json"):
+        for json_path in files_under(label_dir, (".json",)):
             if json_path not in expected:
                 raise FormatError(f"{json_path}: label file has no image under {dcm}")
     return samples

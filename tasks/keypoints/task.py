@@ -31,7 +31,7 @@ from tasks.base import PredictionWriter, Task, precision
 from tasks.cache import SampleCache
 from tasks.formats.images import image_size, read_grey
 from tasks.heatmaps import HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
-from tasks.interactive import simulate_clicks
+from tasks.interactive import render_hints, simulate_clicks
 from tasks.keypoint_labels import KeypointSample, rows_without_images, write_wide
 from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.keypoints import SPEC
@@ -280,17 +280,30 @@ class KeypointTask(Task):
             yield {"image": torch.stack([dataset[i]["image"] for i in idx]), "samples": [samples[i] for i in idx],
                    "letterboxes": [dataset.letterbox(i) for i in idx], "size": size}
 
-    def model_inputs(self, batch: dict, view: View = View()) -> tuple[torch.Tensor, ...]:
+    def model_inputs(self, batch: dict, view: View = View(), model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """The image under ``view``; for a hinted model (``hint:``) also the hint maps ``batch["hints"]`` under the
         same view, their channels swapped by the set's ``flip_perm`` when it is mirrored, so a mirrored left
-        corner hints the right corner channel."""
-        x = view.apply(batch["image"])
+        corner hints the right corner channel. Given the ``model`` (export, FLOPs), a hinted one without hints in
+        the batch gets the first landmark clicked at its true position where the batch has labels, no clicks
+        (zeros) where it has none."""
+        image = batch["image"]
         hints = batch.get("hints")
+        num_hints = getattr(getattr(model, "module", model), "num_hints", 0)
+        if hints is None and num_hints:
+            height, width = image.shape[-2:]
+            if "keypoints" in batch and "visible" in batch:
+                clicked = torch.zeros_like(batch["visible"], dtype=torch.bool)
+                clicked[:, 0] = batch["visible"][:, 0] > 0
+                hints = render_hints(batch["keypoints"], clicked, height, width,
+                                     self.cfg.data.clicks.hint_sigma or self.cfg.data.sigma)
+            else:
+                hints = image.new_zeros((image.shape[0], num_hints, height, width))
+            hints = hints.to(image.device, image.dtype)
         if hints is None:
-            return (x,)
+            return {"image": view.apply(image)}
         if view.mirrored and self.lmset.flip_perm is not None:
             hints = hints[:, list(self.lmset.flip_perm)]
-        return x, view.apply(hints)
+        return {"image": view.apply(image), "hints": view.apply(hints)}
 
     def invert(self, output: torch.Tensor, view: View, batch: dict) -> torch.Tensor:
         """Heatmaps of ``view`` back in the frame of the plain input at the model's own output stride: flips

@@ -2,12 +2,13 @@
 fusing CSVs, which only resolves thresholds, not even OpenCV)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from core.cli import lazy_module
 from tasks.formats.handbones import CLASSES
+from tasks.rle import encode
 from tasks.schema import check_thresholds
 
 cv2 = lazy_module("cv2")
@@ -25,17 +26,39 @@ def resolve_thresholds(threshold: float | Sequence[float] | dict[str, float], cl
     return np.asarray(threshold, np.float32)
 
 
-def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> np.ndarray:
-    """``(C, h, w)`` probabilities (float, or uint8 = p*255) → ``(C, H, W)`` uint8 masks at the original size.
+def class_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray,
+                out: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Each class's ``(H, W)`` uint8 mask at the original size, in class order, from ``(C, h, w)`` probabilities
+    (float, or uint8 = p*255): bilinear with half-pixel centres (as ``F.interpolate(align_corners=False)``),
+    then ``p > threshold``.
 
-    One class at a time (bilinear, half-pixel centres, as ``F.interpolate(align_corners=False)``), so a
-    29x2048x2048 float map never exists in memory.
+    ``out``: a ``(C, H, W)`` array the masks are written into; without it, one ``(H, W)`` buffer is reused, so a
+    mask is valid only until the next one is made (encode it first).
     """
     height, width = size
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    out = np.empty((probs.shape[0], height, width), np.uint8)
+    buffer = np.empty((height, width), np.uint8) if out is None else None
+    upsampled = None
     for c, prob in enumerate(probs):
         if prob.shape != (height, width):
-            prob = cv2.resize(prob.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        np.greater(prob, thresholds[c] * scale, out=out[c], casting="unsafe")
+            upsampled = cv2.resize(prob.astype(np.float32, copy=False), (width, height), dst=upsampled,
+                                   interpolation=cv2.INTER_LINEAR)
+            prob = upsampled
+        mask = buffer if out is None else out[c]
+        np.greater(prob, thresholds[c] * scale, out=mask, casting="unsafe")
+        yield mask
+
+
+def probs_to_masks(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> np.ndarray:
+    """``(C, h, w)`` probabilities → ``(C, H, W)`` uint8 masks at the original size (:func:`class_masks`), one
+    class at a time, so a 29x2048x2048 float map never exists in memory."""
+    out = np.empty((probs.shape[0], *size), np.uint8)
+    for _ in class_masks(probs, size, thresholds, out):
+        pass
     return out
+
+
+def encode_probs(probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray) -> list[str]:
+    """The RLE of each class's mask at the original size (the submission's rows of one image): each class
+    upsampled, thresholded and encoded in turn, so one ``(H, W)`` mask exists at a time, never ``(C, H, W)``."""
+    return [encode(mask) for mask in class_masks(probs, size, thresholds)]

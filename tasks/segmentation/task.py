@@ -27,11 +27,10 @@ from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
-from tasks.rle import encode
 from tasks.roi_dataset import RoiDataset, box_dice
 from tasks.segmentation import SPEC
 from tasks.segmentation.cache import save_probs
-from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
+from tasks.segmentation.masks import encode_probs, probs_to_masks, resolve_thresholds
 from tasks.segmentation.samples import split_samples
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 from tasks.submission import AtomicCSVWriter
@@ -235,44 +234,49 @@ def quantize(probs: torch.Tensor) -> np.ndarray:
 
 def encode_image(name: str, probs: np.ndarray, size: tuple[int, int], thresholds: np.ndarray, cache: Any | None,
                  mode: str = MODE_RESIZE, tta: str = "identity") -> tuple[str, list[str]]:
-    """One image's cache entry (when ``cache`` is given) and RLE per class at its original ``size``."""
+    """One image's cache entry (when ``cache`` is given) and RLE per class at its original ``size``, one class's
+    mask at a time (:func:`tasks.segmentation.masks.encode_probs`)."""
     if cache is not None:
         cache(save_probs, cache.path / f"{name}.npz", probs, size, mode, tta)
-    masks = probs_to_masks(probs, size, thresholds)
-    return name, [encode(m) for m in masks]
+    return name, encode_probs(probs, size, thresholds)
 
 
 class SegmentationWriter(PredictionWriter):
     """``image_name,class,rle`` rows (atomic CSV) from probability maps; each image's resize, thresholds and RLE
-    (and its cache entry) run in a pool of ``workers`` threads while the next image is predicted, and rows
-    leave in input order. Maps at the original size (sliding window) arrive as float and are kept as uint8
-    ``p * 255``, a quarter of the memory, while they wait."""
+    (and its cache entry) run in a pool of ``workers`` threads while the next image is predicted (at most
+    ``2 x workers`` images in flight), or in the loop itself with none (the default on a CPU with few cores:
+    a thread would only take cores from the forward pass), and rows leave in input order. Maps at the
+    original size (sliding window) arrive as float and are kept as uint8 ``p * 255``, a quarter of the
+    memory, while they wait."""
 
     def __init__(self, out_csv: str | Path, thresholds: np.ndarray, cache: Any | None, tta: str, workers: int,
                  mode: str = MODE_RESIZE) -> None:
         self.csv = AtomicCSVWriter(out_csv)
         self.thresholds, self.cache, self.tta, self.mode = thresholds, cache, tta, mode
-        self.workers = max(1, workers)
+        self.workers = max(0, workers)
         self.pending: deque[Future] = deque()
         self.pool: ThreadPoolExecutor | None = None
         self.images = 0
 
     def __enter__(self) -> SegmentationWriter:
         self.csv.__enter__()
-        self.pool = ThreadPoolExecutor(max_workers=self.workers)
+        if self.workers:
+            self.pool = ThreadPoolExecutor(max_workers=self.workers)
         return self
 
     def add(self, batch: dict, outputs: torch.Tensor | np.ndarray) -> None:
         for sample, raw, probs in zip(batch["samples"], batch["raw"], outputs):
             if isinstance(probs, torch.Tensor):
                 probs = quantize(probs) if self.mode == MODE_SLIDING else probs.float().cpu().numpy()
-            self.pending.append(self.pool.submit(encode_image, sample.name, probs, raw.shape[:2], self.thresholds,
-                                                 self.cache, self.mode, self.tta))
+            job = (sample.name, probs, raw.shape[:2], self.thresholds, self.cache, self.mode, self.tta)
+            if self.pool is None:
+                self._write(*encode_image(*job))
+                continue
+            self.pending.append(self.pool.submit(encode_image, *job))
             while len(self.pending) > 2 * self.workers:
-                self._write_next()
+                self._write(*self.pending.popleft().result())
 
-    def _write_next(self) -> None:
-        name, rles = self.pending.popleft().result()
+    def _write(self, name: str, rles: list[str]) -> None:
         self.csv.write_image(name, rles)
         self.images += 1
 
@@ -280,10 +284,11 @@ class SegmentationWriter(PredictionWriter):
         try:
             if exc_type is None:
                 while self.pending:
-                    self._write_next()
+                    self._write(*self.pending.popleft().result())
         finally:
             for future in self.pending:
                 future.cancel()
-            self.pool.shutdown(wait=True)
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
             self.csv.__exit__(exc_type, exc, tb)
         return False
