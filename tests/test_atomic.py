@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import Output, run_main
-from tasks.formats import atomic
+from core import atomic
 from core.atomic import atomic_write, remove_stale_temps, write_bytes, write_text
 
 ROOT = Path(__file__).resolve().parents[1]

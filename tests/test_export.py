@@ -20,7 +20,7 @@ from engine.export import export_run
 from engine.predictor import load_model
 from models import create_model
 from phantom import render_hand
-from tasks.formats import atomic
+from core import atomic
 from tools import export as export_tool
 
 
