@@ -63,7 +63,7 @@ def test_a_cached_item_is_one_open_and_no_zip_archive(phantom, tmp_path, monkeyp
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(zipfile.ZipFile, "__init__", no_zip)
     monkeypatch.setattr(Path, "stat", no_stat)
-    monkeypatch.setattr("tasks.segmentation.read_grey", lambda path: pytest.fail(f"decoded {path} again"))
+    monkeypatch.setattr("tasks.segmentation.task.read_grey", lambda path: pytest.fail(f"decoded {path} again"))
     again = [dataset[i] for i in range(len(dataset))]
     assert sorted(opened) == entries  # one open per item, of its own entry
     assert all(same_items(a, b) for a, b in zip(first, again))
