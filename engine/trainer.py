@@ -27,10 +27,10 @@ from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_r
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
 from engine.device import amp_dtype, pick_device
-from engine.run_folder import check_dataset, check_run_folder, open_run_folder
+from engine.run_folder import check_dataset, check_run_folder, claim_run, open_run_folder
 from engine.run_logging import RunLogger
 from engine.summary import base_summary, split_model_name, write_summary
-from models import ModelOptionsError, create_model, input_size
+from models import ModelOptionsError, check_options, create_model, input_size
 from models.output_prior import set_output_prior
 from models.weights import load_local_weights
 from tasks.base import Task
@@ -70,6 +70,13 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+def check_model_config(cfg: Config) -> None:
+    """Everything the model section says, checked before the data is listed or the run folder touched: option
+    names the model takes (``models.check_options``: ``model.options: unknown option ...``) and the input size."""
+    check_options(cfg.model.name, cfg.task, cfg.model.options)
+    check_image_size(cfg)
+
+
 def check_image_size(cfg: Config) -> None:
     """``data.image_size`` must be a size the model takes (``models.input_size``: a multiple of its encoder's output
     stride, a minimum, or one fixed size); a ConfigError names the key and the valid sizes nearest to it."""
@@ -103,7 +110,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
                  overwrite: bool = False) -> None:
-        check_image_size(cfg)  # before the data is listed or the run folder touched
+        check_model_config(cfg)  # before the data is listed or the run folder touched
         self.cfg = cfg
         self.callbacks = callbacks or []
         check_run_folder(cfg, resume, overwrite)
@@ -336,9 +343,11 @@ class Trainer:
 
 def train(cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
           overwrite: bool = False) -> dict:
-    """Train one run and return its summary (also written to ``<run_dir>/summary.json``)."""
-    trainer = Trainer(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
-    try:
-        return trainer.fit()
-    finally:
-        distributed.cleanup()
+    """Train one run and return its summary (also written to ``<run_dir>/summary.json``), holding the run
+    folder's claim from before its checks to the end (rank 0 under torchrun)."""
+    with claim_run(cfg.run_dir):
+        trainer = Trainer(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.cleanup()

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ensembles.fit import patient_folds, validation_items, write_json
+from tasks.formats.run_lock import claim
 
 Item = tuple[np.ndarray, Any]
 # score(fused (G, ...), target) -> (G,) or (G, n): one score per weight vector (per sample of a batch item)
@@ -539,12 +540,18 @@ def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, n
     }
 
 
-def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
-                    patience: int = 0, folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
-                    out: str | Path | None = None, progress: bool = True) -> dict:
+def select_ensemble(runs_dir: str | Path, *, name: str = "selected", **options: Any) -> dict:
     """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
     write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
-    ensemble's summary.json. ``fit_size`` and ``threshold``: segmentation only. Returns the record."""
+    ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` throughout. ``options``:
+    those of :func:`_select_ensemble` (``fit_size`` and ``threshold``: segmentation only). Returns the record."""
+    with claim(Path(runs_dir) / name):
+        return _select_ensemble(Path(runs_dir), name=name, **options)
+
+
+def _select_ensemble(runs_dir: Path, *, name: str, max_steps: int = 20, init: int = 0, patience: int = 0,
+                     folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+                     out: str | Path | None = None, progress: bool = True) -> dict:
     import yaml
 
     from ensembles.config import EnsembleConfig
@@ -552,7 +559,6 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     from tasks.formats.atomic import write_text
     from tasks.registry import get_task_class
 
-    runs_dir = Path(runs_dir)
     task, candidates, notes = find_candidates(runs_dir)
     spec, task_cls = TASKS[task], get_task_class(task)
     options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}

@@ -175,7 +175,7 @@ def test_bad_names_and_options_are_clear_errors(tmp_path):
     assert {"yolo:yolov8n-seg", "yolo:yolo11n-seg", "yolo:yolo26n-seg"} <= set(names)
     with pytest.raises(UnknownModelError, match="yolo11n-seg"):
         create_model("yolo:yolo11n-sg", task="segmentation", num_outputs=29)
-    with pytest.raises(ValueError, match="unknown key 'cnf'"):
+    with pytest.raises(ValueError, match="unknown option 'cnf' for a yolo model; did you mean 'conf'"):
         parse_options({"cnf": 0.1})
     with pytest.raises(ValueError, match="train.epochs"):
         parse_options({"train_args": {"epochs": 3}})

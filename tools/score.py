@@ -29,6 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     output.add_argument("--quiet", action="store_true", help="only the summary line")
     output.add_argument("--json", action="store_true", help="print every metric as one JSON object")
     args = parser.parse_args(argv)
+    if not args.run:
+        return score(args)
+    from tasks.formats.run_lock import claim_bookkeeping
+
+    with claim_bookkeeping(args.run):  # before scoring: a folder in use is refused before any work
+        return score(args)
+
+
+def score(args: argparse.Namespace) -> int:
+    """Score ``args.csv``, print the report, record it in ``args.run`` when given."""
     from tasks.scoring import report_lines, score_submission, stored_scores  # after parsing: --help skips numpy
 
     result = score_submission(args.csv, args.gt, args.images)  # faults (FormatError, OSError) end in run_main
