@@ -421,11 +421,10 @@ def _boneage_val(cfg) -> set[str]:
 
 
 def _boneage_cached(folder: Path) -> set[str]:
-    from engine.predict_boneage import CACHE_FILE
-    from tasks.boneage import read_submission
+    from engine.predict_boneage import CACHE_FILE, load_cache
 
     path = folder / CACHE_FILE
-    return {str(i) for i in read_submission(path)["id"]} if path.is_file() else set()
+    return set(load_cache(path)[0]) if path.is_file() else set()
 
 
 def _boneage_problem(library, members: list, options: dict) -> Problem:
