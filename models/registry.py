@@ -170,7 +170,7 @@ def refuse_unknown(model: str, options: Iterable[str], valid: Collection[str], w
         if key in HARNESS_KEYWORDS:
             raise ModelOptionsError(f"model.options: '{key}' is set by the harness (the task, or model.weights), "
                                     f"not an option of {model}")
-        hits = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+        hits = close_matches(key, sorted(valid), n=3)
         hint = f"; did you mean {' or '.join(repr(h) for h in hits)}" if hits else ""
         listed = f"valid: {', '.join(sorted(valid)) or 'none'}" if len(valid) <= 20 else f"{len(valid)} valid names"
         raise ModelOptionsError(f"model.options: unknown option '{key}' for {model}{where}{hint} ({listed})")

@@ -163,8 +163,8 @@ def check_options(arch: str, encoder: str, options: dict) -> None:
     if not unknown:
         return
     if not encoder.startswith("tu-"):
-        refuse_unknown(model, unknown, valid, f" (smp's {arch} would pass it to the {encoder} encoder, which "
-                                              "ignores it)")
+        refuse_unknown(model, unknown, valid, f" (not a parameter of smp's {arch}, and smp's {encoder} encoder "
+                                              "takes none)")
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")

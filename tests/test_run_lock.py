@@ -145,7 +145,7 @@ def _config(path: Path, phantom: Path, out: Path) -> Path:
     return path
 
 
-def test_two_trainings_with_one_run_name_one_trains_the_other_is_refused(phantom, tmp_path, holder):
+def test_two_trainings_with_one_run_name_one_trains_the_other_is_refused(phantom, tmp_path, holder, capsys):
     """Both processes import first and start together: the one that claims trains; the other ends with the
     one-line refusal (exit 2) and leaves nothing of its own in the folder: its lr is nowhere."""
     config = _config(tmp_path / "race.yaml", phantom, tmp_path / "runs")
@@ -183,14 +183,17 @@ def test_two_trainings_with_one_run_name_one_trains_the_other_is_refused(phantom
 
     # every command that writes into a run folder refuses it while another process holds it, changing nothing
     import inference
+    from engine.cli import run_main
     from tools import score
 
     h = holder(run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     refusal = in_use(run, h.pid)
     assert inference.main(["--ckpt", str(run / "best.pt"), "--save-probs", "-o", str(tmp_path / "a.csv")]) == 2
-    assert score.main([str(tmp_path / "a.csv"), "--gt", str(phantom / "handbones" / "test_gt"), "--run", str(run),
-                       "--quiet"]) == 2
+    assert run_main(score.main, [str(tmp_path / "a.csv"), "--gt", str(phantom / "handbones" / "test_gt"),
+                                 "--run", str(run), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(refusal.fullmatch(line) for line in lines), lines
     for cmd in (["-c", str(config), "--train.lr=0.001", "--resume"], ["-c", str(config), "--overwrite"]):
         done = subprocess.run([sys.executable, "train.py", *cmd], capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and refusal.fullmatch(done.stderr.strip().splitlines()[-1]), done.stderr
