@@ -8,7 +8,9 @@ folder rules of :mod:`engine.run_folder` hold for every fold and are checked for
 first one trains: a fold whose folder holds a run is refused unless ``--resume`` (finished folds are
 skipped, a started one resumed from ``last.pt``, both only with the saved config) or ``--overwrite``.
 A fold counts as done when its summary.json records the out-of-fold cache (``oof``); a finished fold
-whose cache was not completed (killed while predicting) gets its predictions on ``--resume``.
+whose cache was not completed (killed while predicting) gets its predictions on ``--resume``. Each fold's
+folder is claimed (:func:`engine.run_folder.claim_run`) while it trains and predicts: a fold another
+process is training ends the command with ``error: <fold folder>: in use by pid N on <host> since <time>``.
 
 The report (:func:`cv_report`, printed) and ``<out_dir>/<task>/<name>-cv.json`` (:func:`write_cv`) give
 every fold's validation metrics of its ``best.pt`` (MRE px/mm and SDR for keypoints; MAE and the

@@ -4,7 +4,8 @@ AdamW, linear warmup + cosine decay per optimiser step, AMP (bf16/fp16) and chan
 gradient accumulation and clipping, optional EMA, early stopping, ``best.pt`` (the epoch the rule of
 :mod:`engine.checkpoint_select` picks) and ``last.pt`` every epoch,
 exact ``resume`` (model, optimiser, scheduler, scaler, EMA, RNG states and the data order), tqdm with
-images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes).
+images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes, and only
+rank 0 holds the run folder's claim, :func:`engine.run_folder.claim_run`, from before its checks to the end).
 """
 from __future__ import annotations
 
