@@ -271,7 +271,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
                        "--logging.progress=false"]) == 0
     run = runs / "segmentation" / "yolo11n_seg-f0"
     assert {"config.yaml", "summary.json", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
-    assert (run / "ultralytics" / "weights" / "best.pt").is_file()  # ultralytics' own, for its --resume
+    assert not list(run.rglob("ultralytics/**/*.pt"))  # ultralytics' own pickled checkpoints are never written
     for name in ("best.pt", "last.pt"):  # the network itself as tensors: torch.load(weights_only=True)
         ckpt = load_checkpoint(run / name)
         assert "external_weights" not in ckpt and ckpt["num_outputs"] == 29 and ckpt["epoch"] == 0

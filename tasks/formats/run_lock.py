@@ -86,7 +86,7 @@ class Owner:
     def me(cls) -> Owner:
         since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         command = shlex.join([os.path.basename(sys.executable), *sys.argv])
-        return cls(os.getpid(), HOST, since, command[:_RECORD_BYTES // 2])
+        return cls(os.getpid(), HOST, since, command[:_RECORD_BYTES // 8])  # escaped, still within the record
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self)) + "\n").encode()
