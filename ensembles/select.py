@@ -542,14 +542,18 @@ def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, n
 def select_ensemble(runs_dir: str | Path, *, name: str = "selected", **options: Any) -> dict:
     """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
     write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
-    ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` throughout. ``options``:
+    ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` from the candidates found
+    to the last write. ``options``:
     those of :func:`_select_ensemble` (``fit_size`` and ``threshold``: segmentation only). Returns the record."""
-    with claim(Path(runs_dir) / name):
-        return _select_ensemble(Path(runs_dir), name=name, **options)
+    runs_dir = Path(runs_dir)
+    found = find_candidates(runs_dir)  # reads only: a missing or empty folder is refused before the claim makes it
+    with claim(runs_dir / name):
+        return _select_ensemble(runs_dir, found, name=name, **options)
 
 
-def _select_ensemble(runs_dir: Path, *, name: str, max_steps: int = 20, init: int = 0, patience: int = 0,
-                     folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+def _select_ensemble(runs_dir: Path, found: tuple[str, list[Candidate], list[str]], *, name: str,
+                     max_steps: int = 20, init: int = 0, patience: int = 0, folds: int = 5,
+                     fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
                      out: str | Path | None = None, progress: bool = True) -> dict:
     import yaml
 
@@ -558,7 +562,7 @@ def _select_ensemble(runs_dir: Path, *, name: str, max_steps: int = 20, init: in
     from tasks.formats.atomic import write_text
     from tasks.registry import get_task_class
 
-    task, candidates, notes = find_candidates(runs_dir)
+    task, candidates, notes = found
     spec, task_cls = TASKS[task], get_task_class(task)
     options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}
     extra = spec.yaml(options)

@@ -247,3 +247,17 @@ def test_ensemble_fit_and_prediction_claim_the_ensemble_folder(tmp_path, holder)
         assert in_use(ens.run_dir, h.pid).fullmatch(f"error: {err.value}")
     h.stop()
     assert os.listdir(tmp_path / "runs" / "segmentation") == [".ens.lock"]
+
+
+def test_under_torchrun_only_rank_0_claims(tmp_path, monkeypatch, holder):
+    from engine.run_folder import claim_run
+
+    run = tmp_path / "runs" / "ddp"
+    h = holder(run)
+    monkeypatch.setenv("RANK", "1")
+    with claim_run(run):  # the other ranks hold nothing (rank 0 holds the folder for them)
+        pass
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunFolderInUse):
+        claim_run(run)
+    h.stop()
