@@ -14,6 +14,7 @@ venv: $(STAMP)
 
 # The project itself goes in editable (pyproject.toml): scripts and tests import its packages without sys.path edits.
 $(STAMP): requirements.txt pyproject.toml
+	@echo "setting up $(VENV): pip install -r requirements.txt (a few minutes the first time; quiet until done)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -33,12 +34,14 @@ phantom: venv
 
 demo: phantom
 	@for m in $(DEMO_MODELS); do \
+		echo "== $$m: train (skipped when finished), predict val and test with TTA, score"; \
 		test -f $(SEG)/$$m-f0/summary.json || $(PY) train.py -c configs/segmentation/$$m.yaml || exit 1; \
 		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --tta --save-probs || exit 1; \
 		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --tta --save-probs -o submissions/$$m.csv || exit 1; \
 		$(PY) tools/score.py submissions/$$m.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$m-f0 --quiet || exit 1; \
 	done
 	@for e in $(DEMO_ENSEMBLES); do \
+		echo "== $$e: fit on the validation predictions, fuse the cached test predictions, score"; \
 		$(PY) tools/fit_ensemble.py configs/ensembles/$$e.yaml || exit 1; \
 		$(PY) inference.py --ensemble configs/ensembles/$$e.yaml --from-cache -o submissions/$$e.csv || exit 1; \
 		$(PY) tools/score.py submissions/$$e.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$e --quiet || exit 1; \

@@ -5,12 +5,16 @@
 fold's out-of-fold predictions, prints every validation metric per fold with its cross-validated mean ± sd
 and writes them with each fold's train/val images to ``<out_dir>/<task>/<name>-cv.json`` (engine/folds.py).
 
-Also ``--list-models [--task T]``, ``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved
-config), ``--overwrite`` (replace a run already in the folder), ``--debug`` (tracebacks instead of one-line
-errors), and under ``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
+Also ``--list-models [--task T]`` (every name it prints resolves; a ``+`` line says which names a family
+takes beyond them), ``--list-models --encoders 'convnext*'`` (the timm models usable as ``tu-<name>``),
+``--resume`` (continue ``<run_dir>/last.pt`` exactly, with the saved config), ``--overwrite`` (replace a run
+already in the folder), ``--debug`` (tracebacks instead of one-line errors), and under
+``torchrun --nproc_per_node N train.py -c ...`` the same script trains with DDP.
 
 Before the run folder is created or touched, the config, the run folder's state, every sample of the
 dataset and the model are checked (engine/run_folder.py); a fault ends as ``error: <file or key>: ...``.
+A fine-tune whose ``model.weights`` is a run's checkpoint warns in one line when that run missed its
+``train.target`` or stopped early (engine/pretraining.py).
 """
 from __future__ import annotations
 
@@ -18,10 +22,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import engine  # noqa: F401  (offline environment first)
 from engine.cli import run_main
-from engine.config import Config, ConfigError, deep_merge, load_config, parse_overrides
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -35,10 +42,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                              "folder each, and write each fold's out-of-fold predictions (<run>/preds/val/)")
     parser.add_argument("--list-models", action="store_true", help="list registered model names and exit")
     parser.add_argument("--task", help="with --list-models: only models serving this task")
+    parser.add_argument("--encoders", metavar="PATTERN",
+                        help="with --list-models: the timm models matching PATTERN (e.g. 'convnext*'), as the "
+                             "tu-<name> encoders of smp:<arch>/tu-<name> and custom:unet3plus/tu-<name>")
     return parser.parse_known_args(argv)
 
 
 def list_models(task: str | None) -> None:
+    """Every registered name that resolves, by family, and one ``+`` line per family on the names beyond them."""
     import models
 
     for family, names in models.list_models(task).items():
@@ -46,6 +57,19 @@ def list_models(task: str | None) -> None:
         print(f"{family}: {info.description}  [tasks: {', '.join(info.tasks)}]")
         for name in names:
             print(f"  {name}")
+        if info.note is not None:
+            print(f"  {info.note()}")
+
+
+def list_encoders(pattern: str) -> None:
+    """The ``tu-<name>`` encoders matching ``pattern``, and how many there are."""
+    from models.smp_models import timm_encoders
+
+    names = timm_encoders(pattern)
+    for name in names:
+        print(name)
+    print(f"{len(names)} timm models match {pattern!r}: smp:<arch>/<encoder> or custom:unet3plus/<encoder> "
+          "(a pair smp cannot build is refused with its reason when a config names it)", file=sys.stderr)
 
 
 def external_learner(cfg):
@@ -57,6 +81,7 @@ def external_learner(cfg):
     the torch trainer does (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
     """
     import models
+    from engine.config import ConfigError
     from engine.yolo_learner import YoloLearner
     from tasks.registry import get_task_class
 
@@ -76,24 +101,39 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(argv: list[str]) -> int:
     args, rest = parse_args(argv)
+    if args.encoders is not None and not args.list_models:
+        raise ValueError("--encoders: goes with --list-models")
     if args.list_models:
-        list_models(args.task)
+        if args.encoders is not None:
+            list_encoders(args.encoders)
+        else:
+            list_models(args.task)
         return 0
     if not args.config and not rest:
         print("train.py: give -c CONFIG (or --list-models)", file=sys.stderr)
         return 2
+    from engine.status import is_main_process, progress_asked, run_line, starting_line, status
+
+    if progress_asked(args.config, rest) and is_main_process():  # before the config and torch load (seconds)
+        print(starting_line(args.config), flush=True)
+    from engine.config import ConfigError, deep_merge, load_config, parse_overrides
+
     overrides = parse_overrides(rest)
     if os.environ.get("WANDB_SWEEP_ID") and "run_name" not in overrides.get("logging", {}):
         # each W&B sweep run gets its own folder (the agent passes only the searched keys)
         name = Path(args.config).stem if args.config else "sweep"
         overrides = deep_merge(overrides, {"logging": {"run_name": f"{name}-wb-{os.environ.get('WANDB_RUN_ID', 'run')}"}})
     cfg = load_config(args.config, overrides)
+    from engine.pretraining import warn_short_pretraining
+
+    warn_short_pretraining(cfg.model.weights)  # once, before the first fold
     if args.folds is None:
+        status(cfg, run_line(cfg))
         summary = train_one(cfg, args.resume, args.overwrite)
         val = summary.get("val") or {}
         print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
         return 0
-    from engine.folds import cv_report, is_main_process, parse_folds, run_folds, write_cv
+    from engine.folds import cv_report, parse_folds, run_folds, write_cv
 
     if "fold" in overrides.get("data", {}):
         raise ConfigError("--data.fold: give either --folds or --data.fold, not both")
@@ -110,6 +150,7 @@ def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
     """Train one run of ``cfg`` (torch trainer or an external learner), holding the run folder's claim from
     before its checks to the end; returns its summary."""
     import models
+    from engine.config import ConfigError
 
     try:
         family, _ = models.resolve(cfg.model.name, cfg.task)

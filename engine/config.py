@@ -60,6 +60,10 @@ class TrainConfig(Section):
     device: str = "auto"
     val_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    # The validation score this run should reach, in its task's headline metric (mre_px, dice, mae_months; the
+    # direction is the task's): a fine-tune starting from this run's checkpoint warns when it was missed
+    # (engine/pretraining.py). None: no target (the fine-tune warns only about a run that stopped early).
+    target: float | None = None
 
 
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -106,6 +110,7 @@ class LoggingConfig(Section):
     run_name: str | None = None
     wandb: Literal["off", "offline", "online"] = "off"
     wandb_project: str = "bone-harness"
+    tensorboard: bool = False             # also write metrics.jsonl's scalars to <run>/tensorboard/ (engine/run_logging.py)
     progress: bool = True
 
 

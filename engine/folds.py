@@ -20,7 +20,6 @@ fold trained and validated on.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from engine.config import Config, ConfigError
 from engine.run_folder import check_run_folder, claim_run, holds_run
+from engine.status import is_main_process
 from engine.summary import read_summary, record_summary
 from tasks.formats.atomic import write_text
 
@@ -75,11 +75,6 @@ def plan_folds(cfgs: Sequence[Config], resume: bool, overwrite: bool) -> list[Fo
             check_run_folder(cfg, resume=False, overwrite=overwrite)
             plans.append(FoldPlan(cfg, "train"))
     return plans
-
-
-def is_main_process() -> bool:
-    """Rank 0 (or not under torchrun): the process that predicts and reports."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool | None = None) -> dict:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.config import Config, load_config, save_config
+from engine.status import is_main_process
 from tasks.formats.run_lock import claim
 
 # Files whose presence makes a folder a run (started or finished).
@@ -34,7 +35,7 @@ RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl
 # Keys that may change on --resume: where the process runs and how it reports, not what it computes.
 RESUME_FREE_KEYS = frozenset({
     "train.device", "data.num_workers", "data.cache", "data.cache_dir", "logging.progress", "logging.wandb",
-    "logging.wandb_project", "inference.post_workers",
+    "logging.wandb_project", "logging.tensorboard", "inference.post_workers",
 })
 
 
@@ -75,9 +76,7 @@ def holds_run(run_dir: Path) -> bool:
 def claim_run(run_dir: str | os.PathLike) -> AbstractContextManager:
     """The run folder's claim (:mod:`tasks.formats.run_lock`) for the process that writes it: rank 0 under
     torchrun (the others hold nothing), the process itself otherwise. Refused: ``RunFolderInUse``."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return nullcontext()
-    return claim(run_dir)
+    return claim(run_dir) if is_main_process() else nullcontext()
 
 
 def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -105,17 +104,21 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
                              "--logging.run_name=NAME, or replace it with --overwrite")
 
 
-def check_dataset(datasets: Sequence[Dataset], workers: int = 0) -> int:
+def check_dataset(datasets: Sequence[Dataset], workers: int = 0, progress: bool = False) -> int:
     """Load every sample of ``datasets`` once; the first bad one raises its reader's error. Returns the count.
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
     per-sample checks refuse (an image that does not decode, a label that does not parse, points off
-    the image) is refused here, before the run folder exists.
+    the image) is refused here, before the run folder exists. ``progress``: a bar over the samples.
     """
+    from tqdm import tqdm
+
     jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(jobs), desc="checking samples", unit="img", disable=not progress, leave=False,
+                 dynamic_ncols=True) as bar:
         for _ in pool.map(lambda job: job[0][job[1]], jobs):
-            pass
+            bar.update(1)
     return len(jobs)
 
 
@@ -132,6 +135,19 @@ def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
     if not resume:
         save_config(cfg, run_dir / "config.yaml")
     return run_dir
+
+
+def check_run(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Steps 1 and 2 for a learner that trains in its own loop (e.g. ultralytics YOLO): check the folder, then
+    every sample of the configured fold. Read-only: step 3 (:func:`open_run_folder`) is the learner's, after
+    whatever else it prepares outside the run folder (YOLO converts the fold into the cache)."""
+    from engine.status import data_check_line, shows_progress, status
+    from tasks.registry import get_task_class
+
+    check_run_folder(cfg, resume, overwrite)
+    datasets = get_task_class(cfg.task)(cfg).datasets()
+    status(cfg, data_check_line(cfg, *(len(ds) for ds in datasets)))
+    check_dataset(datasets, workers=max(1, cfg.data.num_workers), progress=shows_progress(cfg))
 
 
 # Keys a run's config.yaml (or -c CONFIG) may set for inference: where the data lives and how the process

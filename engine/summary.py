@@ -29,11 +29,12 @@ def split_model_name(name: str) -> dict[str, str | None]:
 
 
 def base_summary(**fields: Any) -> dict[str, Any]:
-    """All keys the leaderboard expects, null where unknown, then ``fields``."""
+    """All keys the leaderboard expects, null where unknown, then ``fields``. ``flops``: per image at the run's
+    input size (:mod:`engine.cost`)."""
     summary: dict[str, Any] = {
         "name": None, "task": None, "kind": "run", "model": None, "family": None, "arch": None, "encoder": None,
         "config_id": None, "image_size": None, "fold": None, "n_folds": None, "epochs": None, "params": None,
-        "train_time_s": None, "train_images_per_s": None, "metric": None, "mode": None, "best_epoch": None,
+        "flops": None, "train_time_s": None, "train_images_per_s": None, "metric": None, "mode": None, "best_epoch": None,
         "val": None, "test": None, "speed": None, "members": None, "git_commit": git_commit(),
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -27,9 +27,11 @@ from engine import distributed
 from engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
+from engine.cost import run_flops
 from engine.device import amp_dtype, pick_device
 from engine.run_folder import check_dataset, check_run_folder, claim_run, open_run_folder
 from engine.run_logging import RunLogger
+from engine.status import data_check_line, status
 from engine.summary import base_summary, split_model_name, write_summary
 from models import ModelOptionsError, check_options, create_model, input_size
 from models.output_prior import set_output_prior
@@ -124,10 +126,12 @@ class Trainer:
         self.train_set, self.val_set = self.task.datasets()
         self._check_data()
         self.run_dir = cfg.run_dir
+        status(cfg, f"building {cfg.model.name}")
         self.model = build_model(cfg, self.task).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.flops: int | None = None  # per image at data.image_size, counted when the run finishes (engine.cost)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
             if cfg.train.ema else None
         self.net = DistributedDataParallel(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
@@ -168,8 +172,10 @@ class Trainer:
         """Every sample loads (rank 0 reads, the verdict reaches every rank, so all fail together)."""
         fault = None
         if self.is_main:
+            status(self.cfg, data_check_line(self.cfg, len(self.train_set), len(self.val_set)))
             try:
-                check_dataset([self.train_set, self.val_set], workers=max(1, self.cfg.data.num_workers))
+                check_dataset([self.train_set, self.val_set], workers=max(1, self.cfg.data.num_workers),
+                              progress=self.cfg.logging.progress)
             except (ValueError, OSError) as err:
                 fault = err
         verdict = distributed.broadcast_object(None if fault is None else str(fault))
@@ -277,6 +283,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         stop = False
+        status(cfg, f"training epochs {self.start_epoch + 1}-{cfg.train.epochs} of {self.steps_per_epoch} steps "
+                    f"(batch {cfg.train.batch_size} x {self.world} process(es)) on {self.device}")
         for epoch in range(self.start_epoch, cfg.train.epochs):
             train_loss = self.train_one_epoch(epoch)
             row = {"epoch": epoch, "train/loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
@@ -320,6 +328,8 @@ class Trainer:
                 stop = True
             if stop:
                 break
+        if self.is_main:
+            self.flops = run_flops(self.model, self.task, cfg.data.image_size)
         summary = self.summary()
         if self.is_main:
             write_summary(self.run_dir, summary)
@@ -333,7 +343,7 @@ class Trainer:
         return base_summary(
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
-            epochs=cfg.train.epochs, params=self.params, train_time_s=round(self.train_time, 2),
+            epochs=cfg.train.epochs, params=self.params, flops=self.flops, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
             metric=self.task.metric, mode=self.task.mode, best_epoch=self.selector.best_epoch,
             selected_by=self.selector.rule,

@@ -26,18 +26,21 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
+from tqdm import tqdm
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config
+from engine.cost import count_flops, input_hw
 from engine.offline import CACHE_DIR, provide_yolo_fonts
-from engine.run_folder import RunFolderError, check_dataset, check_run_folder, open_run_folder
-from engine.run_logging import RunLogger
+from engine.run_folder import RunFolderError, check_run, open_run_folder
+from engine.run_logging import RunLogger, clear_run_logs
+from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary
 from models.weights import load_local_weights
 from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
@@ -104,6 +107,48 @@ def ultralytics_args(cfg: Config, data_yaml: Path, model: str, options: YoloOpti
     }
 
 
+class BatchProgress:
+    """The per-batch bar of a YOLO epoch, as the torch trainer shows it: steps, running train loss and images/s.
+
+    Ultralytics' own bar is off (``YOLO_VERBOSE=false``, see engine/offline.py); its callbacks
+    ``on_train_epoch_start``, ``on_train_batch_end`` and ``on_train_epoch_end`` drive this one, on rank 0 only
+    and only with ``logging.progress``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.bar: tqdm | None = None
+        self.steps = 0
+        self.start = 0.0
+        self.clock = clock
+
+    def callbacks(self) -> dict[str, Callable[[Any], None]]:
+        """Ultralytics event -> the method it calls (``trainer.add_callback(event, fn)``)."""
+        return {"on_train_epoch_start": self.epoch_start, "on_train_batch_end": self.batch_end,
+                "on_train_epoch_end": self.epoch_end}
+
+    def epoch_start(self, trainer: Any) -> None:
+        self.epoch_end(trainer)  # an epoch restarted by ultralytics (smaller batch after out-of-memory): a new bar
+        self.bar = tqdm(total=len(trainer.train_loader), desc=f"epoch {trainer.epoch + 1}/{trainer.epochs}",
+                        leave=False, dynamic_ncols=True)
+        self.steps, self.start = 0, self.clock()
+
+    def batch_end(self, trainer: Any) -> None:
+        if self.bar is None:
+            return
+        self.steps += 1
+        world = max(1, int(trainer.world_size or 1))  # trainer.batch_size is per process under DDP
+        images = min(self.steps * trainer.batch_size * world, len(trainer.train_loader.dataset))
+        loss = float(sum(trainer.tloss.values())) if trainer.tloss else float("nan")
+        elapsed = max(self.clock() - self.start, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / elapsed:.1f}")
+        self.bar.update(1)
+
+    def epoch_end(self, trainer: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of a run's ``metrics.jsonl`` (empty when there is none yet)."""
     if not path.is_file():
@@ -159,6 +204,9 @@ def _trainer_class() -> type:
             self.logger: RunLogger | None = None
             self.val_time = 0.0
             self.time_offset = 0.0
+            if self.harness.logging.progress and RANK in {-1, 0}:
+                for event, callback in BatchProgress().callbacks().items():
+                    self.add_callback(event, callback)
 
         def _run_logger(self) -> RunLogger:
             if self.logger is None:
@@ -328,16 +376,19 @@ class YoloLearner:
         ultralytics in ``<run_dir>/ultralytics``, score its best.pt by Dice and write the summary. Hold the run
         folder's claim around it (``train.py`` does)."""
         weights, pickled = self.check(cfg, resume)
-        check_run_folder(cfg, resume, overwrite)
-        check_dataset(get_task_class(cfg.task)(cfg).datasets(), workers=max(1, cfg.data.num_workers))
+        check_run(cfg, resume, overwrite)
         cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else CACHE_DIR
+        status(cfg, f"converting fold {cfg.data.fold} to ultralytics' layout under {cache_root / 'yolo'} "
+                    "(once per fold; cached)")
         data_yaml = yolo_dataset(cfg.data.root, cache_root, cfg.data.fold, cfg.data.n_folds)
         open_run_folder(cfg, resume, overwrite)
-        if not resume:  # a fresh run starts its epoch log afresh, as ultralytics does with its results.csv
-            (cfg.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if not resume:  # a fresh run starts its epoch logs afresh, as ultralytics does with its results.csv
+            clear_run_logs(cfg.run_dir)
         if not resume or int(resume_state(cfg.run_dir / "last.pt")["epoch"]) + 1 < cfg.train.epochs:
             args = ultralytics_args(cfg, data_yaml, self.model.model_arg, self.model.options,
                                     weights if pickled else None, resume)
+            status(cfg, f"ultralytics: building {self.model.arch}, reading the fold's labels, then training "
+                        f"{cfg.train.epochs} epochs on {args['device']}")
             _trainer_class()(overrides=args).train()
         return self._finish(cfg)
 
@@ -363,6 +414,8 @@ class YoloLearner:
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=sum(p.numel() for p in module.parameters()),
+            flops=count_flops(module.net, {"images": torch.zeros((1, module.in_channels, *input_hw(cfg.data.image_size)),
+                                                                 device=device)}),
             train_time_s=train_time, train_images_per_s=round(images / train_time, 2) if train_time else None,
             metric=task.metric, mode=task.mode, best_epoch=best_epoch,
             val={"score": val["score"], "per_item": val["per_item"], "loss": val["loss"]},

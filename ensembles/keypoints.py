@@ -38,7 +38,7 @@ from ensembles.values import (ValueSource, describe_weights, ensemble_weights, f
 from ensembles.weighted import weighted_mean
 from tasks.formats import FormatError
 from tasks.keypoint_sets import LandmarkSet, get_set
-from tasks.keypoints import KeypointTask, group_of, radial_errors, write_wide
+from tasks.keypoints import KeypointTask, radial_errors, write_wide
 
 
 def _read_cache(path: Path, member: Member) -> tuple[list[str], np.ndarray]:
@@ -170,7 +170,7 @@ def fit_ensemble(ens: EnsembleConfig, progress: bool = True) -> dict:
     members = resolve_members(ens)
     lmset = landmark_set(members)
     names, preds, truth = validation_points(ens, members)
-    return fit_values(ens, members, preds, truth, radial_errors, groups=[group_of(n) for n in names],
+    return fit_values(ens, members, preds, truth, radial_errors, groups=[lmset.patient_of(n) for n in names],
                       channels=lmset.names, metric="mre_px", describe=lambda w: describe(ens, members, w, lmset))
 
 

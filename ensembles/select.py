@@ -398,11 +398,10 @@ def _keypoints_cached(folder: Path) -> set[str]:
 
 def _keypoints_problem(library, members: list, options: dict) -> Problem:
     from ensembles.keypoints import fuse_points, landmark_set, validation_points
-    from tasks.keypoints import group_of
 
-    landmark_set(members)  # one landmark set across the library
+    lmset = landmark_set(members)  # one landmark set across the library
     (names, preds, truth), notes = _caught(lambda: validation_points(library, members))
-    return Problem(lambda: iter([(preds, truth)]), [group_of(n) for n in names], mean_radial_error,
+    return Problem(lambda: iter([(preds, truth)]), [lmset.patient_of(n) for n in names], mean_radial_error,
                    fuse_each(lambda p, w: fuse_points(p, "weighted", w)), notes)
 
 

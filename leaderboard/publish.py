@@ -46,10 +46,10 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
         print(f"no readable summary.json under {root}{where}", file=sys.stderr)
 
     if not quiet:
-        from rich.console import Console
+        from engine.tables import table_console
 
-        # to a pipe or file: no terminal width to respect, print every column at its natural width
-        console = Console() if sys.stdout.isatty() else Console(width=4000)
+        # a terminal (or COLUMNS): tables fold to its width; a pipe or file: every column at its natural width
+        console = table_console()
         T.render_terminal(df, group=group, console=console, study_trials=trials)
     written = []
     if md:

@@ -30,7 +30,8 @@ pd = lazy_module("pandas")  # imported on first use: leaderboard.py --help does 
 
 # --------------------------------------------------------------------------- schema
 
-#: Every key a summary.json must have (values may be null unless noted in ``_check_summary``).
+#: Every key a summary.json must have (values may be null unless noted in ``_check_summary``). ``flops`` (per
+#: image at the run's input size) is optional: runs from before it was recorded show "—".
 SUMMARY_KEYS = (
     "name", "task", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
     "n_folds", "epochs", "params", "train_time_s", "train_images_per_s", "metric", "mode", "best_epoch",
@@ -44,12 +45,12 @@ TASK_ORDER = ("segmentation", "keypoints", "boneage")
 #: Columns of the frame returned by :func:`load_runs` (per-item scores are dicts, the rest scalars).
 COLUMNS = (
     "task", "name", "kind", "model", "family", "arch", "encoder", "config_id", "image_size", "fold",
-    "n_folds", "epochs", "best_epoch", "params", "train_time_s", "train_images_per_s", "images_per_s",
+    "n_folds", "epochs", "best_epoch", "params", "flops", "train_time_s", "train_images_per_s", "images_per_s",
     "images_per_s_tta", "metric", "mode", "val_score", "test_score", "test_public", "test_private", "gap",
     "n_members", "members", "val_per_item", "test_per_item", "val_metrics", "test_metrics", "interactive",
     "git_commit", "created", "run_dir", "summary_path",
 )
-INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "n_members")
+INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "flops", "n_members")
 #: Columns written by :func:`write_csv` (no nested values).
 CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item", "val_metrics",
                                                     "test_metrics", "interactive")) + ("rank",)
@@ -66,7 +67,7 @@ SCORE_COLUMNS = ("val_score", "test_score", "test_public", "test_private")
 DESCENDING_COLUMNS = ("images_per_s", "images_per_s_tta", "train_images_per_s", "epochs", "n_members")
 SORTABLE = tuple(c for c in CSV_COLUMNS if c not in ("summary_path", "run_dir"))
 #: Direction of the metrics in a summary's ``val``/``test`` objects, by name prefix: "max" = higher is better.
-METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"),
+METRIC_MODES = (("sdr_", "max"), ("within_", "max"), ("dice", "max"), ("mre_", "min"), ("sd_", "min"), ("median_", "min"),
                 ("mae", "min"), ("rmse", "min"), ("loss", "min"))
 #: Keys of a summary's ``val``/``test`` objects that are not metrics.
 NOT_METRICS = ("score", "public", "private", "images")
@@ -122,7 +123,7 @@ def _check_summary(s: Any) -> None:
     _check_types(s, "", {
         "model": is_str, "family": is_str, "arch": is_str, "encoder": is_str, "config_id": is_str,
         "git_commit": is_str, "created": is_str, "image_size": size, "fold": is_int, "n_folds": is_int,
-        "epochs": is_int, "best_epoch": is_int, "params": is_int, "train_time_s": is_num,
+        "epochs": is_int, "best_epoch": is_int, "params": is_int, "flops": is_int, "train_time_s": is_num,
         "train_images_per_s": is_num,
         "members": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     })
@@ -191,7 +192,7 @@ def _row(s: dict, path: Path) -> dict:
         "arch": s["arch"], "encoder": s["encoder"], "config_id": s["config_id"],
         "image_size": f"{size[0]}x{size[1]}" if isinstance(size, list) else size,
         "fold": s["fold"], "n_folds": s["n_folds"], "epochs": s["epochs"], "best_epoch": s["best_epoch"],
-        "params": s["params"], "train_time_s": _num(s["train_time_s"]),
+        "params": s["params"], "flops": s.get("flops"), "train_time_s": _num(s["train_time_s"]),
         "train_images_per_s": _num(s["train_images_per_s"]),
         "images_per_s": _num(speed.get("images_per_s")), "images_per_s_tta": _num(speed.get("images_per_s_tta")),
         "metric": s["metric"], "mode": s["mode"], "val_score": _num(s["val"].get("score")),
@@ -384,12 +385,12 @@ def group_folds(df: pd.DataFrame) -> pd.DataFrame:
 
     Ensembles are left out. A run without ``config_id`` forms its own group (keyed by name). Columns:
     task, config_id, model, family, n (runs), folds ("0,1,..."), val_mean, val_std, test_mean, test_std,
-    public_mean, private_mean, gap_mean, params, train_time_s (mean), images_per_s (mean), metric, mode.
+    public_mean, private_mean, gap_mean, params, flops, train_time_s (mean), images_per_s (mean), metric, mode.
     Rows are sorted per task, best mean first (test mean if any group has one, else val mean).
     """
     runs = df[df["kind"] == "run"]
     cols = ["task", "config_id", "model", "family", "n", "folds", "val_mean", "val_std", "test_mean",
-            "test_std", "public_mean", "private_mean", "gap_mean", "params", "train_time_s", "images_per_s",
+            "test_std", "public_mean", "private_mean", "gap_mean", "params", "flops", "train_time_s", "images_per_s",
             "metric", "mode"]
     rows = []
     for t, part in by_task(runs):
@@ -402,7 +403,7 @@ def group_folds(df: pd.DataFrame) -> pd.DataFrame:
                 "val_mean": g["val_score"].mean(), "val_std": g["val_score"].std(ddof=1),
                 "test_mean": g["test_score"].mean(), "test_std": g["test_score"].std(ddof=1),
                 "public_mean": g["test_public"].mean(), "private_mean": g["test_private"].mean(),
-                "gap_mean": g["gap"].mean(), "params": _first(g["params"]),
+                "gap_mean": g["gap"].mean(), "params": _first(g["params"]), "flops": _first(g["flops"]),
                 "train_time_s": g["train_time_s"].mean(), "images_per_s": g["images_per_s"].mean(),
                 "metric": task_metric(g), "mode": task_mode(g),
             })
@@ -444,17 +445,24 @@ def fmt_score(v: Any, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-def fmt_params(v: Any) -> str:
+def _scaled(v: Any, units: tuple[tuple[float, str, int], ...]) -> str:
+    """``v`` divided by the first unit it reaches, e.g. 24.4M; "—" when missing."""
     if v is None or pd.isna(v):
         return "—"
     v = float(v)
-    if v >= 1e9:
-        return f"{v / 1e9:.2f}B"
-    if v >= 1e6:
-        return f"{v / 1e6:.1f}M"
-    if v >= 1e3:
-        return f"{v / 1e3:.1f}k"
+    for scale, suffix, digits in units:
+        if v >= scale:
+            return f"{v / scale:.{digits}f}{suffix}"
     return f"{int(v)}"
+
+
+def fmt_params(v: Any) -> str:
+    return _scaled(v, ((1e9, "B", 2), (1e6, "M", 1), (1e3, "k", 1)))
+
+
+def fmt_flops(v: Any) -> str:
+    """FLOPs per image (2 x multiply-adds): 1.30T, 12.3G, 450.1M; "—" when the run did not record them."""
+    return _scaled(v, ((1e12, "T", 2), (1e9, "G", 1), (1e6, "M", 1), (1e3, "k", 1)))
 
 
 def fmt_time(v: Any) -> str:
@@ -508,6 +516,7 @@ def leaderboard_columns(df_task: pd.DataFrame, sort_label: str | None = None) ->
         ("fold", "right", lambda r: fmt_plain(r["fold"])),
         ("epochs", "right", lambda r: fmt_plain(r["epochs"])),
         ("params", "right", lambda r: fmt_params(r["params"])),
+        ("FLOPs", "right", lambda r: fmt_flops(r["flops"])),
         ("train time", "right", lambda r: fmt_time(r["train_time_s"])),
         ("img/s", "right", lambda r: fmt_rate(r["images_per_s"])),
         ("img/s TTA", "right", lambda r: fmt_rate(r["images_per_s_tta"])),
@@ -532,6 +541,7 @@ def cv_columns(df_cv: pd.DataFrame) -> list[tuple[str, str, Callable[[dict], str
         ("n folds", "right", lambda r: str(r["n"])),
         ("folds", "left", lambda r: r["folds"] or "—"),
         ("params", "right", lambda r: fmt_params(r["params"])),
+        ("FLOPs", "right", lambda r: fmt_flops(r["flops"])),
         ("train time (mean)", "right", lambda r: fmt_time(r["train_time_s"])),
         ("img/s (mean)", "right", lambda r: fmt_rate(r["images_per_s"])),
         (f"val {metric}", "right", lambda r: fmt_mean_std(r["val_mean"], r["val_std"], r["n"])),
@@ -552,6 +562,7 @@ def family_columns(df_fam: pd.DataFrame) -> list[tuple[str, str, Callable[[dict]
         ("best run", "left", lambda r: str(r["name"])),
         ("model", "left", lambda r: fmt_plain(r["model"])),
         ("params", "right", lambda r: fmt_params(r["params"])),
+        ("FLOPs", "right", lambda r: fmt_flops(r["flops"])),
         ("img/s", "right", lambda r: fmt_rate(r["images_per_s"])),
         (f"{label} {metric}", "right", lambda r: fmt_score(r[col])),
     ]
@@ -605,8 +616,11 @@ def trial_section(trials: pd.DataFrame) -> dict:
 
 
 def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_trials: pd.DataFrame | None = None):
-    """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too)."""
+    """Print the leaderboard (one rich table per task; with ``group`` the fold and family views too), each table
+    folded to the console's width: blocks of columns that repeat its key columns (rank and name), none cut off."""
     from rich.console import Console
+
+    from engine.tables import print_folded
 
     console = console or Console()
     if not len(df):
@@ -615,47 +629,27 @@ def render_terminal(df: pd.DataFrame, group: bool = False, console=None, study_t
     if study_trials is not None:
         tables.append(trial_section(study_trials))
     for sec in tables:
-        headers, aligns, rows = sec["table"]
-        keep = list(range(len(headers)))
-        table = _rich_table(sec, keep)
-        if console.is_terminal:  # too wide: drop the least useful columns rather than squash them all
-            for h in DROP_ORDER:
-                if _natural_width(console, table) <= console.width:
-                    break
-                if h in headers and headers.index(h) in keep and len(keep) > 3:
-                    keep.remove(headers.index(h))
-                    table = _rich_table(sec, keep)
-            hidden = [headers[i] for i in range(len(headers)) if i not in keep]
-            if hidden:
-                table.caption = f"hidden to fit the terminal: {', '.join(hidden)} (see --md / --csv / --html)"
-        console.print(table)
+        print_folded(console, _rich_table(sec), keys=KEY_COLUMNS[sec["kind"]])
         console.print()
     return console
 
 
-#: Columns dropped first (in this order) when a table does not fit the terminal.
-DROP_ORDER = ("img/s TTA", "size", "fold", "epochs", "train time", "kind", "public", "private",
-              "train time (mean)", "folds", "gap (mean)", "duration", "img/s", "img/s (mean)", "params", "model")
+#: The leading columns of each kind of table that every block of a folded table repeats.
+KEY_COLUMNS = {"leaderboard": 2, "cv": 1, "family": 1, "trials": 1}
 
 
-def _natural_width(console, table) -> int:
-    from rich.measure import Measurement
-
-    return Measurement.get(console, console.options.update_width(100_000), table).maximum
-
-
-def _rich_table(sec: dict, keep: list[int]):
+def _rich_table(sec: dict):
     from rich.table import Table
 
     headers, aligns, rows = sec["table"]
     table = Table(title=sec["title"], title_justify="left", title_style="bold", header_style="bold cyan",
                   pad_edge=False, caption_justify="left")
-    for i in keep:
-        table.add_column(headers[i], justify=aligns[i], overflow="fold",
-                         no_wrap=headers[i] not in ("name", "model", "params", "best run", "config"))
+    for header, align in zip(headers, aligns):
+        table.add_column(header, justify=align, overflow="fold",
+                         no_wrap=header not in ("name", "model", "params", "FLOPs", "best run", "config"))
     for n, row in enumerate(rows):
         best = n == 0 and sec["kind"] == "leaderboard" and row[0] == "1"
-        table.add_row(*(row[i] for i in keep), style="bold green" if best else None)
+        table.add_row(*row, style="bold green" if best else None)
     return table
 
 

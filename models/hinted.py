@@ -59,8 +59,11 @@ def validate(rest: str) -> None:
                                 "(e.g. hint:smp:unet/resnet18, hint:shsnet:unet)")
 
 
+EXAMPLES = ("hint:smp:unet/resnet18", "hint:shsnet:unet")
+
+
 def list_names() -> list[str]:
-    return ["hint:<any keypoint model>, e.g. hint:smp:unet/resnet18, hint:shsnet:unet"]
+    return list(EXAMPLES)
 
 
 def check_inner_options(rest: str, options: dict) -> None:
@@ -76,7 +79,8 @@ def inner_input_size(rest: str, options: dict) -> InputSize:
 
 
 @register_family(FAMILY, tasks=("keypoints",), list_names=list_names, validate=validate,
-                 input_size=inner_input_size, check_options=check_inner_options, examples=("hint:smp:unet/resnet18", "hint:shsnet:unet"))
+                 input_size=inner_input_size, check_options=check_inner_options, examples=EXAMPLES,
+                 note=lambda: "+ hint:<name> over any other torch keypoint model listed (smp, custom, shsnet)")
 def build_hinted(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                  leaky_relu: float | None = None, **options) -> nn.Module:
     """Interactive keypoints: image + one hint map per landmark in, heatmaps out (any keypoint model inside)."""

@@ -77,6 +77,7 @@ class ModelFamily:
     description: str = ""
     examples: tuple[str, ...] = field(default_factory=tuple)
     input_size: Callable[[str, dict], InputSize] | None = None
+    note: Callable[[], str] | None = None
     check_options: Callable[[str, dict], None] | None = None
 
 
@@ -87,14 +88,17 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
                     list_names: Callable[[], Iterable[str]] | None = None,
                     validate: Callable[[str], None] | None = None, examples: Iterable[str] = (),
                     input_size: Callable[[str, dict], InputSize] | None = None,
+                    note: Callable[[], str] | None = None,
                     check_options: Callable[[str, dict], None] | None = None) -> Callable:
     """Decorator: register ``builder(rest, *, task, num_outputs, in_channels, **options)`` under ``name``.
 
     ``validate(rest)`` raises :class:`UnknownModelError` for a bad ``rest`` (with close matches);
-    ``list_names()`` yields the full names for ``--list-models``; ``input_size(rest, options)`` is the
-    :class:`InputSize` the model takes (absent: any size); ``check_options(rest, options)`` raises
-    ``ValueError`` for ``model.options`` the model does not take (absent: the builder's own keyword
-    parameters are the options, see :func:`check_options`).
+    ``list_names()`` yields the full names for ``--list-models``, each one a name that resolves (never a
+    pattern); ``note()`` is one line on the names the family takes beyond those (e.g. any timm encoder),
+    which ``--list-models`` prints after them; ``input_size(rest, options)`` is the :class:`InputSize` the
+    model takes (absent: any size); ``check_options(rest, options)`` raises ``ValueError`` for
+    ``model.options`` the model does not take (absent: the builder's own keyword parameters are the
+    options, see :func:`check_options`).
     """
     tasks = tuple(tasks)
     for t in tasks:
@@ -108,7 +112,7 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
             name=name, builder=builder, tasks=tasks, kind=kind,
             list_names=list_names or (lambda: ()), validate=validate,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else "",
-            examples=tuple(examples), input_size=input_size, check_options=check_options,
+            examples=tuple(examples), input_size=input_size, note=note, check_options=check_options,
         )
         return builder
 
@@ -217,5 +221,6 @@ def is_external(name: str) -> bool:
 
 
 def list_models(task: str | None = None) -> dict[str, list[str]]:
-    """Names per family serving ``task`` (all tasks when None)."""
+    """Names per family serving ``task`` (all tasks when None); every name resolves (``family.note`` tells the
+    names beyond them)."""
     return {f.name: list(f.list_names()) for f in _FAMILIES.values() if task is None or task in f.tasks}

@@ -53,10 +53,21 @@ def _did_you_mean(word: str, names: list[str]) -> str:
 
 
 def list_names() -> list[str]:
-    """Every smp pair that builds, and one line per architecture for its ``tu-`` (timm) encoders."""
-    names = [f"smp:{a}/{e}" for a in architectures() for e in smp_compat.valid_encoders(a)]
-    return names + [f"smp:{a}/tu-<timm ViT, e.g. {smp_compat.DPT_EXAMPLES[0][3:]}>" if a == "dpt"
-                    else f"smp:{a}/tu-<timm CNN or hierarchical transformer, e.g. convnext_atto>" for a in architectures()]
+    """Every pair of an smp architecture and an smp encoder that builds (timm encoders: :func:`timm_note`)."""
+    return [f"smp:{a}/{e}" for a in architectures() for e in smp_compat.valid_encoders(a)]
+
+
+def timm_encoders(pattern: str = "*") -> list[str]:
+    """``tu-<name>`` of every timm model whose name matches the shell-style ``pattern`` (timm.list_models)."""
+    import timm
+
+    return [f"tu-{n}" for n in timm.list_models(pattern)]
+
+
+def timm_note(prefix: str) -> str:
+    """The one ``--list-models`` line on the timm encoders a family takes as ``<prefix>/tu-<name>``."""
+    return (f"+ {prefix}/tu-<name> over any of {len(timm_encoders())} timm models, each pair checked when a config "
+            "names it (list them: python train.py --list-models --encoders 'convnext*')")
 
 
 def input_size(rest: str, options: dict) -> InputSize:
@@ -70,7 +81,8 @@ def check_options(rest: str, options: dict) -> None:
 
 
 @register_family("smp", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
-                 input_size=input_size, check_options=check_options, examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
+                 input_size=input_size, check_options=check_options,
+                 note=lambda: timm_note("smp:<arch>") + "; smp:dpt takes timm encoders only (made for ViTs)", examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
                            "smp:segformer/mit_b0", "smp:fpn/tu-convnext_nano"))
 def build_smp(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
               **kwargs) -> nn.Module:

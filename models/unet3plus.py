@@ -13,7 +13,7 @@ from torch import nn
 
 import models.smp_compat as smp_compat
 from models.registry import InputSize, UnknownModelError, register_family
-from models.smp_models import encoders, list_names as smp_names
+from models.smp_models import encoders, list_names as smp_names, timm_note
 from models.weights import load_local_weights
 
 
@@ -52,7 +52,8 @@ class UNet3Plus(nn.Module):
         feats = [out[i] for i in self.stages]
         dec: dict[int, torch.Tensor] = {self.n - 1: feats[-1]}
         for level in range(self.n - 2, -1, -1):
-            target = feats[level].shape[-2:]
+            # Plain ints: an export traces the pooling at fixed sizes (torch.onnx cannot export a traced output size)
+            target = tuple(int(v) for v in feats[level].shape[-2:])
             parts = []
             for j, conv in enumerate(self.branches[level]):
                 src = feats[j] if j <= level else dec[j]
@@ -87,7 +88,7 @@ def list_names() -> list[str]:
 
 
 @register_family("custom", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
-                 input_size=input_size,
+                 input_size=input_size, note=lambda: timm_note("custom:unet3plus"),
                  examples=("custom:unet3plus/resnet34", "custom:unet3plus/tu-efficientnet_b0"))
 def build_unet3plus(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                     cat_channels: int = 32) -> nn.Module:

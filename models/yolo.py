@@ -121,7 +121,7 @@ def architectures() -> dict[str, Path]:
 
 
 def list_names() -> list[str]:
-    return [f"yolo:{name}" for name in architectures()] + ["yolo:<path/to/custom-seg.yaml>"]
+    return [f"yolo:{name}" for name in architectures()]
 
 
 def validate(rest: str) -> None:
@@ -304,6 +304,7 @@ class YoloModel:
 
 
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
+                 note=lambda: "+ yolo:<path/to/model-seg.yaml>: any ultralytics -seg model YAML",
                  input_size=lambda rest, options: InputSize(multiple=32),
                  check_options=lambda rest, options: check_options(options),
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))

@@ -708,12 +708,13 @@ def _fmt(value: Any) -> str:
 
 
 def print_table(study: optuna.Study, spec: SweepSpec, storage: StorageSpec, top: int | None = 30, file=None) -> None:
-    """The trials ranked best first: number, state, value, one column per searched parameter, run dir / error."""
-    from rich.console import Console
+    """The trials ranked best first: number, state, value, one column per searched parameter, run dir / error;
+    folded to the terminal's width (or ``COLUMNS``; 200 on a pipe) in blocks of columns that repeat rank and trial."""
     from rich.table import Table
 
-    probe = Console(file=file)
-    console = Console(file=file, width=probe.width if probe.is_terminal else 200)
+    from engine.tables import print_folded, table_console
+
+    console = table_console(file, pipe_width=200)
     trials = ranked_trials(study)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     table = Table(title=f"study '{study.study_name}': {spec.direction} {spec.metric} - "
@@ -744,7 +745,7 @@ def print_table(study: optuna.Study, spec: SweepSpec, storage: StorageSpec, top:
         table.add_row(str(rank), str(t.number), t.state.name.lower(), value,
                       str(t.user_attrs.get("epochs_done", t.last_step or "")),
                       *(_fmt(values[n]) if n in values else "" for n in searched), where)
-    console.print(table)
+    print_folded(console, table, keys=2)
     if top and len(trials) > top:
         console.print(f"({len(trials) - top} more trials not shown; --top 0 shows all)")
     if spec.constants:

@@ -111,6 +111,11 @@ class Task(ABC):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["image"])
 
+    def model_inputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """The named inputs ``model`` takes at inference, in call order, from ``batch`` (at least its ``image``):
+        what an exported model's inputs are and what a FLOP count feeds it. An input the batch lacks is neutral."""
+        return {"image": batch["image"]}
+
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         """Scalar training loss."""

@@ -214,6 +214,16 @@ class BoneAgeTask(Task):
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["image"], batch["male"])
 
+    def model_inputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """The image and, for a regressor with the sex input (``sex_input``), ``male`` (0/1 per image; 0 where the
+        batch has none)."""
+        image = batch["image"]
+        if not getattr(model, "sex_input", False):
+            return {"image": image}
+        male = batch.get("male")
+        male = image.new_zeros(image.shape[0]) if male is None else male.to(image.device, image.dtype)
+        return {"image": image, "male": male}
+
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["target"])
 
@@ -251,6 +261,4 @@ class BoneAgeTask(Task):
         loss = self.criterion(torch.as_tensor((pred - d.target_mean) / d.target_std),
                               torch.as_tensor((age - d.target_mean) / d.target_std))
         train_mean = float(np.mean([s.age for s in self.split()[0]]))
-        spread = float(pred.std() / age.std()) if age.std() > 0 else float("nan")
-        return {**age_metrics(pred, age, male), "loss": float(loss),
-                "baseline_mae": float(np.abs(age - train_mean).mean()), "pred_spread": spread}
+        return {**age_metrics(pred, age, male, baseline_age=train_mean), "loss": float(loss)}

@@ -16,6 +16,7 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.images import IMAGE_SUFFIXES, image_size
+from tasks.formats.images import stem as stem  # re-exported: the keypoint readers and the scorer match ids with it
 from tasks.keypoint_sets import LANDMARK_SETS, LandmarkSet, set_for_columns
 
 ID_COLUMNS = ("image_name", "img_id")
@@ -34,12 +35,6 @@ class KeypointSample:
     image_path: Path
     coords: np.ndarray | None
     spacing_mm: float | None = None
-
-
-def stem(name: str) -> str:
-    """``"10001.png"`` and ``"10001"`` name the same image (SHS ids carry the suffix, DHA ids do not)."""
-    p = Path(name)
-    return p.stem if p.suffix.lower() in IMAGE_SUFFIXES else name
 
 
 def _check_coords(path: Path, ids: Sequence[str], coords: np.ndarray, lmset: LandmarkSet) -> None:

@@ -2,18 +2,25 @@
 
 A set is what the keypoint task needs to know about its landmarks: their names (the column stems of the
 wide CSVs, ``<name>_x`` / ``<name>_y``), which pairs swap under a horizontal flip, which edges to draw,
-and the label file its folders usually hold. One hand on a radiograph has no left/right pairs: a flipped left
+the label file its folders usually hold, the SDR radii its scores report by default (px, and mm where the
+pixel spacing is known: validation and ``tools/score.py`` alike) and the patient of an image in its
+dataset's naming (folds and the public/private split keep a patient's images together). One hand on a radiograph has no left/right pairs: a flipped left
 hand is a right hand with the same landmark names, so ``shs15`` and ``dha37`` flip with the identity.
 A spine does have them (the left and right corners of each vertebra), so ``aasce68`` swaps.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tasks.formats import aasce, dha, shs
+from tasks.formats.images import stem
 
 
 @dataclass(frozen=True)
 class LandmarkSet:
-    """Names in channel order, flip pairs and skeleton edges (both by name), the usual label file."""
+    """Names in channel order, flip pairs and skeleton edges (both by name), the usual label file, the
+    default SDR radii and the patient of an image name."""
 
     name: str
     names: tuple[str, ...]
@@ -21,6 +28,9 @@ class LandmarkSet:
     skeleton: tuple[tuple[str, str], ...] = ()
     label_file: str = "labels.csv"
     description: str = ""
+    sdr_px: tuple[float, ...] = (2.0, 4.0, 8.0)
+    sdr_mm: tuple[float, ...] = (2.0, 4.0, 10.0)
+    patient_of: Callable[[str], str] = field(default=stem, repr=False, compare=False)  # default: one image a patient
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +71,8 @@ SHS15 = LandmarkSet(
               ("W2", "MCP3"), ("W3", "W4"), ("W4", "W5")),
     label_file="coord_list.csv",
     description="SHS_NET joints: thumb IP/MP, finger PIP and MCP 2-5, wrist sites W1-W5",
+    sdr_px=(5.0, 10.0, 20.0),           # 630x910 films (the README's SHS_NET figures)
+    patient_of=shs.patient_of,
 )
 
 _DHA_FINGERS = tuple(n for r in (2, 3, 4, 5) for n in (f"MCP{r}", f"PIP{r}", f"DIP{r}", f"TIP{r}"))
@@ -76,6 +88,8 @@ DHA37 = LandmarkSet(
     + (("ULNA_PHYSIS_MED", "ULNA_PHYSIS_LAT"), ("RADIUS_PHYSIS_MED", "RADIUS_PHYSIS_LAT")),
     label_file="all.csv",
     description="Digital Hand Atlas landmarks (Payer et al.): radius/ulna, carpals, CMC, finger joints and tips",
+    sdr_px=(10.0, 20.0, 40.0),          # 1200-1600 x 1913-2350 px films; in mm 2 / 4 / 10 (Payer et al.)
+    patient_of=dha.patient_of,
 )
 
 _VERTEBRAE = tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
@@ -87,6 +101,8 @@ AASCE68 = LandmarkSet(
                                                     (f"{v}_BR", f"{v}_BL"), (f"{v}_BL", f"{v}_TL"))),
     label_file="landmarks.csv",
     description="AASCE spine: 17 vertebrae (T1-L5) x 4 corners (top-left, top-right, bottom-left, bottom-right)",
+    sdr_px=(10.0, 20.0, 40.0),          # 1146-2765 px tall spines, no spacing
+    patient_of=aasce.patient_of,
 )
 
 LANDMARK_SETS: dict[str, LandmarkSet] = {s.name: s for s in (SHS15, DHA37, AASCE68)}

@@ -17,7 +17,6 @@ always measured in the ORIGINAL image frame (SHS_NET measured on its 224 grid; w
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Callable, Literal
@@ -34,8 +33,8 @@ from tasks.cache import SampleCache
 from tasks.formats.folds import group_folds
 from tasks.formats.images import image_size, read_grey
 from tasks.heatmaps import DecodeMethod, HeatmapLoss, activate, decode_heatmaps, heatmap_sigma, heatmap_to_input
-from tasks.interactive import ClickSettings, simulate_clicks
-from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, rows_without_images, stem
+from tasks.interactive import ClickSettings, render_hints, simulate_clicks
+from tasks.keypoint_labels import KeypointSample, LabelFormat, list_keypoint_samples, rows_without_images
 from tasks.keypoint_labels import write_wide as write_wide  # re-exported: engine.predict_keypoints writes through it
 from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.letterbox import Letterbox, ResizeMode
@@ -70,8 +69,10 @@ class KeypointData(DataBase):
     # DARK's modulation: Gaussian sigma (heatmap pixels) smoothing the heatmaps before the sub-pixel step.
     # "auto": the target's own sigma at the model's output stride (sigma / stride); 0 or null: no blur.
     decode_blur: Literal["auto"] | float | None = "auto"
-    sdr_radii_px: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 8.0])
-    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [2.0, 4.0, 10.0])
+    # SDR radii of the validation metrics; None: the landmark set's (tasks.keypoint_sets), which tools/score.py
+    # also uses unless given --sdr / --sdr-mm.
+    sdr_radii_px: list[Annotated[float, Field(gt=0)]] | None = None
+    sdr_radii_mm: list[Annotated[float, Field(gt=0)]] | None = None
     cache_dir: str | None = None
     clicks: ClickSettings = Field(default_factory=ClickSettings)
     shape_prior: ShapePriorSettings = Field(default_factory=ShapePriorSettings)
@@ -89,16 +90,11 @@ class KeypointData(DataBase):
         return float(value)
 
 
-def group_of(name: str) -> str:
-    """Fold group: the two sides of one image (``*_L``/``*_R``, as in SHS_NET) stay together, and so do
-    the views of one AASCE patient (``sunhl-1th-03-Jan-2017-165 A AP``, ``...-04-Jan-2017-165 B AP``)."""
-    s = stem(name)
-    spine = re.search(r"-(\d+) [A-Z] (AP|PA|LAT)$", s)
-    return f"patient-{spine.group(1)}" if spine else re.sub(r"_[LR]$", "", s)
-
-
-def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int) -> tuple[list[int], list[int]]:
-    return group_folds([group_of(s.name) for s in samples], n_folds, fold, "images (groups)")
+def split_folds(samples: Sequence[KeypointSample], n_folds: int, fold: int, lmset: LandmarkSet
+                ) -> tuple[list[int], list[int]]:
+    """Train/validation indices of ``fold``, grouped by patient (``lmset.patient_of``: the two sides of an
+    SHS_NET film, the views of one AASCE patient stay on one side)."""
+    return group_folds([lmset.patient_of(s.name) for s in samples], n_folds, fold, "images (groups)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +232,7 @@ class KeypointTask(Task):
                                  "no test images")
             return list_keypoint_samples(d.root, self.lmset, split="test", require_labels=False, **kw)
         pool = list_keypoint_samples(d.root, self.lmset, split="train", **kw)
-        train_idx, val_idx = split_folds(pool, d.n_folds, d.fold)
+        train_idx, val_idx = split_folds(pool, d.n_folds, d.fold, self.lmset)
         return [pool[i] for i in (train_idx if split == "train" else val_idx)]
 
     def dataset(self, samples: Sequence[KeypointSample], augment=None) -> KeypointDataset:
@@ -269,6 +265,23 @@ class KeypointTask(Task):
         finally:
             inner.train()
         return model(image, hints)
+
+    def model_inputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """The image and, for a hinted model (``hint:``), its hint maps: the first landmark clicked at its true
+        position where the batch has labels, no clicks (zeros) where it has none."""
+        image = batch["image"]
+        num_hints = getattr(model, "num_hints", 0)
+        if not num_hints:
+            return {"image": image}
+        height, width = image.shape[-2:]
+        if "keypoints" in batch and "visible" in batch:
+            clicked = torch.zeros_like(batch["visible"], dtype=torch.bool)
+            clicked[:, 0] = batch["visible"][:, 0] > 0
+            hints = render_hints(batch["keypoints"], clicked, height, width,
+                                 self.cfg.data.clicks.hint_sigma or self.cfg.data.sigma)
+        else:
+            hints = image.new_zeros((image.shape[0], num_hints, height, width))
+        return {"image": image, "hints": hints.to(image.device, image.dtype)}
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["keypoints"], batch["visible"], tuple(batch["image"].shape[-2:]),
@@ -336,7 +349,9 @@ class KeypointTask(Task):
         true = np.stack([s.coords for s in dataset.samples])
         spacing = [s.spacing_mm for s in dataset.samples]
         d = self.cfg.data
-        out = keypoint_metrics(pred, true, self.lmset.names, spacing, d.sdr_radii_px, d.sdr_radii_mm)
+        radii_px = self.lmset.sdr_px if d.sdr_radii_px is None else d.sdr_radii_px
+        radii_mm = self.lmset.sdr_mm if d.sdr_radii_mm is None else d.sdr_radii_mm
+        out = keypoint_metrics(pred, true, self.lmset.names, spacing, radii_px, radii_mm)
         out["loss"] = loss
         return out
 

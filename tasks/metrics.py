@@ -1,7 +1,8 @@
 """Metrics on numpy arrays, without torch: the trainer's validation and the local scorer share them.
 
-Segmentation: Dice per class (empty/empty = 1). Keypoints: radial error, MRE and SDR. Bone age: MAE,
-RMSE, share within 12 months, MAE by sex and by age band.
+Segmentation: Dice per class (empty/empty = 1). Keypoints: radial error, MRE and SDR, median error along
+each axis. Bone age: MAE, RMSE, share within N months, MAE by sex and by age band, spread of the
+predictions, MAE of a constant answer.
 """
 from __future__ import annotations
 
@@ -51,10 +52,11 @@ def _radius_key(radius: float, unit: str) -> str:
     return f"sdr_{radius:g}{unit}"
 
 
-def keypoint_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str], spacing_mm: Sequence[float | None] | None = None,
-                     radii_px: Sequence[float] = (2, 4, 8), radii_mm: Sequence[float] = (2, 4, 10)) -> dict:
+def keypoint_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str], spacing_mm: Sequence[float | None] | None,
+                     radii_px: Sequence[float], radii_mm: Sequence[float]) -> dict:
     """MRE and SD of the radial error and SDR at each radius, in px and, when every image has a spacing,
-    in mm; per-landmark MRE (px, and mm).
+    in mm; per-landmark MRE (px, and mm). The radii are the caller's (default: the landmark set's,
+    ``tasks.keypoint_sets``).
 
     ``score`` is the MRE in pixels of the original images (lower is better). SD is the population
     standard deviation (ddof 0) of all the points' radial errors.
@@ -74,8 +76,28 @@ def keypoint_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str], s
     return out
 
 
-def age_metrics(pred: np.ndarray, age: np.ndarray, male: np.ndarray | None = None) -> dict:
-    """MAE (``score``), RMSE and share within 12 months, MAE by sex and per age band (``per_item``), months."""
+def axis_errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Median absolute error along x (across the image) and along y (down it), px: where a detector that
+    finds the right column slides along it (a spine's corners on the neighbouring vertebra) shows."""
+    diff = np.abs(np.asarray(pred, np.float64) - np.asarray(true, np.float64))
+    return {"median_dx_px": float(np.median(diff[..., 0])), "median_dy_px": float(np.median(diff[..., 1]))}
+
+
+#: Default ``within`` thresholds of the bone-age scores, months.
+WITHIN_MONTHS: tuple[float, ...] = (12.0,)
+
+
+def within_key(months: float) -> str:
+    """``within_12m``: the share of ages predicted within 12 months."""
+    return f"within_{months:g}m"
+
+
+def age_metrics(pred: np.ndarray, age: np.ndarray, male: np.ndarray | None = None,
+                within: Sequence[float] = WITHIN_MONTHS, baseline_age: float | None = None) -> dict:
+    """MAE (``score``), RMSE, the share within each of ``within`` months, MAE by sex and per age band
+    (``per_item``), months. ``pred_spread``: sd of the predictions over sd of the ages (0: a constant
+    answer; NaN when the ages do not vary). ``baseline_mae`` (with ``baseline_age``): the MAE of answering
+    ``baseline_age`` for every hand, the bar a model must clear."""
     pred = np.asarray(pred, np.float64).reshape(-1)
     age = np.asarray(age, np.float64).reshape(-1)
     if pred.shape != age.shape or pred.size == 0:
@@ -83,8 +105,11 @@ def age_metrics(pred: np.ndarray, age: np.ndarray, male: np.ndarray | None = Non
     if not (np.isfinite(pred).all() and np.isfinite(age).all()):
         raise ValueError("age_metrics: NaN or infinite predictions or ages")
     err = np.abs(pred - age)
-    out = {"score": float(err.mean()), "rmse": float(np.sqrt(np.mean((pred - age) ** 2))),
-           "within_12m": float(np.mean(err <= 12.0))}
+    out = {"score": float(err.mean()), "rmse": float(np.sqrt(np.mean((pred - age) ** 2)))}
+    out.update({within_key(m): float(np.mean(err <= m)) for m in within})
+    out["pred_spread"] = float(pred.std() / age.std()) if age.std() > 0 else float("nan")
+    if baseline_age is not None:
+        out["baseline_mae"] = float(np.abs(age - baseline_age).mean())
     if male is not None:
         male = np.asarray(male, bool).reshape(-1)
         out["mae_male"] = float(err[male].mean()) if male.any() else float("nan")

@@ -52,6 +52,20 @@ def tiny_run(phantom, tmp_path_factory) -> Path:
     return cfg.run_dir
 
 
+@pytest.fixture(scope="session")
+def tensorboard_scalars():
+    """Read back a TensorBoard log folder: ``read(folder) -> {tag: [(step, value), ...]}`` (TensorBoard's own reader,
+    which also drops the events a resumed writer purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def read(folder: Path) -> dict[str, list[tuple[int, float]]]:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    return read
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Fail the test on any connection or DNS lookup outside loopback, even one the code under test catches.

@@ -15,8 +15,8 @@ from models.hinted import HintedModel
 from tasks.formats import FormatError, aasce
 from tasks.formats.images import write_png
 from tasks.interactive import ClickSettings, click_curve, pick_clicks, pin, render_hints, simulate_clicks
-from tasks.keypoint_sets import AASCE68
-from tasks.keypoints import KeypointDataset, KeypointTask, group_of, list_keypoint_samples
+from tasks.keypoint_sets import AASCE68, SHS15
+from tasks.keypoints import KeypointDataset, KeypointTask, list_keypoint_samples
 from tasks.augment import build_augment
 from tools import interactive_eval
 
@@ -250,9 +250,10 @@ def test_aasce_bad_input_names_the_file_and_line(tmp_path):
 
 
 def test_aasce_patients_stay_in_one_fold():
-    assert group_of("sunhl-1th-03-Jan-2017-165 A AP.jpg") == group_of("sunhl-1th-04-Jan-2017-165 B AP.jpg")
-    assert group_of("sunhl-1th-03-Jan-2017-164 A AP.jpg") != group_of("sunhl-1th-03-Jan-2017-165 A AP.jpg")
-    assert group_of("test_img5_L.png") == group_of("test_img5_R.png") == "test_img5"
+    patient = AASCE68.patient_of
+    assert patient("sunhl-1th-03-Jan-2017-165 A AP.jpg") == patient("sunhl-1th-04-Jan-2017-165 B AP.jpg") == "patient-165"
+    assert patient("sunhl-1th-03-Jan-2017-164 A AP.jpg") != patient("sunhl-1th-03-Jan-2017-165 A AP.jpg")
+    assert SHS15.patient_of("test_img5_L.png") == SHS15.patient_of("test_img5_R.png") == "test_img5"
 
 
 def corners_in_order(xy: np.ndarray) -> float:

@@ -35,7 +35,7 @@ def test_aasce_csv_and_mat_labels_agree_on_every_real_spine(real_data):
     assert (v[:, :, 0, 0] < v[:, :, 1, 0]).mean() > 0.95 and (v[:, :, 2, 0] < v[:, :, 3, 0]).mean() > 0.95
     assert (v[:, :, 0, 1] < v[:, :, 2, 1]).mean() > 0.95
     # the two views of one patient never straddle train and validation
-    train_idx, val_idx = split_folds(via_csv, 4, 0)
+    train_idx, val_idx = split_folds(via_csv, 4, 0, AASCE68)
     groups = lambda idx: {via_csv[i].name.split(" ")[0].rsplit("-", 1)[1] for i in idx}   # noqa: E731
     assert not groups(train_idx) & groups(val_idx)
 

@@ -304,7 +304,7 @@ def test_mre_and_sdr_against_hand_computed_values():
     # mm: 2.5, 0.5, 4, 20
     assert m["mre_mm"] == pytest.approx(6.75)
     assert m["sdr_2mm"] == pytest.approx(0.25) and m["sdr_4mm"] == pytest.approx(0.75)   # 4 is within 4
-    assert "mre_mm" not in keypoint_metrics(pred, true, ["a", "b"], spacing_mm=[0.5, None])
+    assert "mre_mm" not in keypoint_metrics(pred, true, ["a", "b"], [0.5, None], (2, 4), (2, 4))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,8 +422,8 @@ def test_train_writes_keypoint_metrics(kp_run):
     val = summary["val"]
     assert set(val["per_item"]) == set(SHS15.names)
     assert np.isfinite(val["score"]) and val["score"] == pytest.approx(val["mre_px"])
-    assert {"sdr_2px", "sdr_4px", "sdr_8px", "mre_mm", "sdr_2mm", "loss"} <= set(val)
-    assert 0 <= val["sdr_8px"] <= 1
+    assert {"sdr_5px", "sdr_10px", "sdr_20px", "mre_mm", "sdr_2mm", "loss"} <= set(val)   # shs15's radii
+    assert 0 <= val["sdr_20px"] <= 1
 
 
 def test_predict_score_and_ensemble(kp_run, phantom, tmp_path, capsys):
@@ -458,7 +458,7 @@ def test_predict_score_and_ensemble(kp_run, phantom, tmp_path, capsys):
     # bad submissions
     lines = out.read_text().splitlines()
     (tmp_path / "short.csv").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(FormatError, match="have no row"):
+    with pytest.raises(FormatError, match="ground-truth images have no prediction"):
         score_submission(tmp_path / "short.csv", phantom / "joints")
     (tmp_path / "nan.csv").write_text("\n".join(lines[:1] + [lines[1].replace(lines[1].split(",")[3], "nan", 1)] + lines[2:]))
     with pytest.raises(FormatError, match="NaN"):

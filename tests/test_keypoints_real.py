@@ -10,6 +10,7 @@ import pytest
 import inference
 from engine.config import load_config
 from engine.trainer import train
+from tasks.formats import FormatError
 from tasks.formats.images import image_size, read_grey
 from tasks.keypoint_sets import DHA37, SHS15
 from tasks.keypoint_labels import list_keypoint_samples, read_wide
@@ -64,7 +65,7 @@ def test_letterbox_round_trips_the_real_frames(real_data):
 
 def finetune_config(config: str, root: Path, out: Path, **model):
     return load_config(ROOT / "configs" / "keypoints" / config, {
-        "data": {"root": str(root), "test_root": str(root), "image_size": 96, "cache_dir": str(out / "cache")},
+        "data": {"root": str(root), "image_size": 96, "cache_dir": str(out / "cache")},
         "model": {"weights": None, **model},
         "train": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2},
         "logging": {"out_dir": str(out / "runs"), "progress": False},
@@ -76,24 +77,29 @@ def finetune_config(config: str, root: Path, out: Path, **model):
     ("real_dha37_finetune.yaml", "dha_hand_landmarks37", DHA37),
 ])
 def test_finetune_predict_score_on_real_hands(real_data, tmp_path, capsys, config, folder, lmset):
+    """As the config's header does it: the held-out fold predicted (--split val) and scored (--subset)."""
     root = real_data / folder
     cfg = finetune_config(config, root, tmp_path, name="shsnet:unet", options={"base_channels": 8, "depth": 3, "out_stride": 2})
     summary = train(cfg)
     assert summary["task"] == "keypoints" and np.isfinite(summary["val"]["mre_px"])
     assert ("mre_mm" in summary["val"]) == (lmset is DHA37)
     out = tmp_path / "real.csv"
-    assert inference.main(["--ckpt", str(cfg.run_dir / "best.pt"), "--tta", "-o", str(out)]) == 0
+    assert inference.main(["--ckpt", str(cfg.run_dir / "best.pt"), "--split", "val", "--tta", "-o", str(out)]) == 0
     names, coords, got = read_wide(out)
-    assert got is lmset and len(names) == 6
-    for s, xy in zip(KeypointTask(cfg).samples("test"), coords):
+    held_out = KeypointTask(cfg).samples("val")
+    assert got is lmset and sorted(names) == sorted(s.name for s in held_out) and len(names) == 2
+    assert not set(names) & {s.name for s in KeypointTask(cfg).samples("train")}
+    for s, xy in zip(held_out, coords):
         h, w = image_size(s.image_path)
         # decoded in the ORIGINAL frame; an (untrained) peak on the letterbox padding is clamped onto the image
         assert (xy >= 0).all() and (xy[:, 0] <= w - 1).all() and (xy[:, 1] <= h - 1).all()
-    result = score_submission(out, root)
-    assert result["images"] == 6 and np.isfinite(result["score"])
+    result = score_submission(out, root, subset=True)
+    assert result["images"] == 2 and np.isfinite(result["score"])
     assert ("mre_mm" in result) == (lmset is DHA37)
-    assert score.main([str(out), "--gt", str(root), "--quiet"]) == 0
+    assert score.main([str(out), "--gt", str(root), "--subset", "--quiet"]) == 0
     assert f"mre_px {result['score']:.4f}" in capsys.readouterr().out
+    with pytest.raises(FormatError, match="4 ground-truth images have no prediction"):
+        score.main([str(out), "--gt", str(root)])
 
 
 def test_shape_prior_puts_a_lost_thumb_tip_back_on_a_real_atlas_hand(real_data):

@@ -280,6 +280,33 @@ def test_terminal_one_table_per_task(runs):
     assert out.index("ens-a") < out.index("unet_r34-f0") < out.index("fpn_r18-f1")
 
 
+def test_terminal_tables_fold_to_a_narrow_width(runs, monkeypatch, capsys):
+    """COLUMNS=72: every table is printed in blocks of columns no wider than 72, each repeating rank and name
+    (the fold and family tables: their first column); every column and every run is there, none cut to '…'."""
+    monkeypatch.setenv("COLUMNS", "72")
+    assert leaderboard.main([str(runs), "--task", "segmentation", "--group"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 72 and "…" not in out
+    df = load(runs, task="segmentation")
+    part = df[df["task"] == "segmentation"]
+    headers = [c[0] for c in T.leaderboard_columns(part)]
+    blocks = [line for line in lines if line.startswith("┃# ┃ name")]
+    assert len(blocks) >= 3
+    for header in headers:
+        assert header in out, header
+    for name in part["name"]:
+        assert out.count(f" {name} ") >= len(blocks)  # in every block of the leaderboard (and in the others)
+    assert out.count("(continued ") >= len(blocks) - 1
+    assert all(line.startswith(("┃config", "┃family")) for line in lines
+               if line.startswith("┃") and ("n folds" in line or "best run" in line or "gap (mean)" in line))
+
+    monkeypatch.delenv("COLUMNS")
+    assert leaderboard.main([str(runs), "--task", "segmentation"]) == 0
+    wide = capsys.readouterr().out  # a pipe without COLUMNS: one table at its natural width
+    assert "(continued" not in wide and sum(line.startswith("┃# ┃ name") for line in wide.splitlines()) == 1
+
+
 def test_markdown(runs, tmp_path):
     df = load(runs)
     md = T.to_markdown(df, group=True)

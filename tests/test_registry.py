@@ -64,6 +64,34 @@ def test_list_models_cli(capsys):
     assert "smp:deeplabv3plus/resnet50" in out and "custom:unet3plus/resnet34" in out
 
 
+def test_list_models_prints_names_only_and_one_line_on_the_timm_encoders(capsys):
+    """Every listed line is a name that resolves, with no pattern among them; each family that takes more says so in
+    one "+" line, the smp one with the number of timm models and the command that lists them."""
+    import timm
+
+    import train
+
+    assert train.main(["--list-models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    entries = [line.strip() for line in lines if line.startswith("  ")]
+    notes = [e for e in entries if e.startswith("+ ")]
+    names = [e for e in entries if not e.startswith("+ ")]
+    assert not [n for n in names if "<" in n or " " in n]
+    for name in names[::25] + [n for n in names if n.startswith(("hint:", "yolo:", "shsnet:"))]:
+        models.resolve(name)
+    smp_note = next(n for n in notes if n.startswith("+ smp:<arch>/tu-<name>"))
+    assert f"any of {len(timm.list_models())} timm models" in smp_note
+    assert "python train.py --list-models --encoders 'convnext*'" in smp_note
+    assert sorted(n.split(":")[0].lstrip("+ ") for n in notes) == ["custom", "hint", "smp", "yolo"]
+
+    assert train.main(["--list-models", "--encoders", "convnext_at*"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == ["tu-convnext_atto", "tu-convnext_atto_ols", "tu-convnext_atto_rms"]
+    assert err.startswith("3 timm models match 'convnext_at*'")
+    for encoder in out.split():
+        models.resolve(f"smp:unet/{encoder}")
+
+
 def test_local_weights_only(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         create_model("smp:unet/resnet18", task="segmentation", num_outputs=2, weights=str(tmp_path / "r18.pth"))

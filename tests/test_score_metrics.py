@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.cli import run_main
 from engine.summary import base_summary, write_summary
 from leaderboard import table as T
+from tasks.formats import FormatError
 from tasks.formats.handbones import CLASSES
 from tasks.keypoint_labels import write_wide
 from tasks.keypoint_sets import get_set
@@ -46,7 +48,7 @@ MRE_MM, SD_MM = 77.5 / 30, math.sqrt(213.75 / 30 - (77.5 / 30) ** 2)
 
 def test_keypoint_scores_without_spacing_print_px_and_say_mm_is_unavailable(kp_pair, capsys):
     pred, gt = kp_pair
-    assert score.main([str(pred), "--gt", str(gt)]) == 0
+    assert score.main([str(pred), "--gt", str(gt), "--sdr", "2,4,8"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
     assert float(rows["mre_px"]) == pytest.approx(MRE_PX, abs=1e-4)                    # 3.1667
@@ -56,6 +58,33 @@ def test_keypoint_scores_without_spacing_print_px_and_say_mm_is_unavailable(kp_p
     assert not {"mre_mm", "sd_mm", "sdr_2mm"} & set(rows) and "MRE mm" not in out
     assert "  mm metrics unavailable: no pixel spacing for 2 of 2 images\n" in out
     assert out.splitlines()[-1].startswith(f"{pred}: mre_px 3.1667  public ")
+
+
+def test_keypoint_sdr_radii_default_to_the_landmark_set_and_follow_the_flags(kp_pair, capsys):
+    pred, gt = kp_pair
+    (gt.parent / "spacing.csv").write_text("id,spacing_mm\na,0.5\nb,2.0\n")
+    assert score.main([str(pred), "--gt", str(gt), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert SHS.sdr_px == (5, 10, 20)                     # the SHS_NET films' radii
+    assert (got["sdr_5px"], got["sdr_10px"], got["sdr_20px"]) == (1.0, 1.0, 1.0)     # errors 5, 2, 1 px (inclusive)
+    assert (got["sdr_2mm"], got["sdr_4mm"], got["sdr_10mm"]) == pytest.approx((10 / 30, 1.0, 1.0))
+    assert score.main([str(pred), "--gt", str(gt), "--json", "--sdr", "1.5,3", "--sdr-mm", "2.5"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    # px: 15 points at 5, 5 at 2, 10 at 1; mm: 15 at 2.5, 5 at 4, 10 at 2
+    assert (got["sdr_1.5px"], got["sdr_3px"], got["sdr_2.5mm"]) == pytest.approx((10 / 30, 15 / 30, 25 / 30))
+    assert not {"sdr_5px", "sdr_2mm"} & set(got)
+    # medians along each axis: dx is 3 (15 points) or 0 (15 points) -> 1.5; dy 4 (15), 2 (5), 1 (10) -> 3
+    assert (got["median_dx_px"], got["median_dy_px"]) == (1.5, 3.0)
+
+
+def test_score_options_of_another_task_are_refused_in_one_line(kp_pair, capsys):
+    pred, gt = kp_pair
+    assert run_main(score.main, [str(pred), "--gt", str(gt), "--within", "6"]) == 2
+    assert capsys.readouterr().err == (f"error: --within: {pred} is a keypoints submission, whose score takes "
+                                       "--per-image, --sdr, --sdr-mm, --subset\n")
+    with pytest.raises(SystemExit):
+        score.main([str(pred), "--gt", str(gt), "--sdr", "5,-1"])
+    assert "give positive numbers such as 5,10,20" in capsys.readouterr().err
 
 
 def test_keypoint_scores_in_mm_where_the_spacing_is_known(kp_pair, capsys):
@@ -87,6 +116,55 @@ def test_boneage_scores(tmp_path, capsys):
     assert [float(rows[b]) for b in ("0-5", "5-10", "10-13", "16-19")] == [10.0, 10.0, 0.0, 30.0]
 
 
+def test_boneage_within_thresholds_spread_baseline_subset_and_per_image(tmp_path, capsys):
+    (tmp_path / "answers.csv").write_text("id,boneage,male\n1,30,True\n2,100,False\n3,130,True\n4,200,False\n")
+    (tmp_path / "sub.csv").write_text("id,boneage\n1,40\n2,90\n3,130\n4,230\n")   # errors 10, 10, 0, 30
+    args = [str(tmp_path / "sub.csv"), "--gt", str(tmp_path / "answers.csv"), "--json"]
+    assert score.main(args + ["--within", "6,12,30", "--baseline-age", "115"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["within_6m"], got["within_12m"], got["within_30m"]) == (0.25, 0.75, 1.0)
+    # sd of the predictions 40, 90, 130, 230 over sd of the ages 30, 100, 130, 200: sqrt(4868.75 / 3725)
+    assert got["pred_spread"] == pytest.approx(math.sqrt(4868.75 / 3725))                    # 1.1433
+    assert got["baseline_mae"] == 50.0                                # |30-115|, |100-115|, |130-115|, |200-115|
+    (tmp_path / "train.csv").write_text("id,boneage,male\n7,100,True\n8,130,False\n")     # mean age 115
+    assert score.main(args + ["--baseline-age", str(tmp_path / "train.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["baseline_mae"] == 50.0
+    assert score.main(args) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert "baseline_mae" not in got and set(k for k in got if k.startswith("within")) == {"within_12m"}
+    (tmp_path / "fold.csv").write_text("id,boneage\n2,90\n4,230\n")        # a validation fold: ids 2 and 4
+    fold = [str(tmp_path / "fold.csv"), "--gt", str(tmp_path / "answers.csv")]
+    with pytest.raises(FormatError, match="2 ids of .*answers.csv have no prediction, e.g. 1 .*--subset"):
+        score.main(fold)
+    assert score.main(fold + ["--subset", "--per-image"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    assert float(rows["mae_months"][1]) == 20.0 and out.splitlines()[-1].endswith("(2 images)")
+    assert rows["2"][1:] == ["10.0000", "pred", "90.0000", "age", "100.0000"]
+    assert rows["4"][1:] == ["30.0000", "pred", "230.0000", "age", "200.0000"]
+    with pytest.raises(SystemExit):
+        score.main(fold + ["--subset", "--run", str(tmp_path)])
+    assert "a --subset score (a validation fold) is not one" in capsys.readouterr().err
+
+
+def test_keypoint_subset_and_per_image(kp_pair, capsys):
+    pred, gt = kp_pair
+    (gt.parent / "spacing.csv").write_text("id,spacing_mm\na,0.5\nb,2.0\n")
+    lines = pred.read_text().splitlines()
+    only_b = pred.parent / "only_b.csv"
+    only_b.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    with pytest.raises(FormatError, match="1 ground-truth images have no prediction, e.g. a.png"):
+        score.main([str(only_b), "--gt", str(gt)])
+    assert score.main([str(only_b), "--gt", str(gt), "--subset", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["images"] == 1 and got["mre_px"] == pytest.approx(20 / 15) and got["mre_mm"] == pytest.approx(40 / 15)
+    assert score.main([str(pred), "--gt", str(gt), "--per-image"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    # a: every joint 5 px (2.5 mm) off, the first three named worst; b: IP..PIP4 2 px (4 mm), the rest 1 px
+    assert rows["a.png"].split()[1:3] == ["5.0000", "mre_mm"] and "worst: IP 5.0 px (2.5 mm), PIP2 5.0 px" in rows["a.png"]
+    assert rows["b.png"].split()[1] == f"{20 / 15:.4f}" and "worst: IP 2.0 px (4.0 mm), PIP2 2.0 px (4.0 mm)" in rows["b.png"]
+
+
 def handbones(root, pred_masks: dict[str, np.ndarray]):
     """One 16x16 image whose ground truth is finger-1 = the 8x8 square [2, 9]^2; a submission of ``pred_masks``."""
     (root / "test" / "DCM" / "ID001").mkdir(parents=True)
@@ -114,6 +192,16 @@ def test_segmentation_scores_mean_and_per_class_dice(tmp_path, capsys):
     assert float(rows["Ulna"]) == 1.0                                                  # empty/empty
 
 
+def test_segmentation_per_image_and_a_training_root_as_ground_truth(tmp_path, capsys):
+    half = np.zeros((16, 16), np.uint8)
+    half[2:6, 2:10] = 1
+    sub, gt = handbones(tmp_path, {"finger-1": half})
+    (tmp_path / "test" / "DCM").rename(gt / "DCM")          # one folder holding DCM/ and outputs_json/ (a train root)
+    assert score.main([str(sub), "--gt", str(gt), "--per-image"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert float(rows["image1.png"][1]) == pytest.approx((28 + 2 / 3) / 29, abs=1e-4)    # 0.9885
+
+
 def summary_of(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -126,8 +214,9 @@ def test_run_stores_every_metric_and_a_new_score_replaces_the_old(kp_pair, tmp_p
     (gt.parent / "spacing.csv").write_text("id,spacing_mm\na,0.5\nb,2.0\n")
     assert score.main([str(pred), "--gt", str(gt), "--run", str(run), "--quiet"]) == 0
     test = summary_of(run)["test"]
-    assert set(test) == {"score", "public", "private", "images", "mre_px", "sd_px", "sdr_2px", "sdr_4px", "sdr_8px",
-                         "mre_mm", "sd_mm", "sdr_2mm", "sdr_4mm", "sdr_10mm", "per_item", "per_item_mm"}
+    assert set(test) == {"score", "public", "private", "images", "mre_px", "sd_px", "sdr_5px", "sdr_10px", "sdr_20px",
+                         "median_dx_px", "median_dy_px", "mre_mm", "sd_mm", "sdr_2mm", "sdr_4mm", "sdr_10mm",
+                         "per_item", "per_item_mm"}
     assert test["sd_mm"] == pytest.approx(SD_MM) and test["sdr_2mm"] == pytest.approx(1 / 3)
     (gt.parent / "spacing.csv").unlink()
     assert score.main([str(pred), "--gt", str(gt), "--run", str(run), "--quiet"]) == 0

@@ -394,6 +394,29 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, base_config, m
     assert "boom" in text and "optuna-dashboard sqlite:///" in text and "tiny-t000" in text
 
 
+def test_the_trials_table_folds_to_a_narrow_width(tmp_path, base_config, monkeypatch):
+    """COLUMNS=64: the table comes in blocks no wider than 64 that each start with rank and trial, and every
+    searched parameter, the value and the run folder are shown (none hidden or cut to '…')."""
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    sweep = _sweep_file(tmp_path, base_config)
+    result = run_sweep(_opts(sweep, tmp_path, n_trials=2, train_fn=runner.synthetic_train, prune="none"))
+    monkeypatch.setenv("COLUMNS", "64")
+    buf = io.StringIO()
+    runner.print_table(result.study, load_sweep(sweep), result.storage, file=buf)
+    lines = buf.getvalue().splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert max(len(line) for line in table) <= 64 and "…" not in "".join(table)
+    headers = [line for line in table if line.startswith("┃") and "rank" in line]
+    assert len(headers) >= 2 and all(line.split("┃")[1:3] == [" rank ", " trial "] for line in headers)
+    text = "\n".join(table)
+    for column in ("val/dice", "epochs", "train.lr", "loss.weights.dice", "model.name", "run dir"):
+        assert column in text, column
+    for t in result.study.get_trials():
+        assert sum(line.startswith(f"│    {t.number + 1} │") for line in table) == len(headers)
+
+
 _trials_in_this_process = 0
 
 

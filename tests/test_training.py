@@ -61,13 +61,15 @@ class Kill(Exception):
     pass
 
 
-def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path):
+def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path, tensorboard_scalars):
+    """... and with logging.tensorboard the run's events hold exactly the numbers of its metrics.jsonl."""
     common = {"train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "max_steps_per_epoch": 2, "ema": 0.9},
               "augment": {"hflip": 0.5, "rotate": 15}}
     full = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "a"), "progress": False}, **common)
     train(full)
 
-    cut = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "b"), "progress": False}, **common)
+    cut = seg_config(phantom, tmp_path, logging={"out_dir": str(tmp_path / "b"), "progress": False,
+                                                 "tensorboard": True}, **common)
 
     def kill_after_first_epoch(epoch, row):
         if epoch == 0:
@@ -87,6 +89,15 @@ def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path):
     lines_a = [json.loads(x) for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (cut.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/loss"] for r in lines_a] == [r["train/loss"] for r in lines_b]
+
+    assert not (full.run_dir / "tensorboard").exists()  # off by default
+    events = tensorboard_scalars(cut.run_dir / "tensorboard")
+    expected = {key for row in lines_b for key, value in row.items() if key != "epoch" and isinstance(value, float)}
+    assert set(events) == expected and {"train/loss", "val/dice", "val/loss", "lr", "time_s"} <= expected
+    for key in expected:
+        logged = [(row["epoch"], row[key]) for row in lines_b if key in row]
+        assert [step for step, _ in events[key]] == [step for step, _ in logged], key
+        assert np.allclose([v for _, v in events[key]], [v for _, v in logged], rtol=1e-6), key
 
 
 def test_ddp_two_cpu_processes(phantom, tmp_path):

@@ -52,16 +52,60 @@ def test_an_exported_encoder_round_trips_through_model_weights(tmp_path, capsys,
         assert torch.equal(value, by_plain[_plain(key)]), key
 
 
-def test_export_without_internet_is_one_error_line_and_no_file(tmp_path, capsys, no_network):
+def test_export_with_hf_hub_offline_is_one_error_line_and_no_file(tmp_path, capsys, no_network):
     from tools import export_weights
 
     out = tmp_path / "r18.pth"
     assert export_weights.main(["smp:unet/resnet18", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: smp:unet/resnet18: could not download the ImageNet weights (") and err.count("\n") == 1
-    assert "export them on a machine with internet" in err and not out.exists()
+    assert err == ("error: smp:unet/resnet18: offline (HF_HUB_OFFLINE=1 is set) and the ImageNet weights are not in "
+                   "the local cache; export them on a machine with internet and copy the file here\n")
+    assert not out.exists()
     assert export_weights.main(["shsnet:unet", "-o", str(out)]) == 2
     assert "has no ImageNet encoder" in capsys.readouterr().err
+
+
+def test_export_without_internet_fails_fast_in_one_line(tmp_path, capsys, monkeypatch, no_network):
+    """HF_HUB_OFFLINE unset and no DNS: the probe's one lookup fails, and the hub client is never asked to
+    connect (no_network), so none of its retry lines appear."""
+    import socket
+
+    from huggingface_hub import constants
+    from tools import export_weights
+
+    lookups = []
+
+    def no_dns(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    out = tmp_path / "r18.pth"
+    assert export_weights.main(["smp:unet/resnet18", "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("error: smp:unet/resnet18: offline (huggingface.co cannot be resolved: Name or service not "
+                            "known) and the ImageNet weights are not in the local cache; export them on a machine "
+                            "with internet and copy the file here\n")
+    assert lookups == ["huggingface.co"] and "Retry" not in captured.out + captured.err and not out.exists()
+    assert constants.HF_HUB_OFFLINE is False  # the cache-only mode lasted for the export alone
+
+
+def test_the_probe_says_why_the_hub_cannot_be_reached(monkeypatch):
+    import socket
+
+    from models.pretrained import hub_unreachable
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                                                                 ("127.0.0.1", 9))])
+
+    def refused(self, address):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket.socket, "connect", refused)
+    assert hub_unreachable() == "huggingface.co does not answer: Connection refused"
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: None)
+    assert hub_unreachable() is None
 
 
 @pytest.mark.parametrize("encoder,size", [("mit_b0", 64), ("tu-convnext_atto", 64),

@@ -17,7 +17,9 @@ import inference
 import train
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config, save_config
-from engine.predictor import load_model
+from engine.cost import count_flops
+from engine.predictor import load_model, split_samples
+from ensembles.select import find_candidates
 from engine.cli import run_main
 from engine.yolo_learner import YoloLearner, ultralytics_args, ultralytics_device
 from models import create_model, list_models
@@ -170,6 +172,36 @@ def test_config_maps_onto_ultralytics_arguments(tmp_path):
     assert ultralytics_device("cuda:1") == "1" and ultralytics_device("0,1,2,3") == "0,1,2,3"
 
 
+def test_batch_progress_shows_steps_loss_and_images_per_second(capsys):
+    """Driven by ultralytics' callbacks with a trainer of 10 images in batches of 4 and a batch every 0.5 s: three
+    steps, the running loss, images/s over the 10 images (the last batch holds 2), a new bar when an epoch restarts."""
+    from types import SimpleNamespace
+
+    from engine.yolo_learner import BatchProgress
+
+    loader = type("Loader", (), {"__len__": lambda self: 3, "dataset": list(range(10))})()
+    trainer = SimpleNamespace(train_loader=loader, epoch=0, epochs=2, batch_size=4, world_size=0, tloss=None)
+    ticks = iter([0.0, 100.0, 100.5, 101.0, 101.5])
+    progress = BatchProgress(clock=lambda: next(ticks))
+    callbacks = progress.callbacks()
+    assert sorted(callbacks) == ["on_train_batch_end", "on_train_epoch_end", "on_train_epoch_start"]
+    callbacks["on_train_epoch_start"](trainer)
+    first = progress.bar
+    callbacks["on_train_epoch_start"](trainer)  # restarted (out of memory): the first bar closed, a new one
+    assert first.disable and progress.bar is not first  # tqdm disables a bar it closed
+    seen = []
+    for loss in ({"box": 0.5, "seg": 0.25}, {"box": 0.25, "seg": 0.25}, {"box": 0.25, "seg": 0.125}):
+        trainer.tloss = loss
+        callbacks["on_train_batch_end"](trainer)
+        seen.append((progress.bar.n, progress.bar.postfix))
+    bar = progress.bar
+    callbacks["on_train_epoch_end"](trainer)
+    assert progress.bar is None and bar.desc == "epoch 1/2" and bar.total == 3
+    assert seen == [(1, "img_s=8.0, loss=0.7500"), (2, "img_s=8.0, loss=0.5000"), (3, "img_s=6.7, loss=0.3750")]
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "img_s=6.7, loss=0.3750" in err
+
+
 def test_bad_names_and_options_are_clear_errors(tmp_path):
     names = list_models("segmentation")["yolo"]
     assert {"yolo:yolov8n-seg", "yolo:yolo11n-seg", "yolo:yolo26n-seg"} <= set(names)
@@ -255,8 +287,10 @@ def _smp_run(run_dir: Path, yolo_cfg) -> Path:
     return run_dir
 
 
-def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch, no_network):
-    """train.py on CPU with no network and an empty HOME; Dice by our metric; --tta submission; YOLO+smp ensemble."""
+def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch, no_network, capsys,
+                                                tensorboard_scalars):
+    """train.py on CPU with no network and an empty HOME; Dice by our metric; --tta submission; YOLO+smp ensemble;
+    the per-batch bar and the TensorBoard log; the validation cache that ensemble selection takes it from."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -268,8 +302,19 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
                        f"--data.test_root={hb / 'test'}", "--data.image_size=64", "--data.num_workers=0",
                        f"--data.cache_dir={tmp_path / 'cache'}", "--train.epochs=1", "--train.batch_size=6",
                        "--train.device=cpu", f"--logging.out_dir={runs}",
-                       "--logging.progress=false"]) == 0
+                       "--logging.progress=true", "--logging.tensorboard=true"]) == 0
     run = runs / "segmentation" / "yolo11n_seg-f0"
+    out, err = capsys.readouterr()
+    said = [line.split(":")[0] for line in out.splitlines()]
+    assert said.index("train.py") < said.index(str(run)) < said.index("converting fold 0 to ultralytics' layout under "
+                                                                       f"{tmp_path / 'cache' / 'yolo'} (once per fold; cached)")
+    assert "ultralytics" in said and any(line.startswith("epoch 1/1  train/loss ") for line in out.splitlines())
+    assert "epoch 1/1:" in err and "img_s=" in err  # the per-batch bar (ultralytics' own is off)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = tensorboard_scalars(run / "tensorboard")
+    assert set(events) == {"train/loss", "lr", "time_s", "val/loss", "val/score", "val/dice"}
+    for key, logged in events.items():
+        assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r], key
     assert {"config.yaml", "summary.json", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
     assert not list(run.rglob("ultralytics/**/*.pt"))  # ultralytics' own pickled checkpoints are never written
     for name in ("best.pt", "last.pt"):  # the network itself as tensors: torch.load(weights_only=True)
@@ -284,6 +329,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     assert summary["val"]["score"] == pytest.approx(np.mean(list(summary["val"]["per_item"].values())))
 
     member = load_model(run / "best.pt", torch.device("cpu"))
+    assert summary["flops"] == count_flops(member.model.net, {"images": torch.zeros(1, 3, 64, 64)}) > 10**7  # per image
     task = SegmentationTask(member.cfg)
     again = task.evaluate(member.model, task.datasets()[1], torch.device("cpu"))
     assert again["score"] == pytest.approx(summary["val"]["score"], abs=1e-9)  # our Dice, through load_model
@@ -296,6 +342,21 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     load_local_weights(fresh, str(run / "best.pt"), encoder_attr="model")  # as the trainer's get_model does
     stored = load_checkpoint(run / "best.pt")["model"]
     assert all(torch.equal(v, stored[k].float()) for k, v in fresh.state_dict().items() if v.is_floating_point())
+
+    # the validation cache, as the torch runs write it (engine.predictor.save_probs): selection takes the run
+    assert inference.main(["--ckpt", str(run / "best.pt"), "--split", "val", "--save-probs",
+                           "-o", str(tmp_path / "yolo-val.csv")]) == 0
+    val_names = {s.name for s in split_samples(member.cfg, "val")}
+    assert {p.name[:-4] for p in (run / "preds" / "val").glob("*.npz")} == val_names
+    for name in val_names:
+        with np.load(run / "preds" / "val" / f"{name}.npz") as cached:
+            assert set(cached.files) == {"probs", "orig_size", "mode", "tta"}
+            assert cached["probs"].dtype == np.uint8 and cached["probs"].shape == (29, 64, 64)
+            assert tuple(cached["orig_size"]) == (128, 128) and str(cached["mode"]) == "resize"
+            assert str(cached["tta"]) == "identity"
+    task_name, candidates, _ = find_candidates(runs / "segmentation")
+    assert task_name == "segmentation"
+    assert [(c.label, c.runs, c.folds) for c in candidates] == [("yolo11n_seg", [run], [0])]
 
     sub = tmp_path / "yolo.csv"
     assert inference.main(["--ckpt", str(run / "best.pt"), "--tta", "-o", str(sub)]) == 0

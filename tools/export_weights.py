@@ -5,7 +5,8 @@
 
 Copy the file to the offline machine and set ``--model.weights=weights/resnet34.pth`` (or ``model.weights``
 in the YAML). smp and timm download the weights (this command alone goes online: ``HF_HUB_OFFLINE=1``
-set by you keeps it offline); the file holds tensors only. ``--random`` writes a randomly initialised
+set by you keeps it offline); offline, or when the Hugging Face Hub does not answer a quick check, the weights
+come from the local hub cache only, and their absence ends in one line. The file holds tensors only. ``--random`` writes a randomly initialised
 encoder instead (no download), to check the round trip offline.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +21,19 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write, write_text
+from tasks.formats.images import stem
 from tasks.formats.tables import finite_number
 
 N_LANDMARKS = 68
 MAT_KEY = "p2"
+# The views of one patient: "sunhl-1th-03-Jan-2017-165 A AP" and "sunhl-1th-04-Jan-2017-165 B AP" (patient 165).
+_PATIENT_VIEW = re.compile(r"-(\d+) [A-Z] (AP|PA|LAT)$")
+
+
+def patient_of(name: str) -> str:
+    """The patient of an AASCE image: the number before its view letter (``patient-165``), else the image itself."""
+    view = _PATIENT_VIEW.search(stem(name))
+    return f"patient-{view.group(1)}" if view else stem(name)
 
 
 def read_filenames(path: str | os.PathLike) -> list[str]:

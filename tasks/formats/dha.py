@@ -16,9 +16,15 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
+from tasks.formats.images import stem
 from tasks.formats.tables import finite_number, new_id, read_table
 
 N_LANDMARKS = 37
+
+
+def patient_of(name: str) -> str:
+    """The patient of a Digital Hand Atlas image: its id (one hand a patient)."""
+    return stem(name)
 
 
 def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tuple[list[str], np.ndarray]:

@@ -14,6 +14,12 @@ from tasks.formats.atomic import write_bytes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def stem(name: str) -> str:
+    """``"10001.png"`` and ``"10001"`` name the same image (SHS ids carry the suffix, DHA and RSNA ids do not)."""
+    p = Path(name)
+    return p.stem if p.suffix.lower() in IMAGE_SUFFIXES else name
+
+
 def open_image(path: Path) -> Image.Image:
     """PIL's own ``Image.open``. Importing ultralytics replaces it process-wide with a wrapper that, for a
     file PIL cannot identify, tries to install and import pi-heif instead of raising, so a corrupt image

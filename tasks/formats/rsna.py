@@ -25,6 +25,11 @@ _TRUE = {"true", "1", "m", "male", "yes", "t"}
 _FALSE = {"false", "0", "f", "female", "no"}
 
 
+def patient_of(image_id: str) -> str:
+    """The patient of an RSNA image: its id (one hand a patient)."""
+    return str(image_id)
+
+
 def parse_male(value, where: str) -> bool:
     """``True``/``False`` (any case), ``1``/``0``, ``M``/``F`` or a bool -> bool; anything else fails."""
     if isinstance(value, (bool, np.bool_)):

@@ -7,6 +7,7 @@ wide layout, with any landmark names, is the keypoint submission format; the id 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,11 +15,17 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
+from tasks.formats.images import stem
 from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 
 SHS15_NAMES: tuple[str, ...] = ("IP", "PIP2", "PIP3", "PIP4", "PIP5", "MP", "MCP2", "MCP3", "MCP4", "MCP5",
                                 "W1", "W2", "W3", "W4", "W5")
 ID_COLUMNS: tuple[str, ...] = ("img_id", "image_name")
+
+
+def patient_of(name: str) -> str:
+    """The patient of an SHS_NET image: the two sides of one film (``test_img5_L``, ``test_img5_R``) are one."""
+    return re.sub(r"_[LR]$", "", stem(name))
 
 
 def coord_columns(names: Sequence[str]) -> list[str]:
