@@ -288,12 +288,13 @@ def segmentation_panel(run_dir: Path, split: str, sample: HandboneSample, side: 
     """The cached probabilities of ``sample`` thresholded with the run's ``inference.threshold`` at the
     original size (as ``inference.py`` does), drawn with ``display.overlay.overlay``; Dice against its label."""
     from engine.config import load_config
-    from ensembles.runner import cache_path, load_cached
+    from ensembles.runner import CacheSpec, cache_path, load_cached
     from tasks.metrics import dice_per_class
     from tasks.segmentation import probs_to_masks, resolve_thresholds
 
     cfg = load_config(run_dir / "config.yaml")
-    probs, size = load_cached(cache_path(run_dir, split, sample.name), run_dir.name)
+    entry = load_cached(cache_path(run_dir, split, sample.name), run_dir.name, CacheSpec.of(cfg))
+    probs, size = entry.probs, entry.size
     masks = probs_to_masks(np.asarray(probs), size, resolve_thresholds(cfg.inference.threshold))
     image = read_grey(sample.image_path)
     if image.shape != size:

@@ -26,10 +26,25 @@ import torch
 from engine.config import Config
 from engine.predictor import PREDICTORS, LoadedModel, load_model, prediction_cache
 from engine.tta import View
-from tasks.boneage import BoneAgeSample, BoneAgeTask
-from tasks.formats.rsna import write_predictions
+from tasks.boneage import BoneAgeSample, BoneAgeTask, read_submission
+from tasks.formats import FormatError
+from tasks.formats.rsna import MAX_AGE_MONTHS, write_predictions
 
 CACHE_FILE = "boneage.csv"
+
+
+def load_cache(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Ids and ages (months) of a run's ``boneage.csv``: the one reader of the bone-age cache. Checked as a
+    submission (header ``id,boneage``, non-empty unique ids, finite numbers) and as months: every age within
+    [-240, 480] (twice the oldest RSNA age; a model of 0-240 months predicts nothing beyond that, so a cache
+    in days, or one that is no prediction at all, is refused). A fault is a :class:`FormatError` naming the file."""
+    frame = read_submission(path)
+    ages = frame["boneage"].to_numpy(np.float64)
+    bad = np.flatnonzero((ages < -MAX_AGE_MONTHS) | (ages > 2 * MAX_AGE_MONTHS))
+    if bad.size:
+        raise FormatError(f"{path}: id {frame['id'].iloc[bad[0]]!r} has age {ages[bad[0]]:g}, outside "
+                          f"[{-MAX_AGE_MONTHS:g}, {2 * MAX_AGE_MONTHS:g}] months: not a bone-age prediction in months")
+    return [str(i) for i in frame["id"]], ages
 
 
 def split_samples(task: BoneAgeTask, split: str) -> list[BoneAgeSample]:

@@ -140,16 +140,10 @@ def save_probs(path: Path, probs: np.ndarray, size: tuple[int, int], mode: str =
                tta: str = "identity") -> None:
     """Prediction cache entry: uint8-quantised probabilities (p*255) + original size + how they were made
     (``mode``: ``resize``, at the model size; ``sliding_window``, at the original size; ``tta``: the views
-    averaged, :func:`engine.tta.views_name`)."""
+    averaged, :func:`engine.tta.views_name`). Read back, checked, by ``ensembles.runner.load_cached``."""
     q = probs if probs.dtype == np.uint8 else np.clip(np.rint(probs * 255), 0, 255).astype(np.uint8)
     with atomic_write(path, "wb") as f:
         np.savez(f, probs=q, orig_size=np.asarray(size, np.int64), mode=np.asarray(mode), tta=np.asarray(tta))
-
-
-def load_probs(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    with np.load(path) as f:
-        probs, size = f["probs"], tuple(int(v) for v in f["orig_size"])
-    return probs, size
 
 
 def predict_rows(samples: Iterable[HandboneSample], source: Callable[[np.ndarray], np.ndarray],

@@ -10,12 +10,16 @@ The order every learner follows (the torch trainer and external learners such as
    fills the cache the first epoch would fill anyway.
 3. :func:`open_run_folder` — only now is the folder made (emptied first with ``--overwrite``) and the
    resolved config written.
+
+All of it, and the training that follows, runs under the folder's claim (:func:`claim_run`, taken before
+step 1), so two processes never check, create or write one run folder at once.
 """
 from __future__ import annotations
 
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,6 +27,8 @@ from torch.utils.data import Dataset
 
 from engine.checkpoint import Checkpoint, open_checkpoint
 from engine.config import Config, load_config, save_config
+from engine.status import is_main_process
+from tasks.formats.run_lock import claim
 
 # Files whose presence makes a folder a run (started or finished).
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "summary.json", "metrics.jsonl")
@@ -65,6 +71,12 @@ def describe_difference(keys: Sequence[str], saved: dict[str, Any], new: dict[st
 
 def holds_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
+
+
+def claim_run(run_dir: str | os.PathLike) -> AbstractContextManager:
+    """The run folder's claim (:mod:`tasks.formats.run_lock`) for the process that writes it: rank 0 under
+    torchrun (the others hold nothing), the process itself otherwise. Refused: ``RunFolderInUse``."""
+    return claim(run_dir) if is_main_process() else nullcontext()
 
 
 def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -125,9 +137,10 @@ def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """All three steps for a learner that trains in its own loop (e.g. ultralytics YOLO): check the
-    folder, check every sample of the configured fold, then create the folder."""
+def check_run(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Steps 1 and 2 for a learner that trains in its own loop (e.g. ultralytics YOLO): check the folder, then
+    every sample of the configured fold. Read-only: step 3 (:func:`open_run_folder`) is the learner's, after
+    whatever else it prepares outside the run folder (YOLO converts the fold into the cache)."""
     from engine.status import data_check_line, shows_progress, status
     from tasks.registry import get_task_class
 
@@ -135,7 +148,6 @@ def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
     datasets = get_task_class(cfg.task)(cfg).datasets()
     status(cfg, data_check_line(cfg, *(len(ds) for ds in datasets)))
     check_dataset(datasets, workers=max(1, cfg.data.num_workers), progress=shows_progress(cfg))
-    return open_run_folder(cfg, resume, overwrite)
 
 
 # Keys a run's config.yaml (or -c CONFIG) may set for inference: where the data lives and how the process

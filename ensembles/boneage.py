@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from engine.predict_boneage import CACHE_FILE, predict_samples
+from engine.predict_boneage import CACHE_FILE, load_cache, predict_samples
 from ensembles.config import EnsembleConfig
 from ensembles.registry import ENSEMBLE_FITTERS, ENSEMBLE_RUNNERS
 from ensembles.runner import Member, record_ensemble, resolve_members
 from ensembles.values import (ValueSource, describe_weights, ensemble_weights, fit_values, fuse_values,
                               member_predictions, timed_stats)
-from tasks.boneage import BoneAgeTask, read_submission
+from tasks.boneage import BoneAgeTask
 from tasks.formats import FormatError
 from tasks.formats.rsna import write_predictions
 
@@ -29,8 +29,10 @@ CHANNELS = ("boneage",)
 
 
 def _read_cache(path: Path, member: Member) -> tuple[list[str], np.ndarray]:
-    frame = read_submission(path)
-    return [str(i) for i in frame["id"]], frame["boneage"].to_numpy(np.float64)
+    try:
+        return load_cache(path)
+    except FormatError as err:
+        raise FormatError(f"member {member.label}: {err}") from None
 
 
 def _predict(loaded, split: str, views, device) -> tuple[list[str], np.ndarray]:

@@ -35,7 +35,7 @@ from ensembles.registry import ENSEMBLE_FITTERS, ENSEMBLE_RUNNERS
 from ensembles.runner import Member, record_ensemble, resolve_members
 from ensembles.values import (ValueSource, describe_weights, ensemble_weights, fit_values, fuse_values,
                               member_predictions, timed_stats)
-from ensembles.weighted import check_finite, weighted_mean
+from ensembles.weighted import weighted_mean
 from tasks.formats import FormatError
 from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.keypoints import KeypointTask, radial_errors, write_wide
@@ -43,16 +43,9 @@ from tasks.keypoints import KeypointTask, radial_errors, write_wide
 
 def _read_cache(path: Path, member: Member) -> tuple[list[str], np.ndarray]:
     try:
-        names, coords, _, landmarks = load_cache(path)
-    except (OSError, ValueError, KeyError) as err:
-        raise FormatError(f"member {member.label}: {path} is not a keypoint cache ({err})") from None
-    expected = member.cfgs[0].data.landmarks
-    if landmarks != expected:
-        raise FormatError(f"member {member.label}: {path} holds landmark set {landmarks}, the run predicts {expected}")
-    try:
-        check_finite(coords, f"member {member.label}: {path}")
-    except ValueError as err:
-        raise FormatError(str(err)) from None
+        names, coords, _, _ = load_cache(path, member.cfgs[0].data.landmarks)
+    except FormatError as err:
+        raise FormatError(f"member {member.label}: {err}") from None
     return names, coords
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ensembles.fit import patient_folds, validation_items, write_json
+from tasks.formats.run_lock import claim
 
 Item = tuple[np.ndarray, Any]
 # score(fused (G, ...), target) -> (G,) or (G, n): one score per weight vector (per sample of a batch item)
@@ -419,11 +420,10 @@ def _boneage_val(cfg) -> set[str]:
 
 
 def _boneage_cached(folder: Path) -> set[str]:
-    from engine.predict_boneage import CACHE_FILE
-    from tasks.boneage import read_submission
+    from engine.predict_boneage import CACHE_FILE, load_cache
 
     path = folder / CACHE_FILE
-    return {str(i) for i in read_submission(path)["id"]} if path.is_file() else set()
+    return set(load_cache(path)[0]) if path.is_file() else set()
 
 
 def _boneage_problem(library, members: list, options: dict) -> Problem:
@@ -538,12 +538,22 @@ def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, n
     }
 
 
-def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
-                    patience: int = 0, folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
-                    out: str | Path | None = None, progress: bool = True) -> dict:
+def select_ensemble(runs_dir: str | Path, *, name: str = "selected", **options: Any) -> dict:
     """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
     write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
-    ensemble's summary.json. ``fit_size`` and ``threshold``: segmentation only. Returns the record."""
+    ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` from the candidates found
+    to the last write. ``options``:
+    those of :func:`_select_ensemble` (``fit_size`` and ``threshold``: segmentation only). Returns the record."""
+    runs_dir = Path(runs_dir)
+    found = find_candidates(runs_dir)  # reads only: a missing or empty folder is refused before the claim makes it
+    with claim(runs_dir / name):
+        return _select_ensemble(runs_dir, found, name=name, **options)
+
+
+def _select_ensemble(runs_dir: Path, found: tuple[str, list[Candidate], list[str]], *, name: str,
+                     max_steps: int = 20, init: int = 0, patience: int = 0, folds: int = 5,
+                     fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+                     out: str | Path | None = None, progress: bool = True) -> dict:
     import yaml
 
     from ensembles.config import EnsembleConfig
@@ -551,8 +561,7 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: 
     from tasks.formats.atomic import write_text
     from tasks.registry import get_task_class
 
-    runs_dir = Path(runs_dir)
-    task, candidates, notes = find_candidates(runs_dir)
+    task, candidates, notes = found
     spec, task_cls = TASKS[task], get_task_class(task)
     options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}
     extra = spec.yaml(options)

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from engine.config import load_config, save_config
 from engine.interactive import open_run
 from engine.predictor import save_probs, split_samples
+from engine.sliding_window import MODE_SLIDING
 from engine.trainer import train
 from leaderboard.chromium import find_chromium
 from tasks.formats.handbones import read_masks
@@ -49,13 +50,14 @@ def runs(phantom, tmp_path_factory) -> Path:
             "task": "segmentation", "name": name,
             "data": {"root": str(phantom / "handbones" / "train"), "test_root": str(phantom / "handbones" / "test"),
                      "image_size": 64},
-            "model": {"name": "smp:unet/resnet18"},
+            "model": {"name": "smp:unet/resnet18"}, "inference": {"sliding_window": True},
             "logging": {"out_dir": str(out / "runs"), "progress": False},
         })
         save_config(seg, seg.run_dir / "config.yaml")
-        for s in split_samples(seg, "val")[:2]:
+        for s in split_samples(seg, "val")[:2]:  # maps at the original size: what a sliding-window run caches
             size = image_size(s.image_path)
-            save_probs(seg.run_dir / "preds" / "val" / f"{s.name}.npz", read_masks(s.label_path, *size) * fill, size)
+            save_probs(seg.run_dir / "preds" / "val" / f"{s.name}.npz", read_masks(s.label_path, *size) * fill, size,
+                       MODE_SLIDING)
     return out / "runs"
 
 
