@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from tasks.base import DataBase, Section, Threshold, check_thresholds
 from tasks.formats.atomic import write_text
+from tasks.formats.names import name_problem
+from tasks.formats.tables import TEXT_ENCODING
 from tasks.registry import TASK_NAMES, get_task_class
 
 
@@ -90,6 +92,15 @@ def threshold_in_range(value: Threshold) -> Threshold:
     return value
 
 
+def folder_name(value: str | None) -> str | None:
+    """Validator of a name that becomes a folder (a run's, an ensemble's): one path component
+    (:func:`tasks.formats.names.name_problem`), so the folder stays inside ``out_dir``."""
+    problem = None if value is None else name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class InferenceConfig(Section):
     batch_size: int = Field(4, ge=1)
     threshold: Threshold = 0.5
@@ -108,6 +119,8 @@ class LoggingConfig(Section):
     wandb_project: str = "bone-harness"
     progress: bool = True
 
+    _run_name = field_validator("run_name")(folder_name)
+
 
 class Config(Section):
     task: Literal[TASK_NAMES]  # type: ignore[valid-type]
@@ -119,6 +132,8 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     name: str | None = None
+
+    _name = field_validator("name")(folder_name)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -288,9 +303,11 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     """A YAML file's top-level mapping (empty file: ``{}``); a missing file, bad YAML or another top level
     is a :class:`ConfigError` naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding=TEXT_ENCODING)) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""

@@ -18,6 +18,8 @@ from tasks.formats import FormatError
 from tasks.formats.atomic import write_text
 from tasks.formats.folds import group_folds
 from tasks.formats.images import IMAGE_SUFFIXES
+from tasks.formats.names import check_name
+from tasks.formats.tables import TEXT_ENCODING
 
 CLASSES: tuple[str, ...] = (
     *(f"finger-{i}" for i in range(1, 20)),
@@ -48,7 +50,8 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
 
     ``labels="auto"`` takes ``root/outputs_json`` when it exists; ``None`` lists images only; a path
     takes the JSONs from there (e.g. ``test_gt/outputs_json``). An image without its JSON when labels
-    are expected, or a JSON without its image, is an error naming the file.
+    are expected, or a JSON without its image, is an error naming the file; so is a file or patient folder
+    name that cannot be a submission's ``image_name`` (not UTF-8, a control character: ``tasks.formats.names``).
     """
     root = Path(root)
     dcm = root / "DCM"
@@ -61,7 +64,8 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
     samples = []
     for image_path in sorted(p for p in dcm.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         rel = image_path.relative_to(dcm)
-        patient = rel.parts[0] if len(rel.parts) > 1 else image_path.stem
+        check_name(image_path.name, str(image_path.parent))
+        patient = check_name(rel.parts[0], str(dcm)) if len(rel.parts) > 1 else image_path.stem
         label_path = None
         if label_dir is not None:
             label_path = label_dir / rel.with_suffix(".json")
@@ -89,11 +93,13 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
     annotation repeated. A class may hold several polygons (an unfused epiphysis is a separate piece of its bone)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FormatError(f"{path}: not a readable JSON file ({err})") from None
     if not isinstance(data, dict) or "annotations" not in data:
         raise FormatError(f"{path}: no 'annotations' key")
+    if not isinstance(data["annotations"], list):
+        raise FormatError(f"{path}: 'annotations' is a {type(data['annotations']).__name__}, not a list")
     polygons: dict[str, list[np.ndarray]] = {}
     first: dict[tuple[str, bytes], int] = {}
     for k, ann in enumerate(data["annotations"]):
@@ -101,7 +107,7 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
         if not isinstance(ann, dict) or "label" not in ann or "points" not in ann:
             raise FormatError(f"{where}: needs 'label' and 'points'")
         label = ann["label"]
-        if label not in CLASS_INDEX:
+        if not isinstance(label, str) or label not in CLASS_INDEX:
             raise FormatError(f"{where}: unknown class label {label!r}")
         try:
             pts = np.asarray(ann["points"], dtype=np.float64)
