@@ -246,17 +246,48 @@ def parse_overrides(args: list[str]) -> dict:
                 raise ConfigError(f"override {arg!r} has no value")
             value = args[i + 1]
             i += 1
-        parsed = parse_value(value)
+        try:
+            parsed = parse_value(value)
+        except yaml.constructor.ConstructorError as err:
+            raise ConfigError(f"override {arg!r}: {err.problem}; a value is plain YAML (numbers, text, lists, "
+                              "mappings), nothing is constructed from it") from None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {arg!r}: not a valid value ({problem}); a mapping is written "
+                              "{key: value, ...}, text with YAML's special characters in quotes") from None
+        if isinstance(parsed, (dict, list)):
+            empty = _keys_without_value(yaml.compose(value))
+            if empty:
+                raise ConfigError(f"override {arg!r}: key {empty[0]!r} has no value; write one after its colon "
+                                  "(an empty value is written null)")
         if isinstance(parsed, dict):
             parsed = Replacement(parsed)
         node = out
         parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override {arg!r}: an empty key between dots; expected --section.key=value")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {arg!r} conflicts with an earlier override of '{part}'")
         node[parts[-1]] = parsed
         i += 1
+    return out
+
+
+def _keys_without_value(node: yaml.Node | None, prefix: str = "") -> list[str]:
+    """Dotted keys of the mappings in ``node`` whose value was left out (``{a: }``, ``{a}``): YAML reads them
+    as null, but on a command line they are a value forgotten, not a null meant (that is written ``null``)."""
+    if isinstance(node, yaml.SequenceNode):
+        return [k for item in node.value for k in _keys_without_value(item, prefix)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    out = []
+    for key, value in node.value:
+        name = prefix + (key.value if isinstance(key, yaml.ScalarNode) else "?")
+        if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null" and value.value == "":
+            out.append(name)
+        out += _keys_without_value(value, name + ".")
     return out
 
 

@@ -22,7 +22,9 @@ import torch
 from engine.config import Config
 from engine.predictor import PREDICTORS, LoadedModel, load_model, prediction_cache
 from engine.tta import View, views_from_config
+from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write
+from tasks.formats.names import check_name
 from tasks.keypoints import KeypointDataset, KeypointTask, write_wide
 
 
@@ -90,9 +92,24 @@ def save_cache(directory: str | Path, names: Sequence[str], coords: np.ndarray, 
 
 
 def load_cache(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, str]:
-    """Names, coordinates, confidences and landmark set of a ``keypoints.npz``."""
-    with np.load(path) as f:
-        return [str(n) for n in f["names"]], f["coords"], f["confidence"], str(f["landmarks"])
+    """Names, coordinates ``(N, K, 2)``, confidences ``(N, K)`` and landmark set of a ``keypoints.npz``.
+
+    A missing file raises FileNotFoundError; one that is no such cache (truncated, foreign, arrays missing or
+    of other shapes, a name that is not a file name) raises :class:`FormatError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: keypoint prediction cache not found")
+    try:
+        with np.load(path) as f:
+            names, coords, conf, landmarks = f["names"], f["coords"], f["confidence"], f["landmarks"]
+    except Exception as err:  # numpy and zipfile raise many types for a damaged archive
+        raise FormatError(f"{path}: not a keypoint prediction cache ({type(err).__name__}: {err})") from None
+    if (names.ndim != 1 or names.dtype.kind != "U" or coords.ndim != 3 or coords.shape[::2] != (len(names), 2)
+            or coords.dtype.kind != "f" or conf.shape != coords.shape[:2] or landmarks.ndim != 0
+            or landmarks.dtype.kind != "U"):
+        raise FormatError(f"{path}: not a keypoint prediction cache (names {names.shape} {names.dtype}, coords "
+                          f"{coords.shape} {coords.dtype}, confidence {conf.shape}, landmarks {landmarks.dtype})")
+    return [check_name(str(n), f"{path}: names") for n in names], coords, conf, str(landmarks)
 
 
 @PREDICTORS.register("keypoints")

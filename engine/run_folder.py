@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -97,12 +98,25 @@ def check_dataset(datasets: Sequence[Dataset], workers: int = 0) -> int:
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
     per-sample checks refuse (an image that does not decode, a label that does not parse, points off
-    the image) is refused here, before the run folder exists.
+    the image) is refused here, before the run folder exists. Labels that read but look wrong (a dataset's
+    ``label_notes``: a hand-bone file lacking a bone while another label repeats) are printed as
+    ``warning:`` lines on stderr, and counted in a last one.
     """
     jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
+
+    def check(job: tuple[Dataset, int]) -> list[str]:
+        ds, i = job
+        ds[i]
+        notes = getattr(ds, "label_notes", None)
+        return notes(i) if notes is not None else []
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for _ in pool.map(lambda job: job[0][job[1]], jobs):
-            pass
+        notes = [note for found in pool.map(check, jobs) for note in found]
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if notes:
+        print(f"warning: {len(notes)} of {len(jobs)} samples have labels that look wrong (above); training goes on "
+              "with them as they are", file=sys.stderr)
     return len(jobs)
 
 

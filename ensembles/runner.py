@@ -252,8 +252,11 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"bad local header for {info.filename}")
             name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
             raw.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(raw)
-            shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
+            try:
+                version = np.lib.format.read_magic(raw)
+                shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
+            except Exception as err:  # numpy's header parser raises ValueError, tokenize.TokenError, ...
+                raise ValueError(f"{info.filename}: bad array header ({type(err).__name__}: {err})") from None
             count = int(np.prod(shape))
             start = raw.tell()
             if start + count * dtype.itemsize > size:

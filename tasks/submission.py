@@ -69,6 +69,8 @@ def _images(path: Path, reader: Iterator[list[str]], classes: tuple[str, ...]) -
     current: str | None = None
     rles: list[str] = []
     for line_no, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
         if len(row) != 3:
             raise FormatError(f"{path}:{line_no}: expected 3 fields, got {len(row)}")
         name, cls, rle = row

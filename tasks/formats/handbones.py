@@ -131,6 +131,22 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
     return polygons
 
 
+def mislabelled_bones(path: str | os.PathLike | None) -> list[str]:
+    """A note (a list of one) when a label file lacks a bone while another label repeats (the missing bone was
+    probably annotated under the repeated label), naming the file and the bones; ``[]`` otherwise, and for no
+    file. Such a file reads fine (a bone may be in several pieces, a child may lack one), so this is a
+    warning, which the dataset integrity pass (``engine.run_folder.check_dataset``) prints and counts."""
+    if path is None:
+        return []
+    polygons = read_polygons(path)
+    missing = [c for c in CLASSES if c not in polygons]
+    repeated = [f"{c} {len(p)} times" for c, p in polygons.items() if len(p) > 1]
+    if not missing or not repeated:
+        return []
+    return [f"{path}: no annotation of {', '.join(missing)}, while {', '.join(repeated)} appears; a label may "
+            "name the wrong bone"]
+
+
 def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) -> np.ndarray:
     """``(29, H, W)`` uint8 masks (0/1) from polygons, in canonical class order."""
     import cv2  # here, not at the top: the CSV tools read CLASSES without loading OpenCV
