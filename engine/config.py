@@ -246,20 +246,7 @@ def parse_overrides(args: list[str]) -> dict:
                 raise ConfigError(f"override {arg!r} has no value")
             value = args[i + 1]
             i += 1
-        try:
-            parsed = parse_value(value)
-        except yaml.constructor.ConstructorError as err:
-            raise ConfigError(f"override {arg!r}: {err.problem}; a value is plain YAML (numbers, text, lists, "
-                              "mappings), nothing is constructed from it") from None
-        except yaml.YAMLError as err:
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"override {arg!r}: not a valid value ({problem}); a mapping is written "
-                              "{key: value, ...}, text with YAML's special characters in quotes") from None
-        if isinstance(parsed, (dict, list)):
-            empty = _keys_without_value(yaml.compose(value))
-            if empty:
-                raise ConfigError(f"override {arg!r}: key {empty[0]!r} has no value; write one after its colon "
-                                  "(an empty value is written null)")
+        parsed = _override_value(arg, value)
         if isinstance(parsed, dict):
             parsed = Replacement(parsed)
         node = out
@@ -273,6 +260,31 @@ def parse_overrides(args: list[str]) -> dict:
         node[parts[-1]] = parsed
         i += 1
     return out
+
+
+def _override_value(arg: str, value: str) -> Any:
+    """``value`` of the override ``arg`` parsed (:func:`parse_value`); anything that is not plain YAML data, or a
+    mapping key left without its value, is a :class:`ConfigError` naming the override."""
+    problem = None
+    try:
+        aliases = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(value))
+        parsed = None if aliases else parse_value(value)
+    except yaml.constructor.ConstructorError as err:
+        problem = f"{err.problem}; a value is plain YAML (numbers, text, lists, mappings), nothing is constructed from it"
+    except yaml.YAMLError as err:
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = (f"not a valid value ({reason}); a mapping is written {{key: value, ...}}, text with YAML's special "
+                   "characters in quotes")
+    except ValueError as err:   # a tag such as !!float on text that is no number
+        problem = f"not a valid value ({err})"
+    else:
+        if aliases:
+            problem = "YAML aliases (*name) are not taken on the command line; write the value out"
+        elif isinstance(parsed, (dict, list)) and (empty := _keys_without_value(yaml.compose(value))):
+            problem = f"key {empty[0]!r} has no value; write one after its colon (an empty value is written null)"
+    if problem is not None:
+        raise ConfigError(f"override {arg!r}: {problem}")
+    return parsed
 
 
 def _keys_without_value(node: yaml.Node | None, prefix: str = "") -> list[str]:

@@ -236,8 +236,18 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
     Large arrays are memory-mapped, small ones read: no ``zipfile`` CRC pass and no copies (the cache
     is written atomically by this harness, and a short file still fails); a compressed archive goes
-    through ``np.load``.
+    through ``np.load``. A missing file raises FileNotFoundError, a damaged one ValueError (zipfile and
+    numpy's header parser raise many types: BadZipFile, NotImplementedError, tokenize.TokenError, ...).
     """
+    try:
+        return _read_npz(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{type(err).__name__}: {err}") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     out = {}
     size = Path(path).stat().st_size
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
@@ -252,11 +262,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"bad local header for {info.filename}")
             name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
             raw.seek(info.header_offset + 30 + name_len + extra_len)
-            try:
-                version = np.lib.format.read_magic(raw)
-                shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
-            except Exception as err:  # numpy's header parser raises ValueError, tokenize.TokenError, ...
-                raise ValueError(f"{info.filename}: bad array header ({type(err).__name__}: {err})") from None
+            version = np.lib.format.read_magic(raw)
+            shape, fortran, dtype = np.lib.format._read_array_header(raw, version)
             count = int(np.prod(shape))
             start = raw.tell()
             if start + count * dtype.itemsize > size:

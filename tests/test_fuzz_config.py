@@ -56,6 +56,8 @@ def test_a_corrupted_run_config_loads_valid_or_is_named(work, content):
 @example(key="model.options", value="!!python/object:os.system {}")         # was a yaml ConstructorError traceback
 @example(key="logging.run_name", value="../../../x")                        # wrote outside out_dir
 @example(key="data..fold", value="1")                                       # named key 'data.', not the override
+@example(key="train.lr", value="{a: !!float x}")                            # was a ValueError without the override
+@example(key="model.options", value="&a [*a]")                              # was a RecursionError
 def test_an_override_loads_a_valid_config_or_is_one_line_naming_its_key(work, key, value):
     cfg = outcome(lambda: load_config(RUN_CONFIG, [f"--{key}={value}"]), key, (ConfigError,))
     if cfg is not None:
