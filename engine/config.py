@@ -269,6 +269,9 @@ def _override_value(arg: str, value: str) -> Any:
     try:
         aliases = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(value))
         parsed = None if aliases else parse_value(value)
+        empty = _keys_without_value(yaml.compose(value)) if isinstance(parsed, (dict, list)) else []
+    except RecursionError:
+        problem = "nested too deeply"
     except yaml.constructor.ConstructorError as err:
         problem = f"{err.problem}; a value is plain YAML (numbers, text, lists, mappings), nothing is constructed from it"
     except yaml.YAMLError as err:
@@ -280,7 +283,7 @@ def _override_value(arg: str, value: str) -> Any:
     else:
         if aliases:
             problem = "YAML aliases (*name) are not taken on the command line; write the value out"
-        elif isinstance(parsed, (dict, list)) and (empty := _keys_without_value(yaml.compose(value))):
+        elif empty:
             problem = f"key {empty[0]!r} has no value; write one after its colon (an empty value is written null)"
     if problem is not None:
         raise ConfigError(f"override {arg!r}: {problem}")
@@ -351,6 +354,8 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
         raise ConfigError(f"{path}: {what} file not found") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a UTF-8 text file ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a usable {what} file (nested too deeply)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""

@@ -18,7 +18,7 @@ REAL_DATA = ROOT.parent / "shared" / "data" / "real"
 # The fuzz tests (Hypothesis, tests/test_fuzz_*.py): `bounded`, the default, is reproducible (derandomized) and
 # keeps them all well under a minute; `pytest --hypothesis-profile=long tests/test_fuzz_*.py` searches far more
 # examples on a local machine. No example database: nothing is written into the checkout.
-settings.register_profile("bounded", max_examples=30, deadline=None, database=None, derandomize=True,
+settings.register_profile("bounded", max_examples=50, deadline=None, database=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=3000, deadline=None, database=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])

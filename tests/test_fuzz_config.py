@@ -40,6 +40,7 @@ def test_a_run_config_loads_equal_after_an_equivalent_change(work, content):
 
 
 @given(content=corrupted(RUN_CONFIG.read_bytes()))
+@example(content=b"task: " + b"[" * 500 + b"]" * 500)                       # was a RecursionError in PyYAML
 def test_a_corrupted_run_config_loads_valid_or_is_named(work, content):
     path = work / "demo_unet.yaml"
     path.write_bytes(content)
@@ -58,6 +59,7 @@ def test_a_corrupted_run_config_loads_valid_or_is_named(work, content):
 @example(key="data..fold", value="1")                                       # named key 'data.', not the override
 @example(key="train.lr", value="{a: !!float x}")                            # was a ValueError without the override
 @example(key="model.options", value="&a [*a]")                              # was a RecursionError
+@example(key="model.options", value="[" * 500 + "]" * 500)                   # was a RecursionError in PyYAML
 def test_an_override_loads_a_valid_config_or_is_one_line_naming_its_key(work, key, value):
     cfg = outcome(lambda: load_config(RUN_CONFIG, [f"--{key}={value}"]), key, (ConfigError,))
     if cfg is not None:

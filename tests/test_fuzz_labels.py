@@ -8,6 +8,7 @@ fault the fuzzing found.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from hypothesis import strategies as st
 
 from fuzzing import corrupted, equivalent, inside, outcome
 from tasks.formats import FormatError, aasce, dha, rsna
-from tasks.formats.handbones import CLASSES, read_polygons, write_polygons
+from tasks.formats.handbones import CLASSES, list_samples, read_polygons, write_polygons
 from tasks.formats.shs import SHS15_NAMES, write_coords
-from tasks.keypoint_labels import read_wide
+from tasks.keypoint_labels import read_split_file, read_wide
 from tasks.keypoint_sets import get_set
 
 H, W = 40, 48
@@ -124,6 +125,7 @@ def test_label_json_reads_equal_after_an_equivalent_change(work, content):
 
 @given(content=st.one_of(corrupted(LABEL_JSON), json_edits()))
 @example(content=b'{"annotations": null}')                                       # was a TypeError
+@example(content=b'{"annotations": ' + b"[" * 100000 + b"]" * 100000 + b"}")       # was a RecursionError
 @example(content=b'{"annotations": [{"points": [[1, 1], [9, 1], [9, 9]], "label": []}]}')   # was a TypeError
 def test_a_corrupted_label_json_reads_well_formed_or_is_named(work, content):
     path = work / "bad.json"
@@ -250,3 +252,32 @@ def test_a_corrupted_aasce_mat_file_reads_well_formed_or_is_named(work, content)
     xy = outcome(lambda: aasce.read_mat(path), path, (FormatError,))
     if xy is not None:
         assert xy.shape == (68, 2) and np.isfinite(xy).all()
+
+
+@given(name=st.binary(min_size=1, max_size=16).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")))
+@example(name=b"img\xff")      # not UTF-8: was written to the submission as a lone surrogate (UnicodeEncodeError)
+def test_a_data_folder_with_any_file_name_lists_names_inside_it_or_is_named(work, name):
+    root = Path(tempfile.mkdtemp(dir=work))
+    folder = root / "DCM" / "ID001"
+    folder.mkdir(parents=True)
+    for stem in (b"image1", name):
+        with open(os.fsencode(folder) + b"/" + stem + b".png", "wb") as f:
+            f.write(b"\x89PNG")   # listing only looks at the names
+    samples = outcome(lambda: list_samples(root, labels=None), folder, (FormatError,))
+    if samples is not None:
+        assert all(inside(s.image_path.parent, s.name) and s.image_path.parent == folder for s in samples)
+
+
+SPLIT = b"img_id,split\ntest_img1_L.png,train\ntest_img2_L.png,test\n"
+
+
+@given(content=st.one_of(equivalent(SPLIT), corrupted(SPLIT)))
+@example(content=b"img_id,split\ntest_img1_L.png\n")   # a short row: was an AttributeError (None.strip)
+def test_a_keypoint_split_file_reads_well_formed_or_is_named(work, content):
+    path = work / "split.csv"
+    path.write_bytes(content)
+    splits = outcome(lambda: read_split_file(path), path, (FormatError,))
+    if splits is not None:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in splits.items())
+        if content in (SPLIT, b"\xef\xbb\xbf" + SPLIT):
+            assert splits == {"test_img1_L": "train", "test_img2_L": "test"}

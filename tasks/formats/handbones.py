@@ -96,6 +96,8 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
         data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FormatError(f"{path}: not a readable JSON file ({err})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: not a label file (nested too deeply)") from None
     if not isinstance(data, dict) or "annotations" not in data:
         raise FormatError(f"{path}: no 'annotations' key")
     if not isinstance(data["annotations"], list):
