@@ -5,7 +5,6 @@ The training task (``tasks.keypoints``) and the local scorer (``tasks.scoring``)
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 from tasks.formats import FormatError
 from tasks.formats.images import IMAGE_SUFFIXES, image_size
 from tasks.formats.names import check_name
-from tasks.formats.tables import TEXT_ENCODING, first_row
+from tasks.formats.tables import first_row, read_rows
 from tasks.keypoint_sets import LANDMARK_SETS, LandmarkSet, set_for_columns
 
 ID_COLUMNS = ("image_name", "img_id")
@@ -148,17 +147,12 @@ def read_spacing_file(path: Path) -> dict[str, float]:
 
 
 def read_split_file(path: Path) -> dict[str, str]:
-    """``{stem: split}`` from ``split.csv`` (``img_id,split``)."""
-    try:
-        with path.open(newline="", encoding=TEXT_ENCODING) as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"img_id", "split"} <= set(reader.fieldnames):
-                raise FormatError(f"{path}: split file needs columns img_id,split, got {reader.fieldnames}")
-            return {stem((r["img_id"] or "").strip()): (r["split"] or "").strip() for r in reader}
-    except OSError as err:
-        raise FormatError(f"{path}: cannot open split file ({err})") from None
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise FormatError(f"{path}: not a readable split file ({err})") from None
+    """``{stem: split}`` from ``split.csv`` (``img_id,split``); a row of another length names its line."""
+    header, rows = read_rows(path)
+    if not {"img_id", "split"} <= set(header):
+        raise FormatError(f"{path}: split file needs columns img_id,split, got {','.join(header)}")
+    at, split_at = header.index("img_id"), header.index("split")
+    return {stem(row[at]): row[split_at] for _, row in rows}
 
 
 def check_inside(path: Path, sample: KeypointSample, lmset: LandmarkSet, height: int, width: int) -> None:
