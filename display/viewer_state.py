@@ -23,6 +23,7 @@ import yaml
 
 from tasks.formats.handbones import HandboneSample, list_samples, read_masks
 from tasks.formats.images import read_grey
+from tasks.formats.tables import TEXT_ENCODING
 from tasks.interactive import pick_clicks, pin
 from tasks.metrics import radial_errors
 from display.overlay import overlay
@@ -61,8 +62,8 @@ def run_task(run_dir: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        raw = yaml.safe_load(path.read_text(encoding=TEXT_ENCODING))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: not a readable config ({err})") from None
     return raw.get("task") if isinstance(raw, dict) else None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from engine.tta import View, views_from_config
 from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write
 from tasks.keypoint_sets import get_set
+from tasks.formats.names import check_name
 from tasks.keypoints import KeypointDataset, KeypointTask, write_wide
 
 
@@ -105,8 +105,8 @@ def load_cache(path: str | Path, landmarks: str | None = None) -> tuple[list[str
             names, coords, conf, lmset = f["names"], f["coords"], f["confidence"], str(f["landmarks"][()])
     except FileNotFoundError:
         raise FormatError(f"{path}: keypoint cache is missing") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise FormatError(f"{path}: not a keypoint cache ({str(err).strip() or type(err).__name__})") from None
+    except Exception as err:  # numpy and zipfile raise many types for a damaged archive
+        raise FormatError(f"{path}: not a keypoint cache ({type(err).__name__}: {err})") from None
     if landmarks is not None and lmset != landmarks:
         raise FormatError(f"{path}: holds landmark set {lmset}, the run predicts {landmarks}")
     try:
@@ -122,7 +122,7 @@ def load_cache(path: str | Path, landmarks: str | None = None) -> tuple[list[str
                               f"{n} images x {k} landmarks of {lmset}")
         if not np.isfinite(value).all():
             raise FormatError(f"{path}: {key} holds {int((~np.isfinite(value)).sum())} NaN/infinite values")
-    return [str(v) for v in names], coords, conf, lmset
+    return [check_name(str(v), f"{path}: names") for v in names], coords, conf, lmset
 
 
 @PREDICTORS.register("keypoints")

@@ -117,7 +117,9 @@ class ProbabilitySource:
         """``(C, s, s)`` float32 probabilities at the largest member size for one uint8 image."""
         total = None
         for m, w in zip(self.members, self.weights):
-            x = torch.from_numpy(resize_grey(image, m.image_size, m.image_size)).float().div_(255)[None, None]
+            # float32 in numpy: the one copy .float() would make, and a decoded image may be read-only (PIL's
+            # arrays are), which torch.from_numpy warns about when the size already matches
+            x = torch.from_numpy(resize_grey(image, m.image_size, m.image_size).astype(np.float32)).div_(255)[None, None]
             x = x.to(self.device)
             ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
             with ctx:

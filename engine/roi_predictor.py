@@ -63,7 +63,7 @@ class TwoStageSource:
     def predict_crop(self, image: np.ndarray, box: Box) -> np.ndarray:
         """Stage-2 probabilities ``(K, s, s)`` of the crop of ``image`` at ``box``."""
         size = self.stage2.image_size
-        x = torch.from_numpy(crop(image, box, size)).float().div_(255)[None, None].to(self.device)
+        x = torch.from_numpy(crop(image, box, size).astype(np.float32)).div_(255)[None, None].to(self.device)
         ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else torch.autocast("cpu", enabled=False)
         with ctx:
             prob = tta_predict(self.stage2.model, x, self.views)[0]

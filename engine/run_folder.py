@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -109,16 +110,32 @@ def check_dataset(datasets: Sequence[Dataset], workers: int = 0, progress: bool 
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
     per-sample checks refuse (an image that does not decode, a label that does not parse, points off
-    the image) is refused here, before the run folder exists. ``progress``: a bar over the samples.
+    the image) is refused here, before the run folder exists. Labels that read but look wrong (a dataset's
+    ``label_notes``: a hand-bone file lacking a bone while another label repeats) are printed as
+    ``warning:`` lines on stderr, and counted in a last one. ``progress``: a bar over the samples.
     """
     from tqdm import tqdm
 
     jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
+
+    def check(job: tuple[Dataset, int]) -> list[str]:
+        ds, i = job
+        ds[i]
+        notes = getattr(ds, "label_notes", None)
+        return notes(i) if notes is not None else []
+
+    notes: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(jobs), desc="checking samples", unit="img", disable=not progress, leave=False,
                  dynamic_ncols=True) as bar:
-        for _ in pool.map(lambda job: job[0][job[1]], jobs):
+        for found in pool.map(check, jobs):
+            notes += found
             bar.update(1)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if notes:
+        print(f"warning: {len(notes)} of {len(jobs)} samples have labels that look wrong (above); training goes on "
+              "with them as they are", file=sys.stderr)
     return len(jobs)
 
 

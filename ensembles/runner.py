@@ -236,8 +236,19 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
     Large arrays are memory-mapped, small ones read: no ``zipfile`` CRC pass and no copies (the cache
     is written atomically by this harness, and a short file still fails); a compressed archive goes
-    through ``np.load``. An array of Python objects is refused (it would need unpickling).
+    through ``np.load``. An array of Python objects is refused (it would need unpickling). A missing file raises
+    FileNotFoundError, a damaged one ValueError (zipfile and numpy's header parser raise many types:
+    BadZipFile, NotImplementedError, tokenize.TokenError, ...).
     """
+    try:
+        return _read_npz(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{type(err).__name__}: {err}") from None
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     out = {}
     size = Path(path).stat().st_size
     with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:

@@ -465,6 +465,12 @@ def _fold_base(run_dir: Path, fold: int) -> str:
     return re.sub(rf"-f{fold}$", "", run_dir.name)
 
 
+def _finished_names(folder: Path) -> list[str]:
+    """Names of the finished runs (config.yaml, summary.json and best.pt) directly in ``folder``, sorted."""
+    runs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [p.name for p in runs if all((p / f).is_file() for f in ("config.yaml", "summary.json", "best.pt"))]
+
+
 def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[str]]:
     """The task of the finished runs of ``runs_dir``, those runs with a complete out-of-fold validation cache
     grouped by configuration, and notes on the runs left out (unfinished, no or an incomplete cache). Runs
@@ -488,13 +494,22 @@ def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[st
             continue
         finished.append((run, load_config(run / "config.yaml")))
     hint = "train with `python train.py -c CONFIG --folds all`, which writes the out-of-fold predictions"
+    by_task: dict[str, str] = {}   # task -> one of its finished runs, for the message
+    for run, cfg in finished:
+        by_task.setdefault(cfg.task, run.name)
+    nested = not finished   # an out_dir (runs/) holding the task folders (runs/<task>/<run>)
+    if nested:
+        by_task = {t: names[0] for t in TASKS if (names := _finished_names(runs_dir / t))}
+    tasks = sorted(by_task)
+    if len(tasks) > 1:
+        folder = runs_dir / tasks[0] if nested else f"runs/{tasks[0]}"
+        raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {by_task[t]}' for t in tasks)}"
+                         f"); select from one task's folder, e.g. {folder}")
+    if nested and tasks:
+        raise ValueError(f"{runs_dir}: holds no runs itself; its {tasks[0]} runs are in {runs_dir / tasks[0]}: "
+                         "select from that folder")
     if not finished:
         raise ValueError(f"{runs_dir}: no finished run (summary.json and best.pt) to select from; {hint}")
-    tasks = sorted({cfg.task for _, cfg in finished})
-    if len(tasks) > 1:
-        example = {t: next(r.name for r, c in finished if c.task == t) for t in tasks}
-        raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {r}' for t, r in example.items())}"
-                         f"); select from one task's folder, e.g. runs/{tasks[0]}")
     task = tasks[0]
     spec = TASKS[task]
     found: dict[str, list[tuple[Path, Any]]] = {}
@@ -544,6 +559,9 @@ def select_ensemble(runs_dir: str | Path, *, name: str = "selected", **options: 
     ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` from the candidates found
     to the last write. ``options``:
     those of :func:`_select_ensemble` (``fit_size`` and ``threshold``: segmentation only). Returns the record."""
+    from tasks.formats.names import check_name
+
+    check_name(name, "--name (the ensemble's folder)")
     runs_dir = Path(runs_dir)
     found = find_candidates(runs_dir)  # reads only: a missing or empty folder is refused before the claim makes it
     with claim(runs_dir / name):

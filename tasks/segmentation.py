@@ -18,7 +18,7 @@ from tasks.augment import SeededDataset, build_augment
 from tasks.base import DataBase, Task, check_thresholds
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
-from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
+from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, mislabelled_bones, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
 from tasks.roi import RoiConfig
@@ -112,6 +112,9 @@ class HandboneDataset(SeededDataset):
             return out
 
         return self.cache.get(sources, f"seg|{self.size}", make)
+
+    def label_notes(self, i: int) -> list[str]:
+        return mislabelled_bones(self.samples[i].label_path)
 
     def __getitem__(self, i: int) -> dict:
         item = self.load(i)

@@ -18,19 +18,14 @@ import numpy as np
 
 from tasks.formats import FormatError
 from tasks.formats.atomic import atomic_write
-from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
+from tasks.formats.tables import finite_numbers, first_row, format_number, new_id, read_rows
 
 AGE_HEADER = ("id", "boneage")
 
 
 def sniff_task(csv_path: str | os.PathLike) -> str:
     """Which task a submission belongs to, from its header."""
-    try:
-        with open(csv_path, newline="") as f:
-            header = next(csv.reader(f), [])
-    except OSError as err:
-        raise FormatError(f"{csv_path}: cannot open submission ({err.strerror or err})") from None
-    header = [h.strip() for h in header]
+    header = first_row(csv_path, "submission")
     if header == ["image_name", "class", "rle"]:
         return "segmentation"
     if header[:2] == ["id", "boneage"]:
