@@ -15,16 +15,21 @@ reported. ``--section.key=value`` overrides are applied last. Faults end as one 
   python inference.py --ensemble configs/ensembles/kp_hard.yaml --tta                           # any task: keypoints, boneage
 
 An ensemble writes its CSV and, for the test set, its run folder <out_dir>/<task>/<name>/summary.json.
+Whatever writes into a run folder (the speed in summary.json, --save-probs into <run>/preds/<split>, an
+ensemble's summary) holds that folder's claim while it runs: one in use by another process is refused.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 import engine  # noqa: F401  (offline environment first)
 from core.cli import run_main
 from engine.config import parse_overrides
+from tasks.formats.run_lock import claim_bookkeeping
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -98,6 +103,14 @@ def _infer(argv: list[str]) -> int:
     if not args.ckpt:
         print("inference.py: give --ckpt (or --ensemble)", file=sys.stderr)
         return 2
+    run_dir = Path(args.ckpt).parent
+    writes_run = args.save_probs == "auto" or (run_dir / "summary.json").is_file()  # its cache, its speed
+    with claim_bookkeeping(run_dir) if writes_run else nullcontext():
+        return predict_one(args, rest)
+
+
+def predict_one(args: argparse.Namespace, rest: list[str]) -> int:
+    """Predict the run of ``args.ckpt`` (the command without ``--ensemble``)."""
     from engine.checkpoint import open_checkpoint
     from engine.predictor import predict_run as predict  # here: --help and --ensemble need no single-run predictor
 

@@ -76,8 +76,9 @@ def external_learner(cfg):
     """A learner with its own training loop (kind "external", e.g. ultralytics YOLO) for ``cfg``.
 
     The model registry builds the family's model (``models/``); its learner (``engine/``) trains it.
-    Contract: ``fit(cfg, resume=False) -> summary`` writes the run folder like the torch trainer does
-    (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
+    Contract: ``fit(cfg, resume=False, overwrite=False) -> summary`` runs its own checks and those of
+    ``engine.run_folder`` (folder, then every sample) before it creates the run folder, then writes it like
+    the torch trainer does (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
     """
     import models
     from engine.config import ConfigError
@@ -145,7 +146,8 @@ def _train(argv: list[str]) -> int:
 
 
 def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
-    """Train one run of ``cfg`` (torch trainer or an external learner); returns its summary."""
+    """Train one run of ``cfg`` (torch trainer or an external learner), holding the run folder's claim from
+    before its checks to the end; returns its summary."""
     import models
     from engine.config import ConfigError
 
@@ -154,13 +156,12 @@ def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
     except ValueError as err:
         raise ConfigError(f"model.name: {err}") from None
     if family.kind == "external":
-        from engine.run_folder import prepare_run
-        from engine.trainer import check_image_size
+        from engine.run_folder import claim_run
+        from engine.trainer import check_model_config
 
-        check_image_size(cfg)
-        learner = external_learner(cfg)
-        prepare_run(cfg, resume=resume, overwrite=overwrite)
-        return learner.fit(cfg, resume=resume)
+        with claim_run(cfg.run_dir):
+            check_model_config(cfg)
+            return external_learner(cfg).fit(cfg, resume=resume, overwrite=overwrite)
     from engine.trainer import train
 
     return train(cfg, resume=resume, overwrite=overwrite)

@@ -23,6 +23,7 @@ import yaml
 
 from tasks.formats.handbones import HandboneSample, list_samples, read_masks
 from tasks.formats.images import read_grey
+from tasks.formats.tables import TEXT_ENCODING
 from tasks.interactive import pick_clicks, pin
 from tasks.metrics import radial_errors
 from display.overlay import overlay
@@ -61,8 +62,8 @@ def run_task(run_dir: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        raw = yaml.safe_load(path.read_text(encoding=TEXT_ENCODING))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: not a readable config ({err})") from None
     return raw.get("task") if isinstance(raw, dict) else None
 
@@ -288,12 +289,13 @@ def segmentation_panel(run_dir: Path, split: str, sample: HandboneSample, side: 
     """The cached probabilities of ``sample`` thresholded with the run's ``inference.threshold`` at the
     original size (as ``inference.py`` does), drawn with ``display.overlay.overlay``; Dice against its label."""
     from engine.config import load_config
-    from tasks.segmentation.cache import cache_path, load_cached
+    from tasks.segmentation.cache import CacheSpec, cache_path, load_cached
     from tasks.metrics import dice_per_class
     from tasks.segmentation.masks import probs_to_masks, resolve_thresholds
 
     cfg = load_config(run_dir / "config.yaml")
-    probs, size = load_cached(cache_path(run_dir, split, sample.name), run_dir.name)
+    entry = load_cached(cache_path(run_dir, split, sample.name), run_dir.name, CacheSpec.of(cfg))
+    probs, size = entry.probs, entry.size
     masks = probs_to_masks(np.asarray(probs), size, resolve_thresholds(cfg.inference.threshold))
     image = read_grey(sample.image_path)
     if image.shape != size:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from tasks.schema import DataBase, Section, Threshold, check_thresholds
 from core.atomic import write_text
 from tasks.spec import MODE_RESIZE, MODE_SLIDING, TaskSpec, task_names, task_spec
+from tasks.formats.names import name_problem
+from tasks.formats.tables import TEXT_ENCODING
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,15 @@ def threshold_in_range(value: Threshold) -> Threshold:
     return value
 
 
+def folder_name(value: str | None) -> str | None:
+    """Validator of a name that becomes a folder (a run's, an ensemble's): one path component
+    (:func:`tasks.formats.names.name_problem`), so the folder stays inside ``out_dir``."""
+    problem = None if value is None else name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class InferenceConfig(Section):
     batch_size: int = Field(4, ge=1)
     threshold: Threshold = 0.5
@@ -114,6 +125,8 @@ class LoggingConfig(Section):
     tensorboard: bool = False             # also write metrics.jsonl's scalars to <run>/tensorboard/ (engine/run_logging.py)
     progress: bool = True
 
+    _run_name = field_validator("run_name")(folder_name)
+
 
 class Config(Section):
     task: str
@@ -131,6 +144,7 @@ class Config(Section):
     def _known_task(cls, value: str) -> str:
         task_spec(value)
         return value
+    _name = field_validator("name")(folder_name)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -256,17 +270,63 @@ def parse_overrides(args: list[str]) -> dict:
                 raise ConfigError(f"override {arg!r} has no value")
             value = args[i + 1]
             i += 1
-        parsed = parse_value(value)
+        parsed = _override_value(arg, value)
         if isinstance(parsed, dict):
             parsed = Replacement(parsed)
         node = out
         parts = key.split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override {arg!r}: an empty key between dots; expected --section.key=value")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {arg!r} conflicts with an earlier override of '{part}'")
         node[parts[-1]] = parsed
         i += 1
+    return out
+
+
+def _override_value(arg: str, value: str) -> Any:
+    """``value`` of the override ``arg`` parsed (:func:`parse_value`); anything that is not plain YAML data, or a
+    mapping key left without its value, is a :class:`ConfigError` naming the override."""
+    problem = None
+    try:
+        aliases = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(value))
+        parsed = None if aliases else parse_value(value)
+        empty = _keys_without_value(yaml.compose(value)) if isinstance(parsed, (dict, list)) else []
+    except RecursionError:
+        problem = "nested too deeply"
+    except yaml.constructor.ConstructorError as err:
+        problem = f"{err.problem}; a value is plain YAML (numbers, text, lists, mappings), nothing is constructed from it"
+    except yaml.YAMLError as err:
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = (f"not a valid value ({reason}); a mapping is written {{key: value, ...}}, text with YAML's special "
+                   "characters in quotes")
+    except ValueError as err:   # a tag such as !!float on text that is no number
+        problem = f"not a valid value ({err})"
+    else:
+        if aliases:
+            problem = "YAML aliases (*name) are not taken on the command line; write the value out"
+        elif empty:
+            problem = f"key {empty[0]!r} has no value; write one after its colon (an empty value is written null)"
+    if problem is not None:
+        raise ConfigError(f"override {arg!r}: {problem}")
+    return parsed
+
+
+def _keys_without_value(node: yaml.Node | None, prefix: str = "") -> list[str]:
+    """Dotted keys of the mappings in ``node`` whose value was left out (``{a: }``, ``{a}``): YAML reads them
+    as null, but on a command line they are a value forgotten, not a null meant (that is written ``null``)."""
+    if isinstance(node, yaml.SequenceNode):
+        return [k for item in node.value for k in _keys_without_value(item, prefix)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    out = []
+    for key, value in node.value:
+        name = prefix + (key.value if isinstance(key, yaml.ScalarNode) else "?")
+        if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null" and value.value == "":
+            out.append(name)
+        out += _keys_without_value(value, name + ".")
     return out
 
 
@@ -313,9 +373,13 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     """A YAML file's top-level mapping (empty file: ``{}``); a missing file, bad YAML or another top level
     is a :class:`ConfigError` naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding=TEXT_ENCODING)) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a usable {what} file (nested too deeply)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""

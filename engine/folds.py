@@ -8,7 +8,9 @@ folder rules of :mod:`engine.run_folder` hold for every fold and are checked for
 first one trains: a fold whose folder holds a run is refused unless ``--resume`` (finished folds are
 skipped, a started one resumed from ``last.pt``, both only with the saved config) or ``--overwrite``.
 A fold counts as done when its summary.json records the out-of-fold cache (``oof``); a finished fold
-whose cache was not completed (killed while predicting) gets its predictions on ``--resume``.
+whose cache was not completed (killed while predicting) gets its predictions on ``--resume``. Each fold's
+folder is claimed (:func:`engine.run_folder.claim_run`) while it trains and predicts: a fold another
+process is training ends the command with ``error: <fold folder>: in use by pid N on <host> since <time>``.
 
 The report (:func:`cv_report`, printed) and ``<out_dir>/<task>/<name>-cv.json`` (:func:`write_cv`) give
 every fold's validation metrics of its ``best.pt`` (MRE px/mm and SDR for keypoints; MAE and the
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import Config, ConfigError
-from engine.run_folder import check_run_folder, holds_run
+from engine.run_folder import check_run_folder, claim_run, holds_run
 from engine.status import is_main_process
 from engine.summary import read_summary, record_summary
 from core.atomic import write_text
@@ -108,24 +110,34 @@ def run_folds(cfgs: Sequence[Config], train_one: TrainOne, resume: bool = False,
     rows = []
     for plan in plans:
         cfg = plan.cfg
-        if plan.action == "skip":
-            log(f"fold {cfg.data.fold}: {cfg.run_dir} is finished, skipped")
-            summary = read_summary(cfg.run_dir)
-        else:
-            log(f"fold {cfg.data.fold}: {'resuming' if plan.action == 'resume' else 'training'} {cfg.run_dir}")
-            summary = train_one(cfg, plan.action == "resume", overwrite)
+        with claim_run(cfg.run_dir):  # the fold's folder while it trains and takes its out-of-fold predictions
+            summary = _run_fold(plan, train_one, overwrite, log)
         if is_main_process():
-            if not (cfg.run_dir / "best.pt").is_file():
-                log(f"fold {cfg.data.fold}: no epoch passed the checkpoint rule ({summary.get('selected_by')}): "
-                    "no best.pt, no validation metrics, no out-of-fold predictions")
-            elif not (plan.action == "skip" and summary.get("oof")):
-                predict_out_of_fold(cfg)
-                summary = read_summary(cfg.run_dir)
             rows.append({"fold": cfg.data.fold, "run": str(cfg.run_dir), "action": plan.action,
                          "metric": summary.get("metric"), "score": (summary.get("val") or {}).get("score"),
                          "best_epoch": summary.get("best_epoch"), "oof_images": (summary.get("oof") or {}).get("images"),
                          "val": numeric_metrics(summary.get("val") or {}), "images": fold_images(cfg)})
     return rows
+
+
+def _run_fold(plan: FoldPlan, train_one: TrainOne, overwrite: bool, log: Callable[[str], None]) -> dict:
+    """Train, resume or skip one fold, then (rank 0) write its out-of-fold predictions; returns its summary."""
+    cfg = plan.cfg
+    if plan.action == "skip":
+        log(f"fold {cfg.data.fold}: {cfg.run_dir} is finished, skipped")
+        summary = read_summary(cfg.run_dir)
+    else:
+        log(f"fold {cfg.data.fold}: {'resuming' if plan.action == 'resume' else 'training'} {cfg.run_dir}")
+        summary = train_one(cfg, plan.action == "resume", overwrite)
+    if not is_main_process():
+        return summary
+    if not (cfg.run_dir / "best.pt").is_file():
+        log(f"fold {cfg.data.fold}: no epoch passed the checkpoint rule ({summary.get('selected_by')}): "
+            "no best.pt, no validation metrics, no out-of-fold predictions")
+    elif not (plan.action == "skip" and summary.get("oof")):
+        predict_out_of_fold(cfg)
+        summary = read_summary(cfg.run_dir)
+    return summary
 
 
 def numeric_metrics(val: dict) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 
 from engine.predictor import LoadedModel, Predictor, load_model
 from core.atomic import atomic_write
+from tasks.formats.run_lock import claim_bookkeeping
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
 from tasks.keypoints.task import KeypointDataset, KeypointTask
 from tasks.tta import View, views_from_config
@@ -132,10 +134,17 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def evaluate_run(ckpt: str | os.PathLike, split: str = "val", n_clicks: int | None = None, *, tta: bool = False,
                  device: str = "auto", out_dir: str | os.PathLike | None = None) -> dict:
-    """Run the click protocol on a run's ``split``; write the CSVs and ``summary.json['interactive']``.
+    """Run the click protocol on a run's ``split``; write the CSVs and ``summary.json['interactive']`` (into the
+    run folder, under its claim, unless ``out_dir`` names another folder).
 
     ``n_clicks`` None takes the run's ``data.clicks.eval_clicks``. Returns the summary entry.
     """
+    with claim_bookkeeping(Path(ckpt).parent) if out_dir is None else nullcontext():
+        return _evaluate_run(ckpt, split, n_clicks, tta=tta, device=device, out_dir=out_dir)
+
+
+def _evaluate_run(ckpt: str | os.PathLike, split: str, n_clicks: int | None, *, tta: bool, device: str,
+                  out_dir: str | os.PathLike | None) -> dict:
     from engine.summary import update_summary
 
     run = open_run(ckpt, split, tta=tta, device=device)

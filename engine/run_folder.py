@@ -10,16 +10,23 @@ The order every learner follows (the torch trainer and external learners such as
    fills the cache the first epoch would fill anyway.
 3. :func:`open_run_folder` — only now is the folder made (emptied first with ``--overwrite``) and the
    resolved config written.
+
+All of it, and the training that follows, runs under the folder's claim (:func:`claim_run`, taken before
+step 1), so two processes never check, create or write one run folder at once.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from engine.config import Config, load_config, save_config
+from engine.status import is_main_process
+from tasks.formats.run_lock import claim
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -69,6 +76,12 @@ def holds_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
 
 
+def claim_run(run_dir: str | os.PathLike) -> AbstractContextManager:
+    """The run folder's claim (:mod:`tasks.formats.run_lock`) for the process that writes it: rank 0 under
+    torchrun (the others hold nothing), the process itself otherwise. Refused: ``RunFolderInUse``."""
+    return claim(run_dir) if is_main_process() else nullcontext()
+
+
 def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a run that would overwrite or mix with another run's folder."""
     run_dir = cfg.run_dir
@@ -99,16 +112,32 @@ def check_dataset(datasets: Sequence["Dataset"], workers: int = 0, progress: boo
 
     Items are read exactly as training reads them (``dataset[i]``), so whatever the readers and the
     per-sample checks refuse (an image that does not decode, a label that does not parse, points off
-    the image) is refused here, before the run folder exists. ``progress``: a bar over the samples.
+    the image) is refused here, before the run folder exists. Labels that read but look wrong (a dataset's
+    ``label_notes``: a hand-bone file lacking a bone while another label repeats) are printed as
+    ``warning:`` lines on stderr, and counted in a last one. ``progress``: a bar over the samples.
     """
     from tqdm import tqdm
 
     jobs = [(ds, i) for ds in datasets for i in range(len(ds))]
+
+    def check(job: tuple[Dataset, int]) -> list[str]:
+        ds, i = job
+        ds[i]
+        notes = getattr(ds, "label_notes", None)
+        return notes(i) if notes is not None else []
+
+    notes: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(jobs), desc="checking samples", unit="img", disable=not progress, leave=False,
                  dynamic_ncols=True) as bar:
-        for _ in pool.map(lambda job: job[0][job[1]], jobs):
+        for found in pool.map(check, jobs):
+            notes += found
             bar.update(1)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if notes:
+        print(f"warning: {len(notes)} of {len(jobs)} samples have labels that look wrong (above); training goes on "
+              "with them as they are", file=sys.stderr)
     return len(jobs)
 
 
@@ -127,16 +156,16 @@ def open_run_folder(cfg: Config, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def prepare_run(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """All three steps for a learner that trains in its own loop (e.g. ultralytics YOLO): check the
-    folder, check every sample of the configured fold, then create the folder."""
+def check_run(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Steps 1 and 2 for a learner that trains in its own loop (e.g. ultralytics YOLO): check the folder, then
+    every sample of the configured fold. Read-only: step 3 (:func:`open_run_folder`) is the learner's, after
+    whatever else it prepares outside the run folder (YOLO converts the fold into the cache)."""
     from engine.status import data_check_line, shows_progress, status
 
     check_run_folder(cfg, resume, overwrite)
     datasets = cfg.spec.task_class()(cfg).datasets()
     status(cfg, data_check_line(cfg, *(len(ds) for ds in datasets)))
     check_dataset(datasets, workers=max(1, cfg.data.num_workers), progress=shows_progress(cfg))
-    return open_run_folder(cfg, resume, overwrite)
 
 
 # Keys a run's config.yaml (or -c CONFIG) may set for inference: where the data lives and how the process

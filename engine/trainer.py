@@ -4,7 +4,8 @@ AdamW, linear warmup + cosine decay per optimiser step, AMP (bf16/fp16) and chan
 gradient accumulation and clipping, optional EMA, early stopping, ``best.pt`` (the epoch the rule of
 :mod:`engine.checkpoint_select` picks) and ``last.pt`` every epoch,
 exact ``resume`` (model, optimiser, scheduler, scaler, EMA, RNG states and the data order), tqdm with
-images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes).
+images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes, and only
+rank 0 holds the run folder's claim, :func:`engine.run_folder.claim_run`, from before its checks to the end).
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ from engine.checkpoint_select import CheckpointSelector
 from engine.config import Config, ConfigError
 from engine.cost import run_flops
 from engine.device import amp_dtype, autocast, autocast_factory, pick_device
-from engine.run_folder import check_dataset, check_run_folder, open_run_folder
+from engine.run_folder import check_dataset, check_run_folder, claim_run, open_run_folder
 from engine.run_logging import RunLogger
 from engine.status import data_check_line, status
 from engine.summary import base_summary, split_model_name, write_summary
-from models import ModelOptionsError, create_model, input_size
+from models import ModelOptionsError, check_options, create_model, input_size
 from models.output_prior import set_output_prior
 from models.weights import load_local_weights
 from tasks.base import Task
@@ -69,6 +70,13 @@ def collate(items: list[dict]) -> dict:
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.as_tensor(values) \
             if isinstance(values[0], (int, float)) else values
     return out
+
+
+def check_model_config(cfg: Config) -> None:
+    """Everything the model section says, checked before the data is listed or the run folder touched: option
+    names the model takes (``models.check_options``: ``model.options: unknown option ...``) and the input size."""
+    check_options(cfg.model.name, cfg.task, cfg.model.options)
+    check_image_size(cfg)
 
 
 def check_image_size(cfg: Config) -> None:
@@ -116,7 +124,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
                  overwrite: bool = False) -> None:
-        check_image_size(cfg)  # before the data is listed or the run folder touched
+        check_model_config(cfg)  # before the data is listed or the run folder touched
         self.cfg = cfg
         self.callbacks = callbacks or []
         check_run_folder(cfg, resume, overwrite)
@@ -357,9 +365,11 @@ class Trainer:
 
 def train(cfg: Config, resume: bool = False, callbacks: list[EpochCallback] | None = None,
           overwrite: bool = False) -> dict:
-    """Train one run and return its summary (also written to ``<run_dir>/summary.json``)."""
-    trainer = Trainer(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
-    try:
-        return trainer.fit()
-    finally:
-        distributed.cleanup()
+    """Train one run and return its summary (also written to ``<run_dir>/summary.json``), holding the run
+    folder's claim from before its checks to the end (rank 0 under torchrun)."""
+    with claim_run(cfg.run_dir):
+        trainer = Trainer(cfg, resume=resume, callbacks=callbacks, overwrite=overwrite)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.cleanup()

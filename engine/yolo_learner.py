@@ -10,7 +10,9 @@ its validation score is the harness Dice per class (``SegmentationTask.evaluate`
 The run folder's ``best.pt``/``last.pt`` are plain dicts (``torch.load(weights_only=True)``) holding the
 network's state dict (fp16, as ultralytics keeps it) and its model YAML (``yolo``: ``yaml``, ``names``),
 written by the trainer each epoch (:func:`harness_checkpoint`); :meth:`models.yolo.YoloModel.load` reads
-them back. Ultralytics' own pickled checkpoints in ``<run>/ultralytics/weights/`` serve only its ``--resume``.
+them back. ``last.pt`` also holds the training state (EMA, optimiser, scaler, best fitness, early-stopping
+counters: :func:`train_state`) that ``--resume`` and ultralytics' NaN recovery continue from. Ultralytics'
+own checkpoints, pickled modules whose loading runs code named in the file, are never written nor read.
 
 Multi-GPU: ultralytics starts its own DDP workers when ``train.device`` lists several GPUs
 (``--train.device=0,1,2,3``); do not wrap ``train.py`` in torchrun for a YOLO run.
@@ -26,15 +28,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 from tqdm import tqdm
 
-from engine.checkpoint import save_checkpoint
-from engine.config import Config, build_config, save_config
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.config import Config, build_config
 from core.offline import CACHE_DIR, provide_yolo_fonts
 from engine.cost import count_flops, input_hw
+from engine.run_folder import RunFolderError, check_run, open_run_folder
 from engine.run_logging import RunLogger, clear_run_logs
 from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary
@@ -76,8 +80,9 @@ def torch_device(device: str) -> torch.device:
 
 
 def ultralytics_args(cfg: Config, data_yaml: Path, model: str, options: YoloOptions, weights: Path | None,
-                     resume_from: Path | None = None) -> dict[str, Any]:
-    """Arguments of ultralytics' trainer: the harness config, radiograph defaults, ``train_args``, the contract."""
+                     resume: bool = False) -> dict[str, Any]:
+    """Arguments of ultralytics' trainer: the harness config, radiograph defaults, ``train_args``, the contract.
+    ``resume``: continue the run folder's ``last.pt`` (:meth:`YoloTrainer.resume_training`)."""
     t, a, d = cfg.train, cfg.augment, cfg.data
     device = ultralytics_device(t.device)
     return {
@@ -97,7 +102,7 @@ def ultralytics_args(cfg: Config, data_yaml: Path, model: str, options: YoloOpti
         "model": model, "data": str(data_yaml), "task": "segment", "mode": "train", "val": True, "save": True,
         "project": str(cfg.run_dir.resolve()), "name": ULTRALYTICS_DIR, "exist_ok": True,
         "pretrained": str(weights) if weights else False, "overlap_mask": False,
-        "resume": str(resume_from) if resume_from else False,
+        "resume": resume,
     }
 
 
@@ -150,17 +155,42 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def train_state(trainer: Any) -> dict[str, Any]:
+    """What ``--resume`` continues from, as tensors and primitives (``last.pt["train_state"]``): the EMA at full
+    precision (ultralytics resumes the model from it too), its update count, optimiser, scaler, best fitness,
+    early-stopping counters and the epoch."""
+    stopper = trainer.stopper
+    return {
+        "epoch": int(trainer.epoch), "updates": int(trainer.ema.updates),
+        "ema": {k: v.detach().cpu().clone() for k, v in trainer.ema.ema.state_dict().items()},
+        "optimizer": trainer.optimizer.state_dict(), "scaler": trainer.scaler.state_dict(),
+        "best_fitness": None if trainer.best_fitness is None else float(trainer.best_fitness),
+        "stopper": {"best_fitness": None if stopper.best_fitness is None else float(stopper.best_fitness),
+                    "best_epoch": int(stopper.best_epoch)},
+    }
+
+
+def resume_state(path: Path) -> dict[str, Any]:
+    """The training state in a YOLO run's ``last.pt`` (read as tensors; nothing is unpickled)."""
+    state = load_checkpoint(path).get("train_state")
+    if not isinstance(state, dict) or not {"epoch", "ema", "optimizer"} <= set(state):
+        raise RunFolderError(f"{path}: holds no training state to resume (a YOLO run of an older harness, which "
+                             "resumed from ultralytics' pickled checkpoint); start it afresh with --overwrite")
+    return state
+
+
 @lru_cache(maxsize=1)
 def _trainer_class() -> type:
     """Ultralytics' segmentation trainer, validated by the harness Dice (built on first use, see ``__getattr__``)."""
     import torch.distributed as dist
     from ultralytics.models.yolo.segment import SegmentationTrainer
-    from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, RANK
-    from ultralytics.utils.torch_utils import strip_optimizer, torch_distributed_zero_first
+    from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+    from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
     class YoloTrainer(SegmentationTrainer):
         """Reads the harness config from its ``project`` (the run folder), also in ultralytics' DDP workers,
-        which rebuild the trainer from its arguments alone; scores each epoch's EMA model by Dice."""
+        which rebuild the trainer from its arguments alone; scores each epoch's EMA model by Dice; saves and
+        resumes through the run folder's tensors-only ``last.pt``, never through a pickled checkpoint."""
 
         def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None) -> None:
             super().__init__(cfg, overrides, _callbacks)
@@ -182,30 +212,90 @@ def _trainer_class() -> type:
                 self.logger = RunLogger(self.run_dir, self.harness)
             return self.logger
 
+        def check_resume(self, overrides: dict) -> None:
+            """``resume`` continues the run folder's ``last.pt`` (:meth:`resume_training`) with the arguments the
+            harness config gives; ultralytics' own resume would unpickle its checkpoint to read them."""
+            self.resume = bool(self.args.resume)
+
         def get_model(self, cfg: dict | str | None = None, weights: nn.Module | None = None,
                       verbose: bool = True) -> nn.Module:
-            """The network; a fresh one starts from ``model.weights`` read as tensors (a trusted pickle, or
-            the run resumed, arrives from ultralytics as ``weights``)."""
+            """The network; a fresh one starts from ``model.weights`` read as tensors (a trusted pickle arrives
+            from ultralytics as ``weights``; a resumed one gets its weights in :meth:`resume_training`)."""
             model = super().get_model(cfg, weights, verbose)
-            if weights is None and self.harness.model.weights:
+            if weights is None and self.harness.model.weights and not self.resume:
                 load_local_weights(model, self.harness.model.weights, encoder_attr="model")
             return model
 
-        def save_model(self) -> bool | None:
-            """Ultralytics' checkpoints (its --resume reads them), then the run folder's best.pt/last.pt as tensors."""
-            saved = super().save_model()
+        def save_model(self) -> bool:
+            """The run folder's best.pt and last.pt as tensors, last.pt with the training state. A poisoned EMA
+            tensor is first taken from the live model where that is finite, as ultralytics does."""
+            ema, live = self.ema.ema.state_dict(), unwrap_model(self.model).state_dict()
+            for k, v in ema.items():
+                if v.is_floating_point() and not torch.isfinite(v).all() and torch.isfinite(live[k]).all():
+                    v.copy_(live[k])
             payload = harness_checkpoint(self.harness, self.ema.ema, self.epoch, {})
-            save_checkpoint(self.run_dir / "last.pt", payload)
+            save_checkpoint(self.run_dir / "last.pt", {**payload, "train_state": train_state(self)})
             if self.best_fitness == self.fitness:
                 save_checkpoint(self.run_dir / "best.pt", payload)
-            return saved
+            return True
+
+        def _restore(self, state: dict[str, Any]) -> None:
+            """Model (from the EMA, as ultralytics resumes), optimiser, scaler, EMA, best fitness, early stopping."""
+            unwrap_model(self.model).load_state_dict(state["ema"])
+            for saved, group in zip(state["optimizer"]["param_groups"], self.optimizer.param_groups):
+                saved["fused"] = group.get("fused")  # the device running now picks the kernel
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.ema = ModelEMA(self.model)
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = state["updates"]
+            self.best_fitness = state["best_fitness"]
+            self.stopper.__dict__.update(state["stopper"])
 
         def resume_training(self, ckpt) -> None:
-            super().resume_training(ckpt)
-            if self.resume and ckpt is not None and RANK in {-1, 0}:
+            """Continue from the run folder's ``last.pt`` (checked by :meth:`YoloLearner.fit` before training)."""
+            if not self.resume:
+                return
+            state = resume_state(self.run_dir / "last.pt")
+            self._restore(state)
+            self.start_epoch = int(state["epoch"]) + 1
+            model = unwrap_model(self.model)
+            if getattr(model.model[-1], "one2one_cv2", None) is not None:  # both head losses resume, as in ultralytics
+                model.criterion = model.init_criterion()
+                model.criterion.updates = self.start_epoch - 1
+                model.criterion.update()
+            if RANK in {-1, 0}:
                 self._run_logger().truncate_after(self.start_epoch - 1)
                 rows = read_rows(self.run_dir / "metrics.jsonl")
                 self.time_offset = rows[-1]["time_s"] if rows else 0.0
+
+        def _handle_nan_recovery(self, epoch: int) -> bool:
+            """Ultralytics' recovery from a NaN/Inf loss or fitness (back to the last saved epoch, at most three
+            times in a row), from the run folder's ``last.pt`` instead of its pickled checkpoint."""
+            corrupted = RANK in {-1, 0} and ((self.loss is not None and not self.loss.isfinite())
+                                            or (self.fitness is not None and not np.isfinite(self.fitness)))
+            if RANK != -1:
+                holder = [corrupted if RANK == 0 else None]
+                dist.broadcast_object_list(holder, 0)
+                corrupted = holder[0]
+            if not corrupted:
+                return False
+            if epoch == self.start_epoch:
+                LOGGER.warning("NaN/Inf loss or fitness, but no earlier epoch to recover from")
+                return False
+            self.nan_recovery_attempts += 1
+            if self.nan_recovery_attempts > 3:
+                raise RuntimeError(f"training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
+            LOGGER.warning(f"NaN/Inf loss or fitness (attempt {self.nan_recovery_attempts}/3): back to the last "
+                           "saved epoch")
+            self._model_train()
+            state = resume_state(self.run_dir / "last.pt")
+            if not all(torch.isfinite(v).all() for v in state["ema"].values() if v.is_floating_point()):
+                raise RuntimeError(f"{self.run_dir / 'last.pt'}: holds NaN/Inf weights; nothing to recover from")
+            self._restore(state)
+            self.scheduler.last_epoch = epoch - 1
+            return True
 
         def validate(self):
             if self.ema and self.world_size > 1:
@@ -242,12 +332,7 @@ def _trainer_class() -> type:
                       f"({elapsed:.0f}s)", flush=True)
 
         def final_eval(self) -> None:
-            """Strip the optimiser from the checkpoints; the harness scores best.pt itself (no mAP pass)."""
-            with torch_distributed_zero_first(LOCAL_RANK):
-                if RANK in {-1, 0}:
-                    for weights in (self.last, self.best):
-                        if weights.exists():
-                            strip_optimizer(weights)
+            """The harness scores best.pt itself (no mAP pass)."""
             if self.logger is not None:
                 self.logger.finish({"val/best_score": self.best_fitness})
 
@@ -270,31 +355,40 @@ class YoloLearner:
 
     model: YoloModel
 
-    def fit(self, cfg: Config, resume: bool = False) -> dict:
-        """Train with ultralytics in ``<run_dir>/ultralytics``, score its best.pt by Dice, write the run folder."""
+    def check(self, cfg: Config, resume: bool) -> tuple[Path | None, bool]:
+        """What this learner refuses, checked before the run folder is touched: a torchrun launch, a size YOLO
+        cannot take, ``model.weights`` (a pickle without ``trust_pickle``), and for ``resume`` a ``last.pt``
+        with the training state. Returns :meth:`models.yolo.YoloModel.start_weights`."""
         if "LOCAL_RANK" in os.environ:
             raise RuntimeError("YOLO runs start their own DDP workers (--train.device=0,1,2,3): "
                                "run train.py without torchrun")
         if cfg.data.image_size % 32:
             raise ValueError(f"data.image_size={cfg.data.image_size}: YOLO needs a multiple of 32")
-        weights, pickled = self.model.start_weights()
-        run_dir = cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        weights = self.model.start_weights()
+        if resume and (cfg.run_dir / "last.pt").is_file():
+            resume_state(cfg.run_dir / "last.pt")
+        return weights
+
+    def fit(self, cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+        """Check (:meth:`check`, the run folder, every sample of the fold), convert the fold for ultralytics
+        (into the cache), only then create the run folder (:mod:`engine.run_folder`'s order); train with
+        ultralytics in ``<run_dir>/ultralytics``, score its best.pt by Dice and write the summary. Hold the run
+        folder's claim around it (``train.py`` does)."""
+        weights, pickled = self.check(cfg, resume)
+        check_run(cfg, resume, overwrite)
         cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else CACHE_DIR
         status(cfg, f"converting fold {cfg.data.fold} to ultralytics' layout under {cache_root / 'yolo'} "
                     "(once per fold; cached)")
         data_yaml = yolo_dataset(cfg.data.root, cache_root, cfg.data.fold, cfg.data.n_folds)
-        last = run_dir / ULTRALYTICS_DIR / "weights" / "last.pt"
-        if resume and not last.is_file():
-            raise FileNotFoundError(f"{last}: nothing to resume (no ultralytics last.pt in the run folder)")
+        open_run_folder(cfg, resume, overwrite)
         if not resume:  # a fresh run starts its epoch logs afresh, as ultralytics does with its results.csv
-            clear_run_logs(run_dir)
-        args = ultralytics_args(cfg, data_yaml, self.model.model_arg, self.model.options,
-                                weights if pickled else None, last if resume else None)
-        status(cfg, f"ultralytics: building {self.model.arch}, reading the fold's labels, then training "
-                    f"{cfg.train.epochs} epochs on {args['device']}")
-        _trainer_class()(overrides=args).train()
+            clear_run_logs(cfg.run_dir)
+        if not resume or int(resume_state(cfg.run_dir / "last.pt")["epoch"]) + 1 < cfg.train.epochs:
+            args = ultralytics_args(cfg, data_yaml, self.model.model_arg, self.model.options,
+                                    weights if pickled else None, resume)
+            status(cfg, f"ultralytics: building {self.model.arch}, reading the fold's labels, then training "
+                        f"{cfg.train.epochs} epochs on {args['device']}")
+            _trainer_class()(overrides=args).train()
         return self._finish(cfg)
 
     def _finish(self, cfg: Config) -> dict:

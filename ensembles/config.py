@@ -39,8 +39,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from engine.config import Config, ConfigError, TTAConfig, field_message, read_yaml_mapping, threshold_in_range
+from engine.config import (Config, ConfigError, TTAConfig, field_message, folder_name, read_yaml_mapping,
+                           threshold_in_range)
 from tasks.schema import Section, Threshold, check_thresholds
+from tasks.formats.tables import TEXT_ENCODING
 from tasks.spec import TaskSpec, specs, task_spec
 
 
@@ -111,6 +113,8 @@ class EnsembleConfig(Section):
     out_dir: str = "runs"
     workers: int = Field(2, ge=0)
     max_in_flight_mb: float = Field(1024, gt=0)  # member maps held by images waiting or being fused
+
+    _name = field_validator("name")(folder_name)
 
     @field_validator("members")
     @classmethod
@@ -295,7 +299,14 @@ def read_fit(ens: EnsembleConfig) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no fitted values; the config asks for 'fit' — run "
                           f"`python tools/fit_ensemble.py <this config>` first")
-    fit = json.loads(path.read_text())
+    try:
+        fit = json.loads(path.read_text(encoding=TEXT_ENCODING))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable fit.json ({err}); run `python tools/fit_ensemble.py <this config>` "
+                          "again") from None
+    if not isinstance(fit, dict):
+        raise ConfigError(f"{path}: not a fit.json (a JSON object expected); run `python tools/fit_ensemble.py "
+                          "<this config>` again")
     if fit.get("members") != ens.labels:
         raise ConfigError(f"{path}: fitted for members {fit.get('members')}, the config has {ens.labels}; refit")
     return fit

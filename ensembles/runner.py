@@ -177,8 +177,8 @@ def warn_tta_mismatch(members: list[Member]) -> list[str]:
     notes = []
     for m in members:
         cache_tta = m.cfgs[0].spec.ensemble_side().cache_tta
-        for run in m.run_dirs:
-            val, test = cache_tta(run, "val"), cache_tta(run, "test")
+        for run, cfg in zip(m.run_dirs, m.cfgs):
+            val, test = cache_tta(run, "val", cfg), cache_tta(run, "test", cfg)
             if val and test and val != test:
                 notes.append(f"member {m.label}: {run / 'preds' / 'val'} was predicted with TTA views {val}, "
                              f"{run / 'preds' / 'test'} with {test}; what is fitted on the first does not carry "
@@ -217,8 +217,7 @@ def member_maps_from_cache(members: list[Member], name: str, split: str) -> tupl
         runs = m.sources[name]
         parts = []
         for r in runs:
-            probs, orig = side.load_cached(side.cache_path(m.run_dirs[r], split, name), f"member {m.label}",
-                                           m.cfgs[r].prediction_mode)
+            probs, orig = side.load_cached(side.cache_path(m.run_dirs[r], split, name), f"member {m.label}", m.cfgs[r])
             if size is None:
                 size = orig
             elif orig != size:

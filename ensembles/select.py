@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from ensembles.fit import patient_folds, validation_items, write_json
-from tasks.spec import task_spec
+from tasks.spec import task_names, task_spec
+from tasks.formats.run_lock import claim
 
 Item = tuple[np.ndarray, Any]
 # score(fused (G, ...), target) -> (G,) or (G, n): one score per weight vector (per sample of a batch item)
@@ -417,6 +418,12 @@ def _fold_base(run_dir: Path, fold: int) -> str:
     return re.sub(rf"-f{fold}$", "", run_dir.name)
 
 
+def _finished_names(folder: Path) -> list[str]:
+    """Names of the finished runs (config.yaml, summary.json and best.pt) directly in ``folder``, sorted."""
+    runs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [p.name for p in runs if all((p / f).is_file() for f in ("config.yaml", "summary.json", "best.pt"))]
+
+
 def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[str]]:
     """The task of the finished runs of ``runs_dir``, those runs with a complete out-of-fold validation cache
     grouped by configuration, and notes on the runs left out (unfinished, no or an incomplete cache). Runs
@@ -440,13 +447,22 @@ def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[st
             continue
         finished.append((run, load_config(run / "config.yaml")))
     hint = "train with `python train.py -c CONFIG --folds all`, which writes the out-of-fold predictions"
+    by_task: dict[str, str] = {}   # task -> one of its finished runs, for the message
+    for run, cfg in finished:
+        by_task.setdefault(cfg.task, run.name)
+    nested = not finished   # an out_dir (runs/) holding the task folders (runs/<task>/<run>)
+    if nested:
+        by_task = {t: names[0] for t in task_names() if (names := _finished_names(runs_dir / t))}
+    tasks = sorted(by_task)
+    if len(tasks) > 1:
+        folder = runs_dir / tasks[0] if nested else f"runs/{tasks[0]}"
+        raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {by_task[t]}' for t in tasks)}"
+                         f"); select from one task's folder, e.g. {folder}")
+    if nested and tasks:
+        raise ValueError(f"{runs_dir}: holds no runs itself; its {tasks[0]} runs are in {runs_dir / tasks[0]}: "
+                         "select from that folder")
     if not finished:
         raise ValueError(f"{runs_dir}: no finished run (summary.json and best.pt) to select from; {hint}")
-    tasks = sorted({cfg.task for _, cfg in finished})
-    if len(tasks) > 1:
-        example = {t: next(r.name for r, c in finished if c.task == t) for t in tasks}
-        raise ValueError(f"{runs_dir}: holds runs of several tasks ({', '.join(f'{t}: {r}' for t, r in example.items())}"
-                         f"); select from one task's folder, e.g. runs/{tasks[0]}")
     task = tasks[0]
     side = task_spec(task).ensemble_side()
     kind = KINDS[side.output]
@@ -491,20 +507,32 @@ def library_config(task: str, candidates: Sequence[Candidate], runs_dir: Path, n
     }
 
 
-def select_ensemble(runs_dir: str | Path, *, name: str = "selected", max_steps: int = 20, init: int = 0,
-                    patience: int = 0, folds: int = 5, fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
-                    out: str | Path | None = None, progress: bool = True) -> dict:
+def select_ensemble(runs_dir: str | Path, *, name: str = "selected", **options: Any) -> dict:
     """Select an ensemble from every finished run of ``runs_dir`` (one task's folder; see the module docstring);
     write its YAML (``out``, default ``<runs_dir>/<name>/selection.yaml``), ``selection.json`` beside it and the
-    ensemble's summary.json. ``fit_size`` and ``threshold``: segmentation only. Returns the record."""
+    ensemble's summary.json, holding the claim of its folder ``<runs_dir>/<name>`` from the candidates found
+    to the last write. ``options``:
+    those of :func:`_select_ensemble` (``fit_size`` and ``threshold``: segmentation only). Returns the record."""
+    from tasks.formats.names import check_name
+
+    check_name(name, "--name (the ensemble's folder)")
+    runs_dir = Path(runs_dir)
+    found = find_candidates(runs_dir)  # reads only: a missing or empty folder is refused before the claim makes it
+    with claim(runs_dir / name):
+        return _select_ensemble(runs_dir, found, name=name, **options)
+
+
+def _select_ensemble(runs_dir: Path, found: tuple[str, list[Candidate], list[str]], *, name: str,
+                     max_steps: int = 20, init: int = 0, patience: int = 0, folds: int = 5,
+                     fit_size: int | None = 256, threshold: float = 0.5, seed: int = 0,
+                     out: str | Path | None = None, progress: bool = True) -> dict:
     import yaml
 
     from ensembles.config import EnsembleConfig
     from ensembles.members import resolve_members, write_ensemble_summary
     from core.atomic import write_text
 
-    runs_dir = Path(runs_dir)
-    task, candidates, notes = find_candidates(runs_dir)
+    task, candidates, notes = found
     task_cls = task_spec(task)
     spec = KINDS[task_cls.ensemble_side().output]
     options = {"threshold": threshold, "fit_size": fit_size, "progress": progress}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import InputSize, UnknownModelError, input_size, register_family, resolve
+from models.registry import InputSize, UnknownModelError, check_options, input_size, register_family, resolve
 from models.weights import load_local_weights
 
 FAMILY = "hint"
@@ -66,6 +66,12 @@ def list_names() -> list[str]:
     return list(EXAMPLES)
 
 
+def check_inner_options(rest: str, options: dict) -> None:
+    """``leaky_relu`` is the hint family's own option; the others are the inner model's."""
+    options.pop("leaky_relu", None)
+    check_options(rest, "keypoints", options)
+
+
 def inner_input_size(rest: str, options: dict) -> InputSize:
     """The inner model's requirement (the hint options are not the inner model's)."""
     options.pop("leaky_relu", None)
@@ -73,7 +79,7 @@ def inner_input_size(rest: str, options: dict) -> InputSize:
 
 
 @register_family(FAMILY, tasks=("keypoints",), list_names=list_names, validate=validate,
-                 input_size=inner_input_size, examples=EXAMPLES,
+                 input_size=inner_input_size, check_options=check_inner_options, examples=EXAMPLES,
                  note=lambda: "+ hint:<name> over any other torch keypoint model listed (smp, custom, shsnet)")
 def build_hinted(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                  leaky_relu: float | None = None, **options) -> nn.Module:

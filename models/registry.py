@@ -8,9 +8,10 @@ files except an explicit local weights file.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Collection, Iterable, Literal
 
 
 
@@ -20,6 +21,10 @@ class UnknownModelError(ValueError):
 
 class ModelOptionsError(ValueError):
     """``model.options`` that the model's builder does not take (an unknown or doubled keyword)."""
+
+
+# Keywords every builder gets from the harness (the task, its outputs and input channels, model.weights).
+HARNESS_KEYWORDS = ("rest", "task", "num_outputs", "in_channels", "weights")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ModelFamily:
     examples: tuple[str, ...] = field(default_factory=tuple)
     input_size: Callable[[str, dict], InputSize] | None = None
     note: Callable[[], str] | None = None
+    check_options: Callable[[str, dict], None] | None = None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -81,14 +87,17 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
                     list_names: Callable[[], Iterable[str]] | None = None,
                     validate: Callable[[str], None] | None = None, examples: Iterable[str] = (),
                     input_size: Callable[[str, dict], InputSize] | None = None,
-                    note: Callable[[], str] | None = None) -> Callable:
+                    note: Callable[[], str] | None = None,
+                    check_options: Callable[[str, dict], None] | None = None) -> Callable:
     """Decorator: register ``builder(rest, *, task, num_outputs, in_channels, **options)`` under ``name``.
 
     ``validate(rest)`` raises :class:`UnknownModelError` for a bad ``rest`` (with close matches);
     ``list_names()`` yields the full names for ``--list-models``, each one a name that resolves (never a
     pattern); ``note()`` is one line on the names the family takes beyond those (e.g. any timm encoder),
     which ``--list-models`` prints after them; ``input_size(rest, options)`` is the :class:`InputSize` the
-    model takes (absent: any size).
+    model takes (absent: any size); ``check_options(rest, options)`` raises ``ValueError`` for
+    ``model.options`` the model does not take (absent: the builder's own keyword parameters are the
+    options, see :func:`check_options`).
     """
     from tasks.spec import task_names
 
@@ -104,7 +113,7 @@ def register_family(name: str, *, tasks: Iterable[str], kind: Literal["torch", "
             name=name, builder=builder, tasks=tasks, kind=kind,
             list_names=list_names or (lambda: ()), validate=validate,
             description=(builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else "",
-            examples=tuple(examples), input_size=input_size, note=note,
+            examples=tuple(examples), input_size=input_size, note=note, check_options=check_options,
         )
         return builder
 
@@ -156,6 +165,48 @@ def create_model(name: str, *, task: str, num_outputs: int, in_channels: int = 1
             raise
         given = {k: v for k, v in options.items() if k != "weights"}
         raise ModelOptionsError(f"model.options: {name} cannot be built with {given}: {err}") from err
+
+
+def refuse_unknown(model: str, options: Iterable[str], valid: Collection[str], where: str = "") -> None:
+    """Raise :class:`ModelOptionsError` for the first of ``options`` not in ``valid``, with the close ones."""
+    for key in options:
+        if key in valid:
+            continue
+        if key in HARNESS_KEYWORDS:
+            raise ModelOptionsError(f"model.options: '{key}' is set by the harness (the task, or model.weights), "
+                                    f"not an option of {model}")
+        hits = close_matches(key, sorted(valid), n=3)
+        hint = f"; did you mean {' or '.join(repr(h) for h in hits)}" if hits else ""
+        listed = f"valid: {', '.join(sorted(valid)) or 'none'}" if len(valid) <= 20 else f"{len(valid)} valid names"
+        raise ModelOptionsError(f"model.options: unknown option '{key}' for {model}{where}{hint} ({listed})")
+
+
+def builder_options(builder: Callable) -> set[str]:
+    """The options a builder takes: its keyword parameters other than :data:`HARNESS_KEYWORDS`."""
+    params = inspect.signature(builder).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        raise TypeError(f"{builder.__qualname__} takes **kwargs: its family must register check_options")
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - set(HARNESS_KEYWORDS)
+
+
+def check_options(name: str, task: str | None, options: dict) -> None:
+    """Refuse ``model.options`` the model would not use, before anything is built or written.
+
+    A name the builder does not take would be dropped silently where it ends in ``**kwargs`` (smp 0.6 passes
+    unknown keywords to its encoders, and its own encoders ignore them): ``decoder_atention_type: scse``
+    would train without SCSE while the config records it. Raises :class:`ModelOptionsError`
+    (``model.options: unknown option 'x' for <model>; did you mean 'y' (valid: ...)``).
+    """
+    family, rest = resolve(name, task)
+    if family.check_options is None:
+        refuse_unknown(name, options, builder_options(family.builder))
+        return
+    try:
+        family.check_options(rest, dict(options))
+    except ModelOptionsError:
+        raise
+    except ValueError as err:
+        raise ModelOptionsError(str(err)) from None
 
 
 def input_size(name: str, task: str | None = None, options: dict | None = None) -> InputSize:

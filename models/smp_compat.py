@@ -27,7 +27,7 @@ import timm
 import torch
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
-from models.registry import InputSize, close_matches
+from models.registry import InputSize, ModelOptionsError, close_matches, refuse_unknown
 
 # architecture -> (encoder name prefix it refuses, why); from smp 0.6's constructors
 REFUSED_PREFIXES: dict[str, tuple[str, str]] = {
@@ -39,6 +39,8 @@ MIN_FEATURE_SIZE: dict[str, int] = {
     "pan": 8,   # PAN's feature pyramid attention max-pools the deepest map three times (by 2 each)
 }
 DPT_EXAMPLES = ("tu-vit_tiny_patch16_224", "tu-vit_small_patch16_224", "tu-vit_base_patch16_224")
+# Keywords the harness's smp builder sets itself (model.name's encoder, no download, the task's channels).
+BUILDER_SET = ("encoder_name", "encoder_weights", "in_channels", "classes")
 
 
 def arch_class(arch: str) -> type:
@@ -138,3 +140,38 @@ def input_size(arch: str, encoder: str, options: dict) -> InputSize:
     minimum = max(multiple, MIN_FEATURE_SIZE[arch] * stride) if arch in MIN_FEATURE_SIZE else multiple
     fixed = fixed_size(encoder, options)
     return InputSize(multiple=multiple, minimum=minimum, fixed=fixed, note=FIXED_NOTE if fixed else "")
+
+
+def arch_options(arch: str) -> set[str]:
+    """The keyword parameters of the architecture's constructor that ``model.options`` may set."""
+    params = inspect.signature(arch_class(arch).__init__).parameters.values()
+    return {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY} \
+        - {"self", *BUILDER_SET}
+
+
+def check_options(arch: str, encoder: str, options: dict) -> None:
+    """Refuse ``model.options`` that smp would drop: every key must be a parameter of the architecture, or,
+    with a ``tu-`` encoder, one that timm's model takes (smp passes the rest on to the encoder; its own
+    encoders ignore them, timm refuses what its model lacks, which a meta-device build tells here)."""
+    model = f"smp:{arch}/{encoder}"
+    for key in options:
+        if key in BUILDER_SET:
+            raise ModelOptionsError(f"model.options: '{key}' is set by the harness (model.name, the task), not an "
+                                    f"option of {model}")
+    valid = arch_options(arch)
+    unknown = [k for k in options if k not in valid]
+    if not unknown:
+        return
+    if not encoder.startswith("tu-"):
+        refuse_unknown(model, unknown, valid, f" (not a parameter of smp's {arch}, and smp's {encoder} encoder "
+                                              "takes none)")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            smp.create_model(arch, encoder_name=encoder, encoder_weights=None, **options)
+    except TypeError as err:
+        refused = [k for k in unknown if f"'{k}'" in str(err)]
+        if refused:
+            refuse_unknown(model, refused, valid, f" (neither smp's {arch} nor timm's {encoder[3:]} takes it)")
+    except Exception:  # noqa: BLE001  (a value the real build refuses, or one only the meta device fails on)
+        return

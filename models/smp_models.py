@@ -75,8 +75,14 @@ def input_size(rest: str, options: dict) -> InputSize:
     return smp_compat.input_size(*parse(rest), options)
 
 
+def check_options(rest: str, options: dict) -> None:
+    """``model.options`` the pair takes (:func:`models.smp_compat.check_options`)."""
+    smp_compat.check_options(*parse(rest), options)
+
+
 @register_family("smp", tasks=("segmentation", "keypoints"), list_names=list_names, validate=validate,
-                 input_size=input_size, note=lambda: timm_note("smp:<arch>") + "; smp:dpt takes timm encoders only (made for ViTs)", examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
+                 input_size=input_size, check_options=check_options,
+                 note=lambda: timm_note("smp:<arch>") + "; smp:dpt takes timm encoders only (made for ViTs)", examples=("smp:unet/resnet34", "smp:unetplusplus/tu-efficientnet_b0", "smp:deeplabv3plus/resnet50",
                            "smp:segformer/mit_b0", "smp:fpn/tu-convnext_nano"))
 def build_smp(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
               **kwargs) -> nn.Module:

@@ -91,10 +91,8 @@ def list_names() -> list[str]:
                  input_size=input_size, note=lambda: timm_note("custom:unet3plus"),
                  examples=("custom:unet3plus/resnet34", "custom:unet3plus/tu-efficientnet_b0"))
 def build_unet3plus(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
-                    cat_channels: int = 32, **kwargs) -> nn.Module:
+                    cat_channels: int = 32) -> nn.Module:
     """In-house UNet 3+ with full-scale skip connections over an smp/timm encoder."""
-    if kwargs:
-        raise TypeError(f"custom:unet3plus: unknown options {sorted(kwargs)}; valid: cat_channels, weights")
     encoder = rest.partition("/")[2]
     model = UNet3Plus(encoder, in_channels, num_outputs, cat_channels=cat_channels)
     load_local_weights(model, weights)

@@ -32,7 +32,7 @@ import yaml
 from pydantic import Field, ValidationError
 from torch import nn
 
-from models.registry import InputSize, UnknownModelError, close_matches, register_family
+from models.registry import InputSize, UnknownModelError, close_matches, refuse_unknown, register_family
 from models.weights import read_state_dict
 from tasks.schema import Section
 from tasks.formats.tensors import PickledFileError
@@ -71,8 +71,7 @@ def parse_options(options: dict[str, Any]) -> YoloOptions:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            raise ValueError(f"model.options: unknown key '{key}' for a yolo model "
-                             f"(valid: {', '.join(YoloOptions.model_fields)})") from None
+            refuse_unknown("a yolo model", [key], list(YoloOptions.model_fields))
         raise ValueError(f"model.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
     for key in parsed.train_args:
         if key in MAPPED_ARGS:
@@ -80,6 +79,22 @@ def parse_options(options: dict[str, Any]) -> YoloOptions:
         if key in FIXED_ARGS:
             raise ValueError(f"model.options.train_args.{key}: fixed by the harness for YOLO runs")
     return parsed
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """:func:`parse_options`, and every ``train_args`` key an argument of ultralytics' trainer (its default.yaml,
+    read without importing ultralytics), so that a typo is refused before the run folder exists."""
+    parsed = parse_options(options)
+    refuse_unknown("ultralytics' trainer", parsed.train_args, ultralytics_arguments(), " (model.options.train_args)")
+
+
+@lru_cache(maxsize=1)
+def ultralytics_arguments() -> frozenset[str]:
+    """The arguments ultralytics' trainer takes: the keys of its ``cfg/default.yaml``."""
+    spec = find_spec("ultralytics")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    return frozenset(yaml.safe_load((Path(spec.origin).parent / "cfg" / "default.yaml").read_text()) or {})
 
 
 @lru_cache(maxsize=1)
@@ -291,6 +306,7 @@ class YoloModel:
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
                  note=lambda: "+ yolo:<path/to/model-seg.yaml>: any ultralytics -seg model YAML",
                  input_size=lambda rest, options: InputSize(multiple=32),
+                 check_options=lambda rest, options: check_options(options),
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))
 def build_yolo(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,
                **options: Any) -> YoloModel:

@@ -51,6 +51,7 @@ from optuna.trial import TrialState
 from sweeps.budget import Budget, Gate, LocalGate, PipeGate, serve
 from sweeps.space import WANDB_ONLY_OVERRIDES, SweepSpec, SweepSpecError, format_arg, nest
 from core.atomic import write_text
+from tasks.formats.names import name_problem
 
 # heartbeats and metric names are "experimental" in Optuna (stable since 2.9 / 3.2): no warning on every run
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -138,7 +139,11 @@ def with_driver(url: str) -> str:
 
 
 def resolve_storage(storage: str | None, study_name: str, workers: int) -> StorageSpec:
-    """The storage a sweep uses (see the module docstring)."""
+    """The storage a sweep uses (see the module docstring). The study name names files (its journal, its
+    trials' run folders), so it must be one path component."""
+    problem = name_problem(study_name)
+    if problem is not None:
+        raise SweepError(f"study name (--study-name, or name: in the sweep file): {problem}")
     journal_default = StorageSpec("journal", str(SWEEP_DIR / f"{safe_name(study_name)}.journal"))
     sqlite_default = StorageSpec("rdb", DEFAULT_SQLITE)
     if storage is None:

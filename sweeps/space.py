@@ -54,6 +54,8 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from tasks.formats.tables import TEXT_ENCODING
+
 
 class SweepSpecError(ValueError):
     """A sweep file that cannot be used; the message names the file and the parameter."""
@@ -535,10 +537,10 @@ def parse_sweep(raw: Any, path: str | Path | None = None) -> SweepSpec:
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding=TEXT_ENCODING))
     except FileNotFoundError:
         raise SweepSpecError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SweepSpecError(f"{path}: not valid YAML ({err})") from None
     return parse_sweep(raw, path)
 

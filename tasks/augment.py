@@ -81,6 +81,11 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def label_notes(self, index: int) -> list[str]:
+        """Warnings about item ``index``'s labels that read fine but look wrong (the dataset integrity pass,
+        ``engine.run_folder.check_dataset``, prints and counts them); none by default."""
+        return []
+
     def reseed(self, index: int) -> None:
         """Seed the augmentation of item ``index`` for the current epoch (call only with an augmentation)."""
         self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))

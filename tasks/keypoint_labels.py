@@ -5,7 +5,6 @@ The training task (``tasks.keypoints``) and the local scorer (``tasks.scoring``)
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ import numpy as np
 from tasks.formats import FormatError
 from tasks.formats.images import IMAGE_SUFFIXES, image_size
 from tasks.formats.images import stem as stem  # re-exported: the keypoint readers and the scorer match ids with it
+from tasks.formats.names import check_name
+from tasks.formats.tables import first_row, read_rows
 from tasks.keypoint_sets import LANDMARK_SETS, LandmarkSet, set_for_columns
 from tasks.keypoints import LabelFormat
 
@@ -60,11 +61,7 @@ def read_wide(path: str | os.PathLike, lmset: LandmarkSet | None = None) -> tupl
 
     path = Path(path)
     if lmset is None:
-        try:
-            with path.open(newline="") as f:
-                header = [h.strip() for h in next(csv.reader(f), [])]
-        except OSError as err:
-            raise FormatError(f"{path}: cannot open ({err})") from None
+        header = first_row(path, "landmark CSV")
         lmset = set_for_columns(header[1:])
         if lmset is None:
             raise FormatError(f"{path}: columns {header[:4]}... hold no complete landmark set "
@@ -87,12 +84,8 @@ def sniff_label_format(path: Path, n_landmarks: int | None = None) -> str:
     id column; ``aasce`` when it is ``2 * n_landmarks`` numbers (normalised x then y, no id); else ``dha``."""
     if path.is_dir():
         return "mat"
-    try:
-        with path.open(newline="") as f:
-            first = next(csv.reader(f), [])
-    except OSError as err:
-        raise FormatError(f"{path}: cannot open label file ({err})") from None
-    if first and first[0].strip() in ID_COLUMNS:
+    first = first_row(path, "label file")
+    if first and first[0] in ID_COLUMNS:
         return "wide"
     try:
         [float(v) for v in first]
@@ -119,7 +112,8 @@ def read_labels(path: str | os.PathLike, lmset: LandmarkSet, fmt: LabelFormat = 
         if image_dir is None or not Path(image_dir).is_dir():
             raise FormatError(f"{path}: AASCE labels need the image folder (CSV values are normalised by image size, "
                               f".mat files are named after the images); got {image_dir}")
-        images = {p.name: p for p in sorted(Path(image_dir).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        images = {check_name(p.name, str(image_dir)): p for p in sorted(Path(image_dir).iterdir())
+                  if p.suffix.lower() in IMAGE_SUFFIXES}
         if fmt == "aasce":
             ids, coords = aasce.read_csv_labels(path.parent, {n: image_size(p) for n, p in images.items()}, len(lmset),
                                                 landmarks=path.name)
@@ -147,15 +141,12 @@ def read_spacing_file(path: Path) -> dict[str, float]:
 
 
 def read_split_file(path: Path) -> dict[str, str]:
-    """``{stem: split}`` from ``split.csv`` (``img_id,split``)."""
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"img_id", "split"} <= set(reader.fieldnames):
-                raise FormatError(f"{path}: split file needs columns img_id,split, got {reader.fieldnames}")
-            return {stem(r["img_id"].strip()): r["split"].strip() for r in reader}
-    except OSError as err:
-        raise FormatError(f"{path}: cannot open split file ({err})") from None
+    """``{stem: split}`` from ``split.csv`` (``img_id,split``); a row of another length names its line."""
+    header, rows = read_rows(path)
+    if not {"img_id", "split"} <= set(header):
+        raise FormatError(f"{path}: split file needs columns img_id,split, got {','.join(header)}")
+    at, split_at = header.index("img_id"), header.index("split")
+    return {stem(row[at]): row[split_at] for _, row in rows}
 
 
 def check_inside(path: Path, sample: KeypointSample, lmset: LandmarkSet, height: int, width: int) -> None:
@@ -198,7 +189,7 @@ def list_keypoint_samples(root: str | os.PathLike, lmset: LandmarkSet, *, labels
     image_dir = root / images
     if not image_dir.is_dir():
         raise FormatError(f"{root}: no image folder '{images}/'")
-    files = {p.name: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    files = {check_name(p.name, str(image_dir)): p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     if not files:
         raise FormatError(f"{image_dir}: no images")
     by_stem = {stem(n): p for n, p in files.items()}

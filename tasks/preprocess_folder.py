@@ -16,6 +16,7 @@ import numpy as np
 from tasks.formats import FormatError
 from core.atomic import atomic_write
 from tasks.formats.images import IMAGE_SUFFIXES, read_grey, write_png
+from tasks.formats.names import check_name
 from tasks.preprocess import Preprocess, letterbox
 from tasks.schema import PreprocessConfig
 
@@ -37,6 +38,8 @@ def list_images(root: Path, recursive: bool) -> list[Path]:
     files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    for p in files:
+        check_name(p.name, str(p.parent))
     return files
 
 

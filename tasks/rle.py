@@ -14,6 +14,9 @@ from tasks.formats import FormatError
 if TYPE_CHECKING:
     import torch
 
+# No start or length beyond this (2^62, far beyond any image): their sum stays inside int64.
+MAX_RLE_VALUE = 1 << 62
+
 
 def _runs_from_positions(fg: np.ndarray) -> np.ndarray:
     """``[start0, len0, ...]`` (1-indexed) from the sorted 0-based indices of foreground pixels."""
@@ -106,11 +109,15 @@ def parse_runs(rle: str, n_pixels: int | None = None, where: str = "RLE") -> tup
         values = np.array(text.split(), dtype=np.int64)
     except ValueError:
         raise FormatError(f"{where}: RLE holds a non-integer token") from None
+    except OverflowError:
+        raise FormatError(f"{where}: RLE holds a number beyond any image") from None
     if values.size % 2:
         raise FormatError(f"{where}: RLE has an odd number of values ({values.size})")
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any() or (lengths < 1).any():
         raise FormatError(f"{where}: RLE starts must be >= 1 and lengths >= 1")
+    if (values > MAX_RLE_VALUE).any():   # start + length must not wrap around in int64
+        raise FormatError(f"{where}: RLE holds a number beyond any image ({int(values.max())})")
     ends = starts + lengths
     if (starts[1:] < ends[:-1]).any():
         raise FormatError(f"{where}: RLE runs are unsorted or overlapping")

@@ -18,7 +18,7 @@ import torch
 
 from tasks.augment import SeededDataset, sample_seed
 from tasks.cache import SampleCache
-from tasks.formats.handbones import HandboneSample, read_masks
+from tasks.formats.handbones import HandboneSample, mislabelled_bones, read_masks
 from tasks.formats.images import read_grey
 from tasks.metrics import dice_per_class
 from tasks.roi import Box, RoiConfig, box_from_masks, crop, crop_masks, fallback_box, paste, square_box
@@ -49,6 +49,9 @@ class RoiDataset(SeededDataset):
 
         tag = f"seg-roi|{','.join(roi.classes)}|{','.join(roi.box_classes)}|{roi.margin}"
         return self.cache.get([s.image_path, s.label_path], tag, make)
+
+    def label_notes(self, i: int) -> list[str]:
+        return mislabelled_bones(self.samples[i].label_path)
 
     def full_masks(self, item: dict[str, np.ndarray]) -> np.ndarray:
         return np.unpackbits(item["masks"], axis=-1, count=item["image"].shape[1])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from tasks.formats import FormatError
-from tasks.formats.submissions import read_header
+from tasks.formats.tables import first_row
 from tasks.spec import specs, task_names, task_of_header, task_spec
 
 
@@ -58,7 +58,7 @@ def check_coverage(csv_path: str | os.PathLike, missing: Sequence[str], what: st
 
 def sniff_task(csv_path: str | os.PathLike) -> str:
     """Which task a submission belongs to, from its header (each task's spec knows its own layout)."""
-    header = read_header(csv_path)
+    header = first_row(csv_path, "submission")
     task = task_of_header(header)
     if task is None:
         raise FormatError(f"{csv_path}: unrecognised submission header {header[:4]} (one of: "

@@ -14,6 +14,8 @@ from pathlib import Path
 from tasks.formats import FormatError
 from core.atomic import atomic_write
 from tasks.formats.handbones import CLASSES
+from tasks.formats.names import check_name
+from tasks.formats.tables import TEXT_ENCODING
 
 HEADER = ("image_name", "class", "rle")
 
@@ -49,39 +51,48 @@ def iter_images(path: str | os.PathLike, classes: tuple[str, ...] = CLASSES) -> 
     """Yield ``(image_name, [rle per class])`` per image, checking rows and class order as it streams."""
     path = Path(path)
     try:
-        f = path.open(newline="")
+        f = path.open(newline="", encoding=TEXT_ENCODING)
     except OSError as err:
         raise FormatError(f"{path}: cannot open submission ({err})") from None
     with f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != list(HEADER):
-            raise FormatError(f"{path}: header must be {','.join(HEADER)}, got {header}")
-        seen: set[str] = set()
-        current: str | None = None
-        rles: list[str] = []
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != 3:
-                raise FormatError(f"{path}:{line_no}: expected 3 fields, got {len(row)}")
-            name, cls, rle = row
-            if name != current:
-                if current is not None:
-                    _check_complete(path, line_no, current, rles, classes)
-                    yield current, rles
-                if name in seen:
-                    raise FormatError(f"{path}:{line_no}: rows of image {name} are not contiguous (or duplicated)")
-                seen.add(name)
-                current, rles = name, []
-            k = len(rles)
-            if k >= len(classes):
-                raise FormatError(f"{path}:{line_no}: image {name} has more than {len(classes)} rows (duplicate class?)")
-            if cls != classes[k]:
-                raise FormatError(f"{path}:{line_no}: image {name}: expected class {classes[k]!r} (canonical order), got {cls!r}")
-            rles.append(rle)
-        if current is None:
-            raise FormatError(f"{path}: no rows")
-        _check_complete(path, "end", current, rles, classes)
-        yield current, rles
+        try:
+            yield from _images(path, csv.reader(f), classes)
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise FormatError(f"{path}: not a readable CSV ({err})") from None
+
+
+def _images(path: Path, reader: Iterator[list[str]], classes: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header] != list(HEADER):
+        raise FormatError(f"{path}: header must be {','.join(HEADER)}, got {header}")
+    seen: set[str] = set()
+    current: str | None = None
+    rles: list[str] = []
+    for line_no, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 3:
+            raise FormatError(f"{path}:{line_no}: expected 3 fields, got {len(row)}")
+        name, cls, rle = row
+        if name != current:
+            check_name(name, f"{path}:{line_no}: image_name")
+            if current is not None:
+                _check_complete(path, line_no, current, rles, classes)
+                yield current, rles
+            if name in seen:
+                raise FormatError(f"{path}:{line_no}: rows of image {name} are not contiguous (or duplicated)")
+            seen.add(name)
+            current, rles = name, []
+        k = len(rles)
+        if k >= len(classes):
+            raise FormatError(f"{path}:{line_no}: image {name} has more than {len(classes)} rows (duplicate class?)")
+        if cls != classes[k]:
+            raise FormatError(f"{path}:{line_no}: image {name}: expected class {classes[k]!r} (canonical order), got {cls!r}")
+        rles.append(rle)
+    if current is None:
+        raise FormatError(f"{path}: no rows")
+    _check_complete(path, "end", current, rles, classes)
+    yield current, rles
 
 
 def _check_complete(path: Path, line_no, name: str, rles: list[str], classes: tuple[str, ...]) -> None:

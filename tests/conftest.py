@@ -4,6 +4,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 # pytest imports this checkout (pyproject: pythonpath = ["."]); commands the tests start in subprocesses
@@ -13,6 +14,15 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 import engine  # noqa: E402,F401  (offline environment before any third-party import)
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "real"
+
+# The fuzz tests (Hypothesis, tests/test_fuzz_*.py): `bounded`, the default, is reproducible (derandomized) and
+# keeps them all well under a minute; `pytest --hypothesis-profile=long tests/test_fuzz_*.py` searches far more
+# examples on a local machine. No example database: nothing is written into the checkout.
+settings.register_profile("bounded", max_examples=50, deadline=None, database=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bounded")
 
 
 @pytest.fixture(scope="session")

@@ -166,9 +166,10 @@ def test_an_option_the_model_does_not_take_is_one_line_and_leaves_no_run_folder(
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: model.options: smp:unet/resnet18 cannot be built with {'depth': 4}: segmentation_models_pytorch."
-        "encoders.get_encoder() got multiple values for keyword argument 'depth' (--model.options={} clears them)"]
-    assert not (tmp_path / "runs").exists()
+        "error: model.options: unknown option 'depth' for smp:unet/resnet18 (not a parameter of smp's unet, and "
+        "smp's resnet18 encoder takes none); did you mean 'encoder_depth' (valid: activation, aux_params, "
+        "decoder_attention_type, decoder_channels, decoder_interpolation, decoder_use_norm, encoder_depth)"]
+    assert not (tmp_path / "runs" / "keypoints" / "exp-f0").exists()  # only the empty lock file of its claim, beside
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -290,3 +291,44 @@ def test_debug_shows_the_traceback_instead(tmp_path):
     proc = subprocess.run([sys.executable, "tools/leaderboard.py", MISSING, "--debug"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+OPTION_FAULTS = [
+    ("segmentation", "smp:unet/resnet18", {"decoder_atention_type": "scse"},
+     "model.options: unknown option 'decoder_atention_type' for smp:unet/resnet18 (not a parameter of smp's unet, "
+     "and smp's resnet18 encoder takes none); did you mean 'decoder_attention_type'"),
+    ("segmentation", "smp:unet/tu-resnet18", {"decoder_atention_type": "scse"},
+     "model.options: unknown option 'decoder_atention_type' for smp:unet/tu-resnet18 (neither smp's unet nor timm's "
+     "resnet18 takes it); did you mean 'decoder_attention_type'"),
+    ("segmentation", "smp:fpn/resnet18", {"classes": 3}, "model.options: 'classes' is set by the harness"),
+    ("segmentation", "custom:unet3plus/resnet18", {"cat_chanels": 16},
+     "model.options: unknown option 'cat_chanels' for custom:unet3plus/resnet18; did you mean 'cat_channels' "
+     "(valid: cat_channels)"),
+    ("keypoints", "shsnet:unet", {"base_channel": 16},
+     "model.options: unknown option 'base_channel' for shsnet:unet; did you mean 'base_channels' "
+     "(valid: base_channels, depth, out_stride)"),
+    ("keypoints", "hint:shsnet:unet", {"leaky_relu": 0.01, "dept": 3},
+     "model.options: unknown option 'dept' for shsnet:unet; did you mean 'depth'"),
+    ("boneage", "timm:resnet18", {"sex_inptu": True},
+     "model.options: unknown option 'sex_inptu' for timm:resnet18; did you mean 'sex_input'"),
+    ("segmentation", "yolo:yolo11n-seg", {"max_dets": 5},
+     "model.options: unknown option 'max_dets' for a yolo model; did you mean 'max_det'"),
+    ("segmentation", "yolo:yolo11n-seg", {"train_args": {"mosaik": 0.5}},
+     "model.options: unknown option 'mosaik' for ultralytics' trainer (model.options.train_args); did you mean "
+     "'mosaic'"),
+]
+
+
+@pytest.mark.parametrize("task, model, options, message", OPTION_FAULTS, ids=[f"{m} {o}" for _, m, o, _ in OPTION_FAULTS])
+def test_every_model_family_refuses_an_unknown_option_before_the_run_folder(tmp_path, capsys, task, model, options,
+                                                                           message):
+    """smp 0.6 takes **kwargs and its own encoders drop them: a misspelt option would train without it while the
+    config records it. Refused by name, with the close ones, before any run folder exists."""
+    import train
+
+    raw = {"task": task, "data": {"root": str(tmp_path / "data"), "image_size": 64},
+           "model": {"name": model, "options": options}, "logging": {"out_dir": str(tmp_path / "runs")}}
+    assert train.main(["-c", str(write_config(tmp_path, raw))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "runs" / task / "exp-f0").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from engine.config import ConfigError, build_config, save_config
 from tasks.segmentation.cache import save_probs
@@ -345,8 +346,45 @@ def test_cached_ensemble_bad_inputs_are_named(tmp_path):
 
     test_root, runs, names, _ = _fake_runs(tmp_path / "e")
     save_probs(runs[1] / "preds/test" / f"{names[0]}.npz", np.zeros((28, 8, 8), np.float32), (16, 16))
-    with pytest.raises(ValueError, match="m1: 28 channels"):
+    with pytest.raises(FormatError, match=r"member m1: .*image0000000000000.png.npz holds 28 classes, the run "
+                                          r"predicts 29$"):
         predict_ensemble(_ens(runs, "soft", tmp_path / "e"), out_csv=tmp_path / "v.csv", from_cache=True, progress=False)
+
+
+CACHE_MISFITS = [
+    ("probs", np.zeros((29, 8, 2), np.uint8), [16, 16], "resize",
+     "holds probs of shape (29, 8, 2) for a 16x16 image (its orig_size); the run predicts 8x8 maps, at the model's "
+     "8 px input (whole image resized)"),
+    ("probs", np.zeros((29, 16, 16), np.uint8), [16, 16], "resize",
+     "holds probs of shape (29, 16, 16) for a 16x16 image (its orig_size); the run predicts 8x8 maps"),
+    ("probs", np.zeros((29, 8, 8), np.uint8), [16, 16], "sliding_window",
+     "was predicted with sliding_window, the run's config asks for resize"),
+    ("probs", np.zeros((29, 8, 8), np.int64), [16, 16], "resize", "holds probs of dtype int64"),
+    ("probs", np.full((29, 8, 8), 255.0, np.float32), [16, 16], "resize", "holds float probs in [255, 255], not in [0, 1]"),
+    ("probs", np.zeros((29, 8, 8), np.uint8), [16, 16, 1], "resize", "holds orig_size [16, 16, 1], not an image"),
+    ("probs", np.zeros((29, 8, 8), np.uint8), [0, 16], "resize", "holds orig_size [0, 16], not an image"),
+    ("probs", np.zeros((29, 8, 8), object), [16, 16], "resize", "is not a prediction cache entry (probs.npy holds Python "
+                                                                 "objects)"),
+]
+
+
+@pytest.mark.parametrize("key, probs, orig, mode, message", CACHE_MISFITS, ids=[m[:40] for *_, m in CACHE_MISFITS])
+def test_a_cache_entry_that_does_not_fit_its_run_is_refused_naming_the_file(tmp_path, capsys, key, probs, orig, mode,
+                                                                            message):
+    """An entry is checked against what it says (orig_size, mode) and what its run says (29 classes, the model's
+    input size for whole-image resizing): one line naming the member and the file, never a map stretched to fit."""
+    import inference
+
+    test_root, runs, names, _ = _fake_runs(tmp_path)  # 16 px images, runs of image_size 8
+    path = runs[1] / "preds" / "test" / f"{names[2]}.npz"
+    np.savez(path, **{key: probs}, orig_size=np.asarray(orig), mode=np.asarray(mode), tta=np.asarray("identity"))
+    ens_yaml = tmp_path / "ens.yaml"
+    ens_yaml.write_text(yaml.safe_dump({"task": "segmentation", "method": "soft", "name": "e", "thresholds": 0.5,
+                                        "out_dir": str(tmp_path / "out"), "members": [{"run": str(r)} for r in runs]}))
+    assert inference.main(["--ensemble", str(ens_yaml), "--from-cache", "-o", str(tmp_path / "e.csv")]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]  # after the progress bar
+    assert last.startswith(f"error: member m1: {path} {message}"), last
+    assert not (tmp_path / "e.csv").exists()
 
 
 def test_fusion_memory_does_not_grow_with_images(tmp_path):
@@ -773,17 +811,18 @@ def test_fit_warns_when_validation_and_test_caches_used_other_tta_views(tmp_path
     and the from-cache ensemble name the member whose two caches differ."""
     from tasks.segmentation.cache import save_probs
     from ensembles.fit import fit_ensemble
-    from tasks.segmentation.cache import cache_tta
+    from tasks.segmentation.cache import CacheSpec, cache_tta
     from ensembles.members import resolve_members
     from ensembles.runner import warn_tta_mismatch
 
     runs = _labelled_runs(tmp_path, {"good": [0, 1], "noise": [0, 1]})
     for label, tta in (("good", "identity,hflip"), ("noise", "identity")):
         for run in runs[label]:
-            save_probs(run / "preds" / "test" / "x.png.npz", np.zeros((29, 4, 4), np.float32), (4, 4), tta=tta)
-    assert cache_tta(runs["good"][0], "test") == "identity,hflip"
-    assert cache_tta(runs["good"][0], "val") == "identity"
-    assert cache_tta(runs["good"][0], "missing") is None
+            save_probs(run / "preds" / "test" / "x.png.npz", np.zeros((29, 16, 16), np.float32), (16, 16), tta=tta)
+    spec = CacheSpec(29, "resize", 16)
+    assert cache_tta(runs["good"][0], "test", spec) == "identity,hflip"
+    assert cache_tta(runs["good"][0], "val", spec) == "identity"
+    assert cache_tta(runs["good"][0], "missing", spec) is None
     ens = EnsembleConfig.model_validate({
         "task": "segmentation", "method": "weighted", "name": "fitted", "weights": "fit", "thresholds": "fit",
         "members": [{"name": k, "runs": [str(r) for r in v]} for k, v in runs.items()],
@@ -797,3 +836,54 @@ def test_fit_warns_when_validation_and_test_caches_used_other_tta_views(tmp_path
             with np.load(path) as f:
                 save_probs(path, f["probs"], tuple(f["orig_size"]), tta="identity,hflip")
     assert warn_tta_mismatch(resolve_members(ens)) == []
+
+
+def _kp_cache(path: Path, **change) -> Path:
+    """A valid two-image ``keypoints.npz`` of the 15 SHS_NET joints, with ``change`` applied."""
+    arrays = {"names": np.asarray(["a.png", "b.png"]), "coords": np.zeros((2, 15, 2), np.float32),
+              "confidence": np.ones((2, 15), np.float32), "landmarks": np.asarray("shs15")}
+    arrays.update(change)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"coords": np.zeros((2, 14, 2), np.float32)},
+     "coords of shape (2, 14, 2) (float32), expected (2, 15, 2) floats: 2 images x 15 landmarks of shs15"),
+    ({"coords": np.zeros((2, 15, 2), np.int64)}, "coords of shape (2, 15, 2) (int64), expected (2, 15, 2) floats"),
+    ({"confidence": np.ones((3, 15), np.float32)}, "confidence of shape (3, 15) (float32), expected (2, 15) floats"),
+    ({"coords": np.full((2, 15, 2), np.nan, np.float32)}, "coords holds 60 NaN/infinite values"),
+    ({"names": np.asarray(["a.png", "a.png"])}, "names must be 2 distinct image names"),
+    ({"landmarks": np.asarray("dha37")}, "holds landmark set dha37, the run predicts shs15"),
+    ({"landmarks": np.asarray("shs16")}, "unknown landmark set 'shs16'"),
+    ({"names": np.asarray([object(), object()], dtype=object)}, "not a keypoint cache (Object arrays cannot be loaded"),
+])
+def test_a_keypoint_cache_that_does_not_fit_its_run_is_refused_naming_the_file(tmp_path, change, message):
+    from tasks.keypoints.cache import load_cache
+
+    good = _kp_cache(tmp_path / "good" / "keypoints.npz")
+    names, coords, conf, lmset = load_cache(good, "shs15")
+    assert names == ["a.png", "b.png"] and coords.shape == (2, 15, 2) and conf.shape == (2, 15) and lmset == "shs15"
+    bad = _kp_cache(tmp_path / "bad" / "keypoints.npz", **change)
+    with pytest.raises(FormatError) as err:
+        load_cache(bad, None if "unknown landmark set" in message else "shs15")  # a set of no run (select)
+    assert str(err.value).startswith(f"{bad}: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,boneage\n1,30\n2,5000\n", "id '2' has age 5000, outside [-240, 480] months: not a bone-age prediction"),
+    ("id,boneage\n1,30\n1,40\n", "duplicate"),
+    ("id,boneage\n1,nan\n", "NaN"),
+    ("id,age\n1,30\n", "header must start with id,boneage"),
+])
+def test_a_boneage_cache_that_is_no_prediction_in_months_is_refused_naming_the_file(tmp_path, text, message):
+    from tasks.boneage.cache import load_cache
+
+    path = tmp_path / "boneage.csv"
+    path.write_text("id,boneage\n1,30\n2,-3.5\n")
+    assert load_cache(path) == (["1", "2"], pytest.approx(np.array([30.0, -3.5])))
+    path.write_text(text)
+    with pytest.raises(FormatError) as err:
+        load_cache(path)
+    assert str(err.value).startswith(f"{path}:") and message in str(err.value), str(err.value)

@@ -83,9 +83,7 @@ def pd_isna(v) -> bool:
 def _run(tmp_path: Path, raw: dict, name: str) -> Path:
     """A run folder with an (untrained) model saved the harness way: best.pt of tensors and its config."""
     cfg = load_config(None, {**raw, "name": name, "logging": {"out_dir": str(tmp_path / "runs"), "progress": False}})
-    from tasks.registry import get_task_class
-
-    task = get_task_class(cfg.task)(cfg)
+    task = cfg.spec.task_class()(cfg)
     torch.manual_seed(0)
     model = create_model(cfg.model.name, task=cfg.task, num_outputs=task.num_outputs, in_channels=1,
                          **cfg.model.options)

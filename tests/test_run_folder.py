@@ -81,7 +81,9 @@ def test_bad_dataset_fails_before_the_folder_is_touched(finished, phantom, tmp_p
 
     fresh = tmp_path / "runs"
     assert train_cmd.main(["-c", str(config), f"--data.root={data}", f"--logging.out_dir={fresh}"]) == 2
-    assert not fresh.exists(), "a failed fresh run leaves no run folder behind"
+    assert not (fresh / "segmentation" / "tiny-f0").exists(), "a failed fresh run leaves no run folder behind"
+    lock = fresh / "segmentation" / ".tiny-f0.lock"  # its claim's lock file, beside it, released: empty
+    assert list((fresh / "segmentation").iterdir()) == [lock] and lock.read_bytes() == b""
 
 
 def test_overwrite_replaces_and_folds_stay_apart(phantom, tmp_path, capsys):
@@ -106,7 +108,7 @@ def test_resume_of_nothing_and_resume_plus_overwrite(phantom, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     assert train_cmd.main(["-c", str(config), "--resume", "--overwrite"]) == 2
     assert "give one" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs" / "segmentation" / "y-f0").exists()  # only its released claim's lock file, beside
 
 
 def test_debug_shows_the_traceback(phantom, tmp_path):

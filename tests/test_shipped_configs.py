@@ -1,5 +1,5 @@
-"""Every config the repository ships loads and names a model the registry serves for its task, and every
-ensemble config parses: a typo in a recipe fails here, not minutes into a user's run."""
+"""Every config the repository ships loads and names a model the registry serves for its task with options it
+takes, and every ensemble config parses: a typo in a recipe fails here, not minutes into a user's run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 
 from engine.config import load_config
 from ensembles.config import load_ensemble_config
-from models.registry import resolve
+from models.registry import check_options, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "ensembles")
@@ -25,6 +25,7 @@ def test_training_config_loads_and_its_model_resolves(path):
     cfg = load_config(path)
     assert cfg.task == path.parent.name
     resolve(cfg.model.name, cfg.task)            # raises, listing valid names, for an unknown or refused model
+    check_options(cfg.model.name, cfg.task, cfg.model.options)  # raises for an option the model does not take
 
 
 @pytest.mark.parametrize("path", ENSEMBLES, ids=lambda p: p.name)

@@ -132,18 +132,18 @@ def test_bad_overlap_is_refused():
 
 
 def test_cache_records_the_mode_and_refuses_the_other(tmp_path):
-    from tasks.segmentation.cache import save_probs
-    from tasks.segmentation.cache import load_cached
+    from tasks.segmentation.cache import CacheSpec, load_cached, save_probs
     from tasks.formats import FormatError
 
     p = np.random.default_rng(0).random((3, 20, 30)).astype(np.float32)
     save_probs(tmp_path / "tiled.npz", p, (20, 30), MODE_SLIDING)
-    save_probs(tmp_path / "resized.npz", p, (40, 60))
-    probs, size = load_cached(tmp_path / "tiled.npz", "member a", MODE_SLIDING)
-    assert size == (20, 30) and probs.shape == (3, 20, 30)
-    assert load_cached(tmp_path / "resized.npz", "member a", MODE_RESIZE)[1] == (40, 60)
+    save_probs(tmp_path / "resized.npz", p[:, :20, :20], (40, 60))
+    tiled, resized = CacheSpec(3, MODE_SLIDING, 20), CacheSpec(3, MODE_RESIZE, 20)
+    entry = load_cached(tmp_path / "tiled.npz", "member a", tiled)
+    assert entry.size == (20, 30) and entry.probs.shape == (3, 20, 30) and entry.mode == MODE_SLIDING
+    assert load_cached(tmp_path / "resized.npz", "member a", resized).size == (40, 60)
     with pytest.raises(FormatError, match="tiled.npz was predicted with sliding_window.*asks for resize"):
-        load_cached(tmp_path / "tiled.npz", "member a", MODE_RESIZE)
+        load_cached(tmp_path / "tiled.npz", "member a", resized)
     with pytest.raises(FormatError, match="resized.npz was predicted with resize"):
-        load_cached(tmp_path / "resized.npz", "member a", MODE_SLIDING)
+        load_cached(tmp_path / "resized.npz", "member a", tiled)
 

@@ -575,7 +575,9 @@ def test_storage_urls_are_resolved_and_passwords_masked(tmp_path, monkeypatch):
     assert spec.kind == "rdb" and spec.url.endswith("me:secret@db:5432/optuna")
     assert "secret" not in spec.display and "me:***@db:5432/optuna" in runner.dashboard_line(spec)
     assert runner.resolve_storage(None, "s", 1).url == "sqlite:///runs/sweeps/optuna.db"
-    assert runner.resolve_storage(None, "a/b", 3).url == "runs/sweeps/a_b.journal"
+    assert runner.resolve_storage(None, "a b", 3).url == "runs/sweeps/a_b.journal"
+    with pytest.raises(SweepError, match="'a/b' holds a path separator"):   # a study name is one path component
+        runner.resolve_storage(None, "a/b", 3)
     assert runner.resolve_storage("x.journal", "s", 2) == runner.StorageSpec("journal", "x.journal")
     with pytest.raises(SweepError, match="expected an RDB URL"):
         runner.resolve_storage("optuna.db", "s", 1)

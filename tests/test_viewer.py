@@ -19,6 +19,7 @@ from engine.config import load_config, save_config
 from engine.interactive import open_run
 from tasks.segmentation.cache import save_probs
 from tasks.segmentation.samples import split_samples
+from tasks.spec import MODE_SLIDING
 from engine.trainer import train
 from leaderboard.chromium import find_chromium
 from tasks.formats.handbones import read_masks
@@ -50,13 +51,14 @@ def runs(phantom, tmp_path_factory) -> Path:
             "task": "segmentation", "name": name,
             "data": {"root": str(phantom / "handbones" / "train"), "test_root": str(phantom / "handbones" / "test"),
                      "image_size": 64},
-            "model": {"name": "smp:unet/resnet18"},
+            "model": {"name": "smp:unet/resnet18"}, "inference": {"sliding_window": True},
             "logging": {"out_dir": str(out / "runs"), "progress": False},
         })
         save_config(seg, seg.run_dir / "config.yaml")
-        for s in split_samples(seg.data, "val")[:2]:
+        for s in split_samples(seg.data, "val")[:2]:  # maps at the original size: what a sliding-window run caches
             size = image_size(s.image_path)
-            save_probs(seg.run_dir / "preds" / "val" / f"{s.name}.npz", read_masks(s.label_path, *size) * fill, size)
+            save_probs(seg.run_dir / "preds" / "val" / f"{s.name}.npz", read_masks(s.label_path, *size) * fill, size,
+                       MODE_SLIDING)
     return out / "runs"
 
 

@@ -207,7 +207,7 @@ def test_bad_names_and_options_are_clear_errors(tmp_path):
     assert {"yolo:yolov8n-seg", "yolo:yolo11n-seg", "yolo:yolo26n-seg"} <= set(names)
     with pytest.raises(UnknownModelError, match="yolo11n-seg"):
         create_model("yolo:yolo11n-sg", task="segmentation", num_outputs=29)
-    with pytest.raises(ValueError, match="unknown key 'cnf'"):
+    with pytest.raises(ValueError, match="unknown option 'cnf' for a yolo model; did you mean 'conf'"):
         parse_options({"cnf": 0.1})
     with pytest.raises(ValueError, match="train.epochs"):
         parse_options({"train_args": {"epochs": 3}})
@@ -263,6 +263,11 @@ def test_crafted_files_are_refused_and_never_run(tmp_path, capsys, planted):
         learner.fit(fresh)
     assert "\n" not in str(err.value) and str(evil) in str(err.value)
     assert not fresh.run_dir.exists()  # refused before the run folder is made
+    fresh_config = tmp_path / "fresh.yaml"
+    fresh_config.write_text(yaml.safe_dump(fresh.to_dict()))
+    assert train.main(["-c", str(fresh_config), f"--model.weights={evil}"]) == 2  # through train.py too:
+    assert "model.options.trust_pickle: true" in capsys.readouterr().err
+    assert not fresh.run_dir.exists()  # no folder holding a config.yaml of the refused run
     trusting = create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29, weights=str(evil),
                             trust_pickle=True)
     assert trusting.start_weights() == (evil, True)  # handed to ultralytics as the user's own file
@@ -311,7 +316,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     for key, logged in events.items():
         assert logged == [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r], key
     assert {"config.yaml", "summary.json", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
-    assert (run / "ultralytics" / "weights" / "best.pt").is_file()  # ultralytics' own, for its --resume
+    assert not list(run.rglob("ultralytics/**/*.pt"))  # ultralytics' own pickled checkpoints are never written
     for name in ("best.pt", "last.pt"):  # the network itself as tensors: torch.load(weights_only=True)
         ckpt = load_checkpoint(run / name)
         assert "external_weights" not in ckpt and ckpt["num_outputs"] == 29 and ckpt["epoch"] == 0
@@ -369,3 +374,55 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     assert not any(home.iterdir()), f"written into HOME: {sorted(p.name for p in home.iterdir())}"
     # core.offline put a font where ultralytics looks, so check_font() never asks the network
     assert (Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "Arial.ttf").is_file()
+
+
+def test_resume_continues_the_tensors_only_last_pt_and_never_unpickles(phantom, tmp_path, monkeypatch, capsys,
+                                                                      planted):
+    """An interrupted YOLO run resumes from its run folder's last.pt (tensors and primitives) through
+    ``train.py -c <run>/config.yaml --resume``: a pickle planted where ultralytics keeps its own checkpoint (which
+    its resume would unpickle) is never loaded, and the run never writes such a file itself."""
+    from engine.yolo_learner import _trainer_class
+
+    hb = phantom / "handbones"
+    runs = tmp_path / "runs"
+    trainer = _trainer_class()
+    original = trainer.save_model
+
+    def interrupted(self):  # a kill right after the first epoch's checkpoint
+        saved = original(self)
+        if self.epoch == 0:
+            raise KeyboardInterrupt
+        return saved
+
+    monkeypatch.setattr(trainer, "save_model", interrupted)
+    assert train.main(["-c", "configs/segmentation/yolo11n_seg.yaml", f"--data.root={hb / 'train'}",
+                       f"--data.test_root={hb / 'test'}", "--data.image_size=64", "--data.num_workers=0",
+                       f"--data.cache_dir={tmp_path / 'cache'}", "--train.epochs=2", "--train.batch_size=6",
+                       "--train.device=cpu", f"--logging.out_dir={runs}", "--logging.progress=false"]) == 130
+    run = runs / "segmentation" / "yolo11n_seg-f0"
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 0 and last["train_state"]["epoch"] == 0 and not (run / "summary.json").exists()
+    assert sorted(p.name for p in (run / "ultralytics").rglob("*.pt")) == []  # no pickled checkpoint written
+    weights = run / "ultralytics" / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    planted.write(weights / "last.pt")
+    planted.write(weights / "best.pt")
+    monkeypatch.setattr(trainer, "save_model", original)
+
+    assert train.main(["-c", str(run / "config.yaml"), "--resume"]) == 0
+    assert not planted.marker.exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # continued at the second epoch, the first kept
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] in (0, 1)
+    assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]  # only the planted ones
+
+    state = load_checkpoint(run / "last.pt")
+    del state["train_state"]
+    save_checkpoint(run / "last.pt", state)  # a last.pt of an older harness: nothing to resume from
+    capsys.readouterr()
+    assert train.main(["-c", str(run / "config.yaml"), "--resume"]) == 2
+    assert capsys.readouterr().err == (f"error: {run / 'last.pt'}: holds no training state to resume (a YOLO run of "
+                                       "an older harness, which resumed from ultralytics' pickled checkpoint); start "
+                                       "it afresh with --overwrite\n")
+    assert not planted.marker.exists()

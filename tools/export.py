@@ -40,11 +40,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _export(argv: list[str]) -> int:
     args = parse_args(argv)
+    from contextlib import nullcontext
+
     from engine.export import export_run
     from phantom import render_hand
+    from tasks.formats.run_lock import claim
 
-    result = export_run(args.ckpt, args.format.lower(), args.out, check=args.check, atol=args.atol, rtol=args.rtol,
-                        phantoms=render_hand)
+    run_dir = Path(args.ckpt).parent  # written into (the default -o) only under the run folder's claim
+    inside = args.out is None or Path(args.out).resolve().parent == run_dir.resolve()
+    with claim(run_dir) if inside else nullcontext():
+        result = export_run(args.ckpt, args.format.lower(), args.out, check=args.check, atol=args.atol,
+                            rtol=args.rtol, phantoms=render_hand)
     print("\n".join(result.lines()))
     return 0
 

@@ -75,6 +75,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.run:
+        return score(args)
+    from tasks.formats.run_lock import claim_bookkeeping
+
+    with claim_bookkeeping(args.run):  # before scoring: a folder in use is refused before any work
+        return score(args)
+
+
+def score(args: argparse.Namespace) -> int:
+    """Score ``args.csv``, print the report, record it in ``args.run`` when given."""
     from tasks.scoring import report_lines, score_submission, stored_scores  # after parsing: --help skips numpy
 
     asked = {"sdr": args.sdr, "sdr_mm": args.sdr_mm, "within": args.within, "baseline_age": args.baseline_age,

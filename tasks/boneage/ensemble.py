@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.boneage.cache import CACHE_FILE
+from tasks.boneage.cache import CACHE_FILE, load_cache
+from tasks.formats import FormatError
 from tasks.formats.submissions import read_ages, write_ages
 
 
@@ -32,7 +33,11 @@ class BoneAgeSide:
 
     @staticmethod
     def read_cache(path: Path, cfg, where: str) -> tuple[list[str], np.ndarray]:
-        return read_ages(path)
+        """Ids and ages of a run's checked ``boneage.csv`` (:func:`tasks.boneage.cache.load_cache`)."""
+        try:
+            return load_cache(path)
+        except FormatError as err:
+            raise FormatError(f"{where}: {err}") from None
 
     @staticmethod
     def truth(cfg) -> dict[str, float]:

@@ -4,7 +4,8 @@
 - ``landmarks.csv``: no header; line ``i`` belongs to name ``i``: 68 x then 68 y, **normalised to [0, 1]**
   by the image width and height (so ``x_px = x * width``).
 - ``angles.csv``: no header; three Cobb angles (degrees) a line.
-- ``labels_mat/<image name>.mat``: MATLAB v5, key ``p2``: ``(68, 2)`` absolute ``(x, y)`` pixels.
+- ``labels_mat/<image name>.mat``: MATLAB v5, key ``p2``: ``(68, 2)`` absolute ``(x, y)`` pixels (read by
+  :mod:`tasks.formats.mat5`, which checks every size in the file; scipy's reader crashes on some corrupt ones).
 
 The corners come vertebra by vertebra (T1..L5), each as top-left, top-right, bottom-left, bottom-right
 (the ``aasce68`` landmark set). Every reader checks counts and values and names the file and line.
@@ -22,7 +23,9 @@ import numpy as np
 from tasks.formats import FormatError
 from core.atomic import atomic_write, write_text
 from tasks.formats.images import stem
-from tasks.formats.tables import finite_number
+from tasks.formats.mat5 import read_mat5
+from tasks.formats.names import check_name
+from tasks.formats.tables import TEXT_ENCODING, finite_number
 
 N_LANDMARKS = 68
 MAT_KEY = "p2"
@@ -37,12 +40,13 @@ def patient_of(name: str) -> str:
 
 
 def read_filenames(path: str | os.PathLike) -> list[str]:
-    """Image names, one a line (surrounding whitespace and blank lines dropped; inner spaces kept)."""
+    """Image names, one a line (surrounding whitespace and blank lines dropped; inner spaces kept); each must be
+    a single file name (``labels_mat/<name>.mat`` is read from it)."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: file list not found")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding=TEXT_ENCODING).splitlines()
     except UnicodeDecodeError as err:
         raise FormatError(f"{path}: not a text file ({err})") from None
     names = [line.strip().strip('"') for line in lines if line.strip()]
@@ -50,6 +54,7 @@ def read_filenames(path: str | os.PathLike) -> list[str]:
         raise FormatError(f"{path}: no image names")
     seen: dict[str, int] = {}
     for i, n in enumerate(names, start=1):
+        check_name(n, f"{path}: line {i}")
         if n in seen:
             raise FormatError(f"{path}: line {i}: image {n!r} listed twice (first on line {seen[n]})")
         seen[n] = i
@@ -62,14 +67,14 @@ def _numeric_rows(path: Path, width: int, what: str) -> np.ndarray:
         raise FormatError(f"{path}: {what} file not found")
     rows: list[list[float]] = []
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding=TEXT_ENCODING) as fh:
             for line_no, row in enumerate(csv.reader(fh), start=1):
                 if not row or all(not v.strip() for v in row):
                     continue
                 if len(row) != width:
                     raise FormatError(f"{path}: line {line_no}: {len(row)} values, expected {width} ({what})")
                 rows.append([finite_number(raw, f"{path}: line {line_no}, value {j}") for j, raw in enumerate(row, start=1)])
-    except UnicodeDecodeError as err:
+    except (UnicodeDecodeError, csv.Error) as err:
         raise FormatError(f"{path}: not a text CSV ({err})") from None
     if not rows:
         raise FormatError(f"{path}: no rows")
@@ -97,20 +102,15 @@ def read_angles(path: str | os.PathLike) -> np.ndarray:
 
 def read_mat(path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> np.ndarray:
     """``(n_landmarks, 2)`` absolute ``(x, y)`` pixels from one ``.mat`` label file (key ``p2``)."""
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
-
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: .mat label file not found")
-    try:
-        content = loadmat(path)
-    except (MatReadError, ValueError, OSError) as err:
-        raise FormatError(f"{path}: not a readable MATLAB file ({err})") from None
+    content = read_mat5(path)
     if MAT_KEY not in content:
-        keys = [k for k in content if not k.startswith("__")]
-        raise FormatError(f"{path}: no key {MAT_KEY!r} (keys: {', '.join(keys) or 'none'})")
-    xy = np.asarray(content[MAT_KEY], np.float64)
+        raise FormatError(f"{path}: no key {MAT_KEY!r} (keys: {', '.join(content) or 'none'})")
+    xy = content[MAT_KEY]
+    if xy is None:
+        raise FormatError(f"{path}: {MAT_KEY} is not a real numeric matrix")
     if xy.shape != (n_landmarks, 2):
         raise FormatError(f"{path}: {MAT_KEY} has shape {xy.shape}, expected ({n_landmarks}, 2)")
     if not np.isfinite(xy).all():

@@ -17,7 +17,7 @@ import numpy as np
 from tasks.formats import FormatError
 from core.atomic import write_text
 from tasks.formats.images import stem
-from tasks.formats.tables import finite_number, new_id, read_table
+from tasks.formats.tables import TEXT_ENCODING, finite_number, new_id, read_table
 
 N_LANDMARKS = 37
 
@@ -41,7 +41,7 @@ def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tup
     rows: list[list[float]] = []
     first: dict[str, int] = {}
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding=TEXT_ENCODING) as fh:
             for line_no, row in enumerate(csv.reader(fh), start=1):
                 if not row or all(not v.strip() for v in row):
                     continue
@@ -50,7 +50,7 @@ def read_all(csv_path: str | os.PathLike, n_landmarks: int = N_LANDMARKS) -> tup
                                       f"(id + {n_landmarks} x,y pairs)")
                 ids.append(new_id(row[0], f"{path}: line {line_no}", line_no, first))
                 rows.append([finite_number(raw, f"{path}: line {line_no}, value {j}") for j, raw in enumerate(row[1:], start=2)])
-    except UnicodeDecodeError as err:
+    except (UnicodeDecodeError, csv.Error) as err:
         raise FormatError(f"{path}: not a text CSV ({err})") from None
     if not ids:
         raise FormatError(f"{path}: no landmark rows")

@@ -17,6 +17,8 @@ from core.cli import lazy_module
 from tasks.formats import FormatError
 from tasks.formats.folds import group_folds
 from tasks.formats.images import IMAGE_SUFFIXES
+from tasks.formats.names import check_name
+from tasks.formats.tables import TEXT_ENCODING
 
 np = lazy_module("numpy")  # the segmentation spec reads CLASSES without it
 
@@ -62,7 +64,8 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
 
     ``labels="auto"`` takes ``root/outputs_json`` when it exists; ``None`` lists images only; a path
     takes the JSONs from there (e.g. ``test_gt/outputs_json``). An image without its JSON when labels
-    are expected, or a JSON without its image, is an error naming the file.
+    are expected, or a JSON without its image, is an error naming the file; so is a file or patient folder
+    name that cannot be a submission's ``image_name`` (not UTF-8, a control character: ``tasks.formats.names``).
     """
     root = Path(root)
     dcm = root / "DCM"
@@ -75,7 +78,8 @@ def list_samples(root: str | os.PathLike, labels: str | os.PathLike | None = "au
     samples = []
     for image_path in files_under(dcm, IMAGE_SUFFIXES):
         rel = image_path.relative_to(dcm)
-        patient = rel.parts[0] if len(rel.parts) > 1 else image_path.stem
+        check_name(image_path.name, str(image_path.parent))
+        patient = check_name(rel.parts[0], str(dcm)) if len(rel.parts) > 1 else image_path.stem
         label_path = None
         if label_dir is not None:
             label_path = label_dir / rel.with_suffix(".json")
@@ -103,11 +107,15 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
     annotation repeated. A class may hold several polygons (an unfused epiphysis is a separate piece of its bone)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FormatError(f"{path}: not a readable JSON file ({err})") from None
+    except RecursionError:
+        raise FormatError(f"{path}: not a label file (nested too deeply)") from None
     if not isinstance(data, dict) or "annotations" not in data:
         raise FormatError(f"{path}: no 'annotations' key")
+    if not isinstance(data["annotations"], list):
+        raise FormatError(f"{path}: 'annotations' is a {type(data['annotations']).__name__}, not a list")
     polygons: dict[str, list[np.ndarray]] = {}
     first: dict[tuple[str, bytes], int] = {}
     for k, ann in enumerate(data["annotations"]):
@@ -115,7 +123,7 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
         if not isinstance(ann, dict) or "label" not in ann or "points" not in ann:
             raise FormatError(f"{where}: needs 'label' and 'points'")
         label = ann["label"]
-        if label not in CLASS_INDEX:
+        if not isinstance(label, str) or label not in CLASS_INDEX:
             raise FormatError(f"{where}: unknown class label {label!r}")
         try:
             pts = np.asarray(ann["points"], dtype=np.float64)
@@ -137,6 +145,22 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
         first[key] = k
         polygons.setdefault(label, []).append(pts)
     return polygons
+
+
+def mislabelled_bones(path: str | os.PathLike | None) -> list[str]:
+    """A note (a list of one) when a label file lacks a bone while another label repeats (the missing bone was
+    probably annotated under the repeated label), naming the file and the bones; ``[]`` otherwise, and for no
+    file. Such a file reads fine (a bone may be in several pieces, a child may lack one), so this is a
+    warning, which the dataset integrity pass (``engine.run_folder.check_dataset``) prints and counts."""
+    if path is None:
+        return []
+    polygons = read_polygons(path)
+    missing = [c for c in CLASSES if c not in polygons]
+    repeated = [f"{c} {len(p)} times" for c, p in polygons.items() if len(p) > 1]
+    if not missing or not repeated:
+        return []
+    return [f"{path}: no annotation of {', '.join(missing)}, while {', '.join(repeated)} appears; a label may "
+            "name the wrong bone"]
 
 
 def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) -> np.ndarray:

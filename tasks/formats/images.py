@@ -1,8 +1,15 @@
-"""Reading radiographs of any mode (8/16-bit grey, RGB, palette) as 8-bit grey, with clear errors."""
+"""Reading radiographs of any mode (8/16-bit grey, RGB, palette) as 8-bit grey, with clear errors.
+
+An image whose header claims more than :func:`max_image_pixels` pixels (default 8192 x 8192; the
+environment variable ``BONEHARNESS_MAX_IMAGE_PIXELS`` sets another limit) is refused from its header,
+before a byte of it is decoded: a small file can claim 20000 x 20000 pixels and take gigabytes to decode.
+"""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +21,30 @@ from tasks.formats import FormatError
 np = lazy_module("numpy")  # the task specs list image names without it
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_PIXELS_ENV = "BONEHARNESS_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 8192 * 8192
+# PIL warns about an image above its own limit while opening it; open_image refuses such an image itself,
+# by the harness's limit (which PIL's is raised to where it is lower), with one line naming the file.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may have: ``BONEHARNESS_MAX_IMAGE_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise FormatError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive whole number of pixels")
+    return limit
+
+
+def _too_large(path: Path, pixels: int, limit: int, size: str = "") -> FormatError:
+    return FormatError(f"{path}: {size}{pixels} pixels, above the limit of {limit} (a decompression bomb?); refused "
+                       f"before decoding; a genuine image this large needs {MAX_PIXELS_ENV}={pixels}")
 
 
 def stem(name: str) -> str:
@@ -23,13 +54,26 @@ def stem(name: str) -> str:
 
 
 def open_image(path: Path) -> Image.Image:
-    """PIL's own ``Image.open``. Importing ultralytics replaces it process-wide with a wrapper that, for a
-    file PIL cannot identify, tries to install and import pi-heif instead of raising, so a corrupt image
-    would end in a ModuleNotFoundError rather than our one-line error."""
+    """PIL's own ``Image.open`` (which reads the header only), refusing an image of more than
+    :func:`max_image_pixels` pixels. Importing ultralytics replaces ``Image.open`` process-wide with a
+    wrapper that, for a file PIL cannot identify, tries to install and import pi-heif instead of raising, so
+    a corrupt image would end in a ModuleNotFoundError rather than our one-line error."""
     opener = Image.open
     if opener.__module__.startswith("ultralytics"):
         opener = getattr(sys.modules[opener.__module__], "_image_open", opener)
-    return opener(path)
+    limit = max_image_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        im = opener(path)
+    except Image.DecompressionBombError as err:   # above twice PIL's limit: PIL refuses before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise _too_large(path, int(found.group(1)) if found else 2 * Image.MAX_IMAGE_PIXELS, limit) from None
+    width, height = im.size
+    if width * height > limit:
+        im.close()
+        raise _too_large(path, width * height, limit, f"{width}x{height} = ")
+    return im
 
 
 def read_grey(path: str | os.PathLike) -> np.ndarray:

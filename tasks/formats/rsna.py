@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 
 from tasks.formats import FormatError
-from tasks.formats.tables import finite_number, new_id, read_table
+from tasks.formats.tables import TEXT_ENCODING, finite_number, new_id, read_table
 from tasks.formats.images import IMAGE_SUFFIXES
-from tasks.formats.submissions import read_ages, write_ages
+from tasks.formats.submissions import MAX_AGE_MONTHS, read_ages, write_ages
 
-MAX_AGE_MONTHS = 240.0
 SUBMISSION_HEADER: tuple[str, str] = ("id", "boneage")
 _TRUE = {"true", "1", "m", "male", "yes", "t"}
 _FALSE = {"false", "0", "f", "female", "no"}
@@ -125,8 +124,11 @@ def read_submission(path: str | os.PathLike, *, answers: bool = False) -> pd.Dat
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: CSV file not found")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding=TEXT_ENCODING) as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise FormatError(f"{path}: not a readable CSV ({err})") from None
     if not rows:
         raise FormatError(f"{path}: empty file")
     header = [h.strip() for h in rows[0]]

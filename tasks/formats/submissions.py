@@ -19,16 +19,7 @@ from core.atomic import atomic_write
 from tasks.formats.tables import finite_numbers, format_number, new_id, read_rows
 
 AGE_HEADER = ("id", "boneage")
-
-
-def read_header(csv_path: str | os.PathLike) -> list[str]:
-    """The stripped column names of a CSV's first line (a submission's layout: ``tasks.scoring.sniff_task``)."""
-    try:
-        with open(csv_path, newline="") as f:
-            header = next(csv.reader(f), [])
-    except OSError as err:
-        raise FormatError(f"{csv_path}: cannot open submission ({err.strerror or err})") from None
-    return [h.strip() for h in header]
+MAX_AGE_MONTHS = 240.0  # the oldest age of the RSNA answers (20 years)
 
 
 def read_ages(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

@@ -1,12 +1,15 @@
 """Reading label CSVs as text, so every reader checks values itself and names file, line and column.
 
 :func:`read_rows` uses the standard ``csv`` module only (the CSV-level tools read submissions without
-loading pandas); :func:`read_table` gives a DataFrame to the label readers that want one.
+loading pandas); :func:`read_table` gives a DataFrame to the label readers that want one. Every text file
+the harness reads is decoded as :data:`TEXT_ENCODING`: UTF-8, with the byte-order mark that spreadsheet
+programs put at its start accepted (and dropped).
 """
 from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,9 +17,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tasks.formats import FormatError
+from tasks.formats.names import check_name
 
 if TYPE_CHECKING:
     import pandas as pd
+
+TEXT_ENCODING = "utf-8-sig"
+
+
+def first_row(path: str | os.PathLike, what: str = "CSV") -> list[str]:
+    """The stripped cells of a CSV's first row (``[]`` for an empty file); a file that cannot be opened or
+    decoded raises :class:`FormatError` naming it (``what``: the kind of file, for the message)."""
+    try:
+        with open(path, newline="", encoding=TEXT_ENCODING) as f:
+            return [h.strip() for h in next(csv.reader(f), [])]
+    except OSError as err:
+        raise FormatError(f"{path}: cannot open {what} ({err.strerror or err})") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise FormatError(f"{path}: not a readable {what} ({err})") from None
 
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -30,7 +48,7 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise FormatError(f"{path}: CSV file not found")
     rows: list[tuple[int, list[str]]] = []
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding=TEXT_ENCODING) as f:
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             for row in reader:
@@ -99,11 +117,13 @@ def finite_numbers(cells: Sequence[Sequence[str]], n_columns: int, where: Callab
 
 
 def new_id(raw: object, where: str, line: int, first: dict[str, int]) -> str:
-    """``raw`` (stripped) as a row id not seen before: an empty or repeated id is a FormatError starting with
+    """``raw`` (stripped) as a row id not seen before: an empty or repeated id, or one that is not a single
+    file name (``../x``: ids name image files, :mod:`tasks.formats.names`), is a FormatError starting with
     ``where`` (file, line and column). Records ``first[id] = line``."""
     rid = str(raw).strip()
     if not rid:
         raise FormatError(f"{where}: empty id")
+    check_name(rid, where)
     if rid in first:
         raise FormatError(f"{where}: duplicate id {rid!r} (first on line {first[rid]})")
     first[rid] = line

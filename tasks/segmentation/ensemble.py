@@ -11,7 +11,7 @@ import numpy as np
 
 from tasks.formats.handbones import CLASSES, HandboneSample, WRIST_CLASSES, list_samples, read_masks
 from tasks.formats.images import image_size, read_grey
-from tasks.segmentation.cache import cache_path, cache_tta, load_cached
+from tasks.segmentation.cache import CacheSpec, cache_path, cache_tta, load_cached
 from tasks.segmentation.masks import resolve_thresholds
 from tasks.segmentation.samples import split_samples
 
@@ -31,8 +31,17 @@ class SegmentationSide:
     metric = "dice"
     read_image = staticmethod(read_grey)
     cache_path = staticmethod(cache_path)
-    cache_tta = staticmethod(cache_tta)
-    load_cached = staticmethod(load_cached)
+
+    @staticmethod
+    def cache_tta(run_dir, split: str, cfg) -> str | None:
+        """The TTA views of the run's cached ``split`` predictions (None: no readable entry, or none recorded)."""
+        return cache_tta(run_dir, split, CacheSpec.of(cfg))
+
+    @staticmethod
+    def load_cached(path, where: str, cfg) -> tuple[np.ndarray, tuple[int, int]]:
+        """Probabilities and original size of one checked cache entry of the run of ``cfg``."""
+        entry = load_cached(path, where, CacheSpec.of(cfg))
+        return entry.probs, entry.size
 
     @staticmethod
     def samples(cfg, split: str) -> list[HandboneSample]:

@@ -24,7 +24,7 @@ from tasks.augment import SeededDataset, build_augment
 from tasks.base import PredictionWriter, Task, precision
 from tasks.cache import SampleCache
 from tasks.formats import FormatError
-from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, read_masks, split_folds
+from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, mislabelled_bones, read_masks, split_folds
 from tasks.formats.images import read_grey, resize_grey
 from tasks.metrics import dice_per_class
 from tasks.roi_dataset import RoiDataset, box_dice
@@ -64,6 +64,9 @@ class HandboneDataset(SeededDataset):
             return out
 
         return self.cache.get(sources, f"seg|{self.size}", make)
+
+    def label_notes(self, i: int) -> list[str]:
+        return mislabelled_bones(self.samples[i].label_path)
 
     def __getitem__(self, i: int) -> dict:
         item = self.load(i)
@@ -200,7 +203,7 @@ class SegmentationTask(Task):
         """One uint8 image as a batch: ``image`` ``(1, 1, s, s)`` in [0, 1] resized to ``size`` (None: the original
         size, for sliding-window tiles) and ``raw``, the image itself (its size, the ROI crop)."""
         small = image if size is None else resize_grey(image, size, size)
-        return {"image": torch.tensor(small).float().div_(255)[None, None], "raw": [image]}
+        return {"image": torch.from_numpy(small.astype(np.float32)).div_(255)[None, None], "raw": [image]}
 
     def batches(self, samples: Sequence[HandboneSample], size: int | None, batch_size: int = 1) -> Iterator[dict]:
         """One image at a time (images may differ in size; post-processing streams per image). An image whose
