@@ -3,7 +3,8 @@ classes), one input channel, randomly initialised or from a local weights file (
 
 ``width`` narrows a timm ResNet to stages of ``width, 2 width, 4 width, 8 width`` channels (16: a quarter of
 resnet10t, 0.3 M parameters, which trains in minutes on a CPU; on the shared CPU lcnet_035 did not learn in
-the same number of steps); without it the architecture keeps its own widths.
+the same number of steps); without it the architecture keeps its own widths. ``drop_rate``: dropout before the
+classifier head.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ def list_names() -> list[str]:
 @register_family("classifier", tasks=("orientation",), list_names=list_names, validate=validate,
                  examples=("classifier:resnet10t",))
 def build(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, width: int | None = None,
-          weights: str | None = None, **options) -> nn.Module:
+          drop_rate: float = 0.0, weights: str | None = None) -> nn.Module:
     """timm image classifier (orientation), one input channel, narrowed by ``width``"""
     import timm
 
     kwargs = {} if width is None else {"channels": tuple(width * 2 ** i for i in range(4)), "stem_width": width}
-    model = timm.create_model(rest, pretrained=False, num_classes=num_outputs, in_chans=in_channels, **kwargs,
-                              **options)
+    model = timm.create_model(rest, pretrained=False, num_classes=num_outputs, in_chans=in_channels,
+                              drop_rate=drop_rate, **kwargs)
     load_local_weights(model, weights)
     return model

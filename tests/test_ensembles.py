@@ -857,7 +857,7 @@ def _kp_cache(path: Path, **change) -> Path:
     ({"names": np.asarray(["a.png", "a.png"])}, "names must be 2 distinct image names"),
     ({"landmarks": np.asarray("dha37")}, "holds landmark set dha37, the run predicts shs15"),
     ({"landmarks": np.asarray("shs16")}, "unknown landmark set 'shs16'"),
-    ({"names": np.asarray([object(), object()], dtype=object)}, "not a keypoint cache (Object arrays cannot be loaded"),
+    ({"names": np.asarray([object(), object()], dtype=object)}, "not a keypoint prediction cache (Object arrays cannot be loaded"),
 ])
 def test_a_keypoint_cache_that_does_not_fit_its_run_is_refused_naming_the_file(tmp_path, change, message):
     from tasks.keypoints.cache import load_cache
@@ -875,7 +875,7 @@ def test_a_keypoint_cache_that_does_not_fit_its_run_is_refused_naming_the_file(t
     ("id,boneage\n1,30\n2,5000\n", "id '2' has age 5000, outside [-240, 480] months: not a bone-age prediction"),
     ("id,boneage\n1,30\n1,40\n", "duplicate"),
     ("id,boneage\n1,nan\n", "NaN"),
-    ("id,age\n1,30\n", "header must start with id,boneage"),
+    ("id,age\n1,30\n", "missing column 'boneage'"),
 ])
 def test_a_boneage_cache_that_is_no_prediction_in_months_is_refused_naming_the_file(tmp_path, text, message):
     from tasks.boneage.cache import load_cache

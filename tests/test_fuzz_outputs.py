@@ -52,7 +52,7 @@ def _write_segmentation(path: Path) -> None:
 SEGMENTATION = _written(_write_segmentation)
 KEYPOINTS = _written(lambda p: write_wide(p, IMAGES, POINTS, SHS15))
 BONEAGE = _written(lambda p: write_ages(p, ["1377", "1378"], AGES))
-CACHE_SPEC = CacheSpec(29, "resize", SIDE)   # what the run of these entries predicts: 29 maps at its 8 px input
+CACHE_SPEC = CacheSpec(29, "resize", 8)   # what the run of these entries predicts: 29 maps at its 8 px input
 SEG_CACHE = _written(lambda p: save_probs(p, PROBS, (SIDE, SIDE)), "image.png.npz")
 KP_CACHE = _written(lambda p: save_cache(p.parent, IMAGES, POINTS, np.ones((2, len(SHS15))), "shs15"),
                     "keypoints.npz")

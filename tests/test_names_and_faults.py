@@ -311,7 +311,7 @@ def test_a_bone_labelled_twice_and_missing_is_warned_about_and_counted(tmp_path,
 
 
 def test_segmentation_inference_hands_torch_no_read_only_array(monkeypatch):
-    from engine.predictor import LoadedModel, ProbabilitySource
+    from engine.predictor import LoadedModel, Predictor, to_device
     from tasks.tta import View
 
     cfg = load_config(None, {**SEG, "data": {"root": "x", "image_size": 16}})
@@ -325,5 +325,6 @@ def test_segmentation_inference_hands_torch_no_read_only_array(monkeypatch):
 
     monkeypatch.setattr(torch, "from_numpy", writable_only)
     model = torch.nn.Conv2d(1, len(CLASSES), 1)
-    probs = ProbabilitySource([LoadedModel(model, cfg, Path("m"))], [View()], torch.device("cpu"))(image)
-    assert probs.shape == (len(CLASSES), 16, 16)
+    predictor = Predictor(LoadedModel(model, cfg, Path("m")), [View()], torch.device("cpu"))
+    probs = predictor(to_device(predictor.task.image_batch(image, 16), predictor.device))
+    assert probs.shape == (1, len(CLASSES), 16, 16)

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from core.cli import lazy_module
 from tasks.formats import FormatError
 from tasks.formats.names import check_name
+
+np = lazy_module("numpy")  # the task specs and the CSV sniffing read headers without it
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -38,7 +38,8 @@ def load_cache(path: str | Path, landmarks: str | None = None) -> tuple[list[str
     except FileNotFoundError:
         raise FormatError(f"{path}: keypoint cache is missing") from None
     except Exception as err:  # numpy and zipfile raise many types for a damaged archive
-        raise FormatError(f"{path}: not a keypoint cache ({type(err).__name__}: {err})") from None
+        detail = str(err) if type(err) is ValueError else f"{type(err).__name__}: {err}"
+        raise FormatError(f"{path}: not a keypoint prediction cache ({detail})") from None
     if landmarks is not None and lmset != landmarks:
         raise FormatError(f"{path}: holds landmark set {lmset}, the run predicts {landmarks}")
     try:

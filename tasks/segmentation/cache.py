@@ -43,7 +43,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     """
     try:
         return _read_npz(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         raise
     except Exception as err:
         raise ValueError(f"{type(err).__name__}: {err}") from None
