@@ -22,13 +22,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import engine  # noqa: F401  (offline environment first)
 from core.cli import run_main
-
-if TYPE_CHECKING:
-    from engine.config import Config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -72,27 +68,6 @@ def list_encoders(pattern: str) -> None:
           "(a pair smp cannot build is refused with its reason when a config names it)", file=sys.stderr)
 
 
-def external_learner(cfg):
-    """A learner with its own training loop (kind "external", e.g. ultralytics YOLO) for ``cfg``.
-
-    The model registry builds the family's model (``models/``); its learner (``engine/``) trains it.
-    Contract: ``fit(cfg, resume=False, overwrite=False) -> summary`` runs its own checks and those of
-    ``engine.run_folder`` (folder, then every sample) before it creates the run folder, then writes it like
-    the torch trainer does (config.yaml, metrics.jsonl, best.pt/last.pt as plain dicts, summary.json).
-    """
-    import models
-    from engine.config import ConfigError
-    from engine.yolo_learner import YoloLearner
-
-    learners = {"yolo": YoloLearner}  # the training loop of each external model family
-    family, _ = models.resolve(cfg.model.name, cfg.task)
-    if family.name not in learners:
-        raise ConfigError(f"model.name: no learner for the external model family {family.name!r}")
-    model = models.create_model(cfg.model.name, task=cfg.task, num_outputs=cfg.spec.task_class()(cfg).num_outputs,
-                                weights=cfg.model.weights, **cfg.model.options)
-    return learners[family.name](model)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command: exit 0, or 2 with one ``error:`` line (``--debug``: the traceback)."""
     return run_main(_train, argv)
@@ -126,6 +101,8 @@ def _train(argv: list[str]) -> int:
     from engine.pretraining import warn_short_pretraining
 
     warn_short_pretraining(cfg.model.weights)  # once, before the first fold
+    from engine.training import train_one
+
     if args.folds is None:
         status(cfg, run_line(cfg))
         summary = train_one(cfg, args.resume, args.overwrite)
@@ -143,28 +120,6 @@ def _train(argv: list[str]) -> int:
         print(cv_report(rows))
         print(f"cross-validation: {write_cv(cfgs[0], rows)}")
     return 0
-
-
-def train_one(cfg: Config, resume: bool, overwrite: bool) -> dict:
-    """Train one run of ``cfg`` (torch trainer or an external learner), holding the run folder's claim from
-    before its checks to the end; returns its summary."""
-    import models
-    from engine.config import ConfigError
-
-    try:
-        family, _ = models.resolve(cfg.model.name, cfg.task)
-    except ValueError as err:
-        raise ConfigError(f"model.name: {err}") from None
-    if family.kind == "external":
-        from engine.run_folder import claim_run
-        from engine.trainer import check_model_config
-
-        with claim_run(cfg.run_dir):
-            check_model_config(cfg)
-            return external_learner(cfg).fit(cfg, resume=resume, overwrite=overwrite)
-    from engine.trainer import train
-
-    return train(cfg, resume=resume, overwrite=overwrite)
 
 
 if __name__ == "__main__":

@@ -91,9 +91,11 @@ class TTAConfig(Section):
     scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0])
 
 
-def threshold_in_range(value: Threshold) -> Threshold:
-    """Validator of a threshold setting (every value in (0, 1)); the task's classes are checked by the config."""
-    check_thresholds(value)
+def threshold_in_range(value: Threshold | None) -> Threshold | None:
+    """Validator of a threshold setting (every value in (0, 1); None: not set); the task's classes are checked by
+    the config."""
+    if value is not None:
+        check_thresholds(value)
     return value
 
 

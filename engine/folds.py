@@ -77,8 +77,9 @@ def plan_folds(cfgs: Sequence[Config], resume: bool, overwrite: bool) -> list[Fo
     return plans
 
 
-def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool | None = None) -> dict:
-    """Predict the run's validation fold into its prediction cache and record it in summary.json (``oof``)."""
+def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool | None = None, tta: bool = False) -> dict:
+    """Predict the run's validation fold into its prediction cache and record it in summary.json (``oof``, with
+    ``tta``: whether the run's TTA views were averaged, as they must be where its test predictions average them)."""
     from engine.predictor import predict_run
 
     run_dir = cfg.run_dir
@@ -86,10 +87,10 @@ def predict_out_of_fold(cfg: Config, device: str | None = None, progress: bool |
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: the run has no best.pt (it never validated); nothing to predict")
     stats = predict_run(
-        cfg, ckpt, out_csv=run_dir / "preds" / "val.csv", split="val", tta=False, save_probs_dir="auto",
+        cfg, ckpt, out_csv=run_dir / "preds" / "val.csv", split="val", tta=tta, save_probs_dir="auto",
         device=device or cfg.train.device, workers=None, progress=cfg.logging.progress if progress is None else progress)
     record_summary(run_dir, oof={"split": "val", "images": stats["images"], "cache": "preds/val",
-                                 "csv": "preds/val.csv"})
+                                 "csv": "preds/val.csv", "tta": tta})
     return stats
 
 

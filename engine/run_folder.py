@@ -82,6 +82,17 @@ def claim_run(run_dir: str | os.PathLike) -> AbstractContextManager:
     return claim(run_dir) if is_main_process() else nullcontext()
 
 
+def check_same_config(cfg: Config, what: str) -> None:
+    """Refuse ``what`` (``--resume``, a cycle taking a finished run) where the run folder's saved config differs
+    from ``cfg`` in a key that changes what the run computes; the error names the keys and both values."""
+    saved_path = cfg.run_dir / "config.yaml"
+    saved = load_config(saved_path).to_dict()
+    keys = differing_keys(saved, cfg.to_dict(), ignore=RESUME_FREE_KEYS)
+    if keys:
+        raise RunFolderError(f"{saved_path}: {what} with a different config ({describe_difference(keys, saved, cfg.to_dict())}); "
+                             "resume with the saved config, or start a new run under another logging.run_name")
+
+
 def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a run that would overwrite or mix with another run's folder."""
     run_dir = cfg.run_dir
@@ -94,12 +105,7 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool) -> None:
         if not last.is_file():
             way = "start it afresh with --overwrite" if holds_run(run_dir) else "start the run without --resume"
             raise RunFolderError(f"{last}: nothing to resume (no last.pt); {way}")
-        saved_path = run_dir / "config.yaml"
-        saved = load_config(saved_path).to_dict()
-        keys = differing_keys(saved, cfg.to_dict(), ignore=RESUME_FREE_KEYS)
-        if keys:
-            raise RunFolderError(f"{saved_path}: --resume with a different config ({describe_difference(keys, saved, cfg.to_dict())}); "
-                                 "resume with the saved config, or start a new run under another logging.run_name")
+        check_same_config(cfg, "--resume")
         return
     if holds_run(run_dir) and not overwrite:
         state = "a finished run" if (run_dir / "summary.json").is_file() else "a started run"

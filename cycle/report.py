@@ -1,0 +1,39 @@
+"""The cycle's last line: the submission CSV, its validation verdict, its local test score and its rank on the
+cycle's leaderboard (every run and the submitted ensemble, ranked by test score where scored, else by
+validation score)."""
+from __future__ import annotations
+
+from cycle.steps import Cycle
+from engine.summary import read_summary
+
+
+def leaderboard_rank(cycle: Cycle) -> tuple[int | None, int, str]:
+    """``(rank, rows ranked, by what)`` of the submitted ensemble among the cycle's runs and ensembles."""
+    from leaderboard.table import load_runs
+
+    df = load_runs(cycle.plan.runs_dir, task=cycle.plan.task, on_warning=None)
+    ranked = df[df["rank"].notna()]
+    by = "test score" if df["test_score"].notna().any() else "validation score"
+    mine = df[df["run_dir"] == str(cycle.final_dir)]
+    rank = int(mine["rank"].iloc[0]) if len(mine) and mine["rank"].notna().iloc[0] else None
+    return rank, len(ranked), by
+
+
+def final_line(cycle: Cycle) -> str:
+    """``submission: <csv>: valid (N images); test <metric> 0.79 (public .., private ..); rank 1 of 7 ...``."""
+    summary = read_summary(cycle.final_dir)
+    sub = summary.get("submission") or {}
+    parts = [f"submission: {cycle.plan.submission}: "
+             + (f"valid ({sub.get('images')} images, checked against {sub.get('checked_against')})"
+                if sub.get("valid") else "not validated")]
+    test = summary.get("test") or {}
+    if test.get("score") is not None:
+        parts.append(f"test {summary.get('metric') or 'score'} {test['score']:.4f} (public {test.get('public', float('nan')):.4f}, "
+                     f"private {test.get('private', float('nan')):.4f})")
+    else:
+        parts.append("no local test score (the plan has no test_gt)")
+    rank, rows, by = leaderboard_rank(cycle)
+    if rank is not None:
+        parts.append(f"rank {rank} of {rows} on the cycle's leaderboard by {by} "
+                     f"(python tools/leaderboard.py {cycle.plan.runs_dir})")
+    return "; ".join(parts)
