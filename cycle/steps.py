@@ -104,8 +104,11 @@ def _image_counts(cfg_json: str) -> tuple[int, int, int]:
 
     cfg = build_config(json.loads(cfg_json))
     split = fold_images(cfg)
-    test = cfg.spec.task_class()(cfg).samples("test") if cfg.data.test_root else []
-    return len(split["train"]), len(split["val"]), len(test)
+    try:
+        test = len(cfg.spec.task_class()(cfg).samples("test"))
+    except ValueError:   # no test set configured: nothing to predict there
+        test = 0
+    return len(split["train"]), len(split["val"]), test
 
 
 def image_counts(cfg: Config) -> tuple[int, int, int]:
@@ -170,7 +173,7 @@ def train_estimate(cfg: Config, siblings: Sequence[Config], rates: FallbackRates
 
 
 def test_inputs(cfg: Config, tta: bool) -> dict:
-    return {"tta": tta, "test_root": str(cfg.data.test_root)}
+    return {"tta": tta, "test_root": str(cfg.data.test_root), "root": str(cfg.data.root)}
 
 
 def test_done(cfg: Config, plan: CyclePlan) -> bool:
@@ -188,8 +191,6 @@ def run_test(cfg: Config, plan: CyclePlan, log: Callable[[str], None]) -> None:
 
     if not (cfg.run_dir / "best.pt").is_file():
         return
-    if not cfg.data.test_root:
-        raise ValueError(f"data.test_root: the plan {plan.name} has no test images to predict")
     cache = cfg.run_dir / "preds" / "test"
     if cache.is_dir():
         shutil.rmtree(cache)
@@ -318,9 +319,11 @@ def run_submit(cycle: Cycle, log: Callable[[str], None]) -> None:
     ens = load_ensemble_config(cycle.final_dir / SUBMITTED)
     Path(plan.submission).parent.mkdir(parents=True, exist_ok=True)
     predict_ensemble(ens, out_csv=plan.submission, split="test", from_cache=True, progress=False)
-    test_root = next(iter(cycle.runs.values()))[0].data.test_root
-    task, n = validate_submission(plan.submission, test_root)
-    verdict = {"valid": True, "images": n, "checked_against": str(test_root)}
+    first = next(iter(cycle.runs.values()))[0]
+    test_root = first.data.test_root or first.data.root
+    reference = Path(ens.members[0].run_dirs[0]) / "preds" / "test.csv"   # what the members were asked to predict
+    task, n = validate_submission(plan.submission, test_root, reference)
+    verdict = {"valid": True, "images": n, "checked_against": str(first.data.test_root or reference)}
     record_summary(cycle.final_dir, submission={"csv": plan.submission, **verdict})
     log(f"{plan.submission}: valid {task} submission ({n} images)")
     if plan.test_gt:

@@ -84,12 +84,15 @@ def score_submission(csv_path: str | os.PathLike, gt: str | os.PathLike, images:
     return result
 
 
-def validate_submission(csv_path: str | os.PathLike, images: str | os.PathLike) -> tuple[str, int]:
+def validate_submission(csv_path: str | os.PathLike, images: str | os.PathLike,
+                        reference: str | os.PathLike | None = None) -> tuple[str, int]:
     """Check a submission of any task against the test images before it is uploaded: ``(task, images)``.
 
     A task with its own validator (segmentation: 29 rows per image, RLE bounds) uses it; otherwise the CSV is
-    read with the task's reader (layout, numbers, duplicate ids) and must name every image of ``images`` (or
-    of its ``images/`` folder), by file stem, once and no other. Faults are :class:`FormatError`.
+    read with the task's reader (layout, numbers, duplicate ids) and must name every test image once and no
+    other: those of ``images`` (or of its ``images/`` folder), by file stem, or, given ``reference`` (another
+    CSV of the same test set, e.g. a member run's own test predictions, where the test images are a split of
+    a folder that also holds training images), the ids ``reference`` names. Faults are :class:`FormatError`.
     """
     from pathlib import Path
 
@@ -100,15 +103,20 @@ def validate_submission(csv_path: str | os.PathLike, images: str | os.PathLike) 
     validator = spec.submission.validator()
     if validator is not None:
         return task, validator(csv_path, images)
-    ids, _, _ = spec.ensemble_side().read_submission(csv_path)
+    read = spec.ensemble_side().read_submission
+    ids, _, _ = read(csv_path)
     folder = Path(images) / "images" if (Path(images) / "images").is_dir() else Path(images)
-    expected = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    if reference is not None:
+        expected, where = set(read(reference)[0]), f"{reference} (the test set)"
+    else:
+        expected, where = {p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}, str(folder)
     have = {Path(i).stem if Path(i).suffix.lower() in IMAGE_SUFFIXES else i for i in ids}
+    expected = {Path(i).stem if Path(i).suffix.lower() in IMAGE_SUFFIXES else i for i in expected}
     extra, missing = sorted(have - expected), sorted(expected - have)
     if extra:
-        raise FormatError(f"{csv_path}: {len(extra)} rows name no image of {folder}, e.g. {extra[0]}")
+        raise FormatError(f"{csv_path}: {len(extra)} rows name no image of {where}, e.g. {extra[0]}")
     if missing:
-        raise FormatError(f"{csv_path}: {len(missing)} images of {folder} have no row, e.g. {missing[0]}")
+        raise FormatError(f"{csv_path}: {len(missing)} images of {where} have no row, e.g. {missing[0]}")
     return task, len(ids)
 
 
