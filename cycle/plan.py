@@ -15,7 +15,7 @@
     tta: true                       # average the runs' TTA views (inference.tta) for validation and test alike
     select: {max_steps: 20, folds: 5}
     fit: {thresholds: true, postprocess: false}
-    submission: submissions/demo.csv
+    submission: submissions/{name}.csv   # the default; {name}: the cycle's name
     test_gt: data/phantom/handbones/test_gt      # optional: score locally and rank on the leaderboard
 
 Every model's config is its file with the plan's ``data`` and ``set`` over it (then the entry's own ``set``),
@@ -90,7 +90,7 @@ class CyclePlan(Section):
     tta: bool = True
     select: SelectOptions = Field(default_factory=SelectOptions)
     fit: FitOptions = Field(default_factory=FitOptions)
-    submission: str
+    submission: str = "submissions/{name}.csv"
     test_gt: str | None = None
 
     _name = field_validator("name")(folder_name)
@@ -106,7 +106,14 @@ class CyclePlan(Section):
     def _csv(cls, value: str) -> str:
         if not value.endswith(".csv"):
             raise ValueError(f"{value!r} is not a .csv path")
+        if value.replace("{name}", "").count("{") or value.replace("{name}", "").count("}"):
+            raise ValueError(f"{value!r}: the one placeholder a submission path takes is {{name}}")
         return value
+
+    @property
+    def submission_csv(self) -> Path:
+        """The submission path, ``{name}`` replaced by the cycle's name (so a ``--name`` variant writes its own)."""
+        return Path(self.submission.replace("{name}", self.name))
 
     @field_validator("folds")
     @classmethod

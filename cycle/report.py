@@ -23,7 +23,7 @@ def final_line(cycle: Cycle) -> str:
     """``submission: <csv>: valid (N images); test <metric> 0.79 (public .., private ..); rank 1 of 7 ...``."""
     summary = read_summary(cycle.final_dir)
     sub = summary.get("submission") or {}
-    parts = [f"submission: {cycle.plan.submission}: "
+    parts = [f"submission: {cycle.plan.submission_csv}: "
              + (f"valid ({sub.get('images')} images, checked against {sub.get('checked_against')})"
                 if sub.get("valid") else "not validated")]
     test = summary.get("test") or {}

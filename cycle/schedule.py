@@ -56,7 +56,7 @@ def run_cycle(cycle: Cycle, out: Callable[[str], None] = print, worker: str = ""
               poll_s: float = POLL_S) -> int:
     """Run every step this worker can take until all are done; returns how many steps it ran."""
     progress = Progress(cycle, workers)
-    prefix = f"[{worker}] " if worker else ""
+    prefix = f"w{worker.split('/')[0]}: " if worker else ""
     total = len(cycle.steps)
     ran, waiting = 0, ""
     while True:
@@ -80,7 +80,7 @@ def run_cycle(cycle: Cycle, out: Callable[[str], None] = print, worker: str = ""
             number = total - len(pending) + 1
             out(f"{prefix}[{number}/{total}] {step.key}: started (cycle ETA {progress.eta()})")
             start = time.perf_counter()
-            step.run(lambda message, k=step.key: out(f"{prefix}    {k}: {message}"))
+            step.run(lambda message, k=step.key: out("\n".join(f"{prefix}    {k}: {line}" for line in message.splitlines())))
             ran += 1
             out(f"{prefix}[{number}/{total}] {step.key}: done in {format_seconds(time.perf_counter() - start)}")
 

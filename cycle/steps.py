@@ -119,12 +119,23 @@ def image_counts(cfg: Config) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def same_config(cfg: Config) -> bool:
+    """The run folder's saved config computes what ``cfg`` computes (:func:`engine.run_folder.check_same_config`)."""
+    from engine.run_folder import RunFolderError, check_same_config
+
+    try:
+        check_same_config(cfg, "the cycle")
+    except (RunFolderError, ValueError, OSError):
+        return False
+    return True
+
+
 def train_done(cfg: Config, tta: bool) -> bool:
     """Finished and its out-of-fold predictions made with ``tta`` (a run whose every epoch failed the checkpoint
     rule has no best.pt, so no predictions: done, and left out of selection)."""
     summary = read_summary(cfg.run_dir)
-    if not summary:
-        return False
+    if not summary or not same_config(cfg):
+        return False   # a changed config is not done: running the step refuses it, naming the keys
     if not (cfg.run_dir / "best.pt").is_file():
         return True
     oof = summary.get("oof") or {}
@@ -228,7 +239,7 @@ def run_select(cycle: Cycle, log: Callable[[str], None]) -> None:
     from ensembles.select import select_ensemble, selection_report
 
     rec = select_ensemble(cycle.plan.runs_dir, name=SELECTION, progress=False, **cycle.plan.select.model_dump())
-    log(selection_report(rec).replace("\n", "\n    "))
+    log(selection_report(rec))
     record(cycle.plan.runs_dir / SELECTION, "select", fingerprint(selection_inputs(cycle)))
 
 
@@ -306,7 +317,7 @@ def run_fit(cycle: Cycle, log: Callable[[str], None]) -> None:
 
 
 def submit_inputs(cycle: Cycle) -> dict:
-    return {"fit": recorded(cycle.final_dir, "fit"), "submission": cycle.plan.submission, "tta": cycle.plan.tta,
+    return {"fit": recorded(cycle.final_dir, "fit"), "submission": str(cycle.plan.submission_csv), "tta": cycle.plan.tta,
             "test_gt": cycle.plan.test_gt}
 
 
@@ -317,17 +328,17 @@ def run_submit(cycle: Cycle, log: Callable[[str], None]) -> None:
 
     plan = cycle.plan
     ens = load_ensemble_config(cycle.final_dir / SUBMITTED)
-    Path(plan.submission).parent.mkdir(parents=True, exist_ok=True)
-    predict_ensemble(ens, out_csv=plan.submission, split="test", from_cache=True, progress=False)
+    plan.submission_csv.parent.mkdir(parents=True, exist_ok=True)
+    predict_ensemble(ens, out_csv=plan.submission_csv, split="test", from_cache=True, progress=False)
     first = next(iter(cycle.runs.values()))[0]
     test_root = first.data.test_root or first.data.root
     reference = Path(ens.members[0].run_dirs[0]) / "preds" / "test.csv"   # what the members were asked to predict
-    task, n = validate_submission(plan.submission, test_root, reference)
+    task, n = validate_submission(plan.submission_csv, test_root, reference)
     verdict = {"valid": True, "images": n, "checked_against": str(first.data.test_root or reference)}
-    record_summary(cycle.final_dir, submission={"csv": plan.submission, **verdict})
-    log(f"{plan.submission}: valid {task} submission ({n} images)")
+    record_summary(cycle.final_dir, submission={"csv": str(plan.submission_csv), **verdict})
+    log(f"{plan.submission_csv}: valid {task} submission ({n} images)")
     if plan.test_gt:
-        record_summary(cycle.final_dir, merge=False, test=score(plan.submission, plan))
+        record_summary(cycle.final_dir, merge=False, test=score(plan.submission_csv, plan))
     record(cycle.final_dir, "submit", fingerprint(submit_inputs(cycle)))
 
 
@@ -366,6 +377,6 @@ def build_cycle(plan: CyclePlan, runs: dict[str, list[Config]], rates: FallbackR
         after=("select",)))
     cycle.steps.append(Step(
         "submit", "submit", cycle.final_dir, lambda log: run_submit(cycle, log),
-        lambda: recorded(cycle.final_dir, "submit") == fingerprint(submit_inputs(cycle)) and Path(plan.submission).is_file(),
+        lambda: recorded(cycle.final_dir, "submit") == fingerprint(submit_inputs(cycle)) and plan.submission_csv.is_file(),
         after=("fit", *test_keys)))
     return cycle

@@ -1,0 +1,237 @@
+"""The competition cycle (tools/cycle.py, cycle/): plan checks, the choice of what is submitted, claiming across
+worker processes with a killed worker's step taken over, and whole tiny cycles on the phantom that resume
+after interruptions to the same submission."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.cli import run_main
+from cycle.steps import chosen_members
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = runpy.run_path(str(ROOT / "tools" / "cycle.py"), run_name="cycle_tool")
+
+
+def cycle(argv: list[str]) -> int:
+    """``tools/cycle.py`` in this process: exit status, faults as one ``error:`` line on stderr."""
+    return run_main(TOOL["_main"], [str(a) for a in argv])
+
+
+def write_plan(path: Path, **plan) -> Path:
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def seg_plan(phantom: Path, tmp_path: Path, name: str = "tiny", **extra) -> dict:
+    return {
+        "name": name, "task": "segmentation", "out_dir": str(tmp_path / "runs"),
+        "data": {"root": str(phantom / "handbones" / "train"), "test_root": str(phantom / "handbones" / "test"),
+                 "image_size": 64, "n_folds": 3, "cache_dir": str(tmp_path / "cache")},
+        "set": {"train.epochs": 2, "train.max_steps_per_epoch": 2, "train.batch_size": 4, "logging.progress": False},
+        "models": ["configs/segmentation/demo_fpn.yaml",
+                   {"config": "configs/segmentation/demo_unet.yaml", "name": "unet"}],
+        "folds": [0], "tta": True, "select": {"folds": 3}, "fit": {"thresholds": True, "folds": 3},
+        "submission": str(tmp_path / "submissions" / "{name}.csv"),
+        "test_gt": str(phantom / "handbones" / "test_gt"),
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------------------------------ plan faults
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, "unknown key 'colour'"),
+    ({"models": []}, "models / sweep: the plan trains nothing"),
+    ({"folds": [0, 0]}, "'folds'"),
+    ({"folds": [7]}, "folds: fold 7 does not exist with data.n_folds=3"),
+    ({"submission": "out/sub.txt"}, "is not a .csv path"),
+    ({"name": "../escape"}, "'name'"),
+    ({"task": "segmentaton"}, "'task'"),
+    ({"models": ["configs/keypoints/phantom_shs15_shsnet.yaml"]}, "is a keypoints config; the plan's task is segmentation"),
+    ({"models": ["configs/segmentation/demo_fpn.yaml", "configs/segmentation/demo_fpn.yaml"]}, "'demo_fpn' names two models"),
+    ({"models": ["configs/segmentation/nope.yaml"]}, "configs/segmentation/nope.yaml: training config file not found"),
+    ({"set": {"train.epochz": 2}}, "unknown key 'train.epochz'"),
+])
+def test_a_bad_plan_is_one_error_line_and_nothing_is_written(tmp_path, capsys, change, message):
+    plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), **change})
+    assert cycle([plan, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_plan_and_a_bad_rates_file_are_one_line(tmp_path, capsys):
+    assert cycle([tmp_path / "none.yaml"]) == 2
+    assert "none.yaml: cycle plan file not found" in capsys.readouterr().err
+    plan = write_plan(tmp_path / "plan.yaml", **seg_plan(tmp_path / "ph", tmp_path))
+    (tmp_path / "rates.json").write_text('{"train_images_per_s": -3}')
+    assert cycle([plan, "--dry-run", "--rates", tmp_path / "rates.json"]) == 2
+    assert "train_images_per_s must be a positive number" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- what is submitted
+
+
+def _selection(cf: dict | None, mode: str = "max") -> dict:
+    return {"weights": {"a": 0.6, "b": 0.4}, "best_single": "b", "cross_fitted": cf, "mode": mode,
+            "metric_label": "Dice"}
+
+
+def test_the_selection_is_submitted_only_where_it_beats_the_best_single_model_out_of_sample():
+    wins = _selection({"selection": 0.81, "best_single": 0.80, "average": 0.79})
+    assert chosen_members(wins)[0] == {"a": 0.6, "b": 0.4}
+    tie = _selection({"selection": 0.80, "best_single": 0.80, "average": 0.79})
+    weights, why = chosen_members(tie)
+    assert weights == {"b": 1.0} and "does not beat the best single model" in why
+    # lower is better (an error): 4.1 px beats 4.3 px
+    assert chosen_members(_selection({"selection": 4.1, "best_single": 4.3, "average": 5.0}, "min"))[0] == wins["weights"]
+    assert chosen_members(_selection({"selection": 4.4, "best_single": 4.3, "average": 5.0}, "min"))[0] == {"b": 1.0}
+    assert chosen_members(_selection(None))[0] == {"b": 1.0}   # not cross-fitted: never an unchecked blend
+    single = {**_selection(None), "weights": {"a": 1.0}, "best_single": "a"}
+    assert chosen_members(single)[0] == {"a": 1.0}
+
+
+# ------------------------------------------------------------------------------ claims across processes
+
+WORKER = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    from cycle.schedule import run_cycle
+    from cycle.steps import Cycle, Step
+
+    root = Path(sys.argv[1])
+
+    def work(name, seconds):
+        def run(log):
+            folder = root / name
+            folder.mkdir(exist_ok=True)
+            with open(root / "log.txt", "a") as f:
+                f.write(f"{name} {os.getpid()}\\n")
+            resumed = (folder / "started").exists()
+            (folder / "started").write_text(str(os.getpid()))
+            time.sleep(0.2 if resumed else seconds)
+            (folder / "done").write_text(str(os.getpid()))
+        return run
+
+    steps = [Step(n, "train", root / n, work(n, s), lambda n=n: (root / n / "done").exists())
+             for n, s in [("a", 0.5), ("b", 0.5), ("slow", 600), ("c", 0.5)]]
+    steps.append(Step("d", "submit", root / "d", work("d", 0.1), lambda: (root / "d" / "done").exists(),
+                      after=("a", "b", "slow", "c")))
+    cycle = Cycle(plan=None, runs={}, steps=steps)
+    run_cycle(cycle, out=lambda line: print(line, flush=True), worker=sys.argv[2], workers=2, poll_s=0.2)
+''')
+
+
+def test_worker_processes_run_every_step_once_and_take_over_a_killed_workers_step(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), f"{i}/2"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "slow" / "started").exists():
+        assert time.monotonic() < deadline, "no worker started the slow step"
+        time.sleep(0.1)
+    holder = int((tmp_path / "slow" / "started").read_text())
+    victim = next(p for p in procs if p.pid == holder)
+    victim.send_signal(signal.SIGKILL)   # the worker dies mid-step, holding the claim
+    survivor = next(p for p in procs if p is not victim)
+    out, _ = survivor.communicate(timeout=120)
+    victim.wait()
+    assert survivor.returncode == 0, out
+    runs = [line.split() for line in (tmp_path / "log.txt").read_text().splitlines()]
+    by_step = {name: [int(pid) for n, pid in runs if n == name] for name in ("a", "b", "c", "d", "slow")}
+    assert all(len(by_step[n]) == 1 for n in ("a", "b", "c", "d")), by_step   # each ran exactly once
+    assert by_step["slow"] == [victim.pid, survivor.pid]   # started by the killed worker, taken over once
+    assert all((tmp_path / n / "done").read_text() for n in by_step)
+    assert int((tmp_path / "slow" / "done").read_text()) == survivor.pid
+    assert int((tmp_path / "d" / "done").read_text()) == survivor.pid   # the step after everything, once
+
+
+# ------------------------------------------------------------------------------------ whole cycles
+
+
+def _interrupt_once(monkeypatch, module, name: str, when: int = 1):
+    """Make ``module.name`` raise KeyboardInterrupt on its ``when``-th call (as if the process were stopped)."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == when:
+            raise KeyboardInterrupt(f"stopped in {name}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+@pytest.mark.slow
+def test_a_tiny_cycle_runs_end_to_end_and_an_interrupted_one_resumes_to_the_same_submission(
+        phantom, tmp_path, capsys, monkeypatch):
+    import engine.folds
+    import engine.trainer
+    from cycle import steps
+
+    plan = write_plan(tmp_path / "plan.yaml", **seg_plan(phantom, tmp_path))
+    assert cycle([plan]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    submission = tmp_path / "submissions" / "tiny.csv"
+    assert last.startswith(f"submission: {submission}: valid (8 images") and "test dice" in last and "rank " in last
+    folder = tmp_path / "runs" / "cycles" / "tiny" / "segmentation"
+    selection = json.loads((folder / "selected" / "selection.json").read_text())
+    submitted = yaml.safe_load((folder / "tiny" / "submitted.yaml").read_text())
+    assert [m["name"] for m in submitted["members"]] == list(chosen_members(selection)[0])
+    summary = json.loads((folder / "tiny" / "summary.json").read_text())
+    assert summary["submission"]["valid"] and summary["test"]["score"] is not None
+    for run in ("demo_fpn-f0", "unet-f0"):
+        run_summary = json.loads((folder / run / "summary.json").read_text())
+        assert run_summary["oof"]["tta"] is True and run_summary["test"]["images"] == 8
+
+    # again: everything is done, nothing runs, the same line
+    assert cycle([plan]) == 0
+    again = capsys.readouterr().out.strip().splitlines()
+    assert len(again) == 2 and again[-1] == last
+    assert cycle([plan, "--dry-run"]) == 0
+    assert "7 of 7 steps done" in capsys.readouterr().out
+
+    # a changed model config is refused as train.py --resume refuses it, naming the key
+    assert cycle([plan, "--set", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "train.lr" in err and "\n" not in err
+
+    # the same plan under another name, stopped three times: inside a training (after its first epoch, with
+    # last.pt written), between a finished training and its out-of-fold predictions, and at the selection
+    real_train = engine.trainer.train
+    stopped = {"train": False}
+
+    def train_stopping_once(cfg, resume=False, callbacks=None, overwrite=False):
+        def stop(epoch, row):
+            if not stopped["train"]:
+                stopped["train"] = True
+                raise KeyboardInterrupt("stopped after the first epoch")
+        return real_train(cfg, resume=resume, callbacks=[*(callbacks or []), stop], overwrite=overwrite)
+
+    monkeypatch.setattr(engine.trainer, "train", train_stopping_once)
+    assert cycle([plan, "--name", "again"]) == 130
+    _interrupt_once(monkeypatch, engine.folds, "predict_out_of_fold")
+    assert cycle([plan, "--name", "again"]) == 130
+    _interrupt_once(monkeypatch, steps, "run_select")
+    assert cycle([plan, "--name", "again"]) == 130
+    assert cycle([plan, "--name", "again"]) == 0
+    log = capsys.readouterr().out
+    assert "demo_fpn-f0: resuming from epoch 1" in log
+    assert "demo_fpn-f0: finished before; predicting its validation fold" in log
+    assert (tmp_path / "submissions" / "again.csv").read_bytes() == submission.read_bytes()
