@@ -4,9 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHANTOM := data/phantom
-SEG := runs/segmentation
-DEMO_MODELS := demo_unet demo_fpn demo_unet3plus
-DEMO_ENSEMBLES := seg_soft seg_weighted
 
 .PHONY: demo test lint venv phantom clean-demo
 
@@ -33,21 +30,8 @@ phantom: venv
 		$(PY) tools/phantom.py --out $(PHANTOM) --n-train 80 --n-test 20 --size 256 --seed 0
 
 demo: phantom
-	@for m in $(DEMO_MODELS); do \
-		echo "== $$m: train (skipped when finished), predict val and test with TTA, score"; \
-		test -f $(SEG)/$$m-f0/summary.json || $(PY) train.py -c configs/segmentation/$$m.yaml || exit 1; \
-		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --split val --tta --save-probs || exit 1; \
-		$(PY) inference.py --ckpt $(SEG)/$$m-f0/best.pt --tta --save-probs -o submissions/$$m.csv || exit 1; \
-		$(PY) tools/score.py submissions/$$m.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$m-f0 --quiet || exit 1; \
-	done
-	@for e in $(DEMO_ENSEMBLES); do \
-		echo "== $$e: fit on the validation predictions, fuse the cached test predictions, score"; \
-		$(PY) tools/fit_ensemble.py configs/ensembles/$$e.yaml || exit 1; \
-		$(PY) inference.py --ensemble configs/ensembles/$$e.yaml --from-cache -o submissions/$$e.csv || exit 1; \
-		$(PY) tools/score.py submissions/$$e.csv --gt $(PHANTOM)/handbones/test_gt --run $(SEG)/$$e --quiet || exit 1; \
-	done
-	$(PY) tools/validate_submission.py $(foreach m,$(DEMO_MODELS) $(DEMO_ENSEMBLES),submissions/$(m).csv) --images $(PHANTOM)/handbones/test
-	$(PY) tools/leaderboard.py runs/ --task segmentation --html reports/leaderboard.html
+	$(PY) tools/cycle.py configs/cycles/demo.yaml
+	$(PY) tools/leaderboard.py runs/cycles/demo/segmentation --html reports/leaderboard.html
 
 clean-demo:
-	rm -rf $(PHANTOM) $(SEG)/demo_* $(SEG)/seg_soft $(SEG)/seg_weighted submissions/demo_* submissions/seg_* reports/leaderboard.html
+	rm -rf $(PHANTOM) runs/cycles/demo runs/cycles/.demo.lock submissions/demo.csv reports/leaderboard.html

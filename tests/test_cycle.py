@@ -235,3 +235,10 @@ def test_a_tiny_cycle_runs_end_to_end_and_an_interrupted_one_resumes_to_the_same
     assert "demo_fpn-f0: resuming from epoch 1" in log
     assert "demo_fpn-f0: finished before; predicting its validation fold" in log
     assert (tmp_path / "submissions" / "again.csv").read_bytes() == submission.read_bytes()
+
+
+@pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "cycles").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_plan_checks_and_lists_its_steps(plan, capsys):
+    assert cycle([plan.relative_to(ROOT), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"cycle {yaml.safe_load(plan.read_text())['name']}: ") and "steps done" in out[-1]

@@ -18,6 +18,7 @@ MAY_IMPORT = {
     "leaderboard": {"core", "tasks.formats", "tasks"},
     "sweeps": {"core", "tasks.formats", "tasks", "models", "engine"},
     "display": {"core", "tasks.formats", "tasks", "models", "engine", "ensembles", "leaderboard", "phantom"},
+    "cycle": {"core", "tasks.formats", "tasks", "models", "engine", "ensembles", "leaderboard", "sweeps"},
 }
 
 
