@@ -302,6 +302,13 @@ def test_a_bone_labelled_twice_and_missing_is_warned_about_and_counted(tmp_path,
     assert mislabelled_bones(bad) == [f"{bad}: no annotation of Trapezoid, while Trapezium 2 times appears; a label "
                                       "may name the wrong bone"]
     assert mislabelled_bones(root / "outputs_json" / "ID001" / "image1.json") == []
+    # a growing hand: long bones in two pieces (shaft and epiphysis), the pisiform not yet ossified
+    young = [c for c in CLASSES if c != "Pisiform"] + [c for c in CLASSES if c.startswith("finger-")] + ["Radius"]
+    write_png(root / "DCM" / "ID003" / "image1.png", np.zeros((48, 48), np.uint8))
+    write_polygons(root / "outputs_json" / "ID003" / "image1.json", _bone_squares(young))
+    assert mislabelled_bones(root / "outputs_json" / "ID003" / "image1.json") == []
+    (root / "outputs_json" / "ID003" / "image1.json").unlink()
+    (root / "DCM" / "ID003" / "image1.png").unlink()
     dataset = HandboneDataset(list_samples(root), 32)
     assert check_dataset([dataset]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -147,16 +147,21 @@ def read_polygons(path: str | os.PathLike, height: int | None = None, width: int
     return polygons
 
 
+# How many polygons one bone may have: a long bone of a growing hand is annotated as its shaft and its
+# epiphysis (the growth plate between them), a carpal bone as one piece.
+MAX_PARTS: dict[str, int] = {c: 2 for c in CLASSES if c.startswith("finger-") or c in ("Radius", "Ulna")}
+
+
 def mislabelled_bones(path: str | os.PathLike | None) -> list[str]:
-    """A note (a list of one) when a label file lacks a bone while another label repeats (the missing bone was
-    probably annotated under the repeated label), naming the file and the bones; ``[]`` otherwise, and for no
-    file. Such a file reads fine (a bone may be in several pieces, a child may lack one), so this is a
+    """A note (a list of one) when a label file lacks a bone while another label has more pieces than that bone
+    has (:data:`MAX_PARTS`: the missing bone was probably annotated under the repeated label), naming the file
+    and the bones; ``[]`` otherwise, and for no file. Such a file reads fine (a bone may be in several pieces, a child may lack one), so this is a
     warning, which the dataset integrity pass (``engine.run_folder.check_dataset``) prints and counts."""
     if path is None:
         return []
     polygons = read_polygons(path)
     missing = [c for c in CLASSES if c not in polygons]
-    repeated = [f"{c} {len(p)} times" for c, p in polygons.items() if len(p) > 1]
+    repeated = [f"{c} {len(p)} times" for c, p in polygons.items() if len(p) > MAX_PARTS.get(c, 1)]
     if not missing or not repeated:
         return []
     return [f"{path}: no annotation of {', '.join(missing)}, while {', '.join(repeated)} appears; a label may "
