@@ -37,6 +37,7 @@ from cycle.plan import CyclePlan
 from engine.config import Config
 from engine.summary import read_summary, record_summary
 
+STAGES = ("train", "test", "select", "fit", "submit")   # in the order they run
 SELECTION = "selected"
 RECORD = "cycle.json"
 SUBMITTED = "submitted.yaml"   # the ensemble YAML the cycle wrote (the folder's ensemble.yaml is its resolved copy)
@@ -71,6 +72,11 @@ class Cycle:
 
     def step(self, key: str) -> Step:
         return next(s for s in self.steps if s.key == key)
+
+    def until(self, stage: str) -> Cycle:
+        """The cycle's steps up to and including ``stage`` (one of :data:`STAGES`)."""
+        last = STAGES.index(stage)
+        return Cycle(self.plan, self.runs, [s for s in self.steps if STAGES.index(s.stage) <= last])
 
 
 def fingerprint(inputs: Any) -> str:

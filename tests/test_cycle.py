@@ -185,6 +185,8 @@ def test_a_tiny_cycle_runs_end_to_end_and_an_interrupted_one_resumes_to_the_same
     from cycle import steps
 
     plan = write_plan(tmp_path / "plan.yaml", **seg_plan(phantom, tmp_path))
+    assert cycle([plan, "--until", "test"]) == 0   # e.g. the models on a GPU box, the ensemble elsewhere
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("stopped after stage test: 3 steps left")
     assert cycle([plan]) == 0
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a key of every model's config, over the plan's set: (repeatable), e.g. train.seed=1")
     parser.add_argument("--name", help="another name for the cycle (its folder), e.g. for a --set variant")
+    parser.add_argument("--until", choices=("train", "test", "select", "fit", "submit"),
+                        help="stop after this stage (e.g. train every model here, ensemble elsewhere)")
     parser.add_argument("--rates", help="JSON with train_images_per_s / predict_images_per_s for the estimates "
                                         "of steps no run of this cycle has measured yet")
     parser.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -63,7 +65,8 @@ def _main(argv: list[str] | None) -> int:
     if worker:
         sets["logging.progress"] = False  # several workers on one terminal: their step lines, no bars
     plan = load_plan(args.plan, sets, args.name)
-    cycle = build_cycle(plan, fold_configs(plan), FallbackRates.read(args.rates))
+    whole = build_cycle(plan, fold_configs(plan), FallbackRates.read(args.rates))
+    cycle = whole.until(args.until) if args.until else whole
     models = len(cycle.runs)
     folds = {len(cfgs) for cfgs in cycle.runs.values()}
     if not worker:
@@ -75,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
     if args.workers > 1 and not worker:
         command = [str(Path(__file__).resolve()), args.plan, *[f"--set={s}" for s in args.set],
                    *(["--name", args.name] if args.name else []), *(["--rates", args.rates] if args.rates else []),
-                   "--poll", str(args.poll)]
+                   *(["--until", args.until] if args.until else []), "--poll", str(args.poll)]
         code = run_workers(command, args.workers)
         if code and not all(s.done() for s in cycle.steps):
             return code
@@ -83,7 +86,12 @@ def _main(argv: list[str] | None) -> int:
         run_cycle(cycle, worker=worker, workers=int(worker.split("/")[1]) if worker else 1, poll_s=args.poll)
         if worker:
             return 0
-    print(final_line(cycle))
+    left = [s for s in whole.steps if not s.done()]
+    if left:
+        print(f"stopped after stage {args.until}: {len(left)} steps left (python tools/cycle.py {args.plan} "
+              "finishes them)")
+    else:
+        print(final_line(whole))
     return 0
 
 
