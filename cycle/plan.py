@@ -122,6 +122,14 @@ class CyclePlan(Section):
             raise ValueError(f"{value}: 'all' or distinct fold numbers from 0")
         return value
 
+    @field_validator("test_gt")
+    @classmethod
+    def _answers_exist(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"{value} does not exist (the test answers: a folder or file tools/score.py --gt takes; "
+                             "paths are relative to the current folder)")
+        return value
+
     @model_validator(mode="after")
     def _some_model(self) -> CyclePlan:
         if not self.models and self.sweep is None:
@@ -179,6 +187,9 @@ def model_entries(plan: CyclePlan) -> list[tuple[str, dict[str, Any]]]:
     for item in plan.models:
         entry = item if isinstance(item, ModelEntry) else ModelEntry(config=item)
         path = Path(entry.config)
+        if not path.is_file():
+            raise ConfigError(f"models: {path}: training config file not found (a plan's paths are relative to the "
+                              f"current folder, {os.getcwd()})")
         raw = read_yaml_mapping(path, "training config")
         entries.append((entry.name or folder_name(path.stem), deep_merge(raw, nest(entry.set))))
     if plan.sweep is not None:

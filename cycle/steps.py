@@ -112,7 +112,7 @@ def _image_counts(cfg_json: str) -> tuple[int, int, int]:
     split = fold_images(cfg)
     try:
         test = len(cfg.spec.task_class()(cfg).samples("test"))
-    except ValueError:   # no test set configured: nothing to predict there
+    except (ValueError, OSError):   # no test set configured or found: nothing to predict there
         test = 0
     return len(split["train"]), len(split["val"]), test
 
@@ -120,6 +120,21 @@ def _image_counts(cfg_json: str) -> tuple[int, int, int]:
 def image_counts(cfg: Config) -> tuple[int, int, int]:
     """Training, validation and test images of a run (listed once per configuration)."""
     return _image_counts(json.dumps(cfg.to_dict(), sort_keys=True))
+
+
+def check_test_set(cycle: Cycle) -> None:
+    """Before the first training: the test images the cycle will predict exist (else one line naming the key),
+    so a misplaced ``data.test_root`` does not end a cycle after hours of training."""
+    if not any(s.stage == "test" for s in cycle.steps) or all(s.done() for s in cycle.steps):
+        return
+    cfg = next(iter(cycle.runs.values()))[0]
+    try:
+        images = image_counts(cfg)[2]
+    except (ValueError, OSError) as err:
+        raise ValueError(f"data.test_root: the test images of {cfg.run_name} cannot be listed ({err})") from None
+    if not images:
+        raise ValueError(f"data.test_root: no test images for {cfg.run_name} (data.test_root = {cfg.data.test_root}); "
+                         "the cycle predicts and submits the test set")
 
 
 # ---------------------------------------------------------------------------------------------------- train

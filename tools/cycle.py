@@ -56,12 +56,15 @@ def _main(argv: list[str] | None) -> int:
     from cycle.plan import fold_configs, load_plan
     from cycle.report import final_line
     from cycle.schedule import describe, run_cycle
-    from cycle.steps import build_cycle
+    from cycle.steps import build_cycle, check_test_set
     from cycle.workers import WORKER_ENV, run_workers
-    from engine.config import parse_overrides
+    from engine.config import ConfigError, parse_overrides
 
     worker = os.environ.get(WORKER_ENV, "")
-    sets = parse_overrides(["--" + s.removeprefix("--") for s in args.set])
+    try:
+        sets = parse_overrides(["--" + s.removeprefix("--") for s in args.set])
+    except ConfigError as err:
+        raise ConfigError(f"--set: {err}") from None
     if worker:
         sets["logging.progress"] = False  # several workers on one terminal: their step lines, no bars
     plan = load_plan(args.plan, sets, args.name)
@@ -79,10 +82,13 @@ def _main(argv: list[str] | None) -> int:
         command = [str(Path(__file__).resolve()), args.plan, *[f"--set={s}" for s in args.set],
                    *(["--name", args.name] if args.name else []), *(["--rates", args.rates] if args.rates else []),
                    *(["--until", args.until] if args.until else []), "--poll", str(args.poll)]
+        check_test_set(cycle)
         code = run_workers(command, args.workers)
         if code and not all(s.done() for s in cycle.steps):
             return code
     else:
+        if not worker:
+            check_test_set(cycle)
         run_cycle(cycle, worker=worker, workers=int(worker.split("/")[1]) if worker else 1, poll_s=args.poll)
         if worker:
             return 0
