@@ -236,6 +236,7 @@ def test_a_keypoint_off_its_image_names_file_image_and_landmark(tmp_path, lmset_
 
 MISSING = "/nonexistent/input"
 TOOL_FAULTS = {
+    "cycle": ([f"{MISSING}.yaml", "--dry-run"], f"{MISSING}.yaml: cycle plan file not found"),
     "convert": (["yolo", "--root", MISSING, "--out", "{tmp}/yolo"], f"{MISSING}: no DCM/ folder (expected DCM/IDxxx/<image>.png)"),
     "fit_ensemble": ([f"{MISSING}.yaml"], f"{MISSING}.yaml: ensemble config file not found"),
     "interactive_eval": (["--ckpt", f"{MISSING}.pt"], f"{MISSING}.pt: checkpoint not found"),

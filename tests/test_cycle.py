@@ -63,9 +63,10 @@ def seg_plan(phantom: Path, tmp_path: Path, name: str = "tiny", **extra) -> dict
     ({"models": ["configs/segmentation/demo_fpn.yaml", "configs/segmentation/demo_fpn.yaml"]}, "'demo_fpn' names two models"),
     ({"models": ["configs/segmentation/nope.yaml"]}, "configs/segmentation/nope.yaml: training config file not found"),
     ({"set": {"train.epochz": 2}}, "unknown key 'train.epochz'"),
+    ({"test_gt": "answers/none"}, "'test_gt': answers/none does not exist"),
 ])
 def test_a_bad_plan_is_one_error_line_and_nothing_is_written(tmp_path, capsys, change, message):
-    plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), **change})
+    plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), "test_gt": None, **change})
     assert cycle([plan, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
@@ -75,7 +76,7 @@ def test_a_bad_plan_is_one_error_line_and_nothing_is_written(tmp_path, capsys, c
 def test_a_missing_plan_and_a_bad_rates_file_are_one_line(tmp_path, capsys):
     assert cycle([tmp_path / "none.yaml"]) == 2
     assert "none.yaml: cycle plan file not found" in capsys.readouterr().err
-    plan = write_plan(tmp_path / "plan.yaml", **seg_plan(tmp_path / "ph", tmp_path))
+    plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), "test_gt": None})
     (tmp_path / "rates.json").write_text('{"train_images_per_s": -3}')
     assert cycle([plan, "--dry-run", "--rates", tmp_path / "rates.json"]) == 2
     assert "train_images_per_s must be a positive number" in capsys.readouterr().err
