@@ -165,6 +165,50 @@ def test_sliding_window_tiles_of_height_x_width_stitch_the_image_back():
 
 
 # --------------------------------------------------------------------------------------------------
+# Bone age and orientation at height x width
+# --------------------------------------------------------------------------------------------------
+
+def test_bone_age_films_are_letterboxed_into_height_x_width(phantom):
+    from tasks.boneage.samples import list_samples
+    from tasks.boneage.task import BoneAgeDataset
+
+    root = phantom / "boneage"
+    train_samples = list_samples(root / "boneage-training-dataset.csv", root / "boneage-training-dataset",
+                                 require_age=True)[:3]
+    for resize in ("letterbox", "stretch"):
+        ds = BoneAgeDataset(train_samples, (40, 32), resize=resize)
+        assert {tuple(ds[i]["image"].shape) for i in range(3)} == {(1, 40, 32)}
+        assert ds.cache_tag.startswith(f"boneage|40x32|{resize}|")
+    assert BoneAgeDataset(train_samples, 40).cache_tag.startswith("boneage|40|")     # an int size: the key as before
+
+
+def test_orientation_training_turns_a_non_square_film_and_resizes_it_back(tmp_path):
+    import cv2
+
+    from phantom.orientation import write_orientation
+    from tasks.augment import sample_seed
+    from tasks.orientation.heuristic import DIHEDRAL, dihedral_label, dihedral_view
+    from tasks.orientation.labels import list_samples
+    from tasks.orientation.task import OrientationDataset, OrientationTask, to_input
+
+    write_orientation(tmp_path / "films", 6, size=48, seed=0, prefix="f_")
+    samples = list_samples(tmp_path / "films")
+    plain = OrientationDataset(samples, (32, 48))
+    train_set = OrientationDataset(samples, (32, 48), seed=3, train=True, crop=1.0)
+    turned = 0
+    for i, sample in enumerate(samples):
+        k, mirror = DIHEDRAL[int(np.random.default_rng(sample_seed(3, 0, i)).integers(len(DIHEDRAL)))]
+        item = train_set[i]
+        view = dihedral_view(plain.load(i), k, mirror)                  # 48 x 32 after an odd turn
+        want = cv2.resize(view, (48, 32), interpolation=cv2.INTER_LINEAR)
+        assert item["image"].shape == (1, 32, 48) and torch.equal(item["image"], to_input(want))
+        assert int(item["label"]) == dihedral_label(sample.label, k, mirror)
+        turned += k % 2
+    assert turned > 0                                                   # some films were turned on their side
+    assert OrientationTask.image_batch(np.zeros((90, 70), np.uint8), (32, 48))["image"].shape == (1, 1, 32, 48)
+
+
+# --------------------------------------------------------------------------------------------------
 # A keypoint run at 48 x 96
 # --------------------------------------------------------------------------------------------------
 
