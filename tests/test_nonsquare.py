@@ -331,3 +331,29 @@ def test_a_non_square_segmentation_run_round_trips_its_cache_and_csv(wide_seg_ru
     # and a spec of the other orientation (96 x 64) refuses them too
     with pytest.raises(ValueError, match=r"the run predicts 96x64 maps, at the model's 96x64 px input"):
         load_cached(next(cache.glob("*.npz")), "tall", CacheSpec(29, spec.mode, (96, 64)))
+
+
+def test_a_non_square_run_counts_its_flops_and_exports_at_height_x_width(wide_seg_run, tmp_path):
+    import json
+
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+    from engine.cost import count_flops
+    from engine.export import export_run
+    from models import create_model
+    from phantom import render_hand
+
+    cfg, _ = wide_seg_run
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert summary["image_size"] == [64, 96]
+    model = create_model("smp:fpn/resnet18", task="segmentation", num_outputs=29, in_channels=1)
+    at_size = count_flops(model, {"image": torch.zeros(1, 1, 64, 96)})
+    assert summary["flops"] == at_size and at_size != count_flops(model, {"image": torch.zeros(1, 1, 64, 64)})
+    # checked on phantoms where the run's data is absent: rendered, then resized to 64 x 96
+    state = load_checkpoint(cfg.run_dir / "best.pt")
+    state["config"]["data"]["root"] = str(tmp_path / "absent")
+    save_checkpoint(tmp_path / "moved" / "best.pt", state)
+    result = export_run(tmp_path / "moved" / "best.pt", "torchscript", out=tmp_path / "wide.torchscript", check=1,
+                        phantoms=render_hand)
+    assert result.input_size == (64, 96) and result.inputs["image"][2:] in ([64, 96], ["height", "width"])
+    assert [c.size for c in result.checks][0] == (64, 96) and result.checks[0].passed
+    assert result.source.startswith("1 phantom hand")
