@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from tasks.schema import DataBase, Section, Threshold, check_thresholds
+from tasks.schema import DataBase, Section, Threshold, check_thresholds, quarter_turn_problem
 from core.atomic import write_text
 from tasks.spec import MODE_RESIZE, MODE_SLIDING, TaskSpec, task_names, task_spec
 from tasks.formats.names import name_problem
@@ -159,7 +159,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _task_checks(self) -> "Config":
         """What depends on the task's spec: threshold class names, the default loss, regression-only and
-        map-only settings (the model's input-size needs: ``engine.trainer.check_image_size``)."""
+        map-only settings, quarter-turn views of a square input only (the model's input-size needs:
+        ``engine.trainer.check_image_size``)."""
         spec = self.spec
         try:
             check_thresholds(self.inference.threshold, spec.classes)
@@ -172,6 +173,9 @@ class Config(Section):
                              "reports no prediction spread")
         if self.inference.sliding_window and "sliding_window" not in spec.modes:
             raise ValueError(f"inference.sliding_window: tiles are for tasks with dense maps, not {self.task}")
+        turns = quarter_turn_problem(self.data.image_size) if self.inference.tta.rot90 else None
+        if turns:
+            raise ValueError(f"inference.tta.rot90: {turns}")
         return self
 
     @property

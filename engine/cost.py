@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tasks.base import Task
+from tasks.schema import image_hw
 
 
 def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
@@ -28,17 +29,12 @@ def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def input_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``data.image_size`` (one side, or ``[height, width]``) as ``(height, width)``."""
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
 def run_flops(model: nn.Module, task: Task, size: int | tuple[int, int] | list[int]) -> int | None:
     """FLOPs per image of a trained run's model at its input size, with the inputs its task feeds it (one image on
     the model's device). A model the counter cannot run is a warning and None: a finished run keeps its summary."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    image = torch.zeros((1, task.in_channels, *input_hw(size)), device=device)
+    image = torch.zeros((1, task.in_channels, *image_hw(size)), device=device)
     try:
         return count_flops(model, task.model_inputs({"image": image}, model=model))
     except (RuntimeError, ValueError) as err:

@@ -43,12 +43,12 @@ from torch import nn
 
 from engine.checkpoint import open_checkpoint
 from core.cli import describe
-from engine.cost import input_hw
 from engine.predictor import load_model
 from models import input_size
 from tasks.base import Task
 from core.atomic import atomic_write, write_text
 from tasks.formats.images import resize_grey
+from tasks.schema import image_hw
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
 FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
@@ -308,7 +308,7 @@ def check_batch(task: Task, n: int, phantoms: PhantomRenderer | None) -> tuple[d
                                 f"({cfg.data.root})")
     if phantoms is None:
         raise ValueError(f"{reason}; no images to check the export on")
-    size = input_hw(cfg.data.image_size)
+    size = image_hw(cfg.data.image_size)
     return phantom_batch(phantoms, n, size, task.in_channels), \
         f"{n} phantom hand{'s' * (n > 1)} (the run's data is not at hand: {reason})"
 

@@ -89,7 +89,7 @@ class InteractiveRun:
                 xy = np.stack([lb.forward(h) for lb, h in zip(boxes, hints[start:start + len(idx)])])
                 batch["hints"] = render_hints(torch.from_numpy(xy).to(self.device),
                                               torch.from_numpy(clicked[start:start + len(idx)]).to(self.device),
-                                              size, size, self.hint_sigma)
+                                              *self.dataset.hw, self.hint_sigma)
             coords, _ = self.task.decode(predictor.forward(batch), size, boxes)
             out.append(coords)
         return pin(np.concatenate(out), hints, clicked)

@@ -47,7 +47,8 @@ class LoadedModel:
         self.task = self.cfg.spec.task_class()(self.cfg)
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int | tuple[int, int]:
+        """The run's input size (``data.image_size``: one side, or ``(height, width)``)."""
         return self.cfg.data.image_size
 
 
@@ -94,7 +95,7 @@ class Predictor:
         self.mode = member.cfg.prediction_mode
         inference = member.cfg.inference
         self.batch_size = 1 if self.mode == MODE_SLIDING else inference.batch_size
-        self.input_size: int | None = None if self.mode == MODE_SLIDING else member.image_size
+        self.input_size: int | tuple[int, int] | None = None if self.mode == MODE_SLIDING else member.image_size
 
     @torch.no_grad()
     def forward(self, batch: dict) -> torch.Tensor:

@@ -34,11 +34,12 @@ from tasks.spec import MODE_RESIZE
 from tasks.tta import views_from_config
 
 
-def map_shape(shape: tuple[int, int], box: Box, crop_size: int, stage1_size: int) -> tuple[int, int]:
+def map_shape(shape: tuple[int, int], box: Box, crop_size: int, stage1_shape: tuple[int, int]) -> tuple[int, int]:
     """``shape`` halved as often as the map keeps at least the crop's pixels per image pixel inside
-    ``box`` and stage 1's elsewhere (never above ``shape``)."""
+    ``box`` and stage 1's (its map's ``(height, width)``: square, or not) along either axis elsewhere (never above
+    ``shape``)."""
     height, width = shape
-    need = min(1.0, max(crop_size / (box[2] - box[0]), stage1_size / min(height, width)))
+    need = min(1.0, max(crop_size / (box[2] - box[0]), stage1_shape[0] / height, stage1_shape[1] / width))
     factor = 1
     while need * factor * 2 <= 1.0:
         factor *= 2
@@ -73,7 +74,7 @@ class TwoStagePredictor:
         shape = image.shape[:2]
         p1 = self.stage1(batch)[0].float().cpu().numpy()
         box = box_from_probs(p1[self.roi.box_indices], self.box_thresholds, self.roi.margin, shape)
-        out_shape = map_shape(shape, box, self.stage2.member.image_size, p1.shape[-1])
+        out_shape = map_shape(shape, box, self.stage2.member.image_size, p1.shape[-2:])
         out = np.empty((p1.shape[0], *out_shape), np.uint8)
         for c, prob in enumerate(p1):
             if prob.shape != out_shape:

@@ -1,11 +1,11 @@
 """Sliding-window inference at the original resolution (nnU-Net style), beside whole-image resizing.
 
-The image is cut into square tiles of the model's training input size (``data.image_size``) that
-overlap by ``overlap`` (0.5: each tile starts half a tile after the previous one). Tile starts are
+The image is cut into tiles of the model's training input size (``data.image_size``: square, or ``height x
+width``) that overlap by ``overlap`` (0.5: each tile starts half a tile after the previous one). Tile starts are
 evenly spaced from 0 to ``side - tile``, so the last tile ends exactly on the image edge and no tile
 reads outside the image; an image side smaller than the tile is padded with zeros (black, as outside
 a radiograph) on both sides and the padding is cropped off the result. Each tile's sigmoid
-probabilities are weighted by a Gaussian importance map (sigma = tile / 8, floored at
+probabilities are weighted by a Gaussian importance map (sigma = tile side / 8 along each axis, floored at
 :data:`GAUSSIAN_FLOOR` so a corner covered by one tile keeps that tile's value) and accumulated in
 float32 at the original size; the result is the weighted mean. Tiles go through the model in batches
 of ``batch_size``.
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tasks.schema import image_hw
+
 
 GAUSSIAN_FLOOR = 1e-3  # smallest importance relative to the tile centre (nnU-Net floors at its smallest value)
 
@@ -46,24 +48,31 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int]]:
-    """``(y, x)`` top-left corners of every tile of an image of ``height x width`` (row-major)."""
-    return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+def tile_grid(height: int, width: int, tile: int | tuple[int, int], overlap: float) -> list[tuple[int, int]]:
+    """``(y, x)`` top-left corners of every tile (one side, or ``(height, width)``) of an image of ``height x
+    width`` (row-major)."""
+    th, tw = image_hw(tile)
+    return [(y, x) for y in tile_starts(height, th, overlap) for x in tile_starts(width, tw, overlap)]
 
 
-def gaussian_importance(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
-    """``(tile, tile)`` float32 Gaussian centred on the tile, 1 at the centre, floored at :data:`GAUSSIAN_FLOOR`."""
-    r = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
-    g = np.exp(-(r ** 2) / (2 * (tile * sigma_scale) ** 2))
-    importance = np.outer(g, g)
+def gaussian_importance(tile: int | tuple[int, int], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """``(th, tw)`` float32 Gaussian centred on the tile (one side, or ``(height, width)``; sigma ``side x
+    sigma_scale`` along each axis), 1 at the centre, floored at :data:`GAUSSIAN_FLOOR`."""
+    def axis(side: int) -> np.ndarray:
+        r = np.arange(side, dtype=np.float64) - (side - 1) / 2
+        return np.exp(-(r ** 2) / (2 * (side * sigma_scale) ** 2))
+
+    th, tw = image_hw(tile)
+    importance = np.outer(axis(th), axis(tw))
     importance /= importance.max()
     return np.maximum(importance, GAUSSIAN_FLOOR).astype(np.float32)
 
 
-def _pad_to(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, int, int]:
-    """``x`` (B, 1, h, w) zero-padded evenly to at least ``tile`` on each side; returns the top and left pad."""
+def _pad_to(x: torch.Tensor, tile: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """``x`` (B, 1, h, w) zero-padded evenly to at least the tile's ``(height, width)``; returns the top and left
+    pad."""
     h, w = x.shape[-2:]
-    ph, pw = max(0, tile - h), max(0, tile - w)
+    ph, pw = max(0, tile[0] - h), max(0, tile[1] - w)
     if not ph and not pw:
         return x, 0, 0
     top, left = ph // 2, pw // 2
@@ -71,28 +80,31 @@ def _pad_to(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, int, int]:
 
 
 @torch.no_grad()
-def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int,
-                           overlap: float = 0.5, batch_size: int = 4, sigma_scale: float = 1 / 8) -> torch.Tensor:
+def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                           tile: int | tuple[int, int], overlap: float = 0.5, batch_size: int = 4,
+                           sigma_scale: float = 1 / 8) -> torch.Tensor:
     """``(C, H, W)`` float32 probabilities of ``x`` (``(1, channels, H, W)`` input on the model's device), stitched
-    from Gaussian-weighted tiles of ``tile`` px; ``predict(tiles)`` gives ``(B, C, tile, tile)`` probabilities of
-    a batch of tiles (the predictor's TTA mean, so views apply per tile: see the module docstring)."""
+    from Gaussian-weighted tiles of ``tile`` (one side, or ``(height, width)``); ``predict(tiles)`` gives ``(B, C,
+    th, tw)`` probabilities of a batch of tiles (the predictor's TTA mean, so views apply per tile: see the module
+    docstring)."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"sliding_window_predict takes one image (1, channels, H, W), got {tuple(x.shape)}")
     height, width = x.shape[-2:]
-    padded, top, left = _pad_to(x, tile)
+    th, tw = image_hw(tile)
+    padded, top, left = _pad_to(x, (th, tw))
     ph, pw = padded.shape[-2:]
-    corners = tile_grid(ph, pw, tile, overlap)
+    corners = tile_grid(ph, pw, (th, tw), overlap)
     importance = torch.from_numpy(gaussian_importance(tile, sigma_scale)).to(x.device)
     weight = torch.zeros((ph, pw), dtype=torch.float32, device=x.device)
     acc = None
     for start in range(0, len(corners), max(1, batch_size)):
         batch = corners[start:start + batch_size]
-        tiles = torch.cat([padded[..., y:y + tile, x0:x0 + tile] for y, x0 in batch])
+        tiles = torch.cat([padded[..., y:y + th, x0:x0 + tw] for y, x0 in batch])
         probs = predict(tiles).float()
         if acc is None:
             acc = torch.zeros((probs.shape[1], ph, pw), dtype=torch.float32, device=x.device)
         for (y, x0), p in zip(batch, probs):
-            acc[:, y:y + tile, x0:x0 + tile].addcmul_(p, importance)
-            weight[y:y + tile, x0:x0 + tile] += importance
+            acc[:, y:y + th, x0:x0 + tw].addcmul_(p, importance)
+            weight[y:y + th, x0:x0 + tw] += importance
     acc /= weight
     return acc[:, top:top + height, left:left + width]

@@ -67,8 +67,10 @@ def starting_line(config: str | None) -> str:
 
 def run_line(cfg: Any) -> str:
     """Where a run goes and what it trains."""
+    from tasks.schema import size_text
+
     return (f"{cfg.run_dir}: {cfg.model.name} for {cfg.task}, fold {cfg.data.fold} of {cfg.data.n_folds}, "
-            f"{cfg.data.image_size} px")
+            f"{size_text(cfg.data.image_size)} px")
 
 
 def data_check_line(cfg: Any, n_train: int, n_val: int) -> str:

@@ -37,15 +37,17 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import Config, build_config
 from core.offline import CACHE_DIR, provide_yolo_fonts
-from engine.cost import count_flops, input_hw
+from engine.cost import count_flops
 from engine.run_folder import RunFolderError, check_run, open_run_folder
 from engine.run_logging import RunLogger, clear_run_logs
 from engine.status import status
 from engine.summary import base_summary, split_model_name, write_summary
+from engine.trainer import check_image_size
 from models.weights import load_local_weights
 from models.yolo import YoloModel, YoloOptions, YoloProbModel, parse_options
 from tasks.formats.tensors import read_tensors
 from tasks.formats.yolo import yolo_dataset
+from tasks.schema import image_hw
 
 provide_yolo_fonts()  # ultralytics' check_font() must find Arial.ttf offline when it plots
 
@@ -362,8 +364,7 @@ class YoloLearner:
         if "LOCAL_RANK" in os.environ:
             raise RuntimeError("YOLO runs start their own DDP workers (--train.device=0,1,2,3): "
                                "run train.py without torchrun")
-        if cfg.data.image_size % 32:
-            raise ValueError(f"data.image_size={cfg.data.image_size}: YOLO needs a multiple of 32")
+        check_image_size(cfg)
         weights = self.model.start_weights()
         if resume and (cfg.run_dir / "last.pt").is_file():
             resume_state(cfg.run_dir / "last.pt")
@@ -413,7 +414,7 @@ class YoloLearner:
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
             config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=sum(p.numel() for p in module.parameters()),
-            flops=count_flops(module.net, {"images": torch.zeros((1, module.in_channels, *input_hw(cfg.data.image_size)),
+            flops=count_flops(module.net, {"images": torch.zeros((1, module.in_channels, *image_hw(cfg.data.image_size)),
                                                                  device=device)}),
             train_time_s=train_time, train_images_per_s=round(images / train_time, 2) if train_time else None,
             metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=best_epoch,

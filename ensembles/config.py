@@ -41,7 +41,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.config import (Config, ConfigError, TTAConfig, field_message, folder_name, read_yaml_mapping,
                            threshold_in_range)
-from tasks.schema import Section, Threshold, check_thresholds
+from tasks.schema import Section, Threshold, check_thresholds, quarter_turn_problem
 from tasks.formats.tables import TEXT_ENCODING
 from tasks.spec import TaskSpec, specs, task_spec
 
@@ -232,8 +232,14 @@ class EnsembleConfig(Section):
 
     def member_tta(self, cfg: Config) -> TTAConfig:
         """The TTA views' settings for a member run's config ``cfg``: the ensemble's ``tta`` when the
-        YAML gives one, else the run's own ``inference.tta``."""
-        return self.tta if "tta" in self.model_fields_set else cfg.inference.tta
+        YAML gives one, else the run's own ``inference.tta``. The ensemble's quarter turns (``tta.rot90``) of a
+        member with a non-square input are a ConfigError naming the member's run."""
+        if "tta" not in self.model_fields_set:
+            return cfg.inference.tta
+        turns = quarter_turn_problem(cfg.data.image_size) if self.tta.rot90 else None
+        if turns:
+            raise ConfigError(f"ensemble {self.run_name}: tta.rot90: member run {cfg.run_name}: {turns}")
+        return self.tta
 
 
 def tasks_with(has: Callable[[TaskSpec], bool]) -> str:

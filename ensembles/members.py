@@ -7,6 +7,8 @@ only each run's ``config.yaml``: no checkpoint is opened and nothing imports tor
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,12 @@ from typing import Any
 from engine.config import Config, ConfigError, load_config
 from ensembles.config import EnsembleConfig, read_fit
 from core.atomic import write_text
+from tasks.schema import image_hw
+
+
+def largest(sizes: Iterable[int | tuple[int, int]]) -> int | tuple[int, int]:
+    """The input size of the most pixels among ``sizes`` (``data.image_size`` values: a side or height x width)."""
+    return max(sizes, key=lambda size: math.prod(image_hw(size)))
 
 
 @dataclass
@@ -32,8 +40,9 @@ class Member:
     checkpoints: list[Any] = field(default_factory=list)
 
     @property
-    def image_size(self) -> int:
-        return max(c.data.image_size for c in self.cfgs)
+    def image_size(self) -> int | tuple[int, int]:
+        """The largest input size of the member's runs (by pixels), as their configs give it."""
+        return largest(c.data.image_size for c in self.cfgs)
 
 
 def resolve_members(ens: EnsembleConfig, need_models: bool = True) -> list[Member]:
@@ -61,6 +70,7 @@ def resolve_members(ens: EnsembleConfig, need_models: bool = True) -> list[Membe
                 raise ConfigError(f"member {spec.label}: run {run} is a {cfg.task} run, the ensemble is {ens.task}")
             if ens.test_root is not None and side.output == "values":
                 cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"test_root": ens.test_root})})
+            ens.member_tta(cfg)  # the ensemble's views fit the member's input (before any model runs)
             cfgs.append(cfg)
         thresholds = None
         if ens.spec.thresholded:
@@ -96,7 +106,8 @@ def write_ensemble_summary(ens: EnsembleConfig, members: list[Member], describe:
     if not read_summary(run_dir):
         write_summary(run_dir, base_summary(
             name=ens.run_name, task=ens.task, kind="ensemble", model=f"ensemble:{ens.method}", family="ensemble",
-            arch=ens.method, config_id=ens.run_name, image_size=max(m.image_size for m in members),
+            arch=ens.method, config_id=ens.run_name,
+            image_size=largest(m.image_size for m in members),
             metric=ens.spec.metric, mode=ens.spec.mode, val={"score": None}))
     fields: dict = {"members": [m.label for m in members], "ensemble": describe,
                     "member_runs": {m.label: [str(r) for r in m.run_dirs] for m in members}}

@@ -11,7 +11,9 @@ import difflib
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable, Literal
+from typing import Callable, Collection, Iterable, Literal, Sequence
+
+from tasks.schema import image_hw, size_text
 
 
 
@@ -29,34 +31,68 @@ HARNESS_KEYWORDS = ("rest", "task", "num_outputs", "in_channels", "weights")
 
 @dataclass(frozen=True)
 class InputSize:
-    """The square input sizes a model takes: multiples of ``multiple``, at least ``minimum``, or only ``fixed``.
+    """The input sizes a model takes: each side a multiple of ``multiple`` and at least ``minimum``, or only
+    ``fixed`` x ``fixed``; ``square``: height and width equal (a learner that trains at one side, e.g. YOLO).
 
-    ``note`` says how to lift a fixed size (e.g. an option), for the error message.
+    ``note`` says how to lift a fixed size or why inputs are square, for the error message.
     """
 
     multiple: int = 1
     minimum: int = 1
     fixed: int | None = None
     note: str = ""
+    square: bool = False
 
-    def problem(self, size: int, model: str) -> str | None:
-        """Why ``size`` does not fit (None: it fits), with the nearest sizes that do."""
+    def problem(self, size: int | Sequence[int], model: str) -> str | None:
+        """Why ``size`` (``data.image_size``: one side, or ``(height, width)``) does not fit (None: it fits), with
+        the nearest sizes that do."""
+        height, width = image_hw(size)
+        text = size_text(size)
+        note = f" ({self.note})" if self.note else ""
         if self.fixed is not None:
-            if size == self.fixed:
+            if (height, width) == (self.fixed, self.fixed):
                 return None
-            return (f"{size}: {model} takes only {self.fixed}x{self.fixed} inputs"
-                    + (f" ({self.note})" if self.note else "") + f"; use {self.fixed}")
+            return f"{text}: {model} takes only {self.fixed}x{self.fixed} inputs{note}; use {self.fixed}"
+        if self.square and height != width:
+            sides = dict.fromkeys(self.nearest(s)[0] for s in (height, width))
+            return (f"{text}: {model} takes only square inputs{note}; give one side, "
+                    f"use {' or '.join(map(str, sides))}")
+        if height == width:
+            return self._side_problem(height, model)
+        bad = [(name, side) for name, side in (("height", height), ("width", width)) if self._side_problem(side, model)]
+        if not bad:
+            return None
+        low, high = (tuple(self.nearest(s)[i] if self._side_problem(s, model) else s for s in (height, width))
+                     for i in (0, -1))
+        sizes = " or ".join(dict.fromkeys(f"{h}x{w}" for h, w in (low, high)))
+        rule = (f"needs each side divisible by {self.multiple}" if self.multiple > 1 else "") + \
+            (" and " if self.multiple > 1 and self.minimum > self.multiple else "") + \
+            (f"at least {self.minimum}" if self.minimum > self.multiple else "")
+        what = ", ".join(f"{name} {side}" for name, side in bad)
+        return f"{text} (height x width): {what} {'do' if len(bad) > 1 else 'does'} not fit ({model} {rule}); use {sizes}"
+
+    def _side_problem(self, size: int, model: str) -> str | None:
+        """Why one side does not fit (the message of a square size)."""
         if size % self.multiple:
-            below = size // self.multiple * self.multiple
-            sizes = [s for s in (below, below + self.multiple) if s >= max(self.multiple, self.minimum)]
             return (f"{size} is not a multiple of {self.multiple} ({model} needs its input divisible by "
-                    f"{self.multiple}); use {' or '.join(map(str, sizes))}")
+                    f"{self.multiple}); use {' or '.join(map(str, self.nearest(size)))}")
         if size < self.minimum:
             return f"{size} is below {self.minimum}, the smallest input {model} takes; use {self.minimum}"
         return None
 
+    def nearest(self, size: int) -> list[int]:
+        """The valid sides nearest ``size``: itself when it fits, else the one below (when there is one) and the
+        one above."""
+        if self.fixed is not None:
+            return [self.fixed]
+        if size % self.multiple == 0 and size >= self.minimum:
+            return [size]
+        below = size // self.multiple * self.multiple
+        return [s for s in (below, below + self.multiple) if s >= max(self.multiple, self.minimum)] or \
+            [self.smallest(size)]
+
     def smallest(self, at_least: int = 1) -> int:
-        """The smallest valid size that is at least ``at_least``."""
+        """The smallest valid side that is at least ``at_least``."""
         if self.fixed is not None:
             return self.fixed
         low = max(self.minimum, at_least)

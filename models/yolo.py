@@ -305,7 +305,8 @@ class YoloModel:
 
 @register_family("yolo", tasks=("segmentation",), kind="external", list_names=list_names, validate=validate,
                  note=lambda: "+ yolo:<path/to/model-seg.yaml>: any ultralytics -seg model YAML",
-                 input_size=lambda rest, options: InputSize(multiple=32),
+                 input_size=lambda rest, options: InputSize(multiple=32, square=True,
+                                                            note="ultralytics trains at one square imgsz"),
                  check_options=lambda rest, options: check_options(options),
                  examples=("yolo:yolo11n-seg", "yolo:yolov8n-seg", "yolo:yolo26n-seg", "yolo:yolo11s-seg"))
 def build_yolo(rest: str, *, task: str, num_outputs: int, in_channels: int = 1, weights: str | None = None,

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tasks.cache import SampleCache
+from tasks.schema import image_hw
 
 
 def build_augment(aug: Any, *, keypoints: bool = False) -> A.Compose | None:
@@ -54,17 +55,19 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededDataset(Dataset):
-    """What every task's dataset shares: its samples at ``size`` px, a decode cache, and an optional
-    augmentation pipeline that :meth:`reseed` seeds per (run seed, epoch, index) before each item.
+    """What every task's dataset shares: its samples at ``size`` (``data.image_size``: one side, or ``(height,
+    width)``; ``hw`` is always ``(height, width)``), a decode cache, and an optional augmentation pipeline that
+    :meth:`reseed` seeds per (run seed, epoch, index) before each item.
 
     The epoch lives in shared memory: loader workers that persist across epochs hold their own copy of
     the dataset, and still see every :meth:`set_epoch` of the main process.
     """
 
-    def __init__(self, samples: Sequence, size: int, augment: A.Compose | None = None,
+    def __init__(self, samples: Sequence, size: int | tuple[int, int], augment: A.Compose | None = None,
                  cache: SampleCache | None = None, seed: int = 0) -> None:
         self.samples = list(samples)
         self.size = size
+        self.hw = image_hw(size)
         self.augment = augment
         self.cache = cache or SampleCache(enabled=False)
         self.seed = seed

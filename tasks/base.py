@@ -98,9 +98,10 @@ class Task(ABC):
         """The images of ``split``: ``train``/``val`` (the configured fold of ``data.root``) or ``test``."""
 
     @abstractmethod
-    def batches(self, samples: Sequence[Any], size: int, batch_size: int) -> Iterator[dict]:
-        """Model inputs of ``samples`` at input ``size``, ``batch_size`` at a time: dicts with ``image``
-        ``(B, C, S, S)``, the task's other inputs, and ``samples`` (the samples of the batch)."""
+    def batches(self, samples: Sequence[Any], size: int | tuple[int, int], batch_size: int) -> Iterator[dict]:
+        """Model inputs of ``samples`` at input ``size`` (``data.image_size``: one side, or ``(height, width)``),
+        ``batch_size`` at a time: dicts with ``image`` ``(B, C, H, W)``, the task's other inputs, and ``samples``
+        (the samples of the batch)."""
 
     def model_inputs(self, batch: dict, view: View = View(), model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """The model's named inputs for ``batch`` under ``view``, in call order (the image only, by default).

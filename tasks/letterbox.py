@@ -1,4 +1,5 @@
-"""Fit an image of any aspect ratio into a square network input, with the exact inverse for coordinates.
+"""Fit an image of any aspect ratio into the network input (square, or ``height x width``), with the exact inverse
+for coordinates.
 
 Convention: ``(x, y)`` pixel coordinates with pixel centres at integers (pixel ``i`` covers
 ``[i - 0.5, i + 0.5)``), as in the label files and albumentations. Resizing scales the continuous
@@ -15,35 +16,40 @@ import cv2
 import numpy as np
 
 from tasks.formats.images import resize_grey
-from tasks.schema import ResizeMode
+from tasks.schema import ResizeMode, image_hw, size_text
 
 
 
 @dataclass(frozen=True)
 class Letterbox:
-    """The map from an ``height x width`` original to a ``size x size`` input (``letterbox`` keeps the
-    aspect ratio and pads with black, centred; ``stretch`` resizes each axis on its own)."""
+    """The map from an ``height x width`` original to an ``in_h x in_w`` input (``letterbox`` keeps the
+    aspect ratio and pads with black, centred; ``stretch`` resizes each axis on its own). ``x`` scales with the
+    widths, ``y`` with the heights."""
 
     height: int
     width: int
-    size: int
+    in_h: int
+    in_w: int
     new_h: int
     new_w: int
     pad_y: int
     pad_x: int
 
     @classmethod
-    def fit(cls, height: int, width: int, size: int, mode: ResizeMode = "letterbox") -> "Letterbox":
-        if height < 1 or width < 1 or size < 1:
-            raise ValueError(f"letterbox: bad sizes (image {width}x{height}, input {size})")
+    def fit(cls, height: int, width: int, size: int | tuple[int, int], mode: ResizeMode = "letterbox") -> "Letterbox":
+        """The map of a ``height x width`` image onto the input ``size`` (``data.image_size``: one side, or
+        ``(height, width)``)."""
+        in_h, in_w = image_hw(size)
+        if height < 1 or width < 1 or in_h < 1 or in_w < 1:
+            raise ValueError(f"letterbox: bad sizes (image {width}x{height}, input {size_text(size)})")
         if mode == "stretch":
-            return cls(height, width, size, size, size, 0, 0)
+            return cls(height, width, in_h, in_w, in_h, in_w, 0, 0)
         if mode != "letterbox":
             raise ValueError(f"resize mode must be 'letterbox' or 'stretch', got {mode!r}")
-        scale = min(size / height, size / width)
-        new_h = min(size, max(1, round(height * scale)))
-        new_w = min(size, max(1, round(width * scale)))
-        return cls(height, width, size, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2)
+        scale = min(in_h / height, in_w / width)
+        new_h = min(in_h, max(1, round(height * scale)))
+        new_w = min(in_w, max(1, round(width * scale)))
+        return cls(height, width, in_h, in_w, new_h, new_w, (in_h - new_h) // 2, (in_w - new_w) // 2)
 
     @property
     def sx(self) -> float:
@@ -54,14 +60,14 @@ class Letterbox:
         return self.new_h / self.height
 
     def image(self, image: np.ndarray) -> np.ndarray:
-        """The ``size x size`` uint8 network input of a ``(height, width)`` grey image."""
+        """The ``in_h x in_w`` uint8 network input of a ``(height, width)`` grey image."""
         if image.shape[:2] != (self.height, self.width):
             raise ValueError(f"letterbox for {self.width}x{self.height} given an image of {image.shape[1]}x{image.shape[0]}")
         small = resize_grey(image, self.new_h, self.new_w)
-        if (self.new_h, self.new_w) == (self.size, self.size):
+        if (self.new_h, self.new_w) == (self.in_h, self.in_w):
             return np.ascontiguousarray(small)
-        bottom = self.size - self.new_h - self.pad_y
-        right = self.size - self.new_w - self.pad_x
+        bottom = self.in_h - self.new_h - self.pad_y
+        right = self.in_w - self.new_w - self.pad_x
         return cv2.copyMakeBorder(small, self.pad_y, bottom, self.pad_x, right, cv2.BORDER_CONSTANT, value=0)
 
     def forward(self, xy: np.ndarray) -> np.ndarray:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Section(BaseModel):
@@ -19,9 +19,66 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-# Smallest training/input size. What a model needs beyond it (a multiple of its encoder's stride) is checked
-# when training starts (``engine.trainer.check_image_size``); runs that only hold cached predictions go this small.
+# Smallest training/input side. What a model needs beyond it (a multiple of its encoder's stride, a square) is
+# checked when training starts (``engine.trainer.check_image_size``); runs that only hold cached predictions go this
+# small.
 MIN_IMAGE_SIZE = 8
+
+
+def _side(value: Any) -> int:
+    """One side of ``data.image_size``: an integer (``512``, ``512.0``, ``"512"``), not a bool."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError("Input should be a valid integer, or [height, width]")
+    return value
+
+
+def _image_size(value: Any) -> int | tuple[int, int]:
+    """``data.image_size``: one side (a square input, as always) or ``[height, width]``; a square pair is its side,
+    so ``[512, 512]`` and ``512`` are one size everywhere (cache keys, ensembles' frames, the leaderboard)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"[height, width] takes two sides, got {len(value)}")
+        height, width = _side(value[0]), _side(value[1])
+        if min(height, width) < MIN_IMAGE_SIZE:
+            raise ValueError(f"each side should be greater than or equal to {MIN_IMAGE_SIZE}")
+        return height if height == width else (height, width)
+    side = _side(value)
+    if side < MIN_IMAGE_SIZE:
+        raise ValueError(f"Input should be greater than or equal to {MIN_IMAGE_SIZE}")
+    return side
+
+
+# ``data.image_size``: an int (a square, ``512``) or ``(height, width)`` (``[800, 1000]`` in YAML; saved as a list).
+ImageSize = Annotated[int | tuple[int, int], BeforeValidator(_image_size)]
+
+
+def image_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``data.image_size`` (one side, or ``[height, width]``) as ``(height, width)``: the one reading of it."""
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_text(size: int | Sequence[int]) -> str:
+    """How an input size reads in messages, cache keys and tables: ``512`` for a square, ``800x1000`` (height x
+    width) otherwise."""
+    height, width = image_hw(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def quarter_turn_problem(size: int | Sequence[int]) -> str | None:
+    """Why TTA quarter turns (``tta.rot90``) do not fit inputs of ``size`` (None: a square, they fit): a turned
+    ``H x W`` input is ``W x H``, a shape the model was never trained on, and its map would not turn back onto the
+    input's frame."""
+    height, width = image_hw(size)
+    if height == width:
+        return None
+    return (f"quarter turns need a square input; data.image_size is {height}x{width} (height x width), a turned view "
+            f"would be {width}x{height}: set rot90: false (flips and scales still apply) or give one side")
 
 
 class DataBase(Section):
@@ -29,7 +86,7 @@ class DataBase(Section):
 
     root: str
     test_root: str | None = None
-    image_size: int = Field(256, ge=MIN_IMAGE_SIZE)
+    image_size: ImageSize = 256
     n_folds: int = Field(5, ge=2)       # a validation fold needs at least two folds (scikit-learn's K-fold too)
     fold: int = Field(0, ge=0)
     cache: bool = True

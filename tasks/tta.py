@@ -26,7 +26,8 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class View:
     """One TTA view: a rescale, ``quarters`` clockwise quarter turns, then a left-right (``hflip``) and/or
-    top-bottom (``vflip``) mirror. Inputs are square (every task resizes or letterboxes to ``S x S``)."""
+    top-bottom (``vflip``) mirror. Quarter turns only of square inputs (the config refuses ``rot90`` with a
+    non-square ``data.image_size``: :func:`tasks.schema.quarter_turn_problem`); flips and scales of any."""
 
     hflip: bool = False
     vflip: bool = False

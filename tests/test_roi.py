@@ -185,9 +185,9 @@ def test_two_stage_with_empty_stage1_uses_the_fallback_box_only():
 def test_map_shape_keeps_the_finer_of_both_stages():
     from engine.roi_predictor import map_shape
 
-    assert map_shape((2048, 2048), (0, 0, 600, 600), 512, 512) == (2048, 2048)   # crop finer than 1/2
-    assert map_shape((2048, 2048), (0, 0, 1600, 1600), 256, 512) == (512, 512)   # both coarse: 1/4
-    assert map_shape((1024, 768), (0, 0, 700, 700), 256, 256) == (512, 384)
+    assert map_shape((2048, 2048), (0, 0, 600, 600), 512, (512, 512)) == (2048, 2048)   # crop finer than 1/2
+    assert map_shape((2048, 2048), (0, 0, 1600, 1600), 256, (512, 512)) == (512, 512)   # both coarse: 1/4
+    assert map_shape((1024, 768), (0, 0, 700, 700), 256, (256, 256)) == (512, 384)
 
 
 def test_two_stage_inference_end_to_end(tiny_run, phantom, tmp_path):

@@ -29,7 +29,7 @@ from tasks.cache import SampleCache
 from tasks.formats.images import read_grey
 from tasks.formats.submissions import write_ages
 from tasks.letterbox import Letterbox
-from tasks.schema import ResizeMode
+from tasks.schema import ResizeMode, size_text
 from tasks.metrics import age_metrics
 from tasks.preprocess import Preprocess
 from tasks.spec import MODE_RESIZE
@@ -37,10 +37,10 @@ from tasks.tta import View
 
 
 class BoneAgeDataset(SeededDataset):
-    """Items: ``image`` ``(1, S, S)`` float in [0, 1], ``male`` (0/1 float), ``index``, and for labelled
-    samples ``age`` (months) and ``target`` (normalised age)."""
+    """Items: ``image`` ``(1, H, W)`` float in [0, 1] (``size``: one side, or ``(height, width)``), ``male`` (0/1
+    float), ``index``, and for labelled samples ``age`` (months) and ``target`` (normalised age)."""
 
-    def __init__(self, samples: Sequence[BoneAgeSample], size: int, preprocess: Preprocess | None = None,
+    def __init__(self, samples: Sequence[BoneAgeSample], size: int | tuple[int, int], preprocess: Preprocess | None = None,
                  resize: ResizeMode = "letterbox", augment=None, cache: SampleCache | None = None, seed: int = 0,
                  target_mean: float = 120.0, target_std: float = 50.0) -> None:
         super().__init__(samples, size, augment, cache, seed)
@@ -50,7 +50,7 @@ class BoneAgeDataset(SeededDataset):
 
     @property
     def cache_tag(self) -> str:
-        return f"boneage|{self.size}|{self.resize}|{self.preprocess.tag}"
+        return f"boneage|{size_text(self.size)}|{self.resize}|{self.preprocess.tag}"
 
     def load(self, i: int) -> np.ndarray:
         """The preprocessed image at the training size (uint8), from the cache after the first time."""
@@ -182,7 +182,7 @@ class BoneAgeTask(Task):
             yield {"image": torch.stack([it["image"] for it in items]), "male": torch.stack([it["male"] for it in items]),
                    "samples": [dataset.samples[it["index"]] for it in items]}
 
-    def batches(self, samples: Sequence[BoneAgeSample], size: int, batch_size: int) -> Iterator[dict]:
+    def batches(self, samples: Sequence[BoneAgeSample], size: int | tuple[int, int], batch_size: int) -> Iterator[dict]:
         """Preprocessed, letterboxed images at ``size`` (from the decode cache after the first time) and the sex."""
         d = self.cfg.data
         dataset = BoneAgeDataset(samples, size, self.preprocess, d.resize, None, SampleCache(d.cache_dir, enabled=d.cache),

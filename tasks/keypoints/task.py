@@ -38,7 +38,7 @@ from tasks.keypoints import SPEC
 from tasks.keypoints.cache import save_cache
 from tasks.keypoints.samples import split_samples
 from tasks.letterbox import Letterbox
-from tasks.schema import ResizeMode
+from tasks.schema import ResizeMode, image_hw, size_text
 from tasks.metrics import keypoint_metrics
 from tasks.shape_prior import ShapeModel
 from tasks.spec import MODE_RESIZE
@@ -55,14 +55,15 @@ _PROBE = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
 
 
 class KeypointDataset(SeededDataset):
-    """Letterboxed images at ``size x size`` with their keypoints in the input frame.
+    """Letterboxed images at ``size`` (one side, or ``(height, width)``) with their keypoints in the input frame.
 
-    Items: ``image`` ``(1, S, S)``, ``keypoints`` ``(K, 2)`` input-frame pixels, ``visible`` ``(K,)``
+    Items: ``image`` ``(1, H, W)``, ``keypoints`` ``(K, 2)`` input-frame pixels ``(x, y)``, ``visible`` ``(K,)``
     (0 for points that the augmentation moved off the input), ``index``, ``orig_size``.
     """
 
-    def __init__(self, samples: Sequence[KeypointSample], size: int, lmset: LandmarkSet, resize: ResizeMode = "letterbox",
-                 augment=None, cache: SampleCache | None = None, seed: int = 0) -> None:
+    def __init__(self, samples: Sequence[KeypointSample], size: int | tuple[int, int], lmset: LandmarkSet,
+                 resize: ResizeMode = "letterbox", augment=None, cache: SampleCache | None = None,
+                 seed: int = 0) -> None:
         super().__init__(samples, size, augment, cache, seed)
         self.lmset = lmset
         self.resize = resize
@@ -80,7 +81,7 @@ class KeypointDataset(SeededDataset):
             lb = Letterbox.fit(*image.shape, self.size, self.resize)
             return {"image": lb.image(image), "orig_size": np.array(image.shape, np.int64)}
 
-        return self.cache.get([s.image_path], f"kp|{self.size}|{self.resize}", make)
+        return self.cache.get([s.image_path], f"kp|{size_text(self.size)}|{self.resize}", make)
 
     def __getitem__(self, i: int) -> dict:
         item = self.load(i)
@@ -91,7 +92,7 @@ class KeypointDataset(SeededDataset):
         if self.augment is not None:
             self.reseed(i)
             points = np.zeros((0, 2)) if xy is None else xy
-            centre = self.size / 2
+            centre = np.array([self.hw[1], self.hw[0]]) / 2  # (x, y)
             out = self.augment(image=image, keypoints=np.concatenate([points, _PROBE + centre]))
             image = out["image"]
             moved = np.asarray(out["keypoints"], np.float64)[:, :2]
@@ -107,7 +108,7 @@ class KeypointDataset(SeededDataset):
             "orig_size": torch.as_tensor(item["orig_size"]),
         }
         if xy is not None:
-            inside = (xy >= -0.5).all(-1) & (xy[:, 0] < self.size - 0.5) & (xy[:, 1] < self.size - 0.5)
+            inside = (xy >= -0.5).all(-1) & (xy[:, 0] < self.hw[1] - 0.5) & (xy[:, 1] < self.hw[0] - 0.5)
             batch["keypoints"] = torch.from_numpy(xy.astype(np.float32))
             batch["visible"] = torch.from_numpy(inside.astype(np.float32))
         return batch
@@ -207,14 +208,16 @@ class KeypointTask(Task):
             return heatmap_sigma(self.cfg.data.sigma, stride)
         return blur or 0.0
 
-    def decode(self, heatmaps: torch.Tensor, input_size: int, letterboxes: Sequence[Letterbox]) -> tuple[np.ndarray, np.ndarray]:
-        """Activated ``(B, K, h, w)`` heatmaps of ``input_size``² inputs → ORIGINAL-frame ``(B, K, 2)``
-        coordinates and ``(B, K)`` confidences. With ``data.shape_prior`` gross outliers are replaced by the
-        shape model's estimate first. A point on the letterbox padding is clamped onto the image (a point
-        off the image is wrong by construction)."""
+    def decode(self, heatmaps: torch.Tensor, input_size: int | tuple[int, int], letterboxes: Sequence[Letterbox]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Activated ``(B, K, h, w)`` heatmaps of inputs of ``input_size`` (one side, or ``(height, width)``) →
+        ORIGINAL-frame ``(B, K, 2)`` coordinates and ``(B, K)`` confidences: ``x`` scaled by the widths, ``y`` by
+        the heights. With ``data.shape_prior`` gross outliers are replaced by the shape model's estimate first. A
+        point on the letterbox padding is clamped onto the image (a point off the image is wrong by construction)."""
         h, w = heatmaps.shape[-2:]
-        uv, conf = decode_heatmaps(heatmaps, self.cfg.data.decode, self.decode_blur(input_size / w))
-        xy = heatmap_to_input(uv, input_size / w, input_size / h).cpu().numpy()
+        in_h, in_w = image_hw(input_size)
+        uv, conf = decode_heatmaps(heatmaps, self.cfg.data.decode, self.decode_blur(in_w / w))
+        xy = heatmap_to_input(uv, in_w / w, in_h / h).cpu().numpy()
         out = np.stack([lb.inverse(p) for lb, p in zip(letterboxes, xy)])
         shape = self.shape_model()
         if shape is not None:
@@ -270,7 +273,7 @@ class KeypointTask(Task):
 
     # ---------------------------------------------------------------------------------------- prediction
 
-    def batches(self, samples: Sequence[KeypointSample], size: int, batch_size: int) -> Iterator[dict]:
+    def batches(self, samples: Sequence[KeypointSample], size: int | tuple[int, int], batch_size: int) -> Iterator[dict]:
         """Letterboxed images at ``size`` (from the decode cache after the first time), ``batch_size`` at a time,
         with each image's letterbox (the map back to its original frame)."""
         d = self.cfg.data

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from tasks.schema import MIN_IMAGE_SIZE, DataBase
+from tasks.schema import DataBase, ImageSize
 from tasks.spec import SubmissionFormat, TaskSpec
 
 SIDES = ("two", "left", "right")
@@ -23,7 +23,7 @@ CLASS_NAMES: tuple[str, ...] = tuple(f"{side}_{90 * r}" for side in SIDES for r 
 class OrientationData(DataBase):
     root: str = "data/phantom/orientation/train"
     test_root: str | None = "data/phantom/orientation/test"
-    image_size: int = Field(96, ge=MIN_IMAGE_SIZE)
+    image_size: ImageSize = 96
     labels: str = "labels.csv"
     images: str = "images"
     extra_train: list[str] = Field(default_factory=list)  # labelled folders added to every training fold, never validated

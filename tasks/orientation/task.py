@@ -1,11 +1,12 @@
 """The torch side of orientation (:mod:`tasks.orientation` is its spec): a small classifier of the 12 classes read
 off the whole film at low resolution, trained by the harness's trainer like every task.
 
-Input: the film resized to ``image_size`` square (each axis on its own: a quarter turn and resizing commute, so
-the turned and mirrored views of the small input are exactly those of the film), scaled to [-2, 2]. Training
-draws each film in a random one of its eight quarter turns and mirrors with the label that view implies
-(:data:`tasks.orientation.heuristic.DIHEDRAL_LABELS`), cropped to 80-100 % of each side, then the config's
-intensity augmentation; seeded per (run seed, epoch, image), so a resumed run sees what an uninterrupted one
+Input: the film resized to ``image_size`` (one side, or ``[height, width]``; each axis on its own: at a square
+size a quarter turn and resizing commute, so the turned and mirrored views of the small input are exactly those
+of the film), scaled to [-2, 2]. Training draws each film in a random one of its eight quarter turns and mirrors
+with the label that view implies (:data:`tasks.orientation.heuristic.DIHEDRAL_LABELS`), cropped to 80-100 % of
+each side and resized back to the input size (a turned non-square input is resized back to ``height x width``, as
+the turned film would be), then the config's intensity augmentation; seeded per (run seed, epoch, image), so a resumed run sees what an uninterrupted one
 does. Loss: cross-entropy with 0.05 label smoothing. TTA: a turned or mirrored view's class probabilities are
 relabelled back (:meth:`OrientationTask.invert`); ``inference.tta: {hflip: true, rot90: true}`` averages all
 eight views. As the learned fallback of preprocessing (:meth:`OrientationTask.classifier`) the side is
@@ -31,6 +32,7 @@ from tasks.orientation.cache import save_cache
 from tasks.orientation.heuristic import DIHEDRAL, Orientation, dihedral_label, dihedral_view
 from tasks.orientation.labels import OrientationSample, split_samples
 from tasks.orientation.scoring import accuracies, write_labels
+from tasks.schema import image_hw, size_text
 from tasks.spec import MODE_RESIZE
 from tasks.tta import View
 
@@ -38,7 +40,7 @@ LABEL_SMOOTHING = 0.05
 
 
 def to_input(small: np.ndarray) -> torch.Tensor:
-    """``(S, S)`` uint8 → ``(1, S, S)`` float in [-2, 2]."""
+    """``(H, W)`` uint8 → ``(1, H, W)`` float in [-2, 2]."""
     return (torch.from_numpy(np.ascontiguousarray(small)).float()[None] / 255.0 - 0.5) * 4.0
 
 
@@ -55,18 +57,19 @@ def view_labels(view: View) -> np.ndarray:
 
 
 class OrientationDataset(SeededDataset):
-    """Films at ``size x size`` (cached once at that size); items ``image`` ``(1, S, S)``, ``label`` and ``index``.
-    With ``train`` each item is a random turn/mirror/crop of its film with the label that view implies."""
+    """Films at ``size`` (one side, or ``(height, width)``; cached once at that size); items ``image`` ``(1, H, W)``,
+    ``label`` and ``index``. With ``train`` each item is a random turn/mirror/crop of its film with the label that
+    view implies."""
 
-    def __init__(self, samples: Sequence[OrientationSample], size: int, augment=None, cache: SampleCache | None = None,
+    def __init__(self, samples: Sequence[OrientationSample], size: int | tuple[int, int], augment=None, cache: SampleCache | None = None,
                  seed: int = 0, train: bool = False, crop: float = 0.8) -> None:
         super().__init__(samples, size, augment, cache, seed)
         self.train, self.crop = train, crop
 
     def load(self, i: int) -> np.ndarray:
         s = self.samples[i]
-        return self.cache.get([s.image_path], f"orient|{self.size}",
-                              lambda: {"image": resize_grey(read_grey(s.image_path), self.size, self.size)})["image"]
+        return self.cache.get([s.image_path], f"orient|{size_text(self.size)}",
+                              lambda: {"image": resize_grey(read_grey(s.image_path), *self.hw)})["image"]
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.load(i), self.samples[i].label
@@ -75,9 +78,10 @@ class OrientationDataset(SeededDataset):
             k, mirror = DIHEDRAL[int(rng.integers(len(DIHEDRAL)))]
             image = dihedral_view(image, k, mirror)
             label = None if label is None else dihedral_label(label, k, mirror)
-            ch, cw = (int(self.size * rng.uniform(self.crop, 1.0)) for _ in range(2))
-            y0, x0 = int(rng.integers(self.size - ch + 1)), int(rng.integers(self.size - cw + 1))
-            image = cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+            height, width = image.shape  # turned: width x height
+            ch, cw = int(height * rng.uniform(self.crop, 1.0)), int(width * rng.uniform(self.crop, 1.0))
+            y0, x0 = int(rng.integers(height - ch + 1)), int(rng.integers(width - cw + 1))
+            image = cv2.resize(image[y0:y0 + ch, x0:x0 + cw], self.hw[::-1], interpolation=cv2.INTER_LINEAR)
             if self.augment is not None:
                 self.reseed(i)
                 image = self.augment(image=image)["image"]
@@ -147,7 +151,8 @@ class OrientationTask(Task):
                 batch["label"] = torch.stack([it["label"] for it in items])
             yield batch
 
-    def batches(self, samples: Sequence[OrientationSample], size: int, batch_size: int) -> Iterator[dict]:
+    def batches(self, samples: Sequence[OrientationSample], size: int | tuple[int, int], batch_size: int
+                ) -> Iterator[dict]:
         d = self.cfg.data
         dataset = OrientationDataset(samples, size, cache=SampleCache(d.cache_dir, enabled=d.cache))
         for batch in self._loader(dataset, batch_size):
@@ -155,9 +160,9 @@ class OrientationTask(Task):
             yield batch
 
     @staticmethod
-    def image_batch(image: np.ndarray, size: int) -> dict:
-        """One film (any size) as a batch of the classifier's input."""
-        return {"image": to_input(resize_grey(image, size, size))[None]}
+    def image_batch(image: np.ndarray, size: int | tuple[int, int]) -> dict:
+        """One film (any size) as a batch of the classifier's input (``size``: one side, or ``(height, width)``)."""
+        return {"image": to_input(resize_grey(image, *image_hw(size)))[None]}
 
     def activate(self, output: torch.Tensor) -> torch.Tensor:
         return output.softmax(dim=1)
@@ -182,7 +187,8 @@ class LearnedOrientation:
     """``film -> Orientation``: the class probabilities of a trained run, the side ``"uncertain"`` below
     ``min_side_prob`` (summed over the rotations)."""
 
-    def __init__(self, predict: Callable[[dict], torch.Tensor], size: int, min_side_prob: float = 0.5) -> None:
+    def __init__(self, predict: Callable[[dict], torch.Tensor], size: int | tuple[int, int],
+                 min_side_prob: float = 0.5) -> None:
         self.predict, self.size, self.min_side_prob = predict, size, min_side_prob
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:

@@ -8,9 +8,11 @@ mean over images then over classes. Submission: ``image_name,class,rle``. This m
 """
 from __future__ import annotations
 
+from pydantic import ValidationInfo, field_validator
+
 from tasks.formats.handbones import CLASSES
 from tasks.roi import RoiConfig
-from tasks.schema import DataBase
+from tasks.schema import DataBase, image_hw, size_text
 from tasks.spec import SubmissionFormat, TaskSpec
 
 
@@ -20,6 +22,16 @@ class SegmentationData(DataBase):
     val_at_train_size: bool = False
     cache_dir: str | None = None
     roi: RoiConfig | None = None   # set: a stage-2 wrist-ROI run (crops at image_size; tasks.roi)
+
+    @field_validator("roi")
+    @classmethod
+    def _square_roi(cls, roi: RoiConfig | None, info: ValidationInfo) -> RoiConfig | None:
+        """A stage-2 wrist-ROI run crops square boxes around the wrist: its input is square."""
+        size = info.data.get("image_size")
+        if roi is not None and size is not None and len(set(image_hw(size))) > 1:
+            raise ValueError(f"a stage-2 wrist-ROI run crops square boxes, so data.image_size is one side, not "
+                             f"{size_text(size)} (height x width); e.g. {max(image_hw(size))}")
+        return roi
 
 
 SPEC = TaskSpec(

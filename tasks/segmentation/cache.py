@@ -16,6 +16,7 @@ from tasks.formats import FormatError
 from core.atomic import atomic_write
 from tasks.formats.tables import check_finite
 from tasks.formats.handbones import CLASSES
+from tasks.schema import image_hw, size_text
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 
 
@@ -83,12 +84,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 @dataclass(frozen=True)
 class CacheSpec:
     """What a run's cache entries must hold: ``classes`` maps made by ``mode`` (``resize``: at the model's
-    ``image_size``; ``sliding_window``: at the original size; ``two_stage``, a wrist-ROI run's map: the original
+    ``image_size``, ``(height, width)`` when it is not square; ``sliding_window``: at the original size; ``two_stage``, a wrist-ROI run's map: the original
     size divided by a power of two, :func:`engine.roi_predictor.map_shape`)."""
 
     classes: int
     mode: str
-    image_size: int
+    image_size: int | tuple[int, int]
     two_stage: bool = False
 
     @classmethod
@@ -105,11 +106,11 @@ class CacheSpec:
                     return None
                 factor *= 2
             return "the run's two-stage maps are the image size divided by a power of two"
-        want = orig if self.mode == MODE_SLIDING else (self.image_size, self.image_size)
+        want = orig if self.mode == MODE_SLIDING else image_hw(self.image_size)
         if got == want:
             return None
         how = "at the original size (sliding window)" if self.mode == MODE_SLIDING else \
-            f"at the model's {self.image_size} px input (whole image resized)"
+            f"at the model's {size_text(self.image_size)} px input (whole image resized)"
         return f"the run predicts {want[0]}x{want[1]} maps, {how}"
 
 

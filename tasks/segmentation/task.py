@@ -31,6 +31,7 @@ from tasks.roi_dataset import RoiDataset, box_dice
 from tasks.segmentation import SPEC
 from tasks.segmentation.cache import save_probs
 from tasks.segmentation.masks import encode_probs, probs_to_masks, resolve_thresholds
+from tasks.schema import image_hw, size_text
 from tasks.segmentation.samples import split_samples
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 from tasks.submission import AtomicCSVWriter
@@ -38,14 +39,15 @@ from tasks.tta import View, views_name
 
 
 class HandboneDataset(SeededDataset):
-    """Images (and masks) at ``size x size``; items are dicts of tensors plus ``name`` and ``index``.
+    """Images (and masks) at ``size`` (``height x width``, each axis resized on its own); items are dicts of
+    tensors plus ``name`` and ``index``.
 
-    Masks stay uint8 0/1 (``(29, size, size)``): a quarter of float32's bytes through the loader workers,
+    Masks stay uint8 0/1 (``(29, height, width)``): a quarter of float32's bytes through the loader workers,
     the collate, pinning and the copy to the device (29 x 1024² floats are 121 MB an image).
     """
 
-    def __init__(self, samples: Sequence[HandboneSample], size: int, augment=None, cache: SampleCache | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, samples: Sequence[HandboneSample], size: int | tuple[int, int], augment=None,
+                 cache: SampleCache | None = None, seed: int = 0) -> None:
         super().__init__(samples, size, augment, cache, seed)
 
     def load(self, i: int) -> dict[str, np.ndarray]:
@@ -56,14 +58,14 @@ class HandboneDataset(SeededDataset):
         def make() -> dict[str, np.ndarray]:
             image = read_grey(s.image_path)
             h, w = image.shape
-            out = {"image": resize_grey(image, self.size, self.size), "orig_size": np.array([h, w])}
+            out = {"image": resize_grey(image, *self.hw), "orig_size": np.array([h, w])}
             if s.label_path is not None:
                 masks = read_masks(s.label_path, h, w)
-                small = np.stack([resize_grey(m * 255, self.size, self.size) >= 128 for m in masks])
+                small = np.stack([resize_grey(m * 255, *self.hw) >= 128 for m in masks])
                 out["masks"] = np.packbits(small, axis=-1)
             return out
 
-        return self.cache.get(sources, f"seg|{self.size}", make)
+        return self.cache.get(sources, f"seg|{size_text(self.size)}", make)
 
     def label_notes(self, i: int) -> list[str]:
         return mislabelled_bones(self.samples[i].label_path)
@@ -73,7 +75,7 @@ class HandboneDataset(SeededDataset):
         image = item["image"]
         masks = None
         if "masks" in item:
-            masks = np.unpackbits(item["masks"], axis=-1, count=self.size)
+            masks = np.unpackbits(item["masks"], axis=-1, count=self.hw[1])
         if self.augment is not None:
             self.reseed(i)
             kwargs = {"image": image}
@@ -199,13 +201,14 @@ class SegmentationTask(Task):
         return split_samples(self.cfg.data, split)
 
     @staticmethod
-    def image_batch(image: np.ndarray, size: int | None) -> dict:
-        """One uint8 image as a batch: ``image`` ``(1, 1, s, s)`` in [0, 1] resized to ``size`` (None: the original
-        size, for sliding-window tiles) and ``raw``, the image itself (its size, the ROI crop)."""
-        small = image if size is None else resize_grey(image, size, size)
+    def image_batch(image: np.ndarray, size: int | tuple[int, int] | None) -> dict:
+        """One uint8 image as a batch: ``image`` ``(1, 1, h, w)`` in [0, 1] resized to ``size`` (``data.image_size``;
+        None: the original size, for sliding-window tiles) and ``raw``, the image itself (its size, the ROI crop)."""
+        small = image if size is None else resize_grey(image, *image_hw(size))
         return {"image": torch.from_numpy(small.astype(np.float32)).div_(255)[None, None], "raw": [image]}
 
-    def batches(self, samples: Sequence[HandboneSample], size: int | None, batch_size: int = 1) -> Iterator[dict]:
+    def batches(self, samples: Sequence[HandboneSample], size: int | tuple[int, int] | None,
+                batch_size: int = 1) -> Iterator[dict]:
         """One image at a time (images may differ in size; post-processing streams per image). An image whose
         size differs from the first one's is predicted at its own size, with a warning."""
         first = None
