@@ -122,14 +122,6 @@ class CyclePlan(Section):
             raise ValueError(f"{value}: 'all' or distinct fold numbers from 0")
         return value
 
-    @field_validator("test_gt")
-    @classmethod
-    def _answers_exist(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).exists():
-            raise ValueError(f"{value} does not exist (the test answers: a folder or file tools/score.py --gt takes; "
-                             "paths are relative to the current folder)")
-        return value
-
     @model_validator(mode="after")
     def _some_model(self) -> CyclePlan:
         if not self.models and self.sweep is None:

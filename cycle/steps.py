@@ -123,10 +123,14 @@ def image_counts(cfg: Config) -> tuple[int, int, int]:
 
 
 def check_test_set(cycle: Cycle) -> None:
-    """Before the first training: the test images the cycle will predict exist (else one line naming the key),
-    so a misplaced ``data.test_root`` does not end a cycle after hours of training."""
+    """Before the first training: the test images the cycle will predict and the answers it scores them with
+    exist (else one line naming the key), so a misplaced path does not end a cycle after hours of training."""
     if not any(s.stage == "test" for s in cycle.steps) or all(s.done() for s in cycle.steps):
         return
+    answers = cycle.plan.test_gt
+    if answers is not None and not Path(answers).exists():
+        raise ValueError(f"test_gt: {answers} does not exist (the test answers: a folder or file tools/score.py --gt "
+                         f"takes; a plan's paths are relative to the current folder, {Path.cwd()})")
     cfg = next(iter(cycle.runs.values()))[0]
     try:
         images = image_counts(cfg)[2]

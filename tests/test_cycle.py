@@ -63,13 +63,22 @@ def seg_plan(phantom: Path, tmp_path: Path, name: str = "tiny", **extra) -> dict
     ({"models": ["configs/segmentation/demo_fpn.yaml", "configs/segmentation/demo_fpn.yaml"]}, "'demo_fpn' names two models"),
     ({"models": ["configs/segmentation/nope.yaml"]}, "configs/segmentation/nope.yaml: training config file not found"),
     ({"set": {"train.epochz": 2}}, "unknown key 'train.epochz'"),
-    ({"test_gt": "answers/none"}, "'test_gt': answers/none does not exist"),
 ])
 def test_a_bad_plan_is_one_error_line_and_nothing_is_written(tmp_path, capsys, change, message):
     plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), "test_gt": None, **change})
     assert cycle([plan, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_answers_are_refused_before_the_first_training(phantom, tmp_path, capsys):
+    plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(phantom, tmp_path), "test_gt": "answers/none"})
+    assert cycle([plan, "--dry-run"]) == 0   # a plan lists its steps before its data exists (a fresh clone)
+    capsys.readouterr()
+    assert cycle([plan]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: test_gt: answers/none does not exist") and "\n" not in err
     assert not (tmp_path / "runs").exists()
 
 
