@@ -1,4 +1,6 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv first if needed.
+# The two commands of the README: `make demo` and `make test` (the whole suite); `make test-fast` is the suite
+# without the tests marked slow, real_data, browser or postgres (pyproject.toml), for use while working.
+# All set up .venv first if needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ SEG := runs/segmentation
 DEMO_MODELS := demo_unet demo_fpn demo_unet3plus
 DEMO_ENSEMBLES := seg_soft seg_weighted
 
-.PHONY: demo test lint venv phantom clean-demo
+.PHONY: demo test test-fast lint venv phantom clean-demo
 
 venv: $(STAMP)
 
@@ -24,6 +26,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not real_data and not browser and not postgres"
 
 lint: venv
 	$(VENV)/bin/ruff check .
