@@ -27,8 +27,10 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# One intra-op thread unless OMP_NUM_THREADS says otherwise: the tests' models are tiny, and on a machine shared
+# with other work torch's waiting threads spin and multiply the CPU time the selection takes.
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow and not real_data and not browser and not postgres"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow and not real_data and not browser and not postgres"
 
 lint: venv
 	$(VENV)/bin/ruff check .
