@@ -71,7 +71,7 @@ SHS15 = LandmarkSet(
               ("W2", "MCP3"), ("W3", "W4"), ("W4", "W5")),
     label_file="coord_list.csv",
     description="SHS_NET joints: thumb IP/MP, finger PIP and MCP 2-5, wrist sites W1-W5",
-    sdr_px=(5.0, 10.0, 20.0),           # 630x910 films (the README's SHS_NET figures)
+    sdr_px=(5.0, 10.0, 20.0),           # 630x910 films (the SHS_NET figures of docs/benchmarks.md)
     patient_of=shs.patient_of,
 )
 

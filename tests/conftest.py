@@ -25,6 +25,14 @@ settings.register_profile("long", max_examples=3000, deadline=None, database=Non
 settings.load_profile("bounded")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reads the shared real radiographs (through the real_data fixture) ``real_data``, so
+    ``-m "not real_data"`` (make test-fast) deselects them; the marker is registered in pyproject.toml."""
+    for item in items:
+        if "real_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The shared real radiographs (../shared/data/real); skipped on a fresh clone that lacks them."""

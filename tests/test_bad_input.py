@@ -158,6 +158,7 @@ def test_train_py_ends_a_bad_value_with_one_line_and_exit_2(tmp_path, override, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_an_option_the_model_does_not_take_is_one_line_and_leaves_no_run_folder(tmp_path, phantom):
     raw = {"task": "keypoints", "data": {"root": str(phantom / "joints"), "landmarks": "shs15", "image_size": 64},
            "model": {"name": "smp:unet/resnet18", "options": {"depth": 4}},

@@ -260,6 +260,7 @@ def test_second_epoch_reads_the_cache(tmp_path):
     assert len(calls) == 3   # other settings, other cache entry
 
 
+@pytest.mark.slow
 def test_phantom_train_predict_score_with_and_without_tta(phantom, tmp_path):
     from engine.predictor import predict_run
     from engine.trainer import train
@@ -304,7 +305,7 @@ def test_real_rsna_fine_tune_predict_and_score(real_data, tmp_path):
     labels = real_data / "rsna_boneage" / "labels.csv"
     train_mean = float(np.mean([s.age for s in task.split()[0]]))
     # as the config's header scores it: the held-out fold's rows of the whole labels.csv (--subset); every
-    # column of the README's table: MAE, RMSE, spread and, given the training fold's mean age, the baseline
+    # column of the table in docs/benchmarks.md: MAE, RMSE, spread and, given the training fold's mean age, the baseline
     result = score_submission(out, labels, subset=True, baseline_age=train_mean)
     assert result["images"] == 8
     for key in ("score", "rmse", "pred_spread", "baseline_mae"):    # the CSV holds ages to 4 decimals

@@ -387,6 +387,7 @@ def test_a_cache_entry_that_does_not_fit_its_run_is_refused_naming_the_file(tmp_
     assert not (tmp_path / "e.csv").exists()
 
 
+@pytest.mark.slow
 def test_fusion_memory_does_not_grow_with_images(tmp_path):
     """A fake member yields 1000 images through the fusion pipeline (pool, in-flight bound, CSV writer)."""
     from tasks.submission import AtomicCSVWriter
@@ -680,6 +681,7 @@ def _write_yaml(path: Path, task: str, method: str, runs: list[Path], out_dir: P
     return path
 
 
+@pytest.mark.slow
 def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
     import json
 
@@ -748,6 +750,7 @@ def test_keypoint_ensembles_end_to_end(phantom, tmp_path):
     assert summary["metric"] == "mre_px" and summary["ensemble"]["radius_px"] == 3.0
 
 
+@pytest.mark.slow
 def test_boneage_ensembles_end_to_end(phantom, tmp_path):
     import json
 

@@ -106,6 +106,7 @@ def _onnx_run(path: Path, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     return session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
 
 
+@pytest.mark.slow
 def test_segmentation_run_round_trips_through_onnx_and_torchscript(tiny_run, tmp_path, capsys):
     ckpt = tiny_run / "best.pt"
     out = tmp_path / "exports" / "seg.onnx"  # a folder that does not exist yet

@@ -17,6 +17,7 @@ REQUIRED = ("device", "date", "git_commit", "train_img_s_amp", "train_img_s_fp32
             "infer_model_s", "infer_full_s", "ensemble_img_s", "yolo_train_img_s", "peak_gpu_mem_gb")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU (tiny-scale) behaviour")
 def test_tiny_rehearsal_on_cpu(tmp_path):
     out = tmp_path / "rehearsal.json"

@@ -119,6 +119,7 @@ def test_flip_view_round_trip():
         np.testing.assert_array_equal(view.invert(view.apply(y), (4, 5)).numpy(), y.numpy())
 
 
+@pytest.mark.slow
 def test_inference_sliding_window_with_tta_writes_an_original_size_cache_that_a_resize_member_refuses(
         tiny_run, phantom, tmp_path, capsys):
     run = tmp_path / "runs" / "segmentation" / tiny_run.name

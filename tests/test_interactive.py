@@ -298,6 +298,7 @@ def hinted_config(root, out, **data):
     })
 
 
+@pytest.mark.slow
 def test_training_feeds_hints_and_the_click_curve_lands_in_the_run(phantom, tmp_path, capsys):
     cfg = hinted_config(phantom / "joints", tmp_path)
     task = KeypointTask(cfg)

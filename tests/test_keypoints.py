@@ -440,6 +440,7 @@ def test_train_writes_keypoint_metrics(kp_run):
     assert 0 <= val["sdr_20px"] <= 1
 
 
+@pytest.mark.slow
 def test_predict_score_and_ensemble(kp_run, phantom, tmp_path, capsys):
     cfg, _ = kp_run
     ckpt = cfg.run_dir / "best.pt"

@@ -5,6 +5,7 @@ import models
 from models import ModelOptionsError, UnknownModelError, create_model
 
 
+@pytest.mark.slow
 def test_any_smp_arch_encoder_pair_builds():
     for name in ("smp:unet/resnet18", "smp:fpn/tu-resnet10t", "smp:segformer/mit_b0", "custom:unet3plus/resnet18"):
         model = create_model(name, task="segmentation", num_outputs=29, in_channels=1)

@@ -43,6 +43,7 @@ def _sample() -> list[tuple[str, str, dict]]:
     return picks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,task,options", _sample())
 def test_a_seeded_sample_of_listed_names_trains_a_step(name, task, options):
     torch.manual_seed(SEED)

@@ -12,10 +12,10 @@ from leaderboard import table as T
 from leaderboard.fake import make_fake_runs, make_fake_study
 from leaderboard.html import write_html
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
     not os.access("/usr/bin/chromium", os.X_OK),
     reason="/usr/bin/chromium is absent (Debian/Ubuntu: apt-get install -y chromium)",
-)
+)]
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,7 @@ def test_map_shape_keeps_the_finer_of_both_stages():
     assert map_shape((1024, 768), (0, 0, 700, 700), 256, (256, 256)) == (512, 384)
 
 
+@pytest.mark.slow
 def test_two_stage_inference_end_to_end(tiny_run, phantom, tmp_path):
     """A stage-2 run trains from data.roi; inference --stage1 writes a 29-class CSV and the cache; the stage-2
     run alone and as a live ensemble member is refused with the command that works."""

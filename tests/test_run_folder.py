@@ -86,6 +86,7 @@ def test_bad_dataset_fails_before_the_folder_is_touched(finished, phantom, tmp_p
     assert list((fresh / "segmentation").iterdir()) == [lock] and lock.read_bytes() == b""
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_and_folds_stay_apart(phantom, tmp_path, capsys):
     config = write_config(tmp_path / "x.yaml", phantom / "handbones" / "train", phantom / "handbones" / "test",
                           tmp_path / "runs", logging={"run_name": "mine"})
@@ -118,6 +119,7 @@ def test_debug_shows_the_traceback(phantom, tmp_path):
         train_cmd.main(["-c", str(config), "--resume", "--debug"])
 
 
+@pytest.mark.slow
 def test_inference_uses_the_checkpoint_config(finished, tmp_path, capsys):
     """An edited config.yaml (another image size and threshold) must not change the prediction."""
     _, run_dir = finished

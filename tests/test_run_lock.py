@@ -145,6 +145,7 @@ def _config(path: Path, phantom: Path, out: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_trainings_with_one_run_name_one_trains_the_other_is_refused(phantom, tmp_path, holder, capsys):
     """Both processes import first and start together: the one that claims trains; the other ends with the
     one-line refusal (exit 2) and leaves nothing of its own in the folder: its lr is nowhere."""
@@ -202,6 +203,7 @@ def test_two_trainings_with_one_run_name_one_trains_the_other_is_refused(phantom
     h.stop()
 
 
+@pytest.mark.slow
 def test_a_refused_training_creates_no_folder(phantom, tmp_path, holder):
     config = _config(tmp_path / "race.yaml", phantom, tmp_path / "runs")
     run = tmp_path / "runs" / "segmentation" / "race-f0"

@@ -159,6 +159,7 @@ def fold_library(phantom, tmp_path_factory):
     return tmp / "runs" / "segmentation", configs, outputs
 
 
+@pytest.mark.slow
 def test_fold_launcher_trains_every_fold_with_out_of_fold_caches(fold_library, capsys):
     import train
     from engine.config import load_config
@@ -192,6 +193,7 @@ def test_fold_launcher_trains_every_fold_with_out_of_fold_caches(fold_library, c
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_select_writes_a_yaml_that_inference_runs(fold_library, phantom, tmp_path, capsys):
     import inference
     from tasks.submission import iter_images

@@ -325,6 +325,7 @@ def _opts(sweep: Path, tmp_path: Path, **kw) -> SweepOptions:
     return SweepOptions(spec=load_sweep(sweep), **kw)
 
 
+@pytest.mark.slow
 def test_real_training_study_prunes_and_resumes(tmp_path, base_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = _sweep_file(tmp_path, base_config)
@@ -356,6 +357,7 @@ def test_real_training_study_prunes_and_resumes(tmp_path, base_config, monkeypat
     assert ranked[0].value >= ranked[1].value
 
 
+@pytest.mark.slow
 def test_subprocess_trial_reports_epochs_and_is_terminated_when_pruned(tmp_path, base_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = _sweep_file(tmp_path, base_config)
@@ -378,6 +380,7 @@ def flaky_train(cfg, callbacks=None):
     return runner.synthetic_train(cfg, callbacks)
 
 
+@pytest.mark.slow
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path, base_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = _sweep_file(tmp_path, base_config)
@@ -434,6 +437,7 @@ def dying_train(cfg, callbacks=None):
     return runner.synthetic_train(cfg, callbacks)
 
 
+@pytest.mark.slow
 def test_two_local_workers_share_one_journal_study_and_a_killed_ones_share(tmp_path, base_config, monkeypatch,
                                                                            capsys):
     monkeypatch.chdir(tmp_path)
@@ -512,6 +516,7 @@ def test_dead_local_worker_trial_is_marked_failed(tmp_path):
     assert "died" in study.trials[0].user_attrs["error"]
 
 
+@pytest.mark.slow
 def test_cli_heartbeat_fails_a_killed_worker_and_resumes(tmp_path, base_config, monkeypatch, capsys):
     sweep = _sweep_file(tmp_path, base_config)
     url = f"sqlite:///{tmp_path}/hb.db"
@@ -583,6 +588,7 @@ def test_storage_urls_are_resolved_and_passwords_masked(tmp_path, monkeypatch):
         runner.resolve_storage("optuna.db", "s", 1)
 
 
+@pytest.mark.slow
 def test_run_cap_and_target_stop_the_study_like_on_wandb(tmp_path, base_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = _sweep_file(tmp_path, base_config, run_cap=3)

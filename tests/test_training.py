@@ -62,6 +62,7 @@ class Kill(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full_workers, cut_workers, model", [(0, 0, "smp:unet/resnet18"), (0, 2, "smp:fpn/resnet18")])
 def test_resume_after_kill_equals_uninterrupted(phantom, tmp_path, tensorboard_scalars, full_workers, cut_workers,
                                                 model):
@@ -125,6 +126,7 @@ def test_loader_workers_persist_across_epochs(phantom, tmp_path, monkeypatch):
     assert len(workers) == 1, f"{len(workers)} worker processes served 3 epochs"
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(phantom, tmp_path):
     cfg = seg_config(phantom, tmp_path)
     from engine.config import save_config

@@ -268,6 +268,7 @@ FIGURE = """(() => {
 CAPTIONS = "[...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')].map(e => e.innerText)"
 
 
+@pytest.mark.browser
 def test_screenshot_and_a_real_click_in_headless_chromium(runs, kp, tmp_path):
     """The running app in a browser: a mouse click on the image moves the selected landmark there (the
     Plotly event as Streamlit really sends it), the worst-point button works, and the screenshot shows

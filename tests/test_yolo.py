@@ -111,6 +111,7 @@ def _random_net():
     return SegmentationModel("yolo11n-seg.yaml", nc=29, ch=3, verbose=False).eval()
 
 
+@pytest.mark.slow
 def test_probability_maps_shape_and_range():
     model = YoloProbModel(_random_net(), conf=0.0, iou=0.7, max_det=50).eval()
     with torch.no_grad():
@@ -287,6 +288,7 @@ def _smp_run(run_dir: Path, yolo_cfg) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch, no_network, capsys,
                                                 tensorboard_scalars):
     """train.py on CPU with no network and an empty HOME; Dice by our metric; --tta submission; YOLO+smp ensemble;
@@ -376,6 +378,7 @@ def test_train_offline_then_predict_and_ensemble(phantom, tmp_path, monkeypatch,
     assert (Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics" / "Arial.ttf").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_tensors_only_last_pt_and_never_unpickles(phantom, tmp_path, monkeypatch, capsys,
                                                                       planted):
     """An interrupted YOLO run resumes from its run folder's last.pt (tensors and primitives) through

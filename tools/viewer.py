@@ -4,7 +4,7 @@
 
 Run it from the repository root: Streamlit then reads ``.streamlit/config.toml`` (localhost only, headless,
 no usage statistics). The app is :mod:`display.viewer_app` (what it shows and how to correct a point is
-described there and in the README); its logic without Streamlit is :mod:`display.viewer_state`.
+described there and in docs/leaderboard.md); its logic without Streamlit is :mod:`display.viewer_state`.
 """
 from __future__ import annotations
 

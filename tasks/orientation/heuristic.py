@@ -132,7 +132,7 @@ def _thumb_votes(mask: np.ndarray, center: tuple[float, float], radius: float, a
     space, between thumb and index).
 
     The radii and thresholds were chosen on the shared real sets and on phantoms together; the
-    accuracies in the README come from the same images, see tools/orientation_eval.py."""
+    accuracies in docs/benchmarks.md come from the same images, see tools/orientation_eval.py."""
     rel = sorted(_wrap(a - angle) for a, arc in _circle_runs(mask, center, k * radius)
                  if 0.1 * radius < arc < 0.95 * radius and abs(_wrap(a - angle)) <= math.radians(125))
     votes = 0

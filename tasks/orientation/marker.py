@@ -8,7 +8,7 @@ closely (IoU >= :data:`MIN_IOU`) and clearly better than the other letter (by :d
 the real markers come in many fonts and often beside other text, so most candidates match neither
 well, and then no side is reported. The letter names the hand: "L" a left hand, "R" a right one.
 The two thresholds were chosen on the 68 shared SHS_NET orientation images (7 right, 1 wrong of the
-50 single hands; the README has the numbers).
+50 single hands; docs/benchmarks.md has the numbers).
 """
 from __future__ import annotations
 
