@@ -611,12 +611,12 @@ def _main(argv: list[str] | None) -> int:
     if target.epochs < 1:
         raise ValueError(f"--project-epochs: {target.epochs}: at least 1")
     out = args.out or RESULTS / ("scale_rehearsal_smoke.json" if args.smoke else "scale_rehearsal.json")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale_rehearsal_"))
-    for n in setting.sizes:
-        folder = workdir / f"n{n}"
+    for n in setting.sizes if args.workdir else ():
+        folder = args.workdir / f"n{n}"
         if folder.exists() and any(folder.iterdir()):
             raise ValueError(f"--workdir: {folder} is not empty (a rehearsal times a fresh cycle; give an empty "
                              "folder or remove it)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale_rehearsal_"))
     result: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
         "setting": {**asdict(setting), "smoke": args.smoke, "models": {label: path for label, path in MODELS},
