@@ -535,7 +535,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['setting']['phantom_px']}² phantoms, models at {result['setting']['image_size']} px "
              f"({result['machine']['cpu']}, {result['machine']['cores']} cores, load {result['machine']['load_avg_start']}"
              f" → {result['machine']['load_avg_end']})", "",
-             f"| stage | images ({small} → {large}) | seconds | x time (x images) | peak RSS MB | x RSS | s per image | expected |",
+             f"| stage | images ({' → '.join(dict.fromkeys([small, large]))}) | seconds | x time (x images) | peak RSS MB "
+             "| x RSS | s per image | expected |",
              "|---|---|---|---|---|---|---|---|"]
     for stage in [*STAGES, "cpu_parts"]:
         recs = [result["sets"][n]["stages"].get(stage) for n in sizes]
