@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 import train as train_cmd
+from cycle.plan import fold_configs, load_plan
 from engine.config import Config, load_config, parse_overrides
 from ensembles.config import load_ensemble_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
-TRAINING = [p for p in CONFIGS if p.parent.name != "ensembles"]
+TRAINING = [p for p in CONFIGS if p.parent.name not in ("ensembles", "cycles")]
 ENSEMBLES = [p for p in CONFIGS if p.parent.name == "ensembles"]
 
 
@@ -69,6 +70,12 @@ def trained_configs(command: list[str]) -> list[Config]:
     folds = range(cfg.data.n_folds) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
     return [load_config(ROOT / args.config, {**overrides, "data": {**overrides.get("data", {}), "fold": f}})
             for f in folds]
+
+
+def cycle_configs(command: list[str]) -> list[Config]:
+    """The config of every run a ``python tools/cycle.py PLAN ...`` command trains (each model on each fold)."""
+    plan = load_plan(ROOT / command[2])
+    return [cfg for configs in fold_configs(plan).values() for cfg in configs]
 
 
 def image_dirs(cfg: Config) -> tuple[Path, Path | None]:
@@ -126,8 +133,8 @@ def test_header_commands_name_existing_files_and_runs_they_make(path):
         for flag in ("-c", "--config", "--ensemble"):
             value = option(command, flag)
             assert value is None or placeholder(value) or (ROOT / value).is_file(), f"{where}: no file {value}"
-        if script == "train.py":
-            for cfg in trained_configs(command):
+        if script in ("train.py", "tools/cycle.py"):
+            for cfg in (trained_configs if script == "train.py" else cycle_configs)(command):
                 check_test_images(cfg, where)
                 made[cfg.run_dir.as_posix()] = cfg
         for run in runs_read(command):
@@ -148,7 +155,7 @@ def test_no_config_tests_on_its_training_images(path):
 @pytest.mark.parametrize("path", ENSEMBLES, ids=lambda p: p.name)
 def test_every_ensemble_header_trains_its_members_and_predicts_with_them(path):
     commands = header_commands(path)
-    assert any(c[1] == "train.py" for c in commands), f"{path.name}: its header trains no member"
+    assert any(c[1] in ("train.py", "tools/cycle.py") for c in commands), f"{path.name}: its header trains no member"
     assert any(c[1] == "inference.py" and option(c, "--ensemble") == f"configs/ensembles/{path.name}"
                for c in commands), f"{path.name}: its header never predicts with it"
 

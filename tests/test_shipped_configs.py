@@ -11,7 +11,7 @@ from ensembles.config import load_ensemble_config
 from models.registry import check_options, resolve
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "ensembles")
+TRAINING = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("ensembles", "cycles"))
 ENSEMBLES = sorted((CONFIGS / "ensembles").glob("*.yaml"))
 
 
