@@ -48,7 +48,8 @@ class LoadedModel:
 
     @property
     def image_size(self) -> int:
-        return self.cfg.data.image_size
+        """The side the model was trained at: the resized image's, or a patch-trained run's tile."""
+        return self.cfg.data.input_size
 
 
 def load_model(ckpt: str | os.PathLike, device: torch.device, cfg: Config | None = None) -> LoadedModel:
@@ -165,6 +166,9 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
     check_mode(cfg, ckpt)
+    if split == "val" and not cfg.data.has_validation:
+        raise ValueError(f"{ckpt}: --split val: the run trained on every image of {cfg.data.root} (data.fold=all), so it "
+                         "has no validation split; it predicts the test set only")
     views = views_from_config(cfg.inference.tta, enabled=tta)
     if make_predictor is not None:
         predictor: Any = make_predictor(member, dev)
