@@ -150,6 +150,13 @@ def check_mode(cfg: Config, where: object) -> None:
         raise ValueError(f"{where}: inference.sliding_window: tiles are for tasks with dense maps, not {cfg.task}")
 
 
+def check_split(cfg: Config, split: str, where: object) -> None:
+    """Refuse the validation split of a run on all data (``data.fold: all``): it holds no image out."""
+    if split == "val" and not cfg.data.has_validation:
+        raise ValueError(f"{where}: --split val: the run trained on every image of {cfg.data.root} (data.fold=all), so "
+                         "it has no validation split; it predicts the test set only")
+
+
 def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test",
                 tta: bool = False, save_probs_dir: str | Path | None = None, device: str = "auto",
                 workers: int | None = None, progress: bool = True,
@@ -166,9 +173,7 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
     check_mode(cfg, ckpt)
-    if split == "val" and not cfg.data.has_validation:
-        raise ValueError(f"{ckpt}: --split val: the run trained on every image of {cfg.data.root} (data.fold=all), so it "
-                         "has no validation split; it predicts the test set only")
+    check_split(cfg, split, ckpt)
     views = views_from_config(cfg.inference.tta, enabled=tta)
     if make_predictor is not None:
         predictor: Any = make_predictor(member, dev)

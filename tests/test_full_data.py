@@ -93,6 +93,7 @@ def test_predicts_scores_and_ranks_the_test_set_and_refuses_the_val_split(all_da
     assert shown["fold"] == "all" and shown["val dice"] == "—"
     cv = table.group_folds(df)
     assert cv.iloc[0]["folds"] == "all" and math.isnan(cv.iloc[0]["val_mean"])
+    assert list(table.rank_runs(df, "fold")["fold"]) == ["all"]
     table.write_csv(df, tmp_path / "board.csv")
     assert ",all," in (tmp_path / "board.csv").read_text()
 
@@ -204,3 +205,25 @@ def test_config_of_the_fold_all_run_and_its_refusals(tmp_path):
         load_config(None, {**base, "data": {"root": str(tmp_path), "fold": "al"}, "train": {}})
     assert parse_overrides(["--data.fold=all"]) == {"data": {"fold": "all"}}
     assert parse_overrides(["--data.fold", "2"]) == {"data": {"fold": 2}}
+
+
+def test_leaderboard_sorts_and_groups_numbered_folds_beside_the_all_data_run(tmp_path):
+    from engine.summary import base_summary, write_summary
+    from leaderboard import table
+
+    for fold, val, test in ((1, 0.6, 0.5), ("all", None, 0.55), (0, 0.5, 0.4)):
+        name = f"cfg-f{fold}"
+        write_summary(tmp_path / "segmentation" / name, base_summary(
+            name=name, task="segmentation", metric="dice", mode="max", fold=fold, n_folds=2,
+            config_id=name if fold == "all" else "cfg", val={"score": val}, test={"score": test}))
+    df = table.load_runs(tmp_path)
+    assert list(table.rank_runs(df, "fold")["fold"]) == [0, 1, "all"]
+    assert list(df["name"]) == ["cfg-fall", "cfg-f1", "cfg-f0"] and list(df["rank"]) == [1, 2, 3]  # by test score
+    cv = table.group_folds(df).set_index("config_id")
+    assert cv.loc["cfg", "folds"] == "0,1" and cv.loc["cfg", "val_mean"] == pytest.approx(0.55)
+    assert cv.loc["cfg-fall", "folds"] == "all" and math.isnan(cv.loc["cfg-fall", "val_mean"])
+    rows = table.write_csv(df, tmp_path / "board.csv").read_text().splitlines()
+    assert [r.split(",")[0:2] for r in rows[1:]] == [["segmentation", "cfg-fall"], ["segmentation", "cfg-f1"],
+                                                   ["segmentation", "cfg-f0"]]
+    header = rows[0].split(",")
+    assert [r.split(",")[header.index("fold")] for r in rows[1:]] == ["all", "1", "0"]
