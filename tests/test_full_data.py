@@ -227,3 +227,19 @@ def test_leaderboard_sorts_and_groups_numbered_folds_beside_the_all_data_run(tmp
                                                    ["segmentation", "cfg-f0"]]
     header = rows[0].split(",")
     assert [r.split(",")[header.index("fold")] for r in rows[1:]] == ["all", "1", "0"]
+
+
+@pytest.mark.parametrize("task, data", [
+    ("segmentation", {"root": "handbones/train"}),
+    ("keypoints", {"root": "joints", "landmarks": "dha37"}),
+    ("boneage", {"root": "boneage"}),
+    ("orientation", {"root": "orientation/train"}),
+])
+def test_every_task_trains_on_every_image_and_validates_on_none(phantom, task, data):
+    root = str(phantom / data.pop("root"))
+    folds = [load_config(None, {"task": task, "data": {"root": root, "n_folds": 3, "fold": f, **data}})
+             for f in (0, 1, 2, "all")]
+    tasks = [cfg.spec.task_class()(cfg) for cfg in folds]
+    every = sorted(s.name for t in tasks[:3] for s in t.samples("val"))
+    assert len(every) == len(set(every)) > 0  # the three folds' validation images: each image once
+    assert sorted(s.name for s in tasks[3].samples("train")) == every and tasks[3].samples("val") == []
