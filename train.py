@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Train one run: ``python train.py -c configs/segmentation/unet_r34.yaml --train.lr=3e-4 --data.fold=1``.
 
+``--data.fold=all`` trains one final model on every image of ``data.root`` for exactly ``train.epochs`` epochs,
+with no validation split (nnU-Net's "all" fold): its folder is ``<name>-fall`` and its best.pt is the last epoch
+(``engine.folds.full_data_epochs`` gives the epoch count from the cross-validated folds).
+
 ``--folds all`` (or ``--folds 0,2``) trains every fold of the config, one run folder each, writes each
 fold's out-of-fold predictions, prints every validation metric per fold with its cross-validated mean ± sd
 and writes them with each fold's train/val images to ``<out_dir>/<task>/<name>-cv.json`` (engine/folds.py).
@@ -107,7 +111,11 @@ def _train(argv: list[str]) -> int:
         status(cfg, run_line(cfg))
         summary = train_one(cfg, args.resume, args.overwrite)
         val = summary.get("val") or {}
-        print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
+        if cfg.data.has_validation:
+            print(f"{cfg.run_dir}: best val/{summary['metric']} = {val.get('score')} (epoch {summary['best_epoch']})")
+        else:
+            print(f"{cfg.run_dir}: trained on all {summary.get('train_images')} images, no validation; best.pt is "
+                  f"the last epoch ({summary['best_epoch']})")
         return 0
     from engine.folds import cv_report, parse_folds, run_folds, write_cv
 

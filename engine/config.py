@@ -173,9 +173,17 @@ class Config(Section):
                              "reports no prediction spread")
         if self.inference.sliding_window and "sliding_window" not in spec.modes:
             raise ValueError(f"inference.sliding_window: tiles are for tasks with dense maps, not {self.task}")
-        turns = quarter_turn_problem(self.data.image_size) if self.inference.tta.rot90 else None
+        turns = quarter_turn_problem(self.data.input_size) if self.inference.tta.rot90 else None
         if turns:
             raise ValueError(f"inference.tta.rot90: {turns}")
+        if self.data.trains_on_patches and not self.inference.sliding_window:
+            raise ValueError(f"inference.sliding_window: a patch-trained run (data.patch_size={self.data.input_size}) "
+                             "validates and predicts in tiles at the original size; set inference.sliding_window: true")
+        if not self.data.has_validation:
+            for key in ("early_stop_patience", "select_ema", "select_min_spread"):
+                if getattr(self.train, key) is not None:
+                    raise ValueError(f"train.{key}: needs validation scores, and data.fold=all holds no image out "
+                                     "(best.pt is the last epoch); set it to null")
         return self
 
     @property
@@ -191,16 +199,17 @@ class Config(Section):
 
     @property
     def run_name(self) -> str:
-        """``<logging.run_name or name>-f<fold>``: folds of one configuration never share a folder (a name
-        that already ends in its own fold suffix keeps it once)."""
+        """``<logging.run_name or name>-f<fold>`` (``-fall`` for ``data.fold: all``): folds of one configuration never
+        share a folder (a name that already ends in its own fold suffix keeps it once)."""
         base = self.logging.run_name or self.name or "run"
         suffix = f"-f{self.data.fold}"
         return base if base.endswith(suffix) else base + suffix
 
     @property
     def config_id(self) -> str:
-        """Shared by runs of the same configuration over different folds (cross-validation view)."""
-        return self.name or self.logging.run_name or "run"
+        """Shared by runs of the same configuration over different folds (cross-validation view); a run on all
+        data (``data.fold: all``) is no fold of it and has its own (its run name)."""
+        return (self.name or self.logging.run_name or "run") if self.data.has_validation else self.run_name
 
     @property
     def run_dir(self) -> Path:

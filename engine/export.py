@@ -308,7 +308,7 @@ def check_batch(task: Task, n: int, phantoms: PhantomRenderer | None) -> tuple[d
                                 f"({cfg.data.root})")
     if phantoms is None:
         raise ValueError(f"{reason}; no images to check the export on")
-    size = image_hw(cfg.data.image_size)
+    size = image_hw(cfg.data.input_size)
     return phantom_batch(phantoms, n, size, task.in_channels), \
         f"{n} phantom hand{'s' * (n > 1)} (the run's data is not at hand: {reason})"
 

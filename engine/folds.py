@@ -12,6 +12,10 @@ whose cache was not completed (killed while predicting) gets its predictions on 
 folder is claimed (:func:`engine.run_folder.claim_run`) while it trains and predicts: a fold another
 process is training ends the command with ``error: <fold folder>: in use by pid N on <host> since <time>``.
 
+The final model on all data (``data.fold: all``, nnU-Net's "all" fold; ``train.py --folds all`` still means the
+folds 0..n-1) trains for :func:`full_data_epochs` epochs, the folds' mean epochs to their best checkpoint, with
+the config changes :func:`full_data_overrides` gives; it has no out-of-fold predictions.
+
 The report (:func:`cv_report`, printed) and ``<out_dir>/<task>/<name>-cv.json`` (:func:`write_cv`) give
 every fold's validation metrics of its ``best.pt`` (MRE px/mm and SDR for keypoints; MAE and the
 training-mean baseline MAE for bone age) and their mean ± sample sd over the folds, with the images each
@@ -20,9 +24,11 @@ fold trained and validated on.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +37,7 @@ from engine.run_folder import check_run_folder, claim_run, holds_run
 from engine.status import is_main_process
 from engine.summary import read_summary, record_summary
 from core.atomic import write_text
+from tasks.schema import FOLD_ALL
 
 TrainOne = Callable[[Config, bool, bool], dict]  # (cfg, resume, overwrite) -> summary
 
@@ -195,3 +202,30 @@ def cv_report(rows: Sequence[dict]) -> str:
         lines.append(f"{'sd':>4}  " + "  ".join(f"{summary[k]['sd']:>12.4f}" if summary[k]["sd"] is not None
                                                  else f"{'-':>12}" for k in extra))
     return "\n".join(lines)
+
+
+def full_data_epochs(summaries: Sequence[Mapping[str, Any]]) -> int:
+    """Epochs for the model on all data from the cross-validated folds' summaries (summary.json, as read): the mean
+    over the folds of the epochs each trained up to its best checkpoint (``best_epoch + 1``: ``best_epoch`` counts
+    from 0), rounded half up.
+
+    Why: a fold's best epoch is where more training stopped helping on images it never saw; the all-data model
+    holds no image out to tell it, so it trains as long as the folds needed on average (each epoch then holds
+    k/(k-1) times a fold's images, as in nnU-Net, which keeps its fixed number of epochs for the "all" fold). Its
+    learning-rate schedule is laid over these epochs. A fold with no best epoch (no epoch passed its checkpoint
+    rule) says nothing about when to stop and is left out, and so is an all-data run; a ValueError when no fold
+    is left."""
+    best = [int(s["best_epoch"]) + 1 for s in summaries
+            if s.get("best_epoch") is not None and s.get("fold") != FOLD_ALL]
+    if not best:
+        raise ValueError(f"none of the {len(summaries)} fold summaries has a best epoch (best_epoch): no epoch "
+                         "count for the model on all data")
+    return max(1, math.floor(sum(best) / len(best) + 0.5))
+
+
+def full_data_overrides(epochs: int) -> dict:
+    """The config changes (``engine.config.load_config`` overrides) that turn a fold's config into the model on
+    all data: ``data.fold: all``, ``epochs`` epochs, and none of the settings that need validation scores (early
+    stopping, the checkpoint rules), which such a config refuses."""
+    return {"data": {"fold": FOLD_ALL},
+            "train": {"epochs": int(epochs), "early_stop_patience": None, "select_ema": None, "select_min_spread": None}}

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from engine.predictor import LoadedModel, Predictor, load_model
+from engine.predictor import LoadedModel, Predictor, check_split, load_model
 from core.atomic import atomic_write
 from tasks.formats.run_lock import claim_bookkeeping
 from tasks.interactive import ClickCurve, click_curve, pin, render_hints
@@ -109,6 +109,7 @@ def open_run(ckpt: str | os.PathLike, split: str = "val", *, tta: bool = False, 
     if not member.cfg.spec.clicks:
         raise ValueError(f"{ckpt}: a {member.cfg.task} run; interactive refinement needs a task of points "
                          "(keypoints)")
+    check_split(member.cfg, split, ckpt)
     task = member.task
     views = views_from_config(member.cfg.inference.tta, enabled=tta)
     return InteractiveRun(member, task, task.dataset(task.samples(split)), dev, views)

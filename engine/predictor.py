@@ -48,8 +48,9 @@ class LoadedModel:
 
     @property
     def image_size(self) -> int | tuple[int, int]:
-        """The run's input size (``data.image_size``: one side, or ``(height, width)``)."""
-        return self.cfg.data.image_size
+        """The input size the model was trained at (one side, or ``(height, width)``): the resized image's, or a
+        patch-trained run's tile."""
+        return self.cfg.data.input_size
 
 
 def load_model(ckpt: str | os.PathLike, device: torch.device, cfg: Config | None = None) -> LoadedModel:
@@ -150,6 +151,13 @@ def check_mode(cfg: Config, where: object) -> None:
         raise ValueError(f"{where}: inference.sliding_window: tiles are for tasks with dense maps, not {cfg.task}")
 
 
+def check_split(cfg: Config, split: str, where: object) -> None:
+    """Refuse the validation split of a run on all data (``data.fold: all``): it holds no image out."""
+    if split == "val" and not cfg.data.has_validation:
+        raise ValueError(f"{where}: --split val: the run trained on every image of {cfg.data.root} (data.fold=all), so "
+                         "it has no validation split; it predicts the test set only")
+
+
 def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | Path, split: str = "test",
                 tta: bool = False, save_probs_dir: str | Path | None = None, device: str = "auto",
                 workers: int | None = None, progress: bool = True,
@@ -166,6 +174,7 @@ def predict_run(cfg: Config | None, ckpt: str | os.PathLike, *, out_csv: str | P
     member = load_model(ckpt, dev, cfg)
     cfg = member.cfg
     check_mode(cfg, ckpt)
+    check_split(cfg, split, ckpt)
     views = views_from_config(cfg.inference.tta, enabled=tta)
     if make_predictor is not None:
         predictor: Any = make_predictor(member, dev)

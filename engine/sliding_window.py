@@ -1,7 +1,8 @@
 """Sliding-window inference at the original resolution (nnU-Net style), beside whole-image resizing.
 
 The image is cut into tiles of the model's training input size (``data.image_size``: square, or ``height x
-width``) that overlap by ``overlap`` (0.5: each tile starts half a tile after the previous one). Tile starts are
+width``; or the ``data.patch_size`` of a run trained on crops at the original resolution) that overlap by
+``overlap`` (0.5: each tile starts half a tile after the previous one). Tile starts are
 evenly spaced from 0 to ``side - tile``, so the last tile ends exactly on the image edge and no tile
 reads outside the image; an image side smaller than the tile is padded with zeros (black, as outside
 a radiograph) on both sides and the padding is cropped off the result. Each tile's sigmoid
@@ -28,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tasks.schema import image_hw
 
@@ -108,3 +110,19 @@ def sliding_window_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: t
             weight[y:y + th, x0:x0 + tw] += importance
     acc /= weight
     return acc[:, top:top + height, left:left + width]
+
+
+class TiledModel(nn.Module):
+    """``model`` applied in overlapping tiles of ``tile`` px at the input's own size: ``(B, C, H, W)`` in, the
+    Gaussian-weighted mean of the tiles' raw outputs ``(B, K, H, W)`` out, one image at a time. What a run that
+    trains on patches validates with (the trainer hands it to ``Task.evaluate``). Prediction stitches the tiles'
+    probabilities instead (:class:`engine.predictor.Predictor`); the two differ only where overlapping tiles
+    disagree, and this one needs no knowledge of the task's activation."""
+
+    def __init__(self, model: nn.Module, tile: int, overlap: float = 0.5, batch_size: int = 4) -> None:
+        super().__init__()
+        self.model, self.tile, self.overlap, self.batch_size = model, tile, overlap, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([sliding_window_predict(self.model, x[i:i + 1], self.tile, self.overlap, self.batch_size)
+                            for i in range(x.shape[0])])

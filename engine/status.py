@@ -69,8 +69,11 @@ def run_line(cfg: Any) -> str:
     """Where a run goes and what it trains."""
     from tasks.schema import size_text
 
-    return (f"{cfg.run_dir}: {cfg.model.name} for {cfg.task}, fold {cfg.data.fold} of {cfg.data.n_folds}, "
-            f"{size_text(cfg.data.image_size)} px")
+    fold = f"fold {cfg.data.fold} of {cfg.data.n_folds}" if cfg.data.has_validation else \
+        "every image (fold all, no validation)"
+    size = f"patches of {cfg.data.input_size} px at the original size" if cfg.data.trains_on_patches else \
+        f"{size_text(cfg.data.image_size)} px"
+    return f"{cfg.run_dir}: {cfg.model.name} for {cfg.task}, {fold}, {size}"
 
 
 def data_check_line(cfg: Any, n_train: int, n_val: int) -> str:
@@ -78,5 +81,6 @@ def data_check_line(cfg: Any, n_train: int, n_val: int) -> str:
     from tasks.cache import DEFAULT_CACHE
 
     where = cfg.data.cache_dir or DEFAULT_CACHE
-    cache = f"; decoded images not yet cached are cached at the training size in {where}" if cfg.data.cache else ""
+    size = "original" if cfg.data.trains_on_patches else "training"
+    cache = f"; decoded images not yet cached are cached at the {size} size in {where}" if cfg.data.cache else ""
     return f"checking {n_train} training + {n_val} validation samples (each image decoded, its labels read{cache})"

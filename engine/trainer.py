@@ -2,7 +2,9 @@
 
 AdamW, linear warmup + cosine decay per optimiser step, AMP (bf16/fp16) and channels_last on CUDA,
 gradient accumulation and clipping, optional EMA, early stopping, ``best.pt`` (the epoch the rule of
-:mod:`engine.checkpoint_select` picks) and ``last.pt`` every epoch,
+:mod:`engine.checkpoint_select` picks; with ``data.fold: all``, which holds no image out, the last epoch)
+and ``last.pt`` every epoch, validation in tiles at the original size for a task that trains on patches
+(``Task.validation_tile``),
 exact ``resume`` (model, optimiser, scheduler, scaler, EMA, RNG states and the data order), tqdm with
 images/s, ``metrics.jsonl``, ``summary.json``, W&B, and DDP under torchrun (only rank 0 writes, and only
 rank 0 holds the run folder's claim, :func:`engine.run_folder.claim_run`, from before its checks to the end).
@@ -31,6 +33,7 @@ from engine.cost import run_flops
 from engine.device import amp_dtype, autocast, autocast_factory, pick_device
 from engine.run_folder import check_dataset, check_run_folder, claim_run, open_run_folder
 from engine.run_logging import RunLogger
+from engine.sliding_window import TiledModel
 from engine.status import data_check_line, status
 from engine.summary import base_summary, split_model_name, write_summary
 from models import ModelOptionsError, check_options, create_model, input_size
@@ -39,6 +42,7 @@ from models.weights import load_local_weights
 from tasks.base import Task
 
 EpochCallback = Callable[[int, dict], None]
+LAST_EPOCH_RULE = "last epoch (fold all: no validation)"  # summary.json's selected_by of a run on all data
 
 
 class StopTraining(Exception):
@@ -80,11 +84,17 @@ def check_model_config(cfg: Config) -> None:
 
 
 def check_image_size(cfg: Config) -> None:
-    """``data.image_size`` must be a size the model takes (``models.input_size``: a multiple of its encoder's output
-    stride, a minimum, or one fixed size); a ConfigError names the key and the valid sizes nearest to it."""
-    problem = input_size(cfg.model.name, cfg.task, cfg.model.options).problem(cfg.data.image_size, cfg.model.name)
-    if problem:
-        raise ConfigError(f"data.image_size: {problem}")
+    """``data.image_size`` (and a patch-trained run's ``data.patch_size``) must be a size the model takes
+    (``models.input_size``: a multiple of its encoder's output stride, a minimum, or one fixed size); a ConfigError
+    names the key and the valid sizes nearest to it."""
+    sizes = {"data.image_size": cfg.data.image_size}
+    if cfg.data.trains_on_patches:
+        sizes["data.patch_size"] = cfg.data.input_size
+    takes = input_size(cfg.model.name, cfg.task, cfg.model.options)
+    for key, size in sizes.items():
+        problem = takes.problem(size, cfg.model.name)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
 
 
 def build_model(cfg: Config, task: Task) -> nn.Module:
@@ -142,7 +152,7 @@ class Trainer:
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.flops: int | None = None  # per image at data.image_size, counted when the run finishes (engine.cost)
+        self.flops: int | None = None  # per image at the input size, counted when the run finishes (engine.cost)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True) \
             if cfg.train.ema else None
         self.net = DistributedDataParallel(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None) \
@@ -165,6 +175,7 @@ class Trainer:
             lr_lambda(total, 0, cfg.train.min_lr_ratio))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.start_epoch = 0
+        self.last_epoch = -1  # the last epoch trained (a resumed run: set from last.pt)
         self.selector = CheckpointSelector(cfg.spec.mode, cfg.train.select_ema, cfg.train.select_min_spread)
         self.bad_epochs = 0
         self.train_time = 0.0
@@ -207,6 +218,7 @@ class Trainer:
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.start_epoch = ckpt["epoch"] + 1
+        self.last_epoch = ckpt["epoch"]
         self.selector.load_state_dict(ckpt.get("select") or {  # a last.pt written before the selection rules
             "smoothed": ckpt["best_score"], "best": ckpt["best_score"], "best_epoch": ckpt["best_epoch"]})
         self.bad_epochs, self.train_time = ckpt["bad_epochs"], ckpt["train_time"]
@@ -300,11 +312,11 @@ class Trainer:
             train_loss = self.train_one_epoch(epoch)
             row = {"epoch": epoch, "train/loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"],
                    "time_s": round(self.train_time, 3)}
-            validate = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
+            validate = cfg.data.has_validation and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
             metrics = None
             if validate and self.is_main:
-                eval_model = self.ema.module if self.ema is not None else self.model
-                metrics = self.task.evaluate(eval_model, self.val_set, self.device, autocast=autocast_factory(self.device, self.amp),
+                metrics = self.task.evaluate(self._validation_model(), self.val_set, self.device,
+                                             autocast=autocast_factory(self.device, self.amp),
                                              batch_size=cfg.inference.batch_size)
             metrics = distributed.broadcast_object(metrics)
             if metrics is not None:
@@ -337,10 +349,13 @@ class Trainer:
                     callback(epoch, row)
             except StopTraining:
                 stop = True
+            self.last_epoch = epoch
             if stop:
                 break
+        if not cfg.data.has_validation and self.is_main:  # no validation: best.pt is the last epoch trained
+            save_checkpoint(self.run_dir / "best.pt", self._payload(self.last_epoch, {}, full=False))
         if self.is_main:
-            self.flops = run_flops(self.model, self.task, cfg.data.image_size)
+            self.flops = run_flops(self.model, self.task, cfg.data.input_size)
         summary = self.summary()
         if self.is_main:
             write_summary(self.run_dir, summary)
@@ -348,18 +363,31 @@ class Trainer:
         distributed.barrier()
         return summary
 
+    def _validation_model(self) -> nn.Module:
+        """What validation runs: the (EMA) model, in tiles at the original size where the task trains on patches."""
+        model = self.ema.module if self.ema is not None else self.model
+        tile = self.task.validation_tile
+        if tile is None:
+            return model
+        inference = self.cfg.inference
+        return TiledModel(model, tile, inference.tile_overlap, inference.batch_size)
+
     def summary(self) -> dict:
         cfg = self.cfg
         best = self.best_val or {}
+        if cfg.data.has_validation:
+            best_epoch, rule = self.selector.best_epoch, self.selector.rule
+            val = {"score": best.get("score"), "per_item": best.get("per_item"),
+                   **{k: v for k, v in best.items() if k not in ("score", "per_item")}} if best else None
+        else:  # no validation score, not a zero: the leaderboard shows none
+            best_epoch, rule, val = self.last_epoch, LAST_EPOCH_RULE, {"score": None}
         return base_summary(
             name=cfg.run_name, task=cfg.task, kind="run", model=cfg.model.name, **split_model_name(cfg.model.name),
-            config_id=cfg.config_id, image_size=cfg.data.image_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
+            config_id=cfg.config_id, image_size=cfg.data.input_size, fold=cfg.data.fold, n_folds=cfg.data.n_folds,
             epochs=cfg.train.epochs, params=self.params, flops=self.flops, train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / self.train_time, 2) if self.train_time else None,
-            metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=self.selector.best_epoch,
-            selected_by=self.selector.rule,
-            val={"score": best.get("score"), "per_item": best.get("per_item"),
-                 **{k: v for k, v in best.items() if k not in ("score", "per_item")}} if best else None,
+            metric=cfg.spec.metric, mode=cfg.spec.mode, best_epoch=best_epoch, selected_by=rule, val=val,
+            train_images=len(self.train_set),
         )
 
 

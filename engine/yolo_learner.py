@@ -359,11 +359,17 @@ class YoloLearner:
 
     def check(self, cfg: Config, resume: bool) -> tuple[Path | None, bool]:
         """What this learner refuses, checked before the run folder is touched: a torchrun launch, a size YOLO
-        cannot take, ``model.weights`` (a pickle without ``trust_pickle``), and for ``resume`` a ``last.pt``
-        with the training state. Returns :meth:`models.yolo.YoloModel.start_weights`."""
+        cannot take, training on all data or on patches, ``model.weights`` (a pickle without ``trust_pickle``), and
+        for ``resume`` a ``last.pt`` with the training state. Returns :meth:`models.yolo.YoloModel.start_weights`."""
         if "LOCAL_RANK" in os.environ:
             raise RuntimeError("YOLO runs start their own DDP workers (--train.device=0,1,2,3): "
                                "run train.py without torchrun")
+        if not cfg.data.has_validation:
+            raise ValueError("data.fold: 'all' is not available for YOLO runs (ultralytics trains with a validation "
+                             "split, and best.pt is scored on it); give a fold number 0..data.n_folds-1")
+        if cfg.data.trains_on_patches:
+            raise ValueError("data.patch_size: YOLO runs train on whole images resized by ultralytics' own loader; "
+                             "leave data.patch_size unset")
         check_image_size(cfg)
         weights = self.model.start_weights()
         if resume and (cfg.run_dir / "last.pt").is_file():

@@ -2,7 +2,9 @@
 folder (summary.json, the resolved ensemble YAML).
 
 A member is one run folder, or several (the folds of one configuration: ``runs: [...]``), which predict the
-test set as the mean of their models and the validation set out of fold. Fusing from prediction caches needs
+test set as the mean of their models and the validation set out of fold. A run on all data (``data.fold: all``)
+predicts the test set only: beside fold runs it adds its model to the member's test mean and nothing to its
+validation predictions; a member of such runs alone cannot be fused, fitted or selected on validation images. Fusing from prediction caches needs
 only each run's ``config.yaml``: no checkpoint is opened and nothing imports torch (``need_models=False``).
 """
 from __future__ import annotations
@@ -41,8 +43,18 @@ class Member:
 
     @property
     def image_size(self) -> int | tuple[int, int]:
-        """The largest input size of the member's runs (by pixels), as their configs give it."""
-        return largest(c.data.image_size for c in self.cfgs)
+        """The largest input size of the member's runs (by pixels), as their configs give it (a patch-trained
+        run's: its tile)."""
+        return largest(c.data.input_size for c in self.cfgs)
+
+    def validation_runs(self) -> list[int]:
+        """Indices of the runs that hold a validation fold (not those on all data); a ConfigError when none does."""
+        runs = [r for r, cfg in enumerate(self.cfgs) if cfg.data.has_validation]
+        if not runs:
+            raise ConfigError(f"member {self.label}: {self.run_dirs[0]} trained on every image (data.fold=all), so it "
+                              "has no validation (out-of-fold) predictions to fuse, fit or select on; it joins an "
+                              "ensemble for the test set only (alone, or beside its fold runs in runs: [...])")
+        return runs
 
 
 def resolve_members(ens: EnsembleConfig, need_models: bool = True) -> list[Member]:

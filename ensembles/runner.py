@@ -42,8 +42,8 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
     """Images of ``split`` every member predicts, and for each member which of its runs predict each one.
 
     test: every run predicts every image (``test_root`` of the ensemble, else the members', which must
-    agree). val: each run predicts its validation fold; a member's folds must not overlap; the
-    ensemble covers the images every member has (out-of-fold when a member lists all its folds).
+    agree). val: each run predicts its validation fold (a run on all data none); a member's folds must not
+    overlap; the ensemble covers the images every member has (out-of-fold when a member lists all its folds).
     """
     side = ens.spec.ensemble_side()
     if split == "test":
@@ -61,8 +61,8 @@ def ensemble_samples(ens: EnsembleConfig, members: list[Member], split: str) -> 
     by_name: dict[str, Any] = {}
     for m in members:
         m.sources = {}
-        for r, cfg in enumerate(m.cfgs):
-            for s in side.samples(cfg, "val"):
+        for r in m.validation_runs():
+            for s in side.samples(m.cfgs[r], "val"):
                 if s.name in m.sources:
                     raise ConfigError(f"member {m.label}: image {s.name} is in the validation fold of both "
                                       f"{m.run_dirs[m.sources[s.name][0]]} and {m.run_dirs[r]} (same fold twice?)")

@@ -428,7 +428,8 @@ def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[st
     """The task of the finished runs of ``runs_dir``, those runs with a complete out-of-fold validation cache
     grouped by configuration, and notes on the runs left out (unfinished, no or an incomplete cache). Runs
     named ``<base>-f<fold>`` whose configs differ only in ``data.fold`` (and runtime keys) are one candidate;
-    otherwise each run is its own. Ensemble folders are skipped; finished runs of several tasks are an error."""
+    otherwise each run is its own. Runs on all data (``data.fold: all``) are left out with a note; ensemble folders
+    are skipped; finished runs of several tasks are an error."""
     from engine.config import load_config
     from engine.run_folder import RESUME_FREE_KEYS, differing_keys
     from engine.summary import read_summary
@@ -468,6 +469,10 @@ def find_candidates(runs_dir: str | Path) -> tuple[str, list[Candidate], list[st
     kind = KINDS[side.output]
     found: dict[str, list[tuple[Path, Any]]] = {}
     for run, cfg in finished:
+        if not cfg.data.has_validation:
+            notes.append(f"{run.name}: trained on every image (data.fold=all), so it has no out-of-fold predictions; "
+                         "left out of the selection (it can join the selected ensemble for the test set)")
+            continue
         expected = kind.val_names(cfg)
         folder = run / "preds" / "val"
         have = kind.cached_names(cfg, folder) if folder.is_dir() else set()

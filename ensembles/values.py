@@ -47,16 +47,18 @@ Predictions = tuple[list[str], np.ndarray]  # image names and their values (N, .
 
 def run_predictions(ens: EnsembleConfig, members: Sequence[Member], split: str, *, from_cache: bool, tta: bool,
                     device: str) -> list[list[Predictions]]:
-    """Per member, per run: the run's predictions of ``split`` (from its cache, or its model on the fly)."""
+    """Per member, per run: the run's predictions of ``split`` (from its cache, or its model on the fly); of the
+    validation split, only the runs that hold one (:meth:`Member.validation_runs`)."""
     side = ens.spec.ensemble_side()
+    chosen = [range(len(m.run_dirs)) if split == "test" else m.validation_runs() for m in members]
     if from_cache:
         if tta:
             raise ConfigError("--tta with --from-cache: the cache holds what the members predicted (with or without "
                               "TTA); re-run the members with --tta --save-probs instead")
         out = []
-        for m in members:
+        for m, indices in zip(members, chosen):
             runs = []
-            for run, cfg in zip(m.run_dirs, m.cfgs):
+            for run, cfg in ((m.run_dirs[r], m.cfgs[r]) for r in indices):
                 path = run / "preds" / split / side.cache_file
                 if not path.is_file():
                     raise FormatError(f"member {m.label}: {path} is missing; write it with `python inference.py "
@@ -70,9 +72,9 @@ def run_predictions(ens: EnsembleConfig, members: Sequence[Member], split: str, 
 
     dev = pick_device(device)
     out = []
-    for m in members:
+    for m, indices in zip(members, chosen):
         runs = []
-        for ckpt, cfg in zip(m.checkpoints, m.cfgs):
+        for ckpt, cfg in ((m.checkpoints[r], m.cfgs[r]) for r in indices):
             predictor = Predictor(load_model(ckpt, dev, cfg), views_from_config(ens.member_tta(cfg), enabled=tta), dev)
             runs.append(decoded(predictor.task, predictor.batches(predictor.task.samples(split))))
         out.append(runs)
@@ -94,7 +96,8 @@ def _reorder(names: Sequence[str], values: np.ndarray, order: Sequence[str]) -> 
 
 
 def member_values(member: Member, runs: Sequence[Predictions], split: str) -> Predictions:
-    """One member's predictions: the mean of its runs (test), or each image from the run that held it out (val)."""
+    """One member's predictions: the mean of its runs (test), or each image from the run that held it out (val:
+    ``runs`` are those of :meth:`Member.validation_runs`)."""
     if split == "test":
         names = list(runs[0][0])
         for (other, _), run in zip(runs[1:], member.run_dirs[1:]):
@@ -102,7 +105,7 @@ def member_values(member: Member, runs: Sequence[Predictions], split: str) -> Pr
                 raise FormatError(f"member {member.label}: {run} predicts other test images than {member.run_dirs[0]}")
         return names, np.mean([_reorder(n, v, names) for n, v in runs], axis=0)
     names, values, seen = [], [], {}
-    for (run_names, run_values), run in zip(runs, member.run_dirs):
+    for (run_names, run_values), run in zip(runs, [member.run_dirs[r] for r in member.validation_runs()]):
         for name, value in zip(run_names, run_values):
             if name in seen:
                 raise ConfigError(f"member {member.label}: image {name} is in the validation fold of both "
@@ -211,6 +214,9 @@ def soft_fusion(ens: EnsembleConfig, members: Sequence[Member], split: str, tta:
     from engine.predictor import Predictor, load_model
     from tasks.tta import views_from_config
 
+    if split == "val":
+        for m in members:
+            m.validation_runs()
     if split == "val" and any(len(m.run_dirs) > 1 for m in members):
         raise ConfigError("soft: a member with several fold runs has no single model per validation image; "
                           "fuse validation predictions (mean/median/weighted) instead")

@@ -50,7 +50,10 @@ COLUMNS = (
     "n_members", "members", "val_per_item", "test_per_item", "val_metrics", "test_metrics", "interactive",
     "git_commit", "created", "run_dir", "summary_path",
 )
-INT_COLUMNS = ("fold", "n_folds", "epochs", "best_epoch", "params", "flops", "n_members")
+INT_COLUMNS = ("n_folds", "epochs", "best_epoch", "params", "flops", "n_members")
+#: ``fold`` of a run trained on every image (``data.fold: all``): no validation score; the fold column holds it
+#: beside the fold numbers.
+FOLD_ALL = "all"
 #: Columns written by :func:`write_csv` (no nested values).
 CSV_COLUMNS = tuple(c for c in COLUMNS if c not in ("members", "val_per_item", "test_per_item", "val_metrics",
                                                     "test_metrics", "interactive")) + ("rank",)
@@ -122,7 +125,8 @@ def _check_summary(s: Any) -> None:
             "an integer or [height, width]")
     _check_types(s, "", {
         "model": is_str, "family": is_str, "arch": is_str, "encoder": is_str, "config_id": is_str,
-        "git_commit": is_str, "created": is_str, "image_size": size, "fold": is_int, "n_folds": is_int,
+        "git_commit": is_str, "created": is_str, "image_size": size,
+        "fold": (lambda v: _is_int(v) or v == FOLD_ALL, f"an integer or {FOLD_ALL!r}"), "n_folds": is_int,
         "epochs": is_int, "best_epoch": is_int, "params": is_int, "flops": is_int, "train_time_s": is_num,
         "train_images_per_s": is_num,
         "members": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
@@ -248,6 +252,7 @@ def load_runs(root: str | os.PathLike, task: str | None = None,
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for c in INT_COLUMNS:  # integers stay integers (CSV "3", not "3.0") with missing values allowed
         df[c] = df[c].astype("Int64")
+    df["fold"] = pd.Series([r["fold"] for r in rows], index=df.index, dtype=object)  # numbers and "all", as written
     df = rank_runs(df)
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)
@@ -344,6 +349,8 @@ def rank_runs(df: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
                 key = key.abs()
             elif by == "image_size":  # 512 or "512x640": compare pixel counts
                 key = key.map(_pixels)
+            elif by == "fold":  # the run on all data after the numbered folds
+                key = key.map(lambda v: math.inf if v == FOLD_ALL else math.nan if v is None else float(v))
         # ties and rows without the sort key: best validation score first, then by name
         val_key = part["val_score"] if best_first_desc else -part["val_score"]
         part = part.assign(_key=key, _val=val_key).sort_values(
@@ -396,7 +403,7 @@ def group_folds(df: pd.DataFrame) -> pd.DataFrame:
     for t, part in by_task(runs):
         key = part["config_id"].where(part["config_id"].notna(), part["name"])
         for cid, g in part.groupby(key, sort=False):
-            folds = sorted({int(f) for f in g["fold"].dropna()})
+            folds = sorted({f for f in g["fold"].dropna()}, key=lambda f: (f == FOLD_ALL, 0 if f == FOLD_ALL else f))
             rows.append({
                 "task": t, "config_id": cid, "model": _first(g["model"]), "family": _first(g["family"]),
                 "n": len(g), "folds": ",".join(map(str, folds)),

@@ -91,6 +91,13 @@ class Task(ABC):
                  batch_size: int = 4) -> dict:
         """Validation: ``{"score": float, "per_item": {name: float}, "loss": float, ...}``."""
 
+    @property
+    def validation_tile(self) -> int | None:
+        """The tile side in which validation sees whole images at their original size (a run that trains on
+        patches: the trainer hands :meth:`evaluate` the model applied in overlapping tiles,
+        ``engine.sliding_window.TiledModel``); None: the model sees the validation inputs as they are."""
+        return None
+
     # ---------------------------------------------------------------------------------------- prediction
 
     @abstractmethod

@@ -6,7 +6,7 @@ config from these without importing a model, and the task specs load without num
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
@@ -18,6 +18,9 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+
+# ``data.fold`` of a run that trains on every image of ``data.root`` (nnU-Net's "all" fold): no validation split.
+FOLD_ALL = "all"
 
 # Smallest training/input side. What a model needs beyond it (a multiple of its encoder's stride, a square) is
 # checked when training starts (``engine.trainer.check_image_size``); runs that only hold cached predictions go this
@@ -88,17 +91,51 @@ class DataBase(Section):
     test_root: str | None = None
     image_size: ImageSize = 256
     n_folds: int = Field(5, ge=2)       # a validation fold needs at least two folds (scikit-learn's K-fold too)
-    fold: int = Field(0, ge=0)
+    fold: int | Literal["all"] = 0  # "all": every image trains, none validates
     cache: bool = True
     num_workers: int = Field(0, ge=0)
 
+    @field_validator("fold", mode="before")
+    @classmethod
+    def _fold_value(cls, value: object) -> object:
+        """A fold number (also written as text) or ``all``, one message for anything else."""
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if value == FOLD_ALL or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"a fold number (0..data.n_folds-1) or {FOLD_ALL!r} (every image, no validation)")
+
     @field_validator("fold")
     @classmethod
-    def _fold_in_range(cls, fold: int, info: ValidationInfo) -> int:
+    def _fold_in_range(cls, fold: int | str, info: ValidationInfo) -> int | str:
         n_folds = info.data.get("n_folds")
-        if n_folds is not None and fold >= n_folds:
-            raise ValueError(f"fold {fold} does not exist with data.n_folds={n_folds} (folds are 0..{n_folds - 1})")
+        if fold != FOLD_ALL and n_folds is not None and fold >= n_folds:
+            raise ValueError(f"fold {fold} does not exist with data.n_folds={n_folds} (folds are 0..{n_folds - 1}, "
+                             f"or {FOLD_ALL}: every image, no validation)")
         return fold
+
+    @property
+    def has_validation(self) -> bool:
+        """False for ``fold: all``: the run trains on every image of ``root`` and holds none out."""
+        return self.fold != FOLD_ALL
+
+    @property
+    def trains_on_patches(self) -> bool:
+        """True where the model trains on crops at the original resolution (and so validates and predicts in tiles);
+        False by default: the whole image resized."""
+        return False
+
+    @property
+    def input_size(self) -> int | tuple[int, int]:
+        """The input the model sees in training (one side, or ``(height, width)``): the whole image resized to
+        ``image_size`` (a task that trains on square crops at the original resolution says its crop's side)."""
+        return self.image_size
+
+    def fold_indices(self, n_samples: int, split: Callable[[], tuple[list[int], list[int]]]
+                     ) -> tuple[list[int], list[int]]:
+        """Training and validation indices of the configured fold among ``n_samples``: ``split()``, the task's own
+        cross-validation split, for a fold number; every index and no validation for ``fold: all``."""
+        return (list(range(n_samples)), []) if self.fold == FOLD_ALL else split()
 
 
 Threshold = float | list[float] | dict[str, float]

@@ -215,6 +215,12 @@ def test_bad_names_and_options_are_clear_errors(tmp_path):
     learner = YoloLearner(create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29))
     with pytest.raises(ValueError, match="multiple of 32"):
         learner.fit(_config(data={"image_size": 100}, logging={"out_dir": str(tmp_path)}))
+    with pytest.raises(ValueError, match="data.fold: 'all' is not available for YOLO runs"):
+        learner.fit(_config(data={"fold": "all"}, logging={"out_dir": str(tmp_path)}))
+    with pytest.raises(ValueError, match="data.patch_size: YOLO runs train on whole images"):
+        learner.fit(_config(data={"patch_size": 64}, inference={"sliding_window": True},
+                            logging={"out_dir": str(tmp_path)}))
+    assert not any(tmp_path.iterdir())  # refused before the run folder is made
     missing = YoloLearner(create_model("yolo:yolo11n-seg", task="segmentation", num_outputs=29,
                                        weights=str(tmp_path / "w.pt")))
     with pytest.raises(FileNotFoundError, match="never downloaded"):

@@ -76,7 +76,8 @@ def test_samples(data) -> list[BoneAgeSample]:
 def fold_split(data) -> tuple[list[BoneAgeSample], list[BoneAgeSample]]:
     """The training and validation samples of the configured fold."""
     samples = train_samples(data)
-    train_idx, val_idx = split_folds([s.age for s in samples], data.n_folds, data.fold, data.stratify)
+    train_idx, val_idx = data.fold_indices(
+        len(samples), lambda: split_folds([s.age for s in samples], data.n_folds, data.fold, data.stratify))
     return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
 
 

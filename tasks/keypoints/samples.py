@@ -32,5 +32,5 @@ def split_samples(data, lmset: LandmarkSet, split: str) -> list[KeypointSample]:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid: test, val, train")
     pool = list_keypoint_samples(data.root, lmset, split="train", **kw)
-    train_idx, val_idx = split_folds(pool, data.n_folds, data.fold, lmset)
+    train_idx, val_idx = data.fold_indices(len(pool), lambda: split_folds(pool, data.n_folds, data.fold, lmset))
     return [pool[i] for i in (train_idx if split == "train" else val_idx)]

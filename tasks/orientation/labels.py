@@ -124,7 +124,7 @@ def split_samples(data, split: str) -> list[OrientationSample]:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid: test, val, train")
     pool = list_samples(data.root, data.labels, data.images)
-    train_idx, val_idx = split_folds(pool, data.n_folds, data.fold)
+    train_idx, val_idx = data.fold_indices(len(pool), lambda: split_folds(pool, data.n_folds, data.fold))
     if split == "val":
         return [pool[i] for i in val_idx]
     extra = [s for folder in data.extra_train for s in list_samples(folder, data.labels, data.images)]

@@ -8,11 +8,11 @@ mean over images then over classes. Submission: ``image_name,class,rle``. This m
 """
 from __future__ import annotations
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from tasks.formats.handbones import CLASSES
 from tasks.roi import RoiConfig
-from tasks.schema import DataBase, image_hw, size_text
+from tasks.schema import MIN_IMAGE_SIZE, DataBase, image_hw, size_text
 from tasks.spec import SubmissionFormat, TaskSpec
 
 
@@ -22,6 +22,28 @@ class SegmentationData(DataBase):
     val_at_train_size: bool = False
     cache_dir: str | None = None
     roi: RoiConfig | None = None   # set: a stage-2 wrist-ROI run (crops at image_size; tasks.roi)
+    # set: train on random crops of this side from the full-size image (tasks.segmentation.patches), validate and
+    # predict in tiles of it at the original size (inference.sliding_window: true); image_size then plays no part
+    patch_size: int | None = Field(None, ge=MIN_IMAGE_SIZE)
+    patch_foreground: float = Field(0.33, ge=0, le=1)  # share of the crops centred on a foreground pixel
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patches_alone(cls, patch: int | None, info: ValidationInfo) -> int | None:
+        if patch is not None and info.data.get("roi") is not None:
+            raise ValueError("a stage-2 wrist-ROI run (data.roi) trains on its ROI crops; patches are for whole hands")
+        if patch is not None and info.data.get("val_at_train_size"):
+            raise ValueError("a patch-trained run validates in tiles at the original size; leave "
+                             "data.val_at_train_size false")
+        return patch
+
+    @property
+    def trains_on_patches(self) -> bool:
+        return self.patch_size is not None
+
+    @property
+    def input_size(self) -> int | tuple[int, int]:
+        return self.patch_size or self.image_size
 
     @field_validator("roi")
     @classmethod

@@ -15,5 +15,5 @@ def split_samples(data, split: str) -> list[HandboneSample]:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid: test, val, train")
     samples = list_samples(data.root)
-    train_idx, val_idx = split_folds(samples, data.n_folds, data.fold)
+    train_idx, val_idx = data.fold_indices(len(samples), lambda: split_folds(samples, data.n_folds, data.fold))
     return [samples[i] for i in (train_idx if split == "train" else val_idx)]

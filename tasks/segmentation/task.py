@@ -32,6 +32,7 @@ from tasks.segmentation import SPEC
 from tasks.segmentation.cache import save_probs
 from tasks.segmentation.masks import encode_probs, probs_to_masks, resolve_thresholds
 from tasks.schema import image_hw, size_text
+from tasks.segmentation.patches import FullSizeDataset
 from tasks.segmentation.samples import split_samples
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 from tasks.submission import AtomicCSVWriter
@@ -134,22 +135,31 @@ class SegmentationTask(Task):
         roi = self.cfg.data.roi
         return len(roi.classes) if roi is not None else len(CLASSES)
 
-    def datasets(self) -> tuple[HandboneDataset, HandboneDataset]:
+    def datasets(self) -> tuple[SeededDataset, SeededDataset]:
         data = self.cfg.data
         samples = list_samples(data.root)
         missing = [s for s in samples if s.label_path is None]
         if missing:
             raise FormatError(f"{data.root}: training images need labels (outputs_json/); none for {missing[0].image_path}")
-        train_idx, val_idx = split_folds(samples, data.n_folds, data.fold)
+        train_idx, val_idx = data.fold_indices(len(samples), lambda: split_folds(samples, data.n_folds, data.fold))
         cache = SampleCache(data.cache_dir, enabled=data.cache)
         aug = build_augment(self.cfg.augment)
         if data.roi is not None:
             return (RoiDataset([samples[i] for i in train_idx], data.image_size, data.roi, aug, cache,
                                self.cfg.train.seed, jitter=True),
                     RoiDataset([samples[i] for i in val_idx], data.image_size, data.roi, None, cache))
+        if data.patch_size is not None:
+            return (FullSizeDataset([samples[i] for i in train_idx], data.patch_size, data.patch_foreground, aug, cache,
+                                    self.cfg.train.seed),
+                    FullSizeDataset([samples[i] for i in val_idx], None, cache=cache))
         train = HandboneDataset([samples[i] for i in train_idx], data.image_size, aug, cache, self.cfg.train.seed)
         val = HandboneDataset([samples[i] for i in val_idx], data.image_size, None, cache)
         return train, val
+
+    @property
+    def validation_tile(self) -> int | None:
+        """A patch-trained run validates whole images in tiles of its patch (:mod:`tasks.segmentation.patches`)."""
+        return self.cfg.data.patch_size
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         return self.criterion(output, batch["masks"])
@@ -158,12 +168,16 @@ class SegmentationTask(Task):
     def evaluate(self, model: nn.Module, dataset: HandboneDataset, device: torch.device,
                  autocast=None, batch_size: int = 4) -> dict:
         """Dice per class: predicted at the training size, scored at the original size (or the training size);
-        a stage-2 ROI run: its classes inside the ground-truth box at the original resolution."""
+        a stage-2 ROI run: its classes inside the ground-truth box at the original resolution; a patch-trained
+        run: items at the original size (one at a time: sizes may differ), ``model`` in tiles, scored as they are."""
         model.eval()
         dices, losses = [], []
         roi = self.cfg.data.roi
         thresholds = self.thresholds[roi.class_indices] if roi is not None else self.thresholds
-        at_train_size = self.cfg.data.val_at_train_size
+        full_size = getattr(dataset, "full_size", False)
+        at_train_size = self.cfg.data.val_at_train_size or full_size
+        if full_size:
+            batch_size = 1
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             images = torch.stack([it["image"] for it in items]).to(device)
