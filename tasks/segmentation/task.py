@@ -31,6 +31,8 @@ from tasks.roi_dataset import RoiDataset, box_dice
 from tasks.segmentation import SPEC
 from tasks.segmentation.cache import save_probs
 from tasks.segmentation.masks import encode_probs, probs_to_masks, resolve_thresholds
+from tasks.segmentation.pseudo import read_ignore
+from tasks.segmentation.pseudo import training_samples as pseudo_samples
 from tasks.segmentation.samples import split_samples
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 from tasks.submission import AtomicCSVWriter
@@ -41,17 +43,22 @@ class HandboneDataset(SeededDataset):
     """Images (and masks) at ``size x size``; items are dicts of tensors plus ``name`` and ``index``.
 
     Masks stay uint8 0/1 (``(29, size, size)``): a quarter of float32's bytes through the loader workers,
-    the collate, pinning and the copy to the device (29 x 1024² floats are 121 MB an image).
+    the collate, pinning and the copy to the device (29 x 1024² floats are 121 MB an image). When any sample is
+    pseudo-labelled (:mod:`tasks.segmentation.pseudo`), every item also holds ``ignore`` (uint8 ``(29, size,
+    size)``, 1 where the loss skips the pixel; all 0 for a labelled image), moved by the same augmentation.
     """
 
     def __init__(self, samples: Sequence[HandboneSample], size: int, augment=None, cache: SampleCache | None = None,
                  seed: int = 0) -> None:
         super().__init__(samples, size, augment, cache, seed)
+        self.with_ignore = any(getattr(s, "ignore_path", None) is not None for s in self.samples)
 
     def load(self, i: int) -> dict[str, np.ndarray]:
-        """Decoded image (and packed masks) at the training size, plus the original size."""
+        """Decoded image (and packed masks, and a pseudo-labelled image's packed ignore map) at the training size,
+        plus the original size. A training pixel is ignored where any of the original pixels it covers is."""
         s = self.samples[i]
-        sources = [s.image_path] + ([s.label_path] if s.label_path else [])
+        ignore_path = getattr(s, "ignore_path", None)
+        sources = [s.image_path] + [p for p in (s.label_path, ignore_path) if p is not None]
 
         def make() -> dict[str, np.ndarray]:
             image = read_grey(s.image_path)
@@ -61,49 +68,96 @@ class HandboneDataset(SeededDataset):
                 masks = read_masks(s.label_path, h, w)
                 small = np.stack([resize_grey(m * 255, self.size, self.size) >= 128 for m in masks])
                 out["masks"] = np.packbits(small, axis=-1)
+            if ignore_path is not None:
+                ignore = read_ignore(ignore_path, h, w).view(np.uint8)
+                out["ignore"] = np.packbits(np.stack([resize_grey(m * 255, self.size, self.size) > 0 for m in ignore]),
+                                            axis=-1)
             return out
 
         return self.cache.get(sources, f"seg|{self.size}", make)
 
     def label_notes(self, i: int) -> list[str]:
-        return mislabelled_bones(self.samples[i].label_path)
+        """A pseudo-label lacks the bones nothing confident was found for: no note for it."""
+        s = self.samples[i]
+        return [] if getattr(s, "ignore_path", None) is not None else mislabelled_bones(s.label_path)
 
     def __getitem__(self, i: int) -> dict:
         item = self.load(i)
         image = item["image"]
-        masks = None
+        masks = ignore = None
         if "masks" in item:
             masks = np.unpackbits(item["masks"], axis=-1, count=self.size)
+        if self.with_ignore and masks is not None:
+            ignore = np.unpackbits(item["ignore"], axis=-1, count=self.size) if "ignore" in item else \
+                np.zeros_like(masks)
         if self.augment is not None:
             self.reseed(i)
             kwargs = {"image": image}
             if masks is not None:
-                kwargs["mask"] = masks.transpose(1, 2, 0)
+                stacked = masks if ignore is None else np.concatenate([masks, ignore])
+                kwargs["mask"] = stacked.transpose(1, 2, 0)
             out = self.augment(**kwargs)
             image = out["image"]
             if masks is not None:
-                masks = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
+                stacked = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
+                masks, ignore = (stacked, None) if ignore is None else (stacked[:len(masks)], stacked[len(masks):])
         batch = {
             "image": torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0).unsqueeze(0),
             "index": i,
             "orig_size": torch.as_tensor(item["orig_size"]),
         }
         if masks is not None:
-            batch["masks"] = torch.from_numpy(masks)  # uint8: the loss makes them float on the device
+            batch["masks"] = torch.from_numpy(np.ascontiguousarray(masks))  # uint8: the loss makes them float
+        if ignore is not None:
+            batch["ignore"] = torch.from_numpy(np.ascontiguousarray(ignore))
         return batch
 
 
+IGNORED = -1.0  # the target of a pixel the loss skips (a pseudo-label's uncertain pixel)
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor, per_class: bool) -> torch.Tensor:
+    """The mean of ``values`` (B, C, ...) over the kept elements: all of them at once, or per class and then over
+    classes (as smp's focal loss averages its classes)."""
+    if not per_class:
+        return (values * keep).sum() / keep.sum().clamp_min(1)
+    dims = [d for d in range(values.ndim) if d != 1]
+    return ((values * keep).sum(dims) / keep.sum(dims).clamp_min(1)).mean()
+
+
+class PixelLoss(nn.Module):
+    """A loss of each pixel (binary cross-entropy, focal), averaged over the pixels whose target is not
+    :data:`IGNORED`: those give no loss and no gradient."""
+
+    def __init__(self, kind: str, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.kind, self.gamma = kind, gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        keep = (target != IGNORED).to(logits.dtype)
+        target = target * keep
+        if self.kind == "bce":
+            return _masked_mean(nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none"),
+                                keep, per_class=False)
+        values = smp.losses._functional.focal_loss_with_logits(logits, target, gamma=self.gamma, alpha=None,
+                                                               reduction="none")
+        return _masked_mean(values, keep, per_class=True)
+
+
 class MultilabelLoss(nn.Module):
-    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses)."""
+    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses). ``ignore``
+    (``(B, C, H, W)``, nonzero = skip) leaves pixels out of every term: no loss, no gradient (dice and tversky
+    through smp's ``ignore_index``)."""
 
     def __init__(self, weights: dict[str, float], focal_gamma: float = 2.0, tversky_alpha: float = 0.3,
                  tversky_beta: float = 0.7) -> None:
         super().__init__()
         available = {
-            "bce": lambda: smp.losses.SoftBCEWithLogitsLoss(),
-            "dice": lambda: smp.losses.DiceLoss(mode="multilabel", from_logits=True),
-            "focal": lambda: smp.losses.FocalLoss(mode="multilabel", gamma=focal_gamma),
-            "tversky": lambda: smp.losses.TverskyLoss(mode="multilabel", alpha=tversky_alpha, beta=tversky_beta),
+            "bce": lambda: PixelLoss("bce"),
+            "dice": lambda: smp.losses.DiceLoss(mode="multilabel", from_logits=True, ignore_index=IGNORED),
+            "focal": lambda: PixelLoss("focal", focal_gamma),
+            "tversky": lambda: smp.losses.TverskyLoss(mode="multilabel", alpha=tversky_alpha, beta=tversky_beta,
+                                                      ignore_index=IGNORED),
         }
         unknown = set(weights) - set(available)
         if unknown:
@@ -113,8 +167,10 @@ class MultilabelLoss(nn.Module):
         self.terms = nn.ModuleDict({k: available[k]() for k, w in weights.items() if w > 0})
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
         logits, target = logits.float(), target.float()
+        if ignore is not None:
+            target = target.masked_fill(ignore.bool(), IGNORED)
         return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
 
 
@@ -141,16 +197,21 @@ class SegmentationTask(Task):
         train_idx, val_idx = split_folds(samples, data.n_folds, data.fold)
         cache = SampleCache(data.cache_dir, enabled=data.cache)
         aug = build_augment(self.cfg.augment)
+        pseudo = pseudo_samples(data)   # training only: never in a validation fold
+        if pseudo and data.roi is not None:
+            raise ValueError("data.pseudo_roots: a stage-2 wrist-ROI run crops its training images around the true "
+                             "bones; train it without pseudo-labels")
         if data.roi is not None:
             return (RoiDataset([samples[i] for i in train_idx], data.image_size, data.roi, aug, cache,
                                self.cfg.train.seed, jitter=True),
                     RoiDataset([samples[i] for i in val_idx], data.image_size, data.roi, None, cache))
-        train = HandboneDataset([samples[i] for i in train_idx], data.image_size, aug, cache, self.cfg.train.seed)
+        train = HandboneDataset([samples[i] for i in train_idx] + pseudo, data.image_size, aug, cache,
+                                self.cfg.train.seed)
         val = HandboneDataset([samples[i] for i in val_idx], data.image_size, None, cache)
         return train, val
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.criterion(output, batch["masks"])
+        return self.criterion(output, batch["masks"], batch.get("ignore"))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: HandboneDataset, device: torch.device,
