@@ -114,7 +114,7 @@ def test_without_an_ignore_map_the_loss_is_smps():
 
 # ------------------------------------------------------------------------------ segmentation, end to end
 
-SIZE = 16
+SIZE = 32
 
 
 def _square(x0: int) -> np.ndarray:
@@ -224,7 +224,7 @@ def test_segmentation_band_ignores_uncertain_pixels_and_what_polygons_cannot_say
     label = read_masks(tmp_path / "out" / "outputs_json" / "ID001" / "a.json", SIZE, SIZE)
     np.testing.assert_array_equal(label[RADIUS, 2:12, 2:12], 1)      # the hole filled, and ignored
     assert stats["written"] == 1
-    assert stats["per_image"]["a.png"]["classes"][RADIUS] == pytest.approx(1 - 26 / 256, abs=1e-4)
+    assert stats["per_image"]["a.png"]["classes"][RADIUS] == pytest.approx(1 - 26 / SIZE**2, abs=1e-4)
     # a training pixel is ignored where any original pixel under it is
     write_manifest(tmp_path / "out", {"format": 1, "task": "segmentation", "test": stats})
     from tasks.segmentation.task import HandboneDataset
@@ -234,7 +234,23 @@ def test_segmentation_band_ignores_uncertain_pixels_and_what_polygons_cannot_say
                                                           "cache": False}}).data
     item = HandboneDataset(training_samples(data), SIZE // 2)[0]
     assert item["ignore"][RADIUS].numpy().tolist() == \
-        (expected[RADIUS].reshape(8, 2, 8, 2).any(axis=(1, 3))).astype(int).tolist()
+        (expected[RADIUS].reshape(SIZE // 2, 2, SIZE // 2, 2).any(axis=(1, 3))).astype(int).tolist()
+
+
+def test_training_with_pseudo_roots_runs_with_augmentation(tmp_path):
+    from engine.trainer import train
+
+    root, _, ens, _ = _segmentation_runs(tmp_path)
+    out, _ = pseudo_label(ens, tmp_path / "pseudo", progress=False)
+    cfg = build_config({"task": "segmentation", "name": "with_pseudo",
+                        "data": {"root": str(root), "image_size": SIZE, "n_folds": 2, "pseudo_roots": [str(out)],
+                                 "cache_dir": str(tmp_path / "cache")},
+                        "model": {"name": "smp:unet/resnet18"}, "augment": {"hflip": 0.5, "rotate": 20},
+                        "train": {"epochs": 1, "batch_size": 5, "device": "cpu"},   # one step: 2 labelled + 3 pseudo
+                        "logging": {"out_dir": str(tmp_path / "runs"), "progress": False}})
+    train(cfg)
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert summary["val"]["score"] is not None
 
 
 def test_pseudo_folder_is_written_whole_or_not_at_all(tmp_path):
