@@ -243,6 +243,7 @@ TOOL_FAULTS = {
     "orientation_eval": ([MISSING], f"{MISSING}/labels.csv: labels file not found (expected img_id,label)"),
     "phantom": (["--out", "{tmp}/phantom", "--n-train", "-2"], "n_train=-2, n_test=40: image counts are >= 0 and not both 0"),
     "preprocess": ([MISSING, "{tmp}/pre"], f"{MISSING}: input folder not found"),
+    "pseudo_label": ([f"{MISSING}.yaml", "--out", "{tmp}/pseudo"], f"{MISSING}.yaml: ensemble config file not found"),
     "score": ([f"{MISSING}.csv", "--gt", MISSING], f"{MISSING}.csv: cannot open submission (No such file or directory)"),
     "validate_submission": ([f"{MISSING}.csv", "--images", "{tmp}"], f"{MISSING}.csv: submission not found"),
     "visualize": (["dha", f"{MISSING}.csv", MISSING], f"{MISSING}.csv: CSV file not found"),
