@@ -411,3 +411,28 @@ def _read_ages(path: Path):
     from tasks.boneage.cache import load_cache
 
     return load_cache(path)
+
+
+def test_a_kept_point_stays_kept_under_a_mirror_that_swaps_its_pair(tmp_path):
+    from tasks.augment import build_augment
+    from tasks.keypoint_labels import list_keypoint_samples, write_wide
+    from tasks.keypoint_sets import LandmarkSet
+    from tasks.keypoints.pseudo import PseudoKeypointSample
+    from tasks.keypoints.task import KeypointDataset
+
+    root = tmp_path / "pairs"
+    pts = np.array([[30.0, 40.0], [90.0, 42.0]])
+    write_png(root / "images" / "s.png", np.zeros((128, 128), np.uint8))
+    lmset = LandmarkSet("pair", ("L", "R"), flip_pairs=(("L", "R"),))
+    write_wide(root / "labels.csv", ["s.png"], pts[None], lmset)
+    s = list_keypoint_samples(root, lmset, labels="labels.csv")[0]
+    sample = PseudoKeypointSample(s.name, s.image_path, s.coords, None, np.array([True, False]))   # L kept, R not
+    cfg = build_config({"task": "keypoints", "data": {"root": str(root)},
+                        "augment": {"rotate": 0, "scale": 0.0, "shift": 0.0, "hflip": 1.0, "brightness_contrast": 0,
+                                    "gamma": 0}})
+    plain = KeypointDataset([sample], 128, lmset)[0]
+    assert plain["visible"].tolist() == [1.0, 0.0]
+    flipped = KeypointDataset([sample], 128, lmset, augment=build_augment(cfg.augment, keypoints=True))[0]
+    # mirrored: channel L now holds the image of R (not kept), channel R the image of L (kept)
+    assert flipped["visible"].tolist() == [0.0, 1.0]
+    assert flipped["keypoints"][1].tolist() == pytest.approx([127 - 30.0, 40.0], abs=1e-3)
