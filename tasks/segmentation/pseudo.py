@@ -30,7 +30,7 @@ import numpy as np
 
 from core.atomic import atomic_write
 from tasks.formats import FormatError
-from tasks.formats.handbones import CLASSES, HandboneSample, list_samples, mask_to_polygons, rasterize, write_polygons
+from tasks.formats.handbones import CLASSES, HandboneSample, fill_polygons, list_samples, mask_to_polygons, write_polygons
 from tasks.pseudo import link, pseudo_samples
 
 LEVELS = 256          # the cache's probability grid: q = round(255 p)
@@ -123,12 +123,7 @@ class SegmentationPseudo:
         class_sum = np.zeros(len(CLASSES))
         written = 0
         for sample, levels in items:
-            height, width = levels.shape[1:]
-            positive, negative = band_masks(levels, lo, hi)
-            polygons = {c: polys for c, mask in zip(CLASSES, positive) if (polys := mask_to_polygons(mask))}
-            label = rasterize(polygons, height, width).astype(bool)
-            ignore = ~(positive | negative) | (label != positive)
-            kept = 1 - ignore.reshape(len(CLASSES), -1).mean(1)
+            polygons, packed, kept = _image_labels(levels, lo, hi)
             class_sum += kept
             per_image[sample.name] = {"kept": round(float(kept.mean()), 6),
                                       "classes": [round(float(k), 4) for k in kept]}
@@ -137,7 +132,7 @@ class SegmentationPseudo:
             stem = Path(sample.name).stem
             link(sample.image_path, folder / "DCM" / sample.patient / sample.name)
             write_polygons(folder / "outputs_json" / sample.patient / f"{stem}.json", polygons)
-            write_ignore(folder / IGNORE_DIR / sample.patient / f"{stem}.npz", ignore)
+            write_ignore(folder / IGNORE_DIR / sample.patient / f"{stem}.npz", packed, levels.shape)
             written += 1
         n = max(len(per_image), 1)
         return {"images": len(per_image), "written": written,
@@ -158,10 +153,31 @@ class SegmentationPseudo:
         return out
 
 
-def write_ignore(path: Path, ignore: np.ndarray) -> None:
-    """One ignore map ``(C, H, W)`` bool, bits packed along the width, compressed (atomic)."""
+def _image_labels(levels: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                  ) -> tuple[dict[str, list[np.ndarray]], np.ndarray, np.ndarray]:
+    """One test image's ``(C, H, W)`` levels → the positive pixels as polygons per class, the ignore map with its
+    bits packed along the width ``(C, H, ceil(W / 8))`` and the share of each class's pixels kept; one class's
+    ``(H, W)`` masks at a time (a 2048² image's 29 boolean planes would be 120 MB each)."""
+    height, width = levels.shape[1:]
+    polygons: dict[str, list[np.ndarray]] = {}
+    packed = np.empty((len(CLASSES), height, -(-width // 8)), np.uint8)
+    kept = np.empty(len(CLASSES))
+    for c, name in enumerate(CLASSES):
+        positive, negative = band_masks(levels[c:c + 1], lo[c:c + 1], hi[c:c + 1])
+        polys = mask_to_polygons(positive[0])
+        if polys:
+            polygons[name] = polys
+        label = fill_polygons(np.zeros((height, width), np.uint8), polys).astype(bool)
+        ignore = ~(positive[0] | negative[0]) | (label != positive[0])
+        packed[c] = np.packbits(ignore, axis=-1)
+        kept[c] = 1 - ignore.mean()
+    return polygons, packed, kept
+
+
+def write_ignore(path: Path, packed: np.ndarray, shape: tuple[int, int, int]) -> None:
+    """One ignore map of ``shape`` ``(C, H, W)``, its bits packed along the width, compressed (atomic)."""
     with atomic_write(path, "wb") as f:
-        np.savez_compressed(f, ignore=np.packbits(ignore, axis=-1), shape=np.asarray(ignore.shape, np.int64))
+        np.savez_compressed(f, ignore=packed, shape=np.asarray(shape, np.int64))
 
 
 def read_ignore(path: Path, height: int, width: int) -> np.ndarray:
