@@ -105,6 +105,9 @@ def test_without_an_ignore_map_the_loss_is_smps():
               + 2.0 * smp.losses.FocalLoss(mode="multilabel", gamma=2.0)(logits, target)
               + 0.25 * smp.losses.TverskyLoss(mode="multilabel", alpha=0.3, beta=0.7)(logits, target))
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    nothing = torch.zeros_like(target, dtype=torch.uint8)          # the masked path, nothing ignored: the same
+    assert float(MultilabelLoss({"bce": 1.0, "dice": 0.5, "focal": 2.0, "tversky": 0.25})(logits, target, nothing)) \
+        == pytest.approx(float(theirs), rel=1e-5)
     bce_kept = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     ignore = torch.zeros_like(target, dtype=torch.uint8)
     ignore[:, :, :4] = 1

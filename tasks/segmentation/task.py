@@ -113,51 +113,30 @@ class HandboneDataset(SeededDataset):
         return batch
 
 
-IGNORED = -1.0  # the target of a pixel the loss skips (a pseudo-label's uncertain pixel)
-
-
-def _masked_mean(values: torch.Tensor, keep: torch.Tensor, per_class: bool) -> torch.Tensor:
-    """The mean of ``values`` (B, C, ...) over the kept elements: all of them at once, or per class and then over
-    classes (as smp's focal loss averages its classes)."""
-    if not per_class:
+def _kept_mean(values: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The mean of ``values`` over the elements ``keep`` marks (1): over all of them (``dims`` None), or over
+    ``dims`` and then over what is left."""
+    if dims is None:
         return (values * keep).sum() / keep.sum().clamp_min(1)
-    dims = [d for d in range(values.ndim) if d != 1]
     return ((values * keep).sum(dims) / keep.sum(dims).clamp_min(1)).mean()
 
 
-class PixelLoss(nn.Module):
-    """A loss of each pixel (binary cross-entropy, focal), averaged over the pixels whose target is not
-    :data:`IGNORED`: those give no loss and no gradient."""
-
-    def __init__(self, kind: str, gamma: float = 2.0) -> None:
-        super().__init__()
-        self.kind, self.gamma = kind, gamma
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        keep = (target != IGNORED).to(logits.dtype)
-        target = target * keep
-        if self.kind == "bce":
-            return _masked_mean(nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none"),
-                                keep, per_class=False)
-        values = smp.losses._functional.focal_loss_with_logits(logits, target, gamma=self.gamma, alpha=None,
-                                                               reduction="none")
-        return _masked_mean(values, keep, per_class=True)
-
-
 class MultilabelLoss(nn.Module):
-    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses). ``ignore``
-    (``(B, C, H, W)``, nonzero = skip) leaves pixels out of every term: no loss, no gradient (dice and tversky
-    through smp's ``ignore_index``)."""
+    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses).
+
+    ``ignore`` (``(B, C, H, W)``, nonzero = skip; a pseudo-label's uncertain pixels) leaves pixels out of every
+    term, with no loss and no gradient from them: binary cross-entropy and focal average over the kept pixels
+    (focal per class, then over classes, as smp's), Dice and Tversky see prediction and target zero there (what
+    smp's ``ignore_index`` does). Without it every term is smp's own."""
 
     def __init__(self, weights: dict[str, float], focal_gamma: float = 2.0, tversky_alpha: float = 0.3,
                  tversky_beta: float = 0.7) -> None:
         super().__init__()
         available = {
-            "bce": lambda: PixelLoss("bce"),
-            "dice": lambda: smp.losses.DiceLoss(mode="multilabel", from_logits=True, ignore_index=IGNORED),
-            "focal": lambda: PixelLoss("focal", focal_gamma),
-            "tversky": lambda: smp.losses.TverskyLoss(mode="multilabel", alpha=tversky_alpha, beta=tversky_beta,
-                                                      ignore_index=IGNORED),
+            "bce": lambda: smp.losses.SoftBCEWithLogitsLoss(),
+            "dice": lambda: smp.losses.DiceLoss(mode="multilabel", from_logits=True),
+            "focal": lambda: smp.losses.FocalLoss(mode="multilabel", gamma=focal_gamma),
+            "tversky": lambda: smp.losses.TverskyLoss(mode="multilabel", alpha=tversky_alpha, beta=tversky_beta),
         }
         unknown = set(weights) - set(available)
         if unknown:
@@ -169,9 +148,22 @@ class MultilabelLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
         logits, target = logits.float(), target.float()
-        if ignore is not None:
-            target = target.masked_fill(ignore.bool(), IGNORED)
-        return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
+        if ignore is None:
+            return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
+        ignore = ignore.bool()
+        return sum(self.weights[k] * self.masked(k, term, logits, target, ignore) for k, term in self.terms.items())
+
+    @staticmethod
+    def masked(kind: str, term: nn.Module, logits: torch.Tensor, target: torch.Tensor,
+               ignore: torch.Tensor) -> torch.Tensor:
+        """One term without the ``ignore`` pixels."""
+        if kind in ("dice", "tversky"):   # sigmoid(-1e4) is 0: no prediction there, and masked_fill passes no gradient
+            return term(logits.masked_fill(ignore, -1e4), target.masked_fill(ignore, 0))
+        keep = (~ignore).to(logits.dtype)
+        if kind == "bce":
+            return _kept_mean(nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none"), keep)
+        values = term.focal_loss_fn(logits, target, reduction="none")
+        return _kept_mean(values, keep, dims=tuple(d for d in range(values.ndim) if d != 1))
 
 
 class SegmentationTask(Task):
