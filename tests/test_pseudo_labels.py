@@ -46,18 +46,23 @@ def test_member_spread_is_the_rms_distance_from_the_members_mean():
 
 
 def test_band_levels_by_hand():
-    fg, bg = np.zeros((3, 256)), np.zeros((3, 256))
+    fg, bg = np.zeros((4, 256)), np.zeros((4, 256))
     bg[0, [0, 100, 200]] = [96, 3, 1]
     fg[0, [0, 100, 200]] = [1, 9, 40]
     fg[2, 255], bg[2, 0] = 50, 500                             # a perfect class
+    fg[3, [0, 255]], bg[3, 0] = [20, 80], 1000                 # a fifth of the bone at level 0
     lo, hi = fit_band(fg, bg, 0.95)
     # class 0: at or above 101: 40 of 41 foreground (0.976); at or above 1: 49 of 53 (0.925) -> hi 101;
-    # at or below 99: 96 of 97 background (0.990); at or below 100: 99 of 109 (0.908) -> lo 99 (level 100 ignored)
+    # at or below 99: 1 of the 50 foreground pixels (0.02 <= 0.05); at or below 100: 10 (0.2) -> lo 99
     assert (lo[0], hi[0]) == (99, 101)
-    assert (lo[1], hi[1]) == (-1, 256)                         # nothing seen: nothing kept
+    assert (lo[1], hi[1]) == (255, 256)                        # never foreground on validation: all background
     assert (lo[2], hi[2]) == (0, 1)
+    # class 3: level 0 is background 1000 of 1020 times (0.98), but holds 20 of the 100 foreground pixels: it is
+    # not labelled background (a rule by the background's share would call every pixel there background)
+    assert (lo[3], hi[3]) == (-1, 1)
     lo, hi = fit_band(fg, bg, 0.98)
     assert (lo[0], hi[0]) == (99, 256)                         # no level is 98% foreground: no positive pixel
+    assert (lo[3], hi[3]) == (-1, 1)
 
 
 def test_precision_outside_the_open_unit_interval_is_refused():

@@ -3,11 +3,17 @@ the kept test masks written as a hand-bone training folder with an ignore map, a
 
 Band. The ensemble's fused probability ``p`` of class ``c`` at a pixel, on the cache's grid of levels
 ``q = round(255 p)``, labels the pixel *positive* when ``q >= hi_c``, *negative* when ``q <= lo_c`` and leaves it
-*ignored* in between. On the members' out-of-fold validation maps (:mod:`ensembles.pseudo`), ``hi_c`` is the
-lowest level at which the pixels at or above it are foreground at least ``precision`` of the time (the most
-positives that meet the target), and ``lo_c`` the highest level below ``hi_c`` at which the pixels at or below
-it are background at least ``precision`` of the time. Either may keep nothing: ``hi_c = 256`` (no pixel is
-positive) or ``lo_c = -1`` (none is negative).
+*ignored* in between. On the members' out-of-fold validation maps (:mod:`ensembles.pseudo`):
+
+- ``hi_c`` is the lowest level at which the pixels at or above it are foreground at least ``precision`` of the
+  time (the most positives whose precision meets the target);
+- ``lo_c`` is the highest level below ``hi_c`` at which the pixels at or below it hold at most ``1 - precision``
+  of the class's foreground pixels (the most negatives that lose no more of the bone than that).
+
+The two sides are judged against the foreground because a bone is a sliver of the image: labelling every pixel
+of a class background is right for 99 % of the pixels and teaches the model the bone is not there, while a
+Dice-like score counts a wrong label against the bone's own size. Either side may keep nothing: ``hi_c = 256``
+(no pixel is positive) or ``lo_c = -1`` (none is negative).
 
 Folder (the boostcamp layout the task trains on, plus one file per image)::
 
@@ -56,8 +62,8 @@ def fit_band(fg: np.ndarray, bg: np.ndarray, precision: float) -> tuple[np.ndarr
         ok = np.flatnonzero((above[1:] > 0) & (above_fg[1:] >= precision * above[1:])) + 1
         if ok.size:
             hi[c] = ok[0]
-        below_bg, below = np.cumsum(bg[c]), np.cumsum((fg + bg)[c])
-        ok = np.flatnonzero((below[:hi[c]] > 0) & (below_bg[:hi[c]] >= precision * below[:hi[c]]))
+        lost = np.cumsum(fg[c])[:hi[c]]            # foreground at or below each level: labelled background
+        ok = np.flatnonzero(lost <= (1 - precision) * fg[c].sum())
         if ok.size:
             lo[c] = ok[-1]
     return lo, hi
@@ -77,15 +83,20 @@ def band_masks(levels: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
 
 
 def _summary(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
-    """What the band keeps of the validation pixels and how often the kept ones are right."""
+    """What the band keeps of the validation pixels: the share kept, how often the kept ones are right, the
+    positives' precision and the share of the foreground labelled background."""
     fg, bg = counts[:, 1].astype(np.float64), counts[:, 0].astype(np.float64)
     total = fg.sum(1) + bg.sum(1)
     levels = np.arange(LEVELS)
     pos, neg = levels[None] >= hi[:, None], levels[None] <= lo[:, None]
     kept = ((fg + bg) * (pos | neg)).sum(1)
     right = (fg * pos).sum(1) + (bg * neg).sum(1)
+    positives, lost = ((fg + bg) * pos).sum(), (fg * neg).sum()
     return {"pixels": int(total.sum()), "kept": round(float(kept.sum() / max(total.sum(), 1)), 6),
             "right": round(float(right.sum() / max(kept.sum(), 1)), 6),
+            "positive_precision": round(float((fg * pos).sum() / positives), 6) if positives else None,
+            "foreground_kept_positive": round(float((fg * pos).sum() / max(fg.sum(), 1)), 6),
+            "foreground_lost": round(float(lost / max(fg.sum(), 1)), 6),
             "kept_per_class": {c: round(float(k / max(t, 1)), 6) for c, k, t in zip(CLASSES, kept, total)}}
 
 
@@ -94,7 +105,7 @@ class SegmentationPseudo:
     definition = ("per class, fused probability p on the levels q = round(255 p): positive when q >= hi, negative "
                   "when q <= lo, ignored in between; hi: the lowest level whose pixels at or above it are "
                   "foreground at the precision on out-of-fold validation maps, lo: the highest level below hi whose "
-                  "pixels at or below it are background at the precision")
+                  "pixels at or below it hold at most 1 - precision of the class's foreground")
 
     @staticmethod
     def fit(items: Iterable[tuple[np.ndarray, np.ndarray]], precision: float) -> tuple[dict[str, Any], dict[str, Any]]:
