@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does one pseudo-label round raise the test Dice of a small segmentation cycle? Measured on phantoms, over seeds.
 
-  python benchmarks/pseudo_labels.py --json benchmarks/results/pseudo_labels.json   # 3 seeds; ~30 min a seed on 2 idle cores
+  python benchmarks/pseudo_labels.py --json benchmarks/results/pseudo_labels.json   # 3 seeds, ~1 h a seed on 2 busy cores
   python benchmarks/pseudo_labels.py --seeds 0 --n-train 8 --n-test 4 --epochs 1 --size 64 --image-size 64   # smoke run
 
 Per seed (the phantom data and the training seed both follow it), all in this process with the harness's own
@@ -17,9 +17,9 @@ functions, one training at a time:
 3. one pseudo-label round: ``tools/pseudo_label.py`` on that ensemble (``--precision``), then the same models and
    folds trained again from scratch with ``data.pseudo_roots`` (the kept test predictions join every fold's
    training images, uncertain pixels ignored by the loss), and the same ensemble fitted and scored (*pseudo*).
-   By default the round takes as many optimiser steps as the base arm (its epochs scaled down by its larger
-   training set), so a difference is the data's, not more training's; ``--pseudo-epochs same`` gives it the base
-   arm's epochs instead (more steps, as a user who just adds the folder would run it).
+   Two arms by default (``--pseudo-epochs``): *steps*, as many optimiser steps as the base arm (its epochs scaled
+   down by its larger training set), so a difference is the data's, not more training's; and *same*, the base
+   arm's epochs (more steps, as a user who just adds the folder would run it).
 
 The test images the pseudo-labels come from are the images scored: that is the transductive use competitions make
 of them (the answers are never read before scoring). Validation Dice stays out of fold in both arms.
@@ -138,12 +138,12 @@ def run_seed(seed: int, work: Path, args) -> dict:
     manifest = json.loads((pseudo_dir / "pseudo.json").read_text())
     result["pseudo_labels"] = {"validation": {k: v for k, v in manifest["validation"].items() if k != "kept_per_class"},
                                "test": {k: v for k, v in manifest["test"].items() if k != "kept_per_class"}}
-    base_steps = args.epochs * base_images
-    written = manifest["test"]["written"]
-    epochs = args.epochs if args.pseudo_epochs == "same" else max(1, round(base_steps / (base_images + written)))
-    pl, pl_s, pl_images = train_arm(work, hb, runs, f"_pl{epochs}", seed, epochs, args, pseudo=pseudo_dir)
-    result["pseudo"] = arm_scores(pl, runs, gt, out, "pl")
-    result["pseudo"].update(train_seconds=round(pl_s), train_images=pl_images, epochs=epochs)
+    for how in args.pseudo_epochs:
+        written = manifest["test"]["written"]
+        epochs = args.epochs if how == "same" else max(1, round(args.epochs * base_images / (base_images + written)))
+        pl, pl_s, pl_images = train_arm(work, hb, runs, f"_pl{epochs}", seed, epochs, args, pseudo=pseudo_dir)
+        result[f"pseudo_{how}"] = arm_scores(pl, runs, gt, out, f"pl{epochs}")
+        result[f"pseudo_{how}"].update(train_seconds=round(pl_s), train_images=pl_images, epochs=epochs)
     return result
 
 
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--precision", type=float, default=0.99)
-    parser.add_argument("--pseudo-epochs", choices=("steps", "same"), default="steps",
-                        help="the pseudo round's epochs: as many optimiser steps as the base arm (default), or its epochs")
+    parser.add_argument("--pseudo-epochs", choices=("steps", "same"), nargs="+", default=["steps", "same"],
+                        help="the pseudo round's epochs, one arm each: as many optimiser steps as the base arm, and/or "
+                             "the base arm's epochs (default: both)")
     parser.add_argument("--json", help="write the figures here (e.g. benchmarks/results/pseudo_labels.json)")
     args = parser.parse_args(argv)
     from ensembles.fit import write_json
@@ -176,22 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         seeds.append(run_seed(seed, work / f"seed{seed}", args))
         r = seeds[-1]
-        line = (f"seed {seed}: test Dice base {r['base']['ensemble']['test_dice']:.4f}, with one pseudo-label round "
-                f"{r['pseudo']['ensemble']['test_dice']:.4f}")
-        print(f"{line}; kept {100 * r['pseudo_labels']['test']['kept']:.1f}% of the test pixels' labels "
-              f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    arms = ["base", "pseudo"]
+        arms = ["base", *(f"pseudo_{how}" for how in args.pseudo_epochs)]
+        cells = ", ".join(f"{arm} {r[arm]['ensemble']['test_dice']:.4f} ({r[arm]['epochs']} epochs)" for arm in arms)
+        print(f"seed {seed}: test Dice {cells}; kept {100 * r['pseudo_labels']['test']['kept']:.1f}% of the test "
+              f"labels ({time.perf_counter() - t0:.0f}s)", flush=True)
     summary = {arm: {who: mean_sd([r[arm][who]["test_dice"] for r in seeds]) for who in ["ensemble", *(n for n, _, _ in MODELS)]}
                for arm in arms}
-    delta = mean_sd([round(r["pseudo"]["ensemble"]["test_dice"] - r["base"]["ensemble"]["test_dice"], 6)
-                     for r in seeds])
+    deltas = {arm: mean_sd([round(r[arm]["ensemble"]["test_dice"] - r["base"]["ensemble"]["test_dice"], 6)
+                            for r in seeds]) for arm in arms[1:]}
     print(f"\n{len(seeds)} seed(s), phantom {args.n_train} train / {args.n_test} test at {args.size} px, "
           f"{len(MODELS)} models x {args.folds} folds, {args.epochs} epochs, precision {args.precision}")
     for arm in arms:
         cells = ", ".join(f"{who} {v['mean']:.4f} ± {v['sd'] if v['sd'] is not None else 0:.4f}"
                           for who, v in summary[arm].items())
-        print(f"  {arm:<17} test Dice: {cells}")
-    print(f"  pseudo - base (ensemble): {delta['mean']:+.4f} ± {delta['sd'] or 0:.4f}")
+        print(f"  {arm:<14} test Dice: {cells}")
+    for arm, delta in deltas.items():
+        print(f"  {arm} - base (ensemble): {delta['mean']:+.4f} ± {delta['sd'] or 0:.4f}")
     if args.json:
         write_json(args.json, {
             "command": "python benchmarks/pseudo_labels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                         "out-of-fold validation caches; no TTA",
             "metric": "test Dice: mean over test images and the 29 classes (tasks.scoring)",
             "machine": "CPU, 2 cores shared with other sessions (scores do not depend on the load; seconds do)",
-            "summary": summary, "pseudo_minus_base": delta, "seeds": seeds})
+            "summary": summary, "minus_base": deltas, "seeds": seeds})
     return 0
 
 
