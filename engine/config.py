@@ -171,6 +171,8 @@ class Config(Section):
         if self.train.select_min_spread and not spec.regression:
             raise ValueError(f"train.select_min_spread: only for regression tasks; task {self.task!r} "
                              "reports no prediction spread")
+        if self.data.pseudo_roots and spec.pseudo is None:
+            raise ValueError(f"data.pseudo_roots: task {self.task!r} has no pseudo-labels")
         if self.inference.sliding_window and "sliding_window" not in spec.modes:
             raise ValueError(f"inference.sliding_window: tiles are for tasks with dense maps, not {self.task}")
         turns = quarter_turn_problem(self.data.input_size) if self.inference.tta.rot90 else None

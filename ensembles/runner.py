@@ -326,6 +326,23 @@ def model_predict(members: list[Member], ens: EnsembleConfig, tta: bool, device)
     return predict
 
 
+def live_member_maps(members: list[Member], predict: MemberPredict, name: str, image: np.ndarray) -> list[np.ndarray]:
+    """Every member's map of one image on the fly, quantised as the cache holds it: the mean of the member's
+    runs that predict the image, summed in place (few float maps alive)."""
+    maps = []
+    for k, m in enumerate(members):
+        runs = m.sources[name]
+        total = predict(k, runs[0], image)
+        if len(runs) > 1:
+            total = total.astype(np.float32, copy=True)
+            for r in runs[1:]:
+                total += predict(k, r, image)
+            total /= len(runs)
+        maps.append(quantize(total, f"member {m.label}: {name}"))
+        total = None
+    return maps
+
+
 def live_rows(members: list[Member], samples: list[Any], fuser: Fuser, predict: MemberPredict,
               workers: int, progress: bool = True, read: Callable[[Path], np.ndarray] | None = None,
               budget_mb: float = 1024) -> Iterator[tuple[str, list[str]]]:
@@ -335,23 +352,10 @@ def live_rows(members: list[Member], samples: list[Any], fuser: Fuser, predict: 
     read = read or members[0].cfgs[0].spec.ensemble_side().read_image
     bound = {"n": 2 * max(1, workers)}
 
-    def member_mean(k: int, name: str, image: np.ndarray) -> np.ndarray:
-        """The member's map for this image: its fold runs' mean, summed in place (few float maps alive)."""
-        runs = members[k].sources[name]
-        first = predict(k, runs[0], image)
-        if len(runs) == 1:
-            return first
-        total = first.astype(np.float32, copy=True)
-        for r in runs[1:]:
-            total += predict(k, r, image)
-        total /= len(runs)
-        return total
-
     def jobs() -> Iterator[Callable[[], tuple[str, list[str]]]]:
         for s in tqdm(samples, desc="ensemble", disable=not progress, dynamic_ncols=True):
             image = read(s.image_path)
-            maps = [quantize(member_mean(k, s.name, image), f"member {m.label}: {s.name}")
-                    for k, m in enumerate(members)]
+            maps = live_member_maps(members, predict, s.name, image)
             if s is samples[0]:
                 bound["n"] = in_flight(budget_mb, sum(m.nbytes for m in maps), workers)
             yield (lambda name=s.name, maps=maps, size=image.shape: (name, fuser(maps, size)))

@@ -94,6 +94,9 @@ class DataBase(Section):
     fold: int | Literal["all"] = 0  # "all": every image trains, none validates
     cache: bool = True
     num_workers: int = Field(0, ge=0)
+    # Pseudo-labelled folders (tools/pseudo_label.py): their samples join the TRAINING images of every fold,
+    # never a validation fold (tasks whose spec has a pseudo side; the config refuses the key elsewhere).
+    pseudo_roots: list[str] = Field(default_factory=list)
 
     @field_validator("fold", mode="before")
     @classmethod

@@ -11,7 +11,11 @@ paths inside the task's own package and imported on first use:
   TTA inverses, decoding, the submission and cache writer;
 - ``ensemble``: the ensemble side — how a run's prediction cache is read and how predictions of several
   members are fused, scored and fitted, for :mod:`ensembles` (numpy only: fusing from caches never
-  imports torch).
+  imports torch);
+- ``pseudo``: the pseudo-label side (optional) — which confidence threshold keeps an ensemble's test
+  predictions, fitted on out-of-fold validation predictions, how the kept ones are written as a training
+  folder and how training reads that folder back (``data.pseudo_roots``), for :mod:`ensembles.pseudo`
+  (numpy only).
 
 Generic code reaches a task only through :func:`task_spec`; it never names a task. ``tasks/__init__``
 imports every task package (the plugin import, as timm's ``models/__init__``); this module imports none
@@ -70,6 +74,7 @@ class TaskSpec:
     implementation: str                          # "module:Class" of the torch Task
     ensemble: str                                # "module:attribute" of the torch-free ensemble side
     submission: SubmissionFormat
+    pseudo: str | None = None                    # "module:attribute" of the pseudo-label side (None: none)
     classes: tuple[str, ...] = ()                # output names a threshold setting may name (empty: none)
     per_item: tuple[str, str] = ("item", "score")  # the per-item breakdown: what an item is, what its value is
     fusion: tuple[str, ...] = ("mean", "median", "weighted")  # ensemble methods (inference.py --ensemble)
@@ -89,6 +94,13 @@ class TaskSpec:
     def ensemble_side(self) -> Any:
         """The torch-free ensemble side (see :mod:`ensembles.sides`)."""
         return load(self.ensemble)
+
+    def pseudo_side(self) -> Any:
+        """The torch-free pseudo-label side (:mod:`ensembles.pseudo`); a ValueError when the task has none."""
+        if self.pseudo is None:
+            with_side = ", ".join(s.name for s in specs() if s.pseudo is not None) or "none"
+            raise ValueError(f"task {self.name} has no pseudo-labels (tasks with them: {with_side})")
+        return load(self.pseudo)
 
     def better(self, a: float, b: float) -> bool:
         """``a`` is strictly better than ``b`` by this task's metric."""

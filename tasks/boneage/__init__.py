@@ -44,6 +44,7 @@ SPEC = TaskSpec(
     default_loss={"l1": 1.0},
     implementation="tasks.boneage.task:BoneAgeTask",
     ensemble="tasks.boneage.ensemble:SIDE",
+    pseudo="tasks.boneage.pseudo:SIDE",
     submission=SubmissionFormat(
         columns="id,boneage",
         matches=lambda header: header[:2] == ["id", "boneage"],

@@ -24,6 +24,7 @@ from tasks.augment import SeededDataset, build_augment
 from tasks.base import PredictionWriter, Task, precision
 from tasks.boneage import SPEC
 from tasks.boneage.cache import CACHE_FILE
+from tasks.boneage.pseudo import training_samples as pseudo_samples
 from tasks.boneage.samples import BoneAgeSample, fold_split, split_samples, test_samples, train_samples
 from tasks.cache import SampleCache
 from tasks.formats.images import read_grey
@@ -135,6 +136,7 @@ class BoneAgeTask(Task):
 
     def datasets(self) -> tuple[BoneAgeDataset, BoneAgeDataset]:
         train, val = self.split()
+        train = train + pseudo_samples(self.cfg.data)   # pseudo-labels: training only, never a validation fold
         return self.dataset(train, train=True), self.dataset(val)
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -170,13 +170,19 @@ def mislabelled_bones(path: str | os.PathLike | None) -> list[str]:
 
 def rasterize(polygons: dict[str, list[np.ndarray]], height: int, width: int) -> np.ndarray:
     """``(29, H, W)`` uint8 masks (0/1) from polygons, in canonical class order."""
-    import cv2  # here, not at the top: the CSV tools read CLASSES without loading OpenCV
-
     masks = np.zeros((len(CLASSES), height, width), dtype=np.uint8)
     for label, polys in polygons.items():
-        for p in polys:   # one call per polygon: a single call XORs overlapping polygons of a class
-            cv2.fillPoly(masks[CLASS_INDEX[label]], [np.round(p).astype(np.int32)], 1)
+        fill_polygons(masks[CLASS_INDEX[label]], polys)
     return masks
+
+
+def fill_polygons(mask: np.ndarray, polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """Set the pixels of one class's ``polygons`` in its uint8 ``(H, W)`` ``mask`` to 1 (in place; returned)."""
+    import cv2  # here, not at the top: the CSV tools read CLASSES without loading OpenCV
+
+    for p in polygons:   # one call per polygon: a single call XORs overlapping polygons of a class
+        cv2.fillPoly(mask, [np.round(p).astype(np.int32)], 1)
+    return mask
 
 
 def read_masks(path: str | os.PathLike, height: int, width: int) -> np.ndarray:

@@ -94,6 +94,7 @@ SPEC = TaskSpec(
     default_loss={"kl": 1.0},
     implementation="tasks.keypoints.task:KeypointTask",
     ensemble="tasks.keypoints.ensemble:SIDE",
+    pseudo="tasks.keypoints.pseudo:SIDE",
     submission=SubmissionFormat(
         columns="image_name,<lm>_x...,<lm>_y...",
         matches=_is_wide_keypoints,

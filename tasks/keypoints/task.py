@@ -36,6 +36,7 @@ from tasks.keypoint_labels import KeypointSample, rows_without_images, write_wid
 from tasks.keypoint_sets import LandmarkSet, get_set
 from tasks.keypoints import SPEC
 from tasks.keypoints.cache import save_cache
+from tasks.keypoints.pseudo import training_samples as pseudo_samples
 from tasks.keypoints.samples import split_samples
 from tasks.letterbox import Letterbox
 from tasks.schema import ResizeMode, image_hw, size_text
@@ -58,7 +59,8 @@ class KeypointDataset(SeededDataset):
     """Letterboxed images at ``size`` (one side, or ``(height, width)``) with their keypoints in the input frame.
 
     Items: ``image`` ``(1, H, W)``, ``keypoints`` ``(K, 2)`` input-frame pixels ``(x, y)``, ``visible`` ``(K,)``
-    (0 for points that the augmentation moved off the input), ``index``, ``orig_size``.
+    (0 for points that the augmentation moved off the input, and for a pseudo-label's points not kept), ``index``,
+    ``orig_size``.
     """
 
     def __init__(self, samples: Sequence[KeypointSample], size: int | tuple[int, int], lmset: LandmarkSet,
@@ -89,6 +91,7 @@ class KeypointDataset(SeededDataset):
         s = self.samples[i]
         lb = Letterbox.fit(*(int(v) for v in item["orig_size"]), self.size, self.resize)
         xy = lb.forward(s.coords) if s.coords is not None else None
+        keep = getattr(s, "keep", None)   # a pseudo-label's kept points (tasks.keypoints.pseudo); None: all
         if self.augment is not None:
             self.reseed(i)
             points = np.zeros((0, 2)) if xy is None else xy
@@ -102,6 +105,7 @@ class KeypointDataset(SeededDataset):
                 cross = (p[1, 0] - p[0, 0]) * (p[2, 1] - p[0, 1]) - (p[1, 1] - p[0, 1]) * (p[2, 0] - p[0, 0])
                 if cross < 0 and self.lmset.flip_pairs:
                     xy = xy[self.lmset.flip_perm]
+                    keep = keep[self.lmset.flip_perm] if keep is not None else None
         batch = {
             "image": torch.from_numpy(np.array(image, np.float32)).div_(255.0).unsqueeze(0),
             "index": i,
@@ -109,6 +113,8 @@ class KeypointDataset(SeededDataset):
         }
         if xy is not None:
             inside = (xy >= -0.5).all(-1) & (xy[:, 0] < self.hw[1] - 0.5) & (xy[:, 1] < self.hw[0] - 0.5)
+            if keep is not None:
+                inside &= keep
             batch["keypoints"] = torch.from_numpy(xy.astype(np.float32))
             batch["visible"] = torch.from_numpy(inside.astype(np.float32))
         return batch
@@ -173,7 +179,8 @@ class KeypointTask(Task):
 
     def datasets(self) -> tuple[KeypointDataset, KeypointDataset]:
         aug = build_augment(self.cfg.augment, keypoints=True)
-        return self.dataset(self.samples("train"), aug), self.dataset(self.samples("val"))
+        train = self.samples("train") + pseudo_samples(self.cfg.data)   # pseudo-labels: training only
+        return self.dataset(train, aug), self.dataset(self.samples("val"))
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """Plain models see the image. A hinted model (``hint:``) in training first meets a simulated

@@ -66,6 +66,7 @@ SPEC = TaskSpec(
     default_loss={"bce": 1.0, "dice": 1.0},
     implementation="tasks.segmentation.task:SegmentationTask",
     ensemble="tasks.segmentation.ensemble:SIDE",
+    pseudo="tasks.segmentation.pseudo:SIDE",
     submission=SubmissionFormat(
         columns="image_name,class,rle",
         matches=lambda header: header == ["image_name", "class", "rle"],

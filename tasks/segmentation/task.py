@@ -33,6 +33,8 @@ from tasks.segmentation.cache import save_probs
 from tasks.segmentation.masks import encode_probs, probs_to_masks, resolve_thresholds
 from tasks.schema import image_hw, size_text
 from tasks.segmentation.patches import FullSizeDataset
+from tasks.segmentation.pseudo import read_ignore
+from tasks.segmentation.pseudo import training_samples as pseudo_samples
 from tasks.segmentation.samples import split_samples
 from tasks.spec import MODE_RESIZE, MODE_SLIDING
 from tasks.submission import AtomicCSVWriter
@@ -44,17 +46,22 @@ class HandboneDataset(SeededDataset):
     tensors plus ``name`` and ``index``.
 
     Masks stay uint8 0/1 (``(29, height, width)``): a quarter of float32's bytes through the loader workers,
-    the collate, pinning and the copy to the device (29 x 1024² floats are 121 MB an image).
+    the collate, pinning and the copy to the device (29 x 1024² floats are 121 MB an image). When any sample is
+    pseudo-labelled (:mod:`tasks.segmentation.pseudo`), every item also holds ``ignore`` (uint8 ``(29, height,
+    width)``, 1 where the loss skips the pixel; all 0 for a labelled image), moved by the same augmentation.
     """
 
     def __init__(self, samples: Sequence[HandboneSample], size: int | tuple[int, int], augment=None,
                  cache: SampleCache | None = None, seed: int = 0) -> None:
         super().__init__(samples, size, augment, cache, seed)
+        self.with_ignore = any(getattr(s, "ignore_path", None) is not None for s in self.samples)
 
     def load(self, i: int) -> dict[str, np.ndarray]:
-        """Decoded image (and packed masks) at the training size, plus the original size."""
+        """Decoded image (and packed masks, and a pseudo-labelled image's packed ignore map) at the training size,
+        plus the original size. A training pixel is ignored where any of the original pixels it covers is."""
         s = self.samples[i]
-        sources = [s.image_path] + ([s.label_path] if s.label_path else [])
+        ignore_path = getattr(s, "ignore_path", None)
+        sources = [s.image_path] + [p for p in (s.label_path, ignore_path) if p is not None]
 
         def make() -> dict[str, np.ndarray]:
             image = read_grey(s.image_path)
@@ -64,40 +71,66 @@ class HandboneDataset(SeededDataset):
                 masks = read_masks(s.label_path, h, w)
                 small = np.stack([resize_grey(m * 255, *self.hw) >= 128 for m in masks])
                 out["masks"] = np.packbits(small, axis=-1)
+            if ignore_path is not None:
+                ignore = read_ignore(ignore_path, h, w).view(np.uint8)
+                out["ignore"] = np.packbits(np.stack([resize_grey(m * 255, *self.hw) > 0 for m in ignore]),
+                                            axis=-1)
             return out
 
         return self.cache.get(sources, f"seg|{size_text(self.size)}", make)
 
     def label_notes(self, i: int) -> list[str]:
-        return mislabelled_bones(self.samples[i].label_path)
+        """A pseudo-label lacks the bones nothing confident was found for: no note for it."""
+        s = self.samples[i]
+        return [] if getattr(s, "ignore_path", None) is not None else mislabelled_bones(s.label_path)
 
     def __getitem__(self, i: int) -> dict:
         item = self.load(i)
         image = item["image"]
-        masks = None
+        masks = ignore = None
         if "masks" in item:
             masks = np.unpackbits(item["masks"], axis=-1, count=self.hw[1])
+        if self.with_ignore and masks is not None:
+            ignore = np.unpackbits(item["ignore"], axis=-1, count=self.hw[1]) if "ignore" in item else \
+                np.zeros_like(masks)
         if self.augment is not None:
             self.reseed(i)
             kwargs = {"image": image}
             if masks is not None:
-                kwargs["mask"] = masks.transpose(1, 2, 0)
+                stacked = masks if ignore is None else np.concatenate([masks, ignore])
+                kwargs["mask"] = stacked.transpose(1, 2, 0)
             out = self.augment(**kwargs)
             image = out["image"]
             if masks is not None:
-                masks = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
+                stacked = np.ascontiguousarray(out["mask"].transpose(2, 0, 1))
+                masks, ignore = (stacked, None) if ignore is None else (stacked[:len(masks)], stacked[len(masks):])
         batch = {
             "image": torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0).unsqueeze(0),
             "index": i,
             "orig_size": torch.as_tensor(item["orig_size"]),
         }
         if masks is not None:
-            batch["masks"] = torch.from_numpy(masks)  # uint8: the loss makes them float on the device
+            batch["masks"] = torch.from_numpy(np.ascontiguousarray(masks))  # uint8: the loss makes them float
+        if ignore is not None:
+            batch["ignore"] = torch.from_numpy(np.ascontiguousarray(ignore))
         return batch
 
 
+def _kept_mean(values: torch.Tensor, keep: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The mean of ``values`` over the elements ``keep`` marks (1): over all of them (``dims`` None), or over
+    ``dims`` and then over what is left."""
+    if dims is None:
+        return (values * keep).sum() / keep.sum().clamp_min(1)
+    return ((values * keep).sum(dims) / keep.sum(dims).clamp_min(1)).mean()
+
+
 class MultilabelLoss(nn.Module):
-    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses)."""
+    """Weighted sum of ``bce``, ``dice``, ``focal`` and ``tversky`` (smp's multilabel losses).
+
+    ``ignore`` (``(B, C, H, W)``, nonzero = skip; a pseudo-label's uncertain pixels) leaves pixels out of every
+    term, with no loss and no gradient from them: binary cross-entropy and focal average over the kept pixels
+    (focal per class, then over classes, as smp's), Dice and Tversky see prediction and target zero there (what
+    smp's ``ignore_index`` does). Without it every term is smp's own."""
 
     def __init__(self, weights: dict[str, float], focal_gamma: float = 2.0, tversky_alpha: float = 0.3,
                  tversky_beta: float = 0.7) -> None:
@@ -116,9 +149,24 @@ class MultilabelLoss(nn.Module):
         self.terms = nn.ModuleDict({k: available[k]() for k, w in weights.items() if w > 0})
         self.weights = {k: float(w) for k, w in weights.items() if w > 0}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
         logits, target = logits.float(), target.float()
-        return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
+        if ignore is None:
+            return sum(self.weights[k] * term(logits, target) for k, term in self.terms.items())
+        ignore = ignore.bool()
+        return sum(self.weights[k] * self.masked(k, term, logits, target, ignore) for k, term in self.terms.items())
+
+    @staticmethod
+    def masked(kind: str, term: nn.Module, logits: torch.Tensor, target: torch.Tensor,
+               ignore: torch.Tensor) -> torch.Tensor:
+        """One term without the ``ignore`` pixels."""
+        if kind in ("dice", "tversky"):   # sigmoid(-1e4) is 0: no prediction there, and masked_fill passes no gradient
+            return term(logits.masked_fill(ignore, -1e4), target.masked_fill(ignore, 0))
+        keep = (~ignore).to(logits.dtype)
+        if kind == "bce":
+            return _kept_mean(nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none"), keep)
+        values = term.focal_loss_fn(logits, target, reduction="none")
+        return _kept_mean(values, keep, dims=tuple(d for d in range(values.ndim) if d != 1))
 
 
 class SegmentationTask(Task):
@@ -144,6 +192,13 @@ class SegmentationTask(Task):
         train_idx, val_idx = data.fold_indices(len(samples), lambda: split_folds(samples, data.n_folds, data.fold))
         cache = SampleCache(data.cache_dir, enabled=data.cache)
         aug = build_augment(self.cfg.augment)
+        pseudo = pseudo_samples(data)   # training only: never in a validation fold
+        if pseudo and data.roi is not None:
+            raise ValueError("data.pseudo_roots: a stage-2 wrist-ROI run crops its training images around the true "
+                             "bones; train it without pseudo-labels")
+        if pseudo and data.patch_size is not None:
+            raise ValueError("data.pseudo_roots: a patch-trained run (data.patch_size) crops full-size images that "
+                             "carry no ignore map; train it without pseudo-labels, or without data.patch_size")
         if data.roi is not None:
             return (RoiDataset([samples[i] for i in train_idx], data.image_size, data.roi, aug, cache,
                                self.cfg.train.seed, jitter=True),
@@ -152,7 +207,8 @@ class SegmentationTask(Task):
             return (FullSizeDataset([samples[i] for i in train_idx], data.patch_size, data.patch_foreground, aug, cache,
                                     self.cfg.train.seed),
                     FullSizeDataset([samples[i] for i in val_idx], None, cache=cache))
-        train = HandboneDataset([samples[i] for i in train_idx], data.image_size, aug, cache, self.cfg.train.seed)
+        train = HandboneDataset([samples[i] for i in train_idx] + pseudo, data.image_size, aug, cache,
+                                self.cfg.train.seed)
         val = HandboneDataset([samples[i] for i in val_idx], data.image_size, None, cache)
         return train, val
 
@@ -162,7 +218,7 @@ class SegmentationTask(Task):
         return self.cfg.data.patch_size
 
     def loss(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
-        return self.criterion(output, batch["masks"])
+        return self.criterion(output, batch["masks"], batch.get("ignore"))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: HandboneDataset, device: torch.device,
