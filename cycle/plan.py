@@ -15,6 +15,9 @@
     tta: true                       # average the runs' TTA views (inference.tta) for validation and test alike
     select: {max_steps: 20, folds: 5}
     fit: {thresholds: true, postprocess: false}
+    full_data: true                 # also one model per architecture on every image (data.fold: all), in its
+                                    # test predictions beside the folds; or {epochs: 40} (default auto)
+    pseudo_labels: {rounds: 1, precision: 0.99}   # rounds retrained with the confident test predictions
     submission: submissions/{name}.csv   # the default; {name}: the cycle's name
     test_gt: data/phantom/handbones/test_gt      # optional: score locally and rank on the leaderboard
 
@@ -28,13 +31,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.config import Config, ConfigError, build_config, deep_merge, field_message, folder_name, read_yaml_mapping
 from tasks.schema import Section
 from tasks.spec import task_spec
 
-PLAN_KEYS_HINT = "name, task, out_dir, data, set, models, sweep, folds, tta, select, fit, submission, test_gt"
+PLAN_KEYS_HINT = ("name, task, out_dir, data, set, models, sweep, folds, tta, select, fit, full_data, pseudo_labels, "
+                  "submission, test_gt")
 
 
 class ModelEntry(Section):
@@ -78,6 +82,44 @@ class FitOptions(Section):
     folds: int = Field(5, ge=2)
 
 
+class FullDataOptions(Section):
+    """One more model per architecture trained on every training image (``data.fold: all``, nnU-Net's "all"
+    fold) after its folds, for ``epochs`` epochs (``auto``: :func:`engine.folds.full_data_epochs` of its folds);
+    its test prediction joins its folds' in the submitted ensemble (validation, fitting and selection use the
+    folds: it holds no image out)."""
+
+    epochs: int | Literal["auto"] = "auto"
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"{value}: 'auto' or a number of epochs from 1")
+        return value
+
+
+class PseudoOptions(Section):
+    """Pseudo-label rounds (:mod:`ensembles.pseudo`): after the submission, the submitted ensemble's confident
+    test predictions (a threshold fitted on out-of-fold predictions to be right ``precision`` of the time) join
+    every fold's training images, every model is trained again and a new ensemble is selected, fitted and
+    submitted; ``rounds`` times, each round from the previous round's ensemble."""
+
+    rounds: int = Field(1, ge=1)
+    precision: float = 0.99
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: float) -> float:
+        from tasks.pseudo import check_precision
+
+        return check_precision(value)
+
+
+def _switch(value: Any) -> Any:
+    """``true`` is the section with its defaults, ``false`` (or nothing) leaves it off."""
+    return {} if value is True else None if value is False else value
+
+
 class CyclePlan(Section):
     name: str
     task: str
@@ -90,6 +132,8 @@ class CyclePlan(Section):
     tta: bool = True
     select: SelectOptions = Field(default_factory=SelectOptions)
     fit: FitOptions = Field(default_factory=FitOptions)
+    full_data: FullDataOptions | None = None
+    pseudo_labels: PseudoOptions | None = None
     submission: str = "submissions/{name}.csv"
     test_gt: str | None = None
 
@@ -99,6 +143,16 @@ class CyclePlan(Section):
     @classmethod
     def _known_task(cls, value: str) -> str:
         task_spec(value)
+        return value
+
+    _switches = field_validator("full_data", "pseudo_labels", mode="before")(_switch)
+
+    @field_validator("pseudo_labels")
+    @classmethod
+    def _task_has_pseudo_labels(cls, value: PseudoOptions | None, info: ValidationInfo) -> PseudoOptions | None:
+        task = info.data.get("task")
+        if value is not None and task is not None:
+            task_spec(task).pseudo_side()
         return value
 
     @field_validator("submission")
@@ -114,6 +168,16 @@ class CyclePlan(Section):
     def submission_csv(self) -> Path:
         """The submission path, ``{name}`` replaced by the cycle's name (so a ``--name`` variant writes its own)."""
         return Path(self.submission.replace("{name}", self.name))
+
+    def pseudo_round(self, number: int, pseudo_root: Path) -> CyclePlan:
+        """The plan of pseudo-label round ``number``: named ``<name>-r<number>`` (its own folder, runs and
+        submission: ``{name}`` in the path, or ``-r<number>`` before ``.csv``), its models trained with
+        ``pseudo_root`` added to ``data.pseudo_roots``. Every round is derived from the plan itself, so a round
+        trains on its own pseudo-labels only (made by the round before it), not on those of earlier rounds."""
+        submission = self.submission if "{name}" in self.submission else \
+            self.submission[:-len(".csv")] + f"-r{number}.csv"
+        return self.model_copy(update={"name": f"{self.name}-r{number}", "submission": submission,
+                                       "data": {**self.data, "pseudo_roots": [*self.data.get("pseudo_roots", []), str(pseudo_root)]}})
 
     @field_validator("folds")
     @classmethod

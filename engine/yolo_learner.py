@@ -367,6 +367,9 @@ class YoloLearner:
         if not cfg.data.has_validation:
             raise ValueError("data.fold: 'all' is not available for YOLO runs (ultralytics trains with a validation "
                              "split, and best.pt is scored on it); give a fold number 0..data.n_folds-1")
+        if cfg.data.pseudo_roots:
+            raise ValueError("data.pseudo_roots: YOLO runs train from ultralytics' converted dataset, which holds no "
+                             "pseudo-labels; leave data.pseudo_roots empty")
         if cfg.data.trains_on_patches:
             raise ValueError("data.patch_size: YOLO runs train on whole images resized by ultralytics' own loader; "
                              "leave data.patch_size unset")

@@ -63,6 +63,14 @@ def seg_plan(phantom: Path, tmp_path: Path, name: str = "tiny", **extra) -> dict
     ({"models": ["configs/segmentation/demo_fpn.yaml", "configs/segmentation/demo_fpn.yaml"]}, "'demo_fpn' names two models"),
     ({"models": ["configs/segmentation/nope.yaml"]}, "configs/segmentation/nope.yaml: training config file not found"),
     ({"set": {"train.epochz": 2}}, "unknown key 'train.epochz'"),
+    ({"full_data": {"epochs": 0}}, "'full_data.epochs'"),
+    ({"full_data": {"epoch": 3}}, "unknown key 'full_data.epoch'"),
+    ({"pseudo_labels": {"precision": 1.5}}, "precision 1.5 is outside (0, 1)"),
+    ({"pseudo_labels": {"rounds": 0}}, "'pseudo_labels.rounds'"),
+    ({"task": "orientation", "models": ["configs/orientation/phantom_resnet10t.yaml"], "pseudo_labels": True},
+     "task orientation has no pseudo-labels"),
+    ({"models": ["configs/segmentation/yolo11n_seg.yaml"], "full_data": True},
+     "full_data: yolo11n_seg is a yolo model, which trains through its own loader"),
 ])
 def test_a_bad_plan_is_one_error_line_and_nothing_is_written(tmp_path, capsys, change, message):
     plan = write_plan(tmp_path / "plan.yaml", **{**seg_plan(tmp_path / "ph", tmp_path), "test_gt": None, **change})
@@ -139,7 +147,7 @@ WORKER = textwrap.dedent('''
              for n, s in [("a", 0.5), ("b", 0.5), ("slow", 600), ("c", 0.5)]]
     steps.append(Step("d", "submit", root / "d", work("d", 0.1), lambda: (root / "d" / "done").exists(),
                       after=("a", "b", "slow", "c")))
-    cycle = Cycle(plan=None, runs={}, steps=steps)
+    cycle = Cycle(plan=None, rounds=[], steps=steps)
     run_cycle(cycle, out=lambda line: print(line, flush=True), worker=sys.argv[2], workers=2, poll_s=0.2)
 ''')
 
@@ -247,6 +255,49 @@ def test_a_tiny_cycle_runs_end_to_end_and_an_interrupted_one_resumes_to_the_same
     assert "demo_fpn-f0: resuming from epoch 1" in log
     assert "demo_fpn-f0: finished before; predicting its validation fold" in log
     assert (tmp_path / "submissions" / "again.csv").read_bytes() == submission.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_cycle_with_runs_on_all_data_and_a_pseudo_label_round(phantom, tmp_path, capsys):
+    """full_data adds each model's run on every image (its epochs from its folds) to the submitted ensemble's
+    test prediction; a pseudo-label round trains every model again with the round-0 ensemble's confident test
+    predictions in its training split only, and submits its own CSV; stopping after the first submission and
+    continuing gives the same cycle."""
+    plan = write_plan(tmp_path / "plan.yaml", **seg_plan(
+        phantom, tmp_path, models=["configs/segmentation/demo_fpn.yaml"], full_data=True,
+        pseudo_labels={"rounds": 1, "precision": 0.9}))
+    assert cycle([plan, "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "1 model(s) x 1 fold(s) + a run on all data each + 1 pseudo-label round(s), 15 steps" in listing
+    for key in ("full demo_fpn", "test demo_fpn-fall", "pseudo r1", "r1 train demo_fpn-f0", "r1 submit"):
+        assert f" {key} " in listing, key
+    assert cycle([plan, "--until", "submit"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("stopped after stage submit: 8 steps left")
+    assert cycle([plan]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    round0, round1 = tmp_path / "runs" / "cycles" / "tiny", tmp_path / "runs" / "cycles" / "tiny-r1"
+    assert lines[-2].startswith(f"round 0: {tmp_path / 'submissions' / 'tiny.csv'}: valid (8 images")
+    assert lines[-1].startswith(f"submission: {tmp_path / 'submissions' / 'tiny-r1.csv'}: valid (8 images")
+
+    fold = json.loads((round0 / "segmentation" / "demo_fpn-f0" / "summary.json").read_text())
+    full = json.loads((round0 / "segmentation" / "demo_fpn-fall" / "summary.json").read_text())
+    assert full["fold"] == "all" and full["epochs"] == fold["best_epoch"] + 1 and full["val"]["score"] is None
+    assert full["train_images"] > fold["train_images"] and full["test"]["images"] == 8
+    for folder in (round0, round1):
+        submitted = yaml.safe_load((folder / "segmentation" / folder.name / "submitted.yaml").read_text())
+        assert [Path(r).name for r in submitted["members"][0]["runs"]] == ["demo_fpn-f0", "demo_fpn-fall"]
+
+    pseudo = round0 / "pseudo-r1"
+    manifest = json.loads((pseudo / "pseudo.json").read_text())
+    assert manifest["precision"] == 0.9 and manifest["test"]["images"] == 8
+    retrained = yaml.safe_load((round1 / "segmentation" / "demo_fpn-f0" / "config.yaml").read_text())
+    assert retrained["data"]["pseudo_roots"] == [str(pseudo)]
+    again = json.loads((round1 / "segmentation" / "demo_fpn-f0" / "summary.json").read_text())
+    assert again["train_images"] == fold["train_images"] + manifest["test"]["written"]   # training split only
+    assert again["oof"]["images"] == fold["oof"]["images"]   # the same validation images, no pseudo-label among them
+
+    assert cycle([plan, "--dry-run"]) == 0
+    assert "15 of 15 steps done" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "cycles").glob("*.yaml")), ids=lambda p: p.name)

@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a key of every model's config, over the plan's set: (repeatable), e.g. train.seed=1")
     parser.add_argument("--name", help="another name for the cycle (its folder), e.g. for a --set variant")
-    parser.add_argument("--until", choices=("train", "test", "select", "fit", "submit"),
-                        help="stop after this stage (e.g. train every model here, ensemble elsewhere)")
+    parser.add_argument("--until", choices=("train", "test", "select", "fit", "submit", "pseudo"),
+                        help="stop after this stage (e.g. train every model here, ensemble elsewhere); pseudo: the "
+                             "pseudo-label rounds too (all of it)")
     parser.add_argument("--rates", help="JSON with train_images_per_s / predict_images_per_s for the estimates "
                                         "of steps no run of this cycle has measured yet")
     parser.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     from cycle.estimate import FallbackRates
-    from cycle.plan import fold_configs, load_plan
-    from cycle.report import final_line
+    from cycle.plan import load_plan
+    from cycle.report import final_lines
     from cycle.schedule import describe, run_cycle
     from cycle.steps import build_cycle, check_test_set
     from cycle.workers import WORKER_ENV, run_workers
@@ -68,12 +69,15 @@ def _main(argv: list[str] | None) -> int:
     if worker:
         sets["logging.progress"] = False  # several workers on one terminal: their step lines, no bars
     plan = load_plan(args.plan, sets, args.name)
-    whole = build_cycle(plan, fold_configs(plan), FallbackRates.read(args.rates))
+    whole = build_cycle(plan, FallbackRates.read(args.rates))
     cycle = whole.until(args.until) if args.until else whole
     models = len(cycle.runs)
     folds = {len(cfgs) for cfgs in cycle.runs.values()}
     if not worker:
-        print(f"cycle {plan.name}: {plan.task}, {models} model(s) x {'/'.join(map(str, sorted(folds)))} fold(s), "
+        extra = "".join(f" + {part}" for part, on in (
+            ("a run on all data each", plan.full_data is not None),
+            (f"{len(whole.rounds) - 1} pseudo-label round(s)", len(whole.rounds) > 1)) if on)
+        print(f"cycle {plan.name}: {plan.task}, {models} model(s) x {'/'.join(map(str, sorted(folds)))} fold(s){extra}, "
               f"{len(cycle.steps)} steps, folder {plan.folder}", flush=True)
     if args.dry_run:
         print("\n".join(describe(cycle, args.workers)))
@@ -97,7 +101,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"stopped after stage {args.until}: {len(left)} steps left (python tools/cycle.py {args.plan} "
               "finishes them)")
     else:
-        print(final_line(whole))
+        print("\n".join(final_lines(whole)))
     return 0
 
 

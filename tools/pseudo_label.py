@@ -23,38 +23,6 @@ import engine  # noqa: F401  (offline environment first)
 from core.cli import run_main
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def report(out: str, manifest: dict) -> str:
-    """The fitted thresholds and what was kept, for the terminal."""
-    source, val, test = manifest["source"], manifest["validation"], manifest["test"]
-    lines = [f"pseudo-labels of ensemble {source['ensemble']} ({manifest['task']}, {source['method']} of "
-             f"{len(source['members'])} members; test predictions from {source['test_predictions']}), "
-             f"precision {manifest['precision']:g}",
-             f"validation: kept {_percent(val['kept'])} of the labels, right {_percent(val.get('right'))} of the kept "
-             f"(the target: {_percent(manifest['precision'])})",
-             f"test: {test['images']} images, {test['written']} written, kept {_percent(test['kept'])} of the labels"]
-    thresholds = manifest["thresholds"]
-    per_item = {k: v for k, v in thresholds.items() if isinstance(v, dict)}
-    scalars = {k: v for k, v in thresholds.items() if not isinstance(v, (dict, list))}
-    if scalars:
-        lines.append("threshold: " + ", ".join(f"{k} {'none (nothing kept)' if v is None else v}"
-                                               for k, v in scalars.items()))
-    kept = next((v for k, v in test.items() if k.startswith("kept_per_")), {})
-    if per_item:
-        keys = list(per_item)
-        lines.append(f"{'':<14}" + "".join(f"{k:>8}" for k in keys) + f"{'kept':>8}")
-        for name in next(iter(per_item.values())):
-            cells = ["-" if per_item[k][name] is None else f"{per_item[k][name]:.3f}" for k in keys]
-            lines.append(f"  {name:<12}" + "".join(f"{c:>8}" for c in cells) + f"{_percent(kept.get(name)):>8}")
-    elif kept:
-        lines.append("kept per item: " + ", ".join(f"{k} {_percent(v)}" for k, v in kept.items()))
-    lines.append(f"wrote {out}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="ensemble config (configs/ensembles/*.yaml), fitted where it says 'fit'")
@@ -68,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from ensembles.config import load_ensemble_config
-    from ensembles.pseudo import pseudo_label
+    from ensembles.pseudo import pseudo_label, pseudo_report
     from tasks.pseudo import check_precision
 
     check_precision(args.precision)
     ens = load_ensemble_config(args.config, {"out_dir": args.out_dir} if args.out_dir else None)
     out, manifest = pseudo_label(ens, args.out, precision=args.precision, tta=args.tta, device=args.device,
                                  overwrite=args.overwrite, progress=not args.quiet)
-    print(report(str(out), manifest))
+    print(pseudo_report(str(out), manifest))
     return 0
 
 
