@@ -14,52 +14,19 @@ before it exits). The ratio column is the command's time over the baseline's.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Runs a script as ``python <script> <args>`` would, then prints the process's peak RSS (MB) as the last line.
-CHILD = """
-import json, runpy, sys
-from pathlib import Path
-
-def peak_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-
-script, args = sys.argv[1], json.loads(sys.argv[2])
-code = 0
-if script == "-c":
-    exec(args[0], {"__name__": "__main__"})
-else:
-    sys.argv = [script, *args]
-    sys.path[0] = str(Path(script).parent)
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-print(json.dumps({"code": code, "peak_mb": peak_mb()}))
-"""
 
 
 def measure(script: str, args: list[str], repeat: int) -> tuple[float, float]:
     """Best wall-clock seconds and peak RSS (MB) of ``python <script> <args>`` in fresh interpreters."""
-    best, peak = float("inf"), 0.0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CHILD, script, json.dumps(args)], cwd=ROOT,
-                              capture_output=True, text=True)
-        elapsed = time.perf_counter() - t0
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        if report["code"] not in (0, None):
-            raise SystemExit(f"{script} {' '.join(args)} exited {report['code']}:\n{proc.stderr}")
-        best, peak = min(best, elapsed), max(peak, report["peak_mb"])
-    return best, peak
+    runs = [run_measured(script, args) for _ in range(repeat)]
+    return min(r["seconds"] for r in runs), max(r["peak_mb"] for r in runs)
 
 
 def make_inputs(tmp: Path) -> dict[str, list[str]]:

@@ -1,8 +1,10 @@
 """Helpers shared by the benchmarks: bone-like masks and hand-bone folders, timers (best of N; medians of
-alternating rounds against a plain baseline), peak memory, result files, and child processes that fail loudly."""
+alternating rounds against a plain baseline), peak memory, result files, and child processes that fail loudly
+(measured whole: wall time, peak RSS and heavy imports of a fresh interpreter)."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -13,7 +15,36 @@ from typing import Callable
 import cv2
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# Libraries whose import the torch-free paths must not pay for (the harness's model registry pulls the rest).
+HEAVY_MODULES = ("torch", "timm", "segmentation_models_pytorch", "models.registry")
+
+# Runs ``python <script> <args>`` as the command line would (``-c``: ``args[0]`` is the code), then prints as its
+# last stdout line the exit status, the process's peak RSS (MB) and which of the heavy modules it imported.
+_MEASURED_CHILD = """
+import json, runpy, sys
+from pathlib import Path
+
+def peak_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+
+script, args, heavy = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+code = 0
+if script == "-c":
+    exec(args[0], {"__name__": "__main__"})
+else:
+    sys.argv = [script, *args]
+    sys.path[0] = str(Path(script).parent)
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+sys.stdout.flush()
+print(json.dumps({"code": code, "peak_mb": peak_mb(), "imported": [m for m in heavy if m in sys.modules]}))
+"""
 
 
 def bone_masks(size: int = 2048, classes: int = 29, seed: int = 0) -> np.ndarray:
@@ -112,7 +143,37 @@ def run_child(cmd: list[str]) -> str:
     return proc.stdout
 
 
+def run_measured(script: str, args: list[str]) -> dict:
+    """``python <script> <args>`` in a fresh interpreter, from the repository root with this checkout first on the
+    path, as a user's command: wall seconds of the whole process (start-up and imports included), its peak RSS
+    (``peak_mb``: ``VmHWM``, read in the child just before it exits, not inherited from this process), which of
+    :data:`HEAVY_MODULES` it imported, and its stdout. A child that fails ends the benchmark with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURED_CHILD, script, json.dumps(args), json.dumps(HEAVY_MODULES)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    lines = proc.stdout.strip().splitlines()
+    report = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"code": proc.returncode or "no report"}
+    if report["code"] not in (0, None):
+        raise SystemExit(f"benchmark step failed (exit {report['code']}): python {script} {' '.join(args)}\n"
+                         f"{proc.stderr[-4000:]}")
+    return {"seconds": seconds, "peak_mb": report["peak_mb"], "imported": report["imported"],
+            "stdout": "\n".join(lines[:-1])}
+
+
 def check_same(what: str, plain: object, ours: object) -> None:
-    """End the benchmark when the harness's output is not the plain code's: a broken path fails loudly."""
-    if plain != ours:
-        raise SystemExit(f"{what}: the harness's output differs from the plain code's")
+    """End the benchmark when the harness's output is not the plain code's: a broken path fails loudly. Text (or
+    bytes) that differs is named by its first differing line."""
+    if plain == ours:
+        return
+    detail = ""
+    if isinstance(plain, (bytes, str)) and isinstance(ours, (bytes, str)):
+        a = plain.decode(errors="replace") if isinstance(plain, bytes) else plain
+        b = ours.decode(errors="replace") if isinstance(ours, bytes) else ours
+        a_lines, b_lines = a.splitlines(), b.splitlines()
+        line = next((i for i, (x, y) in enumerate(zip(a_lines, b_lines)) if x != y), min(len(a_lines), len(b_lines)))
+        first = (a_lines[line:line + 1] or ["<end>"])[0]
+        second = (b_lines[line:line + 1] or ["<end>"])[0]
+        detail = f"; first at line {line + 1}: plain {first[:120]!r}, harness {second[:120]!r}"
+    raise SystemExit(f"{what}: the harness's output differs from the plain code's{detail}")

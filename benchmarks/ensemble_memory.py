@@ -54,12 +54,13 @@ def names(n: int) -> list[str]:
     return [f"image{i:013d}.png" for i in range(n)]
 
 
-def member_runs(folder: Path, n_members: int) -> list[Path]:
+def member_runs(folder: Path, n_members: int, image_size: int) -> list[Path]:
     """Run folders ``m0 .. m<n-1>`` under ``folder``, each with the ``config.yaml`` that a member fused from its
-    prediction cache alone is read from (as after ``inference.py --save-probs`` on a copied run without weights)."""
+    prediction cache alone is read from (as after ``inference.py --save-probs`` on a copied run without weights):
+    a model input of ``image_size``, the size of its cached maps."""
     from engine.config import load_config, save_config
 
-    cfg = load_config(None, {"task": "segmentation", "data": {"root": str(folder / "train")},
+    cfg = load_config(None, {"task": "segmentation", "data": {"root": str(folder / "train"), "image_size": image_size},
                              "model": {"name": "smp:unet/resnet18"}})
     runs = []
     for m in range(n_members):
@@ -88,7 +89,7 @@ def prepare_cache(workdir: Path, n_images: int, n_members: int, cache_size: int,
     """Run folders whose ``preds/test`` hold ``n_images`` entries (hard links to ``N_DISTINCT`` files)."""
     from tasks.segmentation.cache import save_probs
 
-    runs = member_runs(workdir / f"cache{n_images}", n_members)
+    runs = member_runs(workdir / f"cache{n_images}", n_members, cache_size)
     for m, run in enumerate(runs):
         folder = run / "preds" / "test"
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ def child(path: str, n_images: int, n_members: int, size: int, cache_size: int, 
 
         runs = [workdir / f"cache{n_images}" / f"m{m}" for m in range(n_members)]
         if path == "live":  # members predict on the fly: their run folders hold only config.yaml
-            runs = member_runs(workdir / f"live{n_images}", n_members)
+            runs = member_runs(workdir / f"live{n_images}", n_members, cache_size)
         ens, members = resolved_members(runs, names(n_images))
         fuser = Fuser(ens, members)
         samples = [HandboneSample(Path(name), None, "ID000") for name in names(n_images)]

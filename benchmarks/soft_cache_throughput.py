@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ens_tp_"))
     try:
         image_names = names(args.images)
-        runs = member_runs(workdir, args.members)
+        runs = member_runs(workdir, args.members, args.cache_size)
         for m, run in enumerate(runs):
             distinct = [member_maps(m, k, args.cache_size) for k in range(2)]
             for i, name in enumerate(image_names):
