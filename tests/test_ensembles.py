@@ -12,7 +12,8 @@ import yaml
 from engine.config import ConfigError, build_config, save_config
 from tasks.segmentation.cache import save_probs
 from ensembles.config import EnsembleConfig, load_ensemble_config, weight_table
-from ensembles.fit import candidate_weights, fit_maps, fit_weights, patient_folds, simplex_grid
+from ensembles.fit import ScoreTable, candidate_weights, fit_maps, fit_weights, gain_error, patient_folds, simplex_grid
+from ensembles.fit import select as select_config
 from ensembles.hard import hard_vote, majority, resolve_min_votes, vote_maps, votes_for_threshold
 from ensembles.runner import Fuser, predict_ensemble, stream
 from ensembles.members import Member
@@ -193,6 +194,29 @@ def test_fit_keeps_defaults_when_nothing_beats_them_out_of_sample():
     np.testing.assert_allclose(result.weights, 0.5)
     assert result.thresholds.tolist() == [0.5, 0.5]
     assert "cannot cross-fit" in result.notes[0]
+
+
+def _one_threshold_table(scores_at_03: list[float]) -> ScoreTable:
+    """One member, one class, five held-out groups of one image: Dice 0.5 at the default threshold 0.5 in every
+    group, ``scores_at_03`` at 0.3."""
+    sums = np.zeros((1, 5, 1, 2))
+    sums[0, :, 0, 0] = 0.5
+    sums[0, :, 0, 1] = scores_at_03
+    return ScoreTable(sums=sums, counts=np.ones(5), candidates=np.ones((1, 1)), thresholds=np.array([0.5, 0.3]),
+                      default_t=np.array([0]))
+
+
+def test_a_fitted_threshold_is_kept_only_beyond_one_standard_error_of_its_held_out_gain():
+    # 0.3 wins every training split, so each group's held-out gain is its own score minus 0.5
+    noisy = select_config(_one_threshold_table([0.95, 0.95, 0.95, 0.1, 0.1]), ["defaults", "thresholds"])
+    assert noisy.cross_fitted["thresholds"] == pytest.approx(0.61) and noisy.cross_fitted["defaults"] == 0.5
+    # gains .45 .45 .45 -.4 -.4: mean .11, standard error sqrt(((3 x .34² + 2 x .51²) / 4) / 5) = .2082
+    assert gain_error([0.95, 0.95, 0.95, 0.1, 0.1], [0.5] * 5) == pytest.approx(0.20821, abs=1e-5)
+    assert noisy.config == "defaults" and noisy.thresholds.tolist() == [0.5]
+    assert "within one standard error" in noisy.notes[0] and "(0.2082)" in noisy.notes[0]
+    steady = select_config(_one_threshold_table([0.95, 0.95, 0.95, 0.6, 0.6]), ["defaults", "thresholds"])
+    assert steady.config == "thresholds" and steady.thresholds.tolist() == [0.3] and not steady.notes
+    assert gain_error([0.5], [0.4]) == float("inf")
 
 
 def test_fit_weights_for_regression_prefers_the_exact_member():
