@@ -16,9 +16,10 @@ global weights, both, per-class weights, per-class weights + thresholds — is f
 but one and scored on the held-out group; the configuration with the best held-out (cross-fitted)
 score wins, ties going to the simpler one, and is then refitted on all images — provided its gain over
 the defaults is larger than one standard error of that gain across the held-out groups (each group's
-mean score with it minus without it); otherwise the defaults are kept and a note says why. With few
-images a fitted variant's held-out gain is mostly chance (on the demo's 16 validation hands, per-class
-thresholds won by 0.006 held out and then lost 0.014 on the test images), and the rule keeps it out. Ties inside
+mean score with it minus without it); otherwise the defaults are kept and a note says why (Breiman's
+one-standard-error rule, on paired gains). It keeps out a gain that one lucky group makes; it cannot keep out
+a gain every group shares with the validation images but not with the test images (on the demo's 16 validation
+hands, per-class thresholds won 0.006 held out in every group and lost 0.014 on the 20 test images). Ties inside
 a fit go to the candidate nearest equal weights and the threshold nearest the configured one.
 
 The same machinery fits weights of coordinates or ages (:func:`fit_weights`) for the keypoint and
