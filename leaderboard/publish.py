@@ -32,7 +32,7 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
 
     Returns the exit status: 0, or 1 when no run was found and no study given. Raises
     :class:`LeaderboardError` for a missing ``root`` or a study that cannot be loaded (``storage``
-    defaults to ``sqlite:///<root>/optuna.db``).
+    defaults to where ``tools/sweep.py`` keeps it, :func:`leaderboard.table.default_storage`).
     """
     root = Path(root)
     if not root.exists():
@@ -40,7 +40,7 @@ def publish(root: str | os.PathLike, *, task: str | None = None, sort: str | Non
     df = T.load_runs(root, task=task)
     if sort:
         df = T.rank_runs(df, sort=sort)
-    trials = study_frame(study, storage or f"sqlite:///{root / 'optuna.db'}") if study else None
+    trials = study_frame(study, storage or T.default_storage(root, study)) if study else None
     if not len(df):
         where = f" for task {task!r}" if task else ""
         print(f"no readable summary.json under {root}{where}", file=sys.stderr)

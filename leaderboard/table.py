@@ -731,14 +731,35 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- sweeps (Optuna)
 
 
+def default_storage(root: str | os.PathLike, study: str) -> str:
+    """Where ``tools/sweep.py`` run from the folder above ``root`` (``runs``) keeps ``study`` by default: its SQLite
+    database ``<root>/sweeps/optuna.db``, else the study's journal ``<root>/sweeps/<study>.journal`` (K workers),
+    else ``<root>/optuna.db``; the first that exists (the SQLite database when none does)."""
+    root = Path(root)
+    for storage, path in ((f"sqlite:///{root / 'sweeps' / 'optuna.db'}", root / "sweeps" / "optuna.db"),
+                          (f"journal:{root / 'sweeps' / (study + '.journal')}", root / "sweeps" / f"{study}.journal"),
+                          (f"sqlite:///{root / 'optuna.db'}", root / "optuna.db")):
+        if path.is_file():
+            return storage
+    return f"sqlite:///{root / 'sweeps' / 'optuna.db'}"
+
+
 def load_study(name: str, storage: str):
-    """Load an existing Optuna study; a missing SQLite file is an error (Optuna would create it)."""
+    """Load an existing Optuna study from an RDB URL or ``journal:<file>`` (a ``.journal`` path also); a missing
+    SQLite or journal file is an error (Optuna would create it)."""
     import optuna
 
-    if storage.startswith("sqlite:///"):
-        db = Path(storage[len("sqlite:///"):])
-        if not db.is_file():
-            raise FileNotFoundError(f"no Optuna database at {db} (storage {storage})")
+    journal = storage[len("journal:"):] if storage.startswith("journal:") else \
+        storage if storage.endswith(".journal") else None
+    path = Path(journal) if journal is not None else \
+        Path(storage[len("sqlite:///"):]) if storage.startswith("sqlite:///") else None
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"no Optuna {'journal' if journal else 'database'} at {path} (storage {storage})")
+    if journal is not None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(journal))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -460,6 +460,26 @@ def test_cli_all_outputs(runs, tmp_path, capsys):
     assert 'id="plot-sweep"' in html_text and "lr=0.01" in html_text
 
 
+def test_a_study_is_found_where_tools_sweep_keeps_it(runs, tmp_path, capsys):
+    """Without --storage the leaderboard reads the sweep's own defaults under its root: runs/sweeps/optuna.db
+    (one worker), else runs/sweeps/<study>.journal (K workers); neither existing is an error naming the first."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    root = runs
+    assert run_main(leaderboard.main, [str(root), "--study", "s1", "-q"]) == 2
+    assert f"no Optuna database at {root / 'sweeps' / 'optuna.db'}" in capsys.readouterr().err
+    (root / "sweeps").mkdir()
+    make_study(JournalStorage(JournalFileBackend(str(root / "sweeps" / "s1.journal"))))
+    assert leaderboard.main([str(root), "--study", "s1", "--md", str(tmp_path / "j.md"), "-q"]) == 0
+    assert "| 1 | COMPLETE | 0.3000 |" in (tmp_path / "j.md").read_text()
+    make_study(f"sqlite:///{root / 'sweeps' / 'optuna.db'}", name="s2")
+    assert leaderboard.main([str(root), "--study", "s2", "--md", str(tmp_path / "s.md"), "-q"]) == 0
+    assert "## sweep s2" in (tmp_path / "s.md").read_text()
+    assert leaderboard.main([str(root), "--study", "s1", "--storage", f"journal:{root / 'sweeps' / 's1.journal'}",
+                             "-q"]) == 0
+
+
 def test_cli_task_and_sort(runs, capsys):
     assert leaderboard.main([str(runs), "--task", "keypoints", "--sort", "name:desc"]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@
     python tools/leaderboard.py runs/ --task keypoints --sort sdr_2px             # any metric score.py stored
     python tools/leaderboard.py runs/ --group                           # + mean ± std over folds, best per family
     python tools/leaderboard.py runs/ --md lb.md --csv lb.csv --html reports/leaderboard.html
-    python tools/leaderboard.py runs/ --study seg-sweep --storage sqlite:///runs/optuna.db --html r.html
+    python tools/leaderboard.py runs/ --study seg-sweep --html r.html   # the study where tools/sweep.py keeps it
 
 Reads every ``summary.json`` under the given folder (runs and ensembles). A summary that cannot be
 read, or misses keys, or has values of the wrong type is named in a warning and skipped.
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with plots")
     p.add_argument("--study", metavar="NAME", help="Optuna study to show (trials table and plot)")
     p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage of --study (default: sqlite:///<root>/optuna.db)")
+                   help="Optuna storage of --study: an RDB URL or journal:<file> (default: where tools/sweep.py keeps "
+                        "it: <root>/sweeps/optuna.db, <root>/sweeps/<study>.journal, else <root>/optuna.db)")
     p.add_argument("--quiet", "-q", action="store_true", help="no terminal tables (files only)")
     return p
 
