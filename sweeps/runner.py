@@ -762,6 +762,10 @@ def print_table(study: optuna.Study, spec: SweepSpec, storage: StorageSpec, top:
 def show_study(spec: SweepSpec, study_name: str, storage: str | None, top: int | None = 30) -> None:
     """Print the ranked table of an existing study (``storage`` as for :func:`resolve_storage`, one worker)."""
     where = resolve_storage(storage, study_name, 1)
+    file = Path(where.url) if where.kind == "journal" else _sqlite_path(where.url)
+    if file is not None and not file.is_file():   # opening it would create an empty one
+        raise SweepError(f"{where.display}: no such file, so no study '{study_name}' (run the sweep first, or name "
+                         "its --storage)")
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(where, heartbeat=None))
     except KeyError:

@@ -574,6 +574,20 @@ def test_cli_heartbeat_fails_a_killed_worker_and_resumes(tmp_path, base_config, 
     assert err.startswith("error: ") and "no study 'nope'" in err and "Traceback" not in err
 
 
+def test_show_without_a_study_file_is_one_line_and_creates_nothing(tmp_path, base_config, monkeypatch, capsys):
+    from core.cli import run_main
+    from tools import sweep as sweep_cli
+
+    monkeypatch.chdir(tmp_path)
+    sweep = _sweep_file(tmp_path, base_config)
+    assert run_main(sweep_cli.main, [str(sweep), "--show"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "runs/sweeps/optuna.db: no such file, so no study 'sweep'" in err
+    assert run_main(sweep_cli.main, [str(sweep), "--show", "--storage", "x.journal"]) == 2
+    assert "x.journal: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x.journal").exists()
+
+
 def test_storage_urls_are_resolved_and_passwords_masked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = runner.resolve_storage("postgresql://me:secret@db:5432/optuna", "s", 4)
