@@ -84,3 +84,35 @@ def test_decode_paths_agree_few_and_many_runs():
         rle = encode(mask)
         assert np.array_equal(decode(rle, 128, 128), mask)
     assert len(encode(noisy).split()) // 2 > 1024, "the noisy mask must take the many-runs path"
+
+
+def test_a_striped_2048_mask_round_trips_through_the_submission_csv(tmp_path):
+    """A striped 2048² mask's RLE (1024 x 1024 runs, about 11 MB of text) is far over csv's default field limit
+    of 131072 characters; writing, reading back (in a fresh process, whose csv module starts at the default) and
+    decoding gives the same mask, the last pixel included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tasks.formats.handbones import CLASSES
+    from tasks.submission import AtomicCSVWriter
+
+    mask = np.zeros((2048, 2048), np.uint8)
+    mask[:, 1::2] = 1
+    rle = encode(mask)
+    assert len(rle) > 131072 * 50
+    path = tmp_path / "sub.csv"
+    with AtomicCSVWriter(path) as writer:
+        writer.write_image("a.png", [rle] + [""] * (len(CLASSES) - 1))
+    check = (
+        "import sys, numpy as np\n"
+        "from tasks.submission import iter_images\n"
+        "from tasks.rle import decode\n"
+        "(name, rles), = iter_images(sys.argv[1])\n"
+        "mask = decode(rles[0], 2048, 2048)\n"
+        "assert name == 'a.png' and mask[:, 1::2].all() and not mask[:, ::2].any() and mask[-1, -1] == 1\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", check, str(path)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr

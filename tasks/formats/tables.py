@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 
 TEXT_ENCODING = "utf-8-sig"
 
+# The run-length code of one 2048² mask can pass csv's default field limit of 131072 characters (a speckled or
+# striped mask has hundreds of thousands of runs: up to 2048²/2 runs of about 16 characters). Every reader of the
+# project's CSVs imports this module, so the limit is raised here, once per process, to the most a C long holds
+# on every platform.
+CSV_FIELD_LIMIT = 2**31 - 1
+csv.field_size_limit(CSV_FIELD_LIMIT)
+
 
 def first_row(path: str | os.PathLike, what: str = "CSV") -> list[str]:
     """The stripped cells of a CSV's first row (``[]`` for an empty file); a file that cannot be opened or
