@@ -269,7 +269,17 @@ def run_full(rnd: Round, label: str, log: Callable[[str], None]) -> None:
 
 def full_estimate(rnd: Round, label: str, rates: FallbackRates) -> float | None:
     folds = rnd.runs[label]
-    return train_estimate(full_config(rnd, label) or folds[0], folds, rates, rnd.plan.tta)
+    peers = [c for cfgs in rnd.runs.values() for c in cfgs]
+    return train_estimate(full_config(rnd, label) or folds[0], folds, peer_rates(peers, rates, rnd.plan.tta),
+                          rnd.plan.tta)
+
+
+def peer_rates(peers: Sequence[Config], rates: FallbackRates, tta: bool) -> FallbackRates:
+    """Images per second for a model none of whose runs has measured its own: what another run of the round
+    measured (another architecture's speed on this machine), else the rates file's."""
+    train = next(filter(None, (image_counts(c)[0] / s for c in peers if (s := seconds_per_epoch(c.run_dir)))), None)
+    predict = next(filter(None, (prediction_rate(c.run_dir, tta) for c in peers)), None)
+    return FallbackRates(train or rates.train_images_per_s, predict or rates.predict_images_per_s)
 
 
 def train_estimate(cfg: Config, siblings: Sequence[Config], rates: FallbackRates, tta: bool) -> float | None:
@@ -570,13 +580,14 @@ def round_steps(rnd: Round, rates: FallbackRates, start: tuple[str, ...]) -> lis
     stage = PSEUDO_STAGE if rnd.number else None
     steps: list[Step] = []
     train_keys, full_keys, test_keys = [], [], []
+    peers = [c for cfgs in rnd.runs.values() for c in cfgs]
     for cfgs in rnd.runs.values():
         for cfg in cfgs:
             siblings = [c for c in cfgs if c is not cfg]
             key = f"{pre}train {cfg.run_name}"
             steps.append(Step(
                 key, stage or "train", cfg.run_dir, lambda log, c=cfg: run_train(c, plan.tta, log),
-                lambda c=cfg: train_done(c, plan.tta), lambda c=cfg, s=siblings: train_estimate(c, s, rates, plan.tta),
+                lambda c=cfg: train_done(c, plan.tta), lambda c=cfg, s=siblings: train_estimate(c, s, peer_rates(peers, rates, plan.tta), plan.tta),
                 after=start))
             train_keys.append(key)
     if plan.full_data is not None:
@@ -593,7 +604,7 @@ def round_steps(rnd: Round, rates: FallbackRates, start: tuple[str, ...]) -> lis
             key = f"{pre}test {cfg.run_name}"
             steps.append(Step(
                 key, stage or "test", cfg.run_dir, lambda log, c=cfg: run_test(c, plan, log),
-                lambda c=cfg: test_done(c, plan), lambda c=cfg, s=siblings: test_estimate(c, s, rates, plan.tta),
+                lambda c=cfg: test_done(c, plan), lambda c=cfg, s=siblings: test_estimate(c, s, peer_rates(peers, rates, plan.tta), plan.tta),
                 after=(f"{pre}train {cfg.run_name}",)))
             test_keys.append(key)
     if plan.full_data is not None:
@@ -602,7 +613,8 @@ def round_steps(rnd: Round, rates: FallbackRates, start: tuple[str, ...]) -> lis
             steps.append(Step(
                 key, stage or "test", rnd.full_dir(label), lambda log, m=label: run_test(full_config(rnd, m), plan, log),
                 lambda m=label: _full_test_done(rnd, m),
-                lambda c=cfgs: test_estimate(c[0], c[1:], rates, plan.tta), after=(f"{pre}full {label}",)))
+                lambda c=cfgs: test_estimate(c[0], c[1:], peer_rates(peers, rates, plan.tta), plan.tta),
+                after=(f"{pre}full {label}",)))
             test_keys.append(key)
     selected = plan.runs_dir / SELECTION
     steps.append(Step(

@@ -99,6 +99,28 @@ def test_a_missing_plan_and_a_bad_rates_file_are_one_line(tmp_path, capsys):
     assert "train_images_per_s must be a positive number" in capsys.readouterr().err
 
 
+def test_estimates_come_from_the_run_then_another_model_of_the_round_then_the_rates_file(phantom, tmp_path):
+    from cycle.estimate import FallbackRates
+    from cycle.plan import load_plan
+    from cycle.steps import build_cycle, image_counts
+
+    plan = load_plan(write_plan(tmp_path / "plan.yaml", **seg_plan(phantom, tmp_path, set={"train.epochs": 4})))
+    cycle_ = build_cycle(plan, FallbackRates(predict_images_per_s=2.0))
+    fpn, unet = cycle_.runs["demo_fpn"][0], cycle_.runs["unet"][0]
+    train_images, val_images, test_images = image_counts(unet)
+    assert cycle_.step("train unet-f0").estimate() is None            # nothing measured, no training rate given
+    assert cycle_.step("test unet-f0").estimate() == test_images / 2.0   # the rates file's prediction speed
+    unet.run_dir.mkdir(parents=True)
+    (unet.run_dir / "metrics.jsonl").write_text('{"epoch": 0, "time_s": 5.0}\n{"epoch": 1, "time_s": 20.0}\n')
+    (unet.run_dir / "summary.json").write_text('{"speed": {"images_per_s_tta": 4.0}}')
+    # its own: 2 of 4 epochs left at 10 s, then its validation fold at its own 4 img/s
+    assert cycle_.step("train unet-f0").estimate() == pytest.approx(2 * 10.0 + val_images / 4.0)
+    # the FPN, untrained: the U-Net's images per second (same images: 10 s an epoch), the U-Net's prediction speed
+    assert image_counts(fpn)[0] == train_images
+    assert cycle_.step("train demo_fpn-f0").estimate() == pytest.approx(4 * 10.0 + val_images / 4.0)
+    assert cycle_.step("test demo_fpn-f0").estimate() == pytest.approx(test_images / 4.0)
+
+
 # --------------------------------------------------------------------------------- what is submitted
 
 
