@@ -31,7 +31,7 @@ on the validation images every candidate covers. Each kind of task output (:data
 fusion, the same weighted fusion its ensemble runner applies to the written YAML (``method: weighted``):
 
 - maps (segmentation): mean over images of the mean over classes of Dice (empty/empty = 1) of the weighted
-  mean of the uint8 probability caches, thresholded as the ensemble will threshold it, at the caches' size
+  mean of the uint8 probability caches, thresholded as the ensemble will threshold it, at the images' size
   capped at ``fit_size``; streamed one image at a time; higher is better;
 - values (keypoints, bone age, ...): the task's per-image error (MRE px of the points, MAE months of the age)
   of the weighted mean of the members' values (:func:`ensembles.values.fuse_values`); lower is better.

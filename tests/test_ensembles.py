@@ -498,9 +498,13 @@ def test_per_keypoint_weights_on_a_batch_use_channel_axis():
         weighted_mean(batch, w)  # channel_axis 0 is the image axis here
 
 
-def _labelled_runs(tmp_path: Path, members: dict[str, list[int]], n_patients: int = 4, size: int = 16):
+def _labelled_runs(tmp_path: Path, members: dict[str, list[int]], n_patients: int = 4, size: int = 16,
+                   cache_size: int | None = None):
     """A labelled training set (one square bone per image) and fold runs whose preds/val hold
-    ``p = 0.9`` on the bone for member "good" and uniform noise for the others."""
+    ``p = 0.9`` on the bone for member "good" and uniform noise for the others (cached at ``cache_size``,
+    by default the image's)."""
+    import cv2
+
     from tasks.formats.handbones import list_samples, read_masks, write_polygons
     from tasks.formats.handbones import split_folds
 
@@ -518,13 +522,15 @@ def _labelled_runs(tmp_path: Path, members: dict[str, list[int]], n_patients: in
         runs[label] = []
         for fold in folds:
             run = tmp_path / "runs" / f"{label}-f{fold}"
-            cfg = build_config({"task": "segmentation", "data": {"root": str(root), "test_root": None, "image_size": size,
+            cfg = build_config({"task": "segmentation", "data": {"root": str(root), "test_root": None, "image_size": cache_size or size,
                                                                  "n_folds": 2, "fold": fold}})
             save_config(cfg, run / "config.yaml")
             _, val_idx = split_folds(samples, 2, fold)
             for k in val_idx:
                 gt = read_masks(samples[k].label_path, size, size).astype(np.float32)
                 p = gt * 0.9 if label == "good" else rng.random(gt.shape).astype(np.float32)
+                if cache_size:
+                    p = np.stack([cv2.resize(c, (cache_size, cache_size), interpolation=cv2.INTER_AREA) for c in p])
                 save_probs(run / "preds" / "val" / f"{samples[k].name}.npz", p, (size, size))
             runs[label].append(run)
     return runs
@@ -550,6 +556,33 @@ def test_fit_ensemble_on_out_of_fold_caches(tmp_path):
     summary = json.loads((tmp_path / "out/segmentation/fitted/summary.json").read_text())
     assert summary["kind"] == "ensemble" and summary["val"]["score"] == record["val"]["score"]
     assert json.loads(ens.fit_path.read_text())["thresholds"] == record["thresholds"]
+
+
+@pytest.mark.parametrize("fit_size, side", [(256, 16), (8, 8)])
+def test_fit_maps_are_at_the_images_size_not_the_caches(tmp_path, fit_size, side):
+    """Inference upsamples a cache to the image and thresholds it there, and the competition scores there: the
+    fit does too (capped at fit_size), against the true masks of that size, not masks shrunk to the cache."""
+    import cv2
+
+    from ensembles.fit import validation_items
+    from ensembles.members import resolve_members
+    from ensembles.runner import ensemble_samples
+    from tasks.formats.handbones import read_masks
+
+    runs = _labelled_runs(tmp_path, {"good": [0, 1]}, size=16, cache_size=8)
+    ens = EnsembleConfig.model_validate({
+        "task": "segmentation", "method": "soft", "thresholds": "fit", "out_dir": str(tmp_path / "out"),
+        "members": [{"name": "good", "runs": [str(r) for r in runs["good"]]}]})
+    members = resolve_members(ens, need_models=False)
+    samples = ensemble_samples(ens, members, "val")
+    items = list(validation_items(members, samples, fit_size))
+    assert len(items) == len(samples) == 4
+    for (maps, gt, _), sample in zip(items, samples):
+        assert maps.shape == (1, len(CLASSES), side * side) and gt.shape == (len(CLASSES), side * side)
+        truth = read_masks(sample.label_path, 16, 16).astype(np.float32)
+        if side < 16:
+            truth = np.stack([cv2.resize(c, (side, side), interpolation=cv2.INTER_AREA) for c in truth])
+        assert np.array_equal(gt, truth.reshape(len(CLASSES), -1) >= 0.5)
 
 
 def test_members_on_different_single_folds_share_no_validation_image(tmp_path):
