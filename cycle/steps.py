@@ -507,11 +507,32 @@ def pseudo_ensemble(source: Round, log: Callable[[str], None]) -> Any:
         "members": [{"name": label, "runs": runs} for label, runs in candidates.items()]})
 
 
-def run_pseudo(plan: CyclePlan, source: Round, number: int, log: Callable[[str], None]) -> None:
-    """The confident test predictions of ``source``'s submitted ensemble, as a training folder."""
+def check_not_trained_on(folder: Path, inputs: str, target: Round) -> None:
+    """Before pseudo-labels are made again from other inputs (round ``target.number - 1``'s submission or
+    ``pseudo_labels.precision`` changed): no run of ``target`` has trained on the old ones. Its configs would not
+    change (the folder's path is the same), so the cycle would take those runs as done and submit models trained
+    on labels it no longer has; it stops instead, naming the folder to remove, and changes nothing."""
+    before = recorded(folder.parent, folder.name)   # pseudo_folder: <cycle folder>/pseudo-r<k>, recorded there
+    if before is None or before == inputs:
+        return
+    run_dirs = [c.run_dir for cfgs in target.runs.values() for c in cfgs]
+    run_dirs += [target.full_dir(label) for label in target.runs] if target.plan.full_data is not None else []
+    trained = [d for d in run_dirs if (d / "summary.json").is_file() or (d / "last.pt").is_file()]
+    if trained:
+        raise ValueError(f"{folder}: its pseudo-labels would be made again (round {target.number - 1}'s submission or "
+                         f"pseudo_labels.precision changed), but {len(trained)} run(s) of round {target.number} trained "
+                         f"on the ones it holds, e.g. {trained[0]}; remove {target.plan.folder} to train round "
+                         f"{target.number} again on new pseudo-labels, or undo the change")
+
+
+def run_pseudo(plan: CyclePlan, source: Round, target: Round, log: Callable[[str], None]) -> None:
+    """The confident test predictions of ``source``'s submitted ensemble, as the training folder of round
+    ``target``."""
     from ensembles.pseudo import pseudo_label, pseudo_report
 
+    number = target.number
     folder = pseudo_folder(plan, number)
+    check_not_trained_on(folder, fingerprint(pseudo_inputs(source)), target)
     ens = pseudo_ensemble(source, log)
     device = next(iter(source.runs.values()))[0].train.device
     # tta=False: the members' validation and test caches already hold the plan's TTA views (tta is for members
@@ -554,7 +575,7 @@ def build_cycle(plan: CyclePlan, rates: FallbackRates = FallbackRates()) -> Cycl
             key = f"pseudo r{rnd.number}"
             cycle.steps.append(Step(
                 key, PSEUDO_STAGE, pseudo_folder(plan, rnd.number),
-                lambda log, s=source, n=rnd.number: run_pseudo(plan, s, n, log),
+                lambda log, s=source, r=rnd: run_pseudo(plan, s, r, log),
                 lambda s=source, n=rnd.number: pseudo_done(plan, s, n), after=(f"{source.prefix}submit",)))
             start = (key,)
         cycle.steps += round_steps(rnd, rates, start)

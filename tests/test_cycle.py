@@ -321,6 +321,20 @@ def test_a_cycle_with_runs_on_all_data_and_a_pseudo_label_round(phantom, tmp_pat
     assert cycle([plan, "--dry-run"]) == 0
     assert "15 of 15 steps done" in capsys.readouterr().out
 
+    # another precision would make the pseudo-labels again under round 1's finished runs: refused, nothing changed
+    labels = sorted(p for p in pseudo.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in labels}
+    write_plan(plan, **seg_plan(phantom, tmp_path, models=["configs/segmentation/demo_fpn.yaml"], full_data=True,
+                                pseudo_labels={"rounds": 1, "precision": 0.8}))
+    assert cycle([plan]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {pseudo}: its pseudo-labels would be made again (round 0's submission or "
+                   f"pseudo_labels.precision changed), but 2 run(s) of round 1 trained on the ones it holds, e.g. "
+                   f"{round1 / 'segmentation' / 'demo_fpn-f0'}; remove {round1} to train round 1 again on new "
+                   f"pseudo-labels, or undo the change"]
+    assert sorted(p for p in pseudo.rglob("*") if p.is_file()) == labels
+    assert all(p.read_bytes() == data for p, data in before.items())
+
 
 @pytest.mark.parametrize("plan", sorted((ROOT / "configs" / "cycles").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_plan_checks_and_lists_its_steps(plan, capsys):
