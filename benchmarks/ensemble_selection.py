@@ -33,7 +33,9 @@ from pathlib import Path
 
 import yaml
 
-import engine  # noqa: F401  (offline environment first)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # train.py, from any folder
+
+import engine  # noqa: E402,F401  (offline environment first)
 
 IMAGE_SIZE = 64  # every configuration's training size
 # name, model, lr, training seed (added to --seed): two decoders, two encoders, two learning rates, and a

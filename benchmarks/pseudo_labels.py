@@ -19,7 +19,10 @@ functions, one training at a time:
    training images, uncertain pixels ignored by the loss), and the same ensemble fitted and scored (*pseudo*).
    Two arms by default (``--pseudo-epochs``): *steps*, as many optimiser steps as the base arm (its epochs scaled
    down by its larger training set), so a difference is the data's, not more training's; and *same*, the base
-   arm's epochs (more steps, as a user who just adds the folder would run it).
+   arm's epochs (more steps, as a user who just adds the folder would run it);
+4. *base_long* (``--base-long``, on by default with *same*): the base arm again, without pseudo-labels, for as many
+   optimiser steps as *same* (its epochs scaled up by the same ratio), so that *same* is also compared at equal
+   training.
 
 The test images the pseudo-labels come from are the images scored: that is the transductive use competitions make
 of them (the answers are never read before scoring). Validation Dice stays out of fold in both arms.
@@ -38,7 +41,9 @@ from pathlib import Path
 
 import yaml
 
-import engine  # noqa: F401  (offline environment first)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # train.py, from any folder
+
+import engine  # noqa: E402,F401  (offline environment first)
 
 # name, model, learning rate: two small decoders on one small encoder
 MODELS = [("unet", "smp:unet/tu-resnet10t", 5e-3), ("fpn", "smp:fpn/tu-resnet10t", 5e-3)]
@@ -138,8 +143,13 @@ def run_seed(seed: int, work: Path, args) -> dict:
     manifest = json.loads((pseudo_dir / "pseudo.json").read_text())
     result["pseudo_labels"] = {"validation": {k: v for k, v in manifest["validation"].items() if k != "kept_per_class"},
                                "test": {k: v for k, v in manifest["test"].items() if k != "kept_per_class"}}
+    written = manifest["test"]["written"]
+    if args.base_long and "same" in args.pseudo_epochs:
+        epochs = max(1, round(args.epochs * (base_images + written) / base_images))
+        long, long_s, _ = train_arm(work, hb, runs, f"_b{epochs}", seed, epochs, args)
+        result["base_long"] = arm_scores(long, runs, gt, out, f"b{epochs}")
+        result["base_long"].update(train_seconds=round(long_s), train_images=base_images, epochs=epochs)
     for how in args.pseudo_epochs:
-        written = manifest["test"]["written"]
         epochs = args.epochs if how == "same" else max(1, round(args.epochs * base_images / (base_images + written)))
         pl, pl_s, pl_images = train_arm(work, hb, runs, f"_pl{epochs}", seed, epochs, args, pseudo=pseudo_dir)
         result[f"pseudo_{how}"] = arm_scores(pl, runs, gt, out, f"pl{epochs}")
@@ -167,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pseudo-epochs", choices=("steps", "same"), nargs="+", default=["steps", "same"],
                         help="the pseudo round's epochs, one arm each: as many optimiser steps as the base arm, and/or "
                              "the base arm's epochs (default: both)")
+    parser.add_argument("--base-long", action=argparse.BooleanOptionalAction, default=True,
+                        help="with the 'same' arm: also train the base arm for as many steps (default: on)")
     parser.add_argument("--json", help="write the figures here (e.g. benchmarks/results/pseudo_labels.json)")
     args = parser.parse_args(argv)
     from ensembles.fit import write_json
@@ -177,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         seeds.append(run_seed(seed, work / f"seed{seed}", args))
         r = seeds[-1]
-        arms = ["base", *(f"pseudo_{how}" for how in args.pseudo_epochs)]
+        arms = ["base", *(["base_long"] if "base_long" in r else []), *(f"pseudo_{how}" for how in args.pseudo_epochs)]
         cells = ", ".join(f"{arm} {r[arm]['ensemble']['test_dice']:.4f} ({r[arm]['epochs']} epochs)" for arm in arms)
         print(f"seed {seed}: test Dice {cells}; kept {100 * r['pseudo_labels']['test']['kept']:.1f}% of the test "
               f"labels ({time.perf_counter() - t0:.0f}s)", flush=True)
     summary = {arm: {who: mean_sd([r[arm][who]["test_dice"] for r in seeds]) for who in ["ensemble", *(n for n, _, _ in MODELS)]}
                for arm in arms}
-    deltas = {arm: mean_sd([round(r[arm]["ensemble"]["test_dice"] - r["base"]["ensemble"]["test_dice"], 6)
-                            for r in seeds]) for arm in arms[1:]}
+    pairs = [(arm, "base") for arm in arms[1:]] + ([("pseudo_same", "base_long")] if {"pseudo_same", "base_long"} <= set(arms) else [])
+    deltas = {f"{arm} - {ref}": mean_sd([round(r[arm]["ensemble"]["test_dice"] - r[ref]["ensemble"]["test_dice"], 6)
+                                         for r in seeds]) for arm, ref in pairs}
     print(f"\n{len(seeds)} seed(s), phantom {args.n_train} train / {args.n_test} test at {args.size} px, "
           f"{len(MODELS)} models x {args.folds} folds, {args.epochs} epochs, precision {args.precision}")
     for arm in arms:
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                           for who, v in summary[arm].items())
         print(f"  {arm:<14} test Dice: {cells}")
     for arm, delta in deltas.items():
-        print(f"  {arm} - base (ensemble): {delta['mean']:+.4f} ± {delta['sd'] or 0:.4f}")
+        print(f"  {arm} (ensemble): {delta['mean']:+.4f} ± {delta['sd'] or 0:.4f}")
     if args.json:
         write_json(args.json, {
             "command": "python benchmarks/pseudo_labels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -203,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             "ensemble": "soft mean of the models (each the mean of its fold models), per-class thresholds fitted on "
                         "out-of-fold validation caches; no TTA",
             "metric": "test Dice: mean over test images and the 29 classes (tasks.scoring)",
-            "machine": "CPU, 2 cores shared with other sessions (scores do not depend on the load; seconds do)",
-            "summary": summary, "minus_base": deltas, "seeds": seeds})
+            "machine": "CPU, 2 cores (scores do not depend on the load; seconds do)",
+            "summary": summary, "differences": deltas, "seeds": seeds})
     return 0
 
 
