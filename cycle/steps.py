@@ -507,12 +507,12 @@ def pseudo_ensemble(source: Round, log: Callable[[str], None]) -> Any:
         "members": [{"name": label, "runs": runs} for label, runs in candidates.items()]})
 
 
-def check_not_trained_on(folder: Path, inputs: str, target: Round) -> None:
+def check_not_trained_on(folder: Path, before: str | None, inputs: str, target: Round) -> None:
     """Before pseudo-labels are made again from other inputs (round ``target.number - 1``'s submission or
     ``pseudo_labels.precision`` changed): no run of ``target`` has trained on the old ones. Its configs would not
     change (the folder's path is the same), so the cycle would take those runs as done and submit models trained
-    on labels it no longer has; it stops instead, naming the folder to remove, and changes nothing."""
-    before = recorded(folder.parent, folder.name)   # pseudo_folder: <cycle folder>/pseudo-r<k>, recorded there
+    on labels it no longer has; it stops instead, naming the folder to remove, and changes nothing. ``before``: the
+    inputs recorded when ``folder`` was last made (None: never)."""
     if before is None or before == inputs:
         return
     run_dirs = [c.run_dir for cfgs in target.runs.values() for c in cfgs]
@@ -532,7 +532,8 @@ def run_pseudo(plan: CyclePlan, source: Round, target: Round, log: Callable[[str
 
     number = target.number
     folder = pseudo_folder(plan, number)
-    check_not_trained_on(folder, fingerprint(pseudo_inputs(source)), target)
+    inputs = fingerprint(pseudo_inputs(source))
+    check_not_trained_on(folder, recorded(plan.folder, folder.name), inputs, target)
     ens = pseudo_ensemble(source, log)
     device = next(iter(source.runs.values()))[0].train.device
     # tta=False: the members' validation and test caches already hold the plan's TTA views (tta is for members
@@ -544,7 +545,7 @@ def run_pseudo(plan: CyclePlan, source: Round, target: Round, log: Callable[[str
         log(f"warning: no test prediction was confident enough at precision {plan.pseudo_labels.precision:g}: round "
             f"{number} trains on the labelled images alone (as the round before it); lower pseudo_labels.precision "
             "or train the models longer")
-    record(plan.folder, folder.name, fingerprint(pseudo_inputs(source)))
+    record(plan.folder, folder.name, inputs)
 
 
 # ----------------------------------------------------------------------------------------------------- build
